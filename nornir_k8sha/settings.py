@@ -1,0 +1,125 @@
+"""The schema of inventory data: cluster-wide settings (`defaults.yaml` data) and per-host data.
+
+Every field has a documented default (docs/inventory.md is tested to mention each one). Unknown
+fields are errors (`extra="forbid"`), so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from nornir_k8sha import constants as C
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VRRPSettings(_Strict):
+    """keepalived VRRP on the LVS directors."""
+
+    version: int = Field(3, description="VRRP version; 3 allows sub-second adverts")
+    advert_int: float = Field(0.1, description="seconds between adverts (fractions need v3)")
+    router_id: int = Field(51, description="virtual_router_id shared by both directors (1-255)")
+    interface: str = Field("eth0", description="interface carrying the VIP on the directors")
+    auth_pass: str | None = Field(None, description="optional VRRP password (v2 only)")
+
+
+class HAProxySettings(_Strict):
+    """HAProxy health checks of the apiservers; tight timings bound failover (DESIGN.md 7)."""
+
+    check_inter_ms: int = Field(500, description="ms between health checks of a backend")
+    check_fall: int = Field(2, description="failed checks before a backend is marked down")
+    check_rise: int = Field(2, description="good checks before a backend is marked up again")
+    connect_timeout_ms: int = Field(2000, description="connect timeout to a backend")
+    client_timeout_s: int = Field(300, description="idle client timeout (long watches)")
+    server_timeout_s: int = Field(300, description="idle server timeout (long watches)")
+    stats_port: int = Field(C.HAPROXY_STATS_PORT, description="stats HTTP port on the host IP")
+
+
+class LVSSettings(_Strict):
+    """IPVS virtual server on the VIP, DR mode to the HAProxy nodes."""
+
+    scheduler: str = Field("wlc", description="IPVS scheduler")
+    delay_loop: int = Field(1, description="seconds between keepalived health checks")
+    connect_timeout: int = Field(1, description="TCP_CHECK connect timeout, seconds")
+    persistence_timeout: int = Field(0, description="IPVS persistence; 0 disables")
+
+
+class BGPSettings(_Strict):
+    """BGP between the LVS directors and the top-of-rack switches."""
+
+    lvs_asn: int = Field(65010, description="ASN of the LVS directors")
+    switch_asn: int = Field(65000, description="ASN of the ToR switches")
+    announce_vip: bool = Field(True, description="LVS directors announce the VIP /32")
+
+
+class EtcdSettings(_Strict):
+    """The external etcd cluster."""
+
+    client_port: int = Field(C.ETCD_CLIENT_PORT, description="client URL port")
+    peer_port: int = Field(C.ETCD_PEER_PORT, description="peer URL port")
+    data_dir: str = Field(C.ETCD_DATA_DIR, description="data directory on each member")
+    heartbeat_interval_ms: int = Field(100, description="raft heartbeat interval")
+    election_timeout_ms: int = Field(1000, description="raft election timeout")
+    snapshot_count: int = Field(10000, description="commits before a snapshot")
+    quota_backend_bytes: int = Field(2 * 1024**3, description="backend size quota")
+    cluster_token: str = Field("k8sha-etcd", description="initial-cluster-token")
+
+
+class KubernetesSettings(_Strict):
+    """kubeadm and the cluster it builds."""
+
+    version: str = Field("1.31.4", description="Kubernetes version (kubeadm, kubelet, kubectl)")
+    pod_subnet: IPv4Network = Field(IPv4Network("10.244.0.0/16"), description="pod CIDR")
+    service_subnet: IPv4Network = Field(IPv4Network("10.96.0.0/12"), description="service CIDR")
+    dns_domain: str = Field("cluster.local", description="cluster DNS domain")
+    cgroup_driver: str = Field("systemd", description="kubelet and containerd cgroup driver")
+    package_repo: str = Field(
+        "https://pkgs.k8s.io/core:/stable:/v{minor}/deb/",
+        description="apt repository for kubelet/kubeadm/kubectl; {minor} is e.g. 1.31",
+    )
+
+
+class RegistrySettings(_Strict):
+    """The Harbor registry every node trusts."""
+
+    name: str = Field("harbor.k8sha.lab", description="DNS name of the registry")
+    port: int = Field(C.REGISTRY_PORT, description="HTTPS port")
+    harbor_version: str = Field("2.11.1", description="Harbor offline installer version")
+
+
+class ClusterSettings(_Strict):
+    """Cluster-wide settings: the `data` of `defaults.yaml`."""
+
+    cluster_name: str = Field("k8sha", description="name of the cluster and its state dir")
+    vip: IPv4Address = Field(..., description="virtual IP held by keepalived (required)")
+    prefix_length: int = Field(24, description="prefix length of the host network")
+    apiserver_port: int = Field(C.APISERVER_PORT, description="port HAProxy serves on the VIP")
+    apiserver_bind_port: int = Field(
+        C.APISERVER_PORT, description="port kube-apiserver listens on, on each master"
+    )
+    ntp_max_skew_s: float = Field(1.0, description="largest clock skew preflight accepts")
+    vrrp: VRRPSettings = VRRPSettings()
+    haproxy: HAProxySettings = HAProxySettings()
+    lvs: LVSSettings = LVSSettings()
+    bgp: BGPSettings = BGPSettings()
+    etcd: EtcdSettings = EtcdSettings()
+    kubernetes: KubernetesSettings = KubernetesSettings()
+    registry: RegistrySettings = RegistrySettings()
+
+
+class HostData(_Strict):
+    """Per-host `data` in `hosts.yaml` (and per-group data in `groups.yaml`)."""
+
+    physical_host: str | None = Field(None, description="physical machine this host runs on")
+    cpu: int | None = Field(None, description="declared CPU cores (checked against the table)")
+    memory_gb: float | None = Field(None, description="declared memory in GB")
+    vrrp_priority: int | None = Field(None, description="LVS only: VRRP priority (1-254)")
+    bgp_neighbors: list[IPv4Address] | None = Field(
+        None, description="switches only: explicit LVS neighbours (default: all LVS hosts)"
+    )
+    interface: str | None = Field(None, description="main interface (default: vrrp.interface)")
+

@@ -1,0 +1,49 @@
+"""Shared test helpers: paths to the shipped inventories and a builder for small inventories."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+LAB_INVENTORY = REPO / "inventory" / "lab"
+EXAMPLE_INVENTORY = REPO / "inventory" / "example"
+
+
+def load_lab_inventory() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """hosts, groups, defaults of the lab inventory as plain data, to modify in a test."""
+    return tuple(  # type: ignore[return-value]
+        yaml.safe_load((LAB_INVENTORY / f).read_text())
+        for f in ("hosts.yaml", "groups.yaml", "defaults.yaml")
+    )
+
+
+InventoryFactory = Callable[..., Path]
+
+
+@pytest.fixture
+def make_inventory(tmp_path: Path) -> InventoryFactory:
+    """Write an inventory dir: the lab's, changed by `edit(hosts, groups, defaults)`."""
+    counter = iter(range(1000))
+
+    def factory(edit: Callable[[dict, dict, dict], None] | None = None) -> Path:
+        hosts, groups, defaults = load_lab_inventory()
+        if edit:
+            edit(hosts, groups, defaults)
+        directory = tmp_path / f"inv{next(counter)}"
+        directory.mkdir()
+        for name, data in (("hosts.yaml", hosts), ("groups.yaml", groups),
+                           ("defaults.yaml", defaults)):
+            (directory / name).write_text(yaml.safe_dump(data, sort_keys=False))
+        return directory
+
+    return factory
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
