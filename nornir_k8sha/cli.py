@@ -72,7 +72,8 @@ def _register_subcommands() -> None:
     """Sub-apps live in their own modules; a missing optional one must not break `validate`."""
     import importlib
 
-    for module in ("nornir_k8sha.cli_render", "nornir_k8sha.cli_lab", "nornir_k8sha.cli_deploy"):
+    for module in ("nornir_k8sha.cli_render", "nornir_k8sha.cli_pki", "nornir_k8sha.cli_lab",
+                   "nornir_k8sha.cli_deploy"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -1,0 +1,284 @@
+"""One aggregation of results for every command: per phase × host outcomes, a live progress
+display, a final table, a JSON document and the exit code.
+
+Thin containers over built-ins, like nornir's own Result: a `HostOutcome` per host per phase, a
+`PhaseReport` per phase, a `RunReport` for the whole command.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from nornir.core.task import AggregatedResult, MultiResult
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+Status = Literal["ok", "changed", "failed", "skipped", "pending", "running"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_INVALID = 2
+
+_STYLE = {
+    "ok": "green",
+    "changed": "yellow",
+    "failed": "bold red",
+    "skipped": "dim",
+    "pending": "dim",
+    "running": "cyan",
+}
+
+
+@dataclass
+class HostOutcome:
+    """What one phase did on one host."""
+
+    host: str
+    status: Status
+    duration: float = 0.0
+    message: str = ""
+    diff: str = ""
+    changes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "status": self.status,
+            "duration_s": round(self.duration, 3),
+            "message": self.message,
+            "diff": self.diff,
+            "changes": self.changes,
+        }
+
+
+@dataclass
+class PhaseReport:
+    """A phase: its hosts' outcomes, or why it was skipped."""
+
+    name: str
+    title: str
+    hosts: dict[str, HostOutcome] = field(default_factory=dict)
+    duration: float = 0.0
+    skipped_reason: str = ""
+
+    @property
+    def failed_hosts(self) -> list[str]:
+        return [h for h, o in self.hosts.items() if o.status == "failed"]
+
+    @property
+    def changed(self) -> int:
+        return sum(1 for o in self.hosts.values() if o.status == "changed")
+
+    @property
+    def status(self) -> Status:
+        if self.skipped_reason:
+            return "skipped"
+        statuses = {o.status for o in self.hosts.values()}
+        for s in ("failed", "running", "changed"):
+            if s in statuses:
+                return s  # type: ignore[return-value]
+        return "ok"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "title": self.title,
+            "status": self.status,
+            "duration_s": round(self.duration, 3),
+            "skipped_reason": self.skipped_reason,
+            "hosts": {h: o.as_dict() for h, o in self.hosts.items()},
+        }
+
+
+@dataclass
+class RunReport:
+    """A whole command (deploy, check, ...): phases in order, timings, exit code."""
+
+    command: str
+    cluster: str
+    dry_run: bool = False
+    phases: list[PhaseReport] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+    duration: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def phase(self, name: str) -> PhaseReport:
+        for p in self.phases:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def add_phase(self, name: str, title: str, hosts: list[str]) -> PhaseReport:
+        with self._lock:
+            report = PhaseReport(name, title, {h: HostOutcome(h, "pending") for h in hosts})
+            self.phases.append(report)
+            return report
+
+    def set(self, phase: str, outcome: HostOutcome) -> None:
+        with self._lock:
+            self.phase(phase).hosts[outcome.host] = outcome
+
+    @property
+    def failed_hosts(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for p in self.phases:
+            for h in p.failed_hosts:
+                seen[h] = None
+        return list(seen)
+
+    @property
+    def changed(self) -> int:
+        return sum(p.changed for p in self.phases)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_FAILED if self.failed_hosts else EXIT_OK
+
+    def counts(self) -> dict[str, int]:
+        out = {"ok": 0, "changed": 0, "failed": 0, "skipped": 0}
+        for p in self.phases:
+            for o in p.hosts.values():
+                if o.status in out:
+                    out[o.status] += 1
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "command": self.command,
+            "cluster": self.cluster,
+            "dry_run": self.dry_run,
+            "started": self.started,
+            "duration_s": round(self.duration, 3),
+            "exit_code": self.exit_code,
+            "counts": self.counts(),
+            "changed": self.changed,
+            "failed_hosts": self.failed_hosts,
+            "notes": self.notes,
+            "phases": [p.as_dict() for p in self.phases],
+        }
+
+    def write_json(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.as_dict(), indent=2) + "\n")
+
+
+def outcomes_from_nornir(
+    result: AggregatedResult, durations: dict[str, float]
+) -> list[HostOutcome]:
+    """Fold a Nornir AggregatedResult into one outcome per host.
+
+    Changed comes from any subtask (nornir does not propagate it to the parent: DESIGN.md 4).
+    """
+    outcomes = []
+    for host, multi in result.items():
+        outcomes.append(_outcome(host, multi, durations.get(host, 0.0)))
+    return outcomes
+
+
+def _outcome(host: str, multi: MultiResult, duration: float) -> HostOutcome:
+    failed = [r for r in multi if r.failed]
+    if failed:
+        first = failed[-1] if failed[-1].exception is not None else failed[0]
+        exc = first.exception
+        message = str(exc) if exc is not None else str(first.result or "failed")
+        return HostOutcome(host, "failed", duration, _first_lines(message))
+    changed = [r for r in multi if r.changed]
+    diff = "\n".join(r.diff for r in multi if r.diff)
+    messages = [str(r.result) for r in multi[:1] if isinstance(r.result, str) and r.result]
+    return HostOutcome(
+        host,
+        "changed" if changed else "ok",
+        duration,
+        messages[0] if messages else "",
+        diff,
+        [r.name for r in changed if r is not multi[0]],
+    )
+
+
+def _first_lines(text: str, n: int = 6) -> str:
+    lines = text.strip().splitlines()
+    return "\n".join(lines[:n]) + (" …" if len(lines) > n else "")
+
+
+# --- rendering ---------------------------------------------------------------------------------
+
+
+def progress_table(report: RunReport) -> Table:
+    """Phase × host grid, refreshed live while a deploy runs."""
+    hosts: list[str] = []
+    for p in report.phases:
+        hosts.extend(h for h in p.hosts if h not in hosts)
+    table = Table(title=f"{report.command} {report.cluster}" + (" (dry run)" if report.dry_run
+                                                                  else ""))
+    table.add_column("phase")
+    table.add_column("status")
+    table.add_column("hosts")
+    for p in report.phases:
+        cells = " ".join(
+            f"[{_STYLE[o.status]}]{h}[/]" for h, o in p.hosts.items()
+        )
+        table.add_row(p.title, f"[{_STYLE[p.status]}]{p.status}[/]",
+                      cells or f"[dim]{p.skipped_reason}[/]")
+    return table
+
+
+def summary_table(report: RunReport) -> Table:
+    """Final table: per phase and host, status, duration, message."""
+    table = Table(title=f"{report.command} {report.cluster}: summary"
+                  + (" (dry run: nothing written)" if report.dry_run else ""))
+    for col in ("phase", "host", "status", "time", "detail"):
+        table.add_column(col, overflow="fold")
+    for p in report.phases:
+        if p.skipped_reason and not p.hosts:
+            table.add_row(p.title, "-", "[dim]skipped[/]", "", p.skipped_reason)
+        for h, o in p.hosts.items():
+            detail = o.message if o.status in ("failed", "skipped") else ", ".join(o.changes)
+            table.add_row(p.title, h, f"[{_STYLE[o.status]}]{o.status}[/]", f"{o.duration:.1f}s",
+                          detail)
+    return table
+
+
+def print_summary(report: RunReport, console: Console) -> None:
+    console.print(summary_table(report))
+    for p in report.phases:
+        for o in p.hosts.values():
+            if o.diff and report.dry_run:
+                console.rule(f"{p.name} · {o.host}")
+                console.print(o.diff, markup=False, highlight=False)
+    c = report.counts()
+    colour = "red" if report.failed_hosts else "green"
+    console.print(
+        f"[{colour}]{report.command} {'failed' if report.failed_hosts else 'ok'}[/] in "
+        f"{report.duration:.1f}s: {c['ok']} ok, {c['changed']} changed, {c['failed']} failed, "
+        f"{c['skipped']} skipped"
+    )
+    if report.failed_hosts:
+        console.print(f"[red]failed hosts:[/] {', '.join(report.failed_hosts)}")
+    for note in report.notes:
+        console.print(note)
+
+
+class LiveProgress:
+    """A rich Live display of `progress_table`, or nothing when output is not a terminal/JSON."""
+
+    def __init__(self, report: RunReport, console: Console, enabled: bool) -> None:
+        self.report = report
+        self.enabled = enabled and console.is_terminal
+        self._live = Live(console=console, refresh_per_second=4, transient=True,
+                          get_renderable=lambda: progress_table(report)) if self.enabled else None
+
+    def __enter__(self) -> LiveProgress:
+        if self._live:
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live:
+            self._live.__exit__(None, None, None)
