@@ -67,3 +67,38 @@ STATE_ROOT = Path(".k8sha")
 
 #: The package's own templates, one folder per component.
 TEMPLATES_DIR = Path(__file__).parent / "templates"
+
+# --- PKI files on the hosts (pki.bundle_for_host places them; templates reference them) -------
+ETCD_CA_CERT = f"{ETCD_PKI_DIR}/ca.crt"
+ETCD_SERVER_CERT = f"{ETCD_PKI_DIR}/server.crt"
+ETCD_SERVER_KEY = f"{ETCD_PKI_DIR}/server.key"
+ETCD_PEER_CERT = f"{ETCD_PKI_DIR}/peer.crt"
+ETCD_PEER_KEY = f"{ETCD_PKI_DIR}/peer.key"
+APISERVER_ETCD_CA_CERT = f"{KUBERNETES_ETCD_PKI_DIR}/ca.crt"
+APISERVER_ETCD_CLIENT_CERT = f"{KUBERNETES_ETCD_PKI_DIR}/apiserver-etcd-client.crt"
+APISERVER_ETCD_CLIENT_KEY = f"{KUBERNETES_ETCD_PKI_DIR}/apiserver-etcd-client.key"
+REGISTRY_CERT = f"{REGISTRY_PKI_DIR}/server.crt"
+REGISTRY_KEY = f"{REGISTRY_PKI_DIR}/server.key"
+#: Registry CA on every Kubernetes node: `<CONTAINERD_CERTS_DIR>/<registry name>/<this name>`.
+CONTAINERD_REGISTRY_CA = "ca.crt"
+
+# --- rendered files (render.py; templates/<component>/) ----------------------------------------
+#: The oneshot unit that puts the VIP on `lo` of each HAProxy node (REALSERVER_UNIT).
+REALSERVER_SERVICE = "k8sha-vip-lo"
+KUBEADM_JOIN_CONTROL_PLANE = "/etc/kubernetes/kubeadm-join-control-plane.yaml"
+KUBEADM_JOIN_WORKER = "/etc/kubernetes/kubeadm-join-worker.yaml"
+CONTAINERD_SOCKET = "unix:///run/containerd/containerd.sock"
+#: Debian's docker-registry runs as an unprivileged user: the drop-in lets it bind 443.
+REGISTRY_DROPIN = "/etc/systemd/system/docker-registry.service.d/k8sha.conf"
+REGISTRY_DATA_DIR = "/var/lib/docker-registry"
+HARBOR_DATA_VOLUME = "/data"
+#: Switches get a command list, not a file: its logical name in `render -o DIR/<switch>/`.
+SWITCH_BGP_CONFIG = "k8sha-bgp.cfg"
+#: Run-time secrets: rendered files carry these placeholders; the deploy fills them on the host.
+PLACEHOLDER_TOKEN = "${TOKEN}"
+PLACEHOLDER_CA_CERT_HASH = "${CA_CERT_HASH}"
+PLACEHOLDER_CERTIFICATE_KEY = "${CERTIFICATE_KEY}"
+PLACEHOLDER_HARBOR_ADMIN_PASSWORD = "${HARBOR_ADMIN_PASSWORD}"
+PLACEHOLDER_HARBOR_DB_PASSWORD = "${HARBOR_DB_PASSWORD}"
+#: etcd's plain-HTTP metrics listener, on 127.0.0.1 of each member.
+ETCD_METRICS_PORT = 2381
