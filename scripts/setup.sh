@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 # Packages on this machine: the real validators (haproxy -c, keepalived -t, openssl verify) and
 # what `lab up` needs to build the lab (it installs these itself too when missing).
 SYSTEM_PACKAGES=(
-  haproxy keepalived openssl ca-certificates
+  haproxy keepalived frr etcd-server etcd-client openssl ca-certificates util-linux
   iproute2 nftables kmod procps psmisc
   systemd-container mmdebstrap debian-archive-keyring user-mode-linux
   openssh-client
