@@ -39,9 +39,10 @@ InventoryOpt = typer.Option(
 )
 
 
-def _fail_invalid(exc: Exception, *, as_json: bool = False) -> None:
+def _fail_invalid(exc: Exception, *, inventory: Path, as_json: bool = False) -> None:
+    """An unreadable inventory: exit 2, the message on stderr (and the JSON shape on stdout)."""
     if as_json:
-        print(json.dumps({"valid": False, "errors": [str(exc)]}))
+        print(json.dumps(console.invalid_document(str(inventory), str(exc)), indent=2))
     console.error(str(exc))
     raise typer.Exit(EXIT_INVALID)
 
@@ -56,7 +57,7 @@ def validate(
     try:
         analysis = analyse(inventory)
     except InventoryError as exc:
-        _fail_invalid(exc, as_json=as_json)
+        _fail_invalid(exc, inventory=inventory, as_json=as_json)
         return
     if as_json:
         print(json.dumps(console.analysis_document(analysis), indent=2))

@@ -6,10 +6,20 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from nornir_k8sha import constants as C
 from nornir_k8sha.topology import Analysis, etcd_quorum, etcd_tolerance
+
+#: Names listed per table cell; a large inventory's full lists are in `validate --json`.
+MAX_NAMES = 8
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:MAX_NAMES])
+    more = len(names) - MAX_NAMES
+    return escape(shown + (f", … +{more} more" if more > 0 else ""))
 
 
 def out() -> Console:
@@ -21,11 +31,22 @@ def err() -> Console:
 
 
 def error(message: str) -> None:
-    err().print(f"[bold red]error:[/] {message}", markup=True)
+    err().print(f"[bold red]error:[/] {escape(message)}")
 
 
 def warn(message: str) -> None:
-    err().print(f"[yellow]warning:[/] {message}")
+    err().print(f"[yellow]warning:[/] {escape(message)}")
+
+
+def invalid_document(inventory: str, message: str) -> dict[str, Any]:
+    """`validate --json` when the inventory cannot even be read: same keys as a full report."""
+    return {
+        "inventory": inventory,
+        "valid": False,
+        "errors": [{"severity": "error", "rule": "inventory", "message": message, "where": "",
+                    "host": None, "field": None}],
+        "warnings": [],
+    }
 
 
 def analysis_document(analysis: Analysis) -> dict[str, Any]:
@@ -65,7 +86,7 @@ def show_analysis(analysis: Analysis) -> None:
         for role in C.ROLES:
             hosts = spec.role(role)
             roles.add_row(role, str(len(hosts)),
-                          ", ".join(f"{h.name} ({h.address}, {h.machine})" for h in hosts))
+                          _names([f"{h.name} ({h.address}, {h.machine})" for h in hosts]))
         console.print(roles)
 
         quorum = Table(title="etcd quorum and failure tolerance")
@@ -79,21 +100,25 @@ def show_analysis(analysis: Analysis) -> None:
         console.print(quorum)
 
         machines = Table(title="loss of one physical machine")
-        for col in ("machine", "hosts", "etcd left / quorum", "masters", "haproxy", "lvs",
-                    "verdict"):
-            machines.add_column(col)
+        # The verdict is the point of this table: it keeps its width; the host list wraps.
+        machines.add_column("machine", no_wrap=True)
+        machines.add_column("hosts")
+        for col in ("etcd left/quorum", "masters", "haproxy", "lvs"):
+            machines.add_column(col, justify="right")
+        machines.add_column("verdict", min_width=18)
         for loss in spec.machine_losses():
             colour = "green" if loss.api_survives else "red"
             machines.add_row(
-                loss.machine, ", ".join(loss.hosts), f"{loss.etcd_left} / {loss.etcd_quorum}",
+                escape(loss.machine), _names(list(loss.hosts)),
+                f"{loss.etcd_left} / {loss.etcd_quorum}",
                 str(loss.masters_left), str(loss.haproxy_left), str(loss.lvs_left),
-                f"[{colour}]{loss.verdict}[/]",
+                f"[{colour}]{escape(loss.verdict)}[/]",
             )
         console.print(machines)
     for finding in analysis.warnings:
-        console.print(f"[yellow]warning[/] {finding}")
+        console.print(f"[yellow]warning[/] {escape(str(finding))}")
     for finding in analysis.errors:
-        console.print(f"[bold red]error[/] {finding}")
+        console.print(f"[bold red]error[/] {escape(str(finding))}")
     if analysis.errors:
         console.print(f"[bold red]invalid:[/] {len(analysis.errors)} error(s), "
                       f"{len(analysis.warnings)} warning(s)")

@@ -28,6 +28,11 @@ NORNIR_HOST_KEYS = frozenset(
      "connection_options"}
 )
 NORNIR_DEFAULTS_KEYS = NORNIR_HOST_KEYS - {"groups"}
+#: Nornir keys whose value is handed to a connection as a string.
+NORNIR_STRING_KEYS = frozenset({"hostname", "username", "password", "platform"})
+#: Keys of one plugin's entry under `connection_options`.
+CONNECTION_OPTION_KEYS = frozenset({"hostname", "port", "username", "password", "platform",
+                                    "extras"})
 
 
 @dataclass(frozen=True)
@@ -61,22 +66,32 @@ class RawInventory:
                                                                 DEFAULTS_FILE)
 
 
-class _StrictLoader(yaml.SafeLoader):
+#: libyaml's parser when PyYAML has it: pure-Python parsing is 90% of `validate` on big inventories.
+_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _StrictLoader(_BaseLoader):  # type: ignore[misc,valid-type]
     """SafeLoader that refuses duplicate keys and remembers the line of every mapping key."""
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
     mapping: dict[Any, Any] = {}
     lines: dict[Any, int] = {}
-    for key_node, value_node in node.value:
+    explicit = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
+    loader.flatten_mapping(node)  # YAML merge keys (`<<: *anchor`) come first; explicit keys win
+    merged = len(node.value) - explicit
+    for index, (key_node, value_node) in enumerate(node.value):
         key = loader.construct_object(key_node, deep=True)
-        if key in mapping:
+        if key in mapping and index >= merged and lines.get(key, 0) > 0:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r} (first at line {lines[key]})",
                 key_node.start_mark,
             )
         mapping[key] = loader.construct_object(value_node, deep=True)
-        lines[key] = key_node.start_mark.line + 1
+        # A merged key keeps a negative mark so that one explicit override is not a duplicate.
+        line = key_node.start_mark.line + 1
+        lines[key] = line if index >= merged else -line
+    lines = {k: abs(v) for k, v in lines.items()}
     loader.key_lines[id(mapping)] = lines  # type: ignore[attr-defined]
     return mapping
 
@@ -137,41 +152,104 @@ def read_raw_inventory(directory: Path | str) -> RawInventory:
     return raw
 
 
+def _check_entry(raw: RawInventory, kind: str, name: str, entry: dict[str, Any],
+                 allowed: frozenset[str], problems: list[str]) -> None:
+    """The Nornir keys of one host, group or the defaults: known, and of the type Nornir needs."""
+    label = f"{kind[:-1]} {name}" if kind != "defaults" else "defaults"
+    path = (kind, name) if kind != "defaults" else (kind,)
+
+    def problem(key: str | None, text: str) -> None:
+        where = raw.where(*path, *((key,) if key else ()))
+        problems.append(f"{where}: {label}: " + (f"field {key!r}: " if key else "") + text)
+
+    for key, value in entry.items():
+        key = str(key)
+        if key not in allowed:
+            problem(key, "unknown field")
+        elif key == "port" and value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536):
+            problem(key, f"{value!r} is not a port number (1-65535)")
+        elif key in NORNIR_STRING_KEYS and value is not None and not isinstance(value, str):
+            problem(key, f"{value!r} must be a string (quote it)")
+        elif key == "data" and value is not None and not isinstance(value, dict):
+            problem(key, "must be a mapping")
+        elif key == "groups":
+            if not isinstance(value, list):
+                problem(key, "must be a list")
+                continue
+            for group in value:
+                if group not in raw.groups:
+                    problem(key, f"unknown group {group!r}")
+        elif key == "connection_options":
+            _check_connection_options(value, problem)
+
+
+def _check_connection_options(value: Any, problem: Any) -> None:
+    """connection_options: plugin name -> {hostname, port, username, password, platform, extras}."""
+    if not isinstance(value, dict):
+        problem("connection_options", "must be a mapping of connection plugin names")
+        return
+    for plugin, options in value.items():
+        if not isinstance(options, dict):
+            problem("connection_options", f"{plugin}: must be a mapping")
+            continue
+        for key in options:
+            if key not in CONNECTION_OPTION_KEYS:
+                problem("connection_options", f"{plugin}: unknown field {key!r} (plugin "
+                        "settings go under 'extras')")
+        extras = options.get("extras")
+        if extras is not None and not isinstance(extras, dict):
+            problem("connection_options", f"{plugin}: field 'extras' must be a mapping")
+
+
+def _group_cycle(raw: RawInventory) -> list[str] | None:
+    """A chain of groups that inherits from itself, if any (Nornir would recurse forever)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(group: str, path: list[str]) -> list[str] | None:
+        state[group] = 1
+        entry = raw.groups.get(group)
+        parents = entry.get("groups") if isinstance(entry, dict) else None
+        for parent in parents if isinstance(parents, list) else []:
+            if parent not in raw.groups:
+                continue
+            if state.get(parent) == 1:
+                return [*path, group, parent]
+            if parent not in state and (cycle := visit(parent, [*path, group])):
+                return cycle
+        state[group] = 2
+        return None
+
+    for group in raw.groups:
+        if group not in state and (cycle := visit(group, [])):
+            return cycle
+    return None
+
+
 def _check_shapes(raw: RawInventory) -> None:
-    """Nornir-level shape: known keys, mappings where mappings belong, groups that exist."""
+    """Nornir-level shape: known keys of the right types, groups that exist, no group cycle.
+
+    Whatever passes here, Nornir's SimpleInventory loads without an exception.
+    """
     problems: list[str] = []
     for kind, entries in (("hosts", raw.hosts), ("groups", raw.groups)):
-        for name, entry in entries.items():
+        for key, entry in entries.items():
+            name = str(key)
             if entry is None:
-                entry = entries[name] = {}
-            if not isinstance(entry, dict):
-                problems.append(f"{raw.where(kind, str(name))}: {kind[:-1]} {name}: expected a "
+                problems.append(f"{raw.where(kind, name)}: {kind[:-1]} {name}: empty entry "
+                                f"(write `{name}: {{}}`)")
+            elif not isinstance(entry, dict):
+                problems.append(f"{raw.where(kind, name)}: {kind[:-1]} {name}: expected a "
                                 "mapping")
-                continue
-            for key in entry:
-                if key not in NORNIR_HOST_KEYS:
-                    problems.append(f"{raw.where(kind, str(name), str(key))}: {kind[:-1]} {name}: "
-                                    f"unknown field {key!r}")
-            groups = entry.get("groups", [])
-            if not isinstance(groups, list):
-                problems.append(f"{raw.where(kind, str(name), 'groups')}: {kind[:-1]} {name}: "
-                                "field 'groups' must be a list")
-                continue
-            for group in groups:
-                if group not in raw.groups:
-                    problems.append(f"{raw.where(kind, str(name), 'groups')}: {kind[:-1]} {name}: "
-                                    f"field 'groups': unknown group {group!r}")
-            if "data" in entry and not isinstance(entry["data"], dict):
-                problems.append(f"{raw.where(kind, str(name), 'data')}: {kind[:-1]} {name}: "
-                                "field 'data' must be a mapping")
-    for key in raw.defaults:
-        if key not in NORNIR_DEFAULTS_KEYS:
-            problems.append(f"{raw.where('defaults', str(key))}: defaults: unknown field {key!r}")
-    if "data" in raw.defaults and not isinstance(raw.defaults["data"], dict):
-        problems.append(f"{raw.where('defaults', 'data')}: defaults: field 'data' must be a "
-                        "mapping")
+            else:
+                _check_entry(raw, kind, name, entry, NORNIR_HOST_KEYS, problems)
+    _check_entry(raw, "defaults", "", raw.defaults, NORNIR_DEFAULTS_KEYS, problems)
+    cycle = _group_cycle(raw)
+    if cycle:
+        problems.append(f"{raw.where('groups', cycle[0], 'groups')}: groups inherit from "
+                        f"themselves: {' -> '.join(cycle)}")
     if problems:
-        raise InventoryError("inventory is invalid:\n  " + "\n  ".join(problems))
+        raise InventoryError(f"inventory {raw.directory} is invalid:\n  " + "\n  ".join(problems))
 
 
 def open_nornir(directory: Path | str, *, num_workers: int = 20, raw: RawInventory | None = None

@@ -185,10 +185,17 @@ class ClusterSpec:
     settings: ClusterSettings
     hosts: tuple[HostSpec, ...]
     inventory_dir: Path | None = None
-    _by_name: dict[str, HostSpec] = field(default_factory=dict, repr=False, compare=False)
+    # Indexes built per instance (init=False: dataclasses.replace() builds fresh ones).
+    _by_name: dict[str, HostSpec] = field(default_factory=dict, init=False, repr=False,
+                                          compare=False)
+    _by_role: dict[str, tuple[HostSpec, ...]] = field(default_factory=dict, init=False,
+                                                       repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._by_name.update({h.name: h for h in self.hosts})
+        # role() is called per host by rules, renderers and tasks: index once, not O(n) per call.
+        for role in {r for h in self.hosts for r in h.roles} | set(C.ROLES):
+            self._by_role[role] = tuple(h for h in self.hosts if h.has_role(role))
 
     @property
     def name(self) -> str:
@@ -217,10 +224,11 @@ class ClusterSpec:
         return self._by_name[name]
 
     def role(self, role: str) -> list[HostSpec]:
-        return [h for h in self.hosts if h.has_role(role)]
+        """Hosts of a role in inventory order (a new list: callers may change it)."""
+        return list(self._by_role.get(role, ()))
 
     def count(self, role: str) -> int:
-        return len(self.role(role))
+        return len(self._by_role.get(role, ()))
 
     @property
     def first_master(self) -> HostSpec:
@@ -249,21 +257,25 @@ class ClusterSpec:
         return out
 
     def machine_losses(self) -> list[MachineLoss]:
-        """For each physical machine, what its loss leaves (the seed's 3-machine argument)."""
-        etcd_total = self.count(C.ROLE_ETCD)
+        """For each physical machine, what its loss leaves (the seed's 3-machine argument).
+
+        Linear in the hosts: per machine, what is left of a role is its total minus what the
+        machine carries (a host with two roles counts in both).
+        """
+        quorum = etcd_quorum(self.count(C.ROLE_ETCD))
         losses = []
         for machine, lost in self.machines.items():
-            lost_names = {h.name for h in lost}
+            on_machine = Counter(r for h in lost for r in h.roles)
 
-            def left(role: str, lost_names: set[str] = lost_names) -> int:
-                return sum(1 for h in self.role(role) if h.name not in lost_names)
+            def left(role: str, on_machine: Counter[str] = on_machine) -> int:
+                return self.count(role) - on_machine[role]
 
             losses.append(
                 MachineLoss(
                     machine=machine,
-                    hosts=tuple(sorted(lost_names)),
+                    hosts=tuple(sorted(h.name for h in lost)),
                     etcd_left=left(C.ROLE_ETCD),
-                    etcd_quorum=etcd_quorum(etcd_total),
+                    etcd_quorum=quorum,
                     masters_left=left(C.ROLE_MASTERS),
                     haproxy_left=left(C.ROLE_HAPROXY),
                     lvs_left=left(C.ROLE_LVS),
@@ -312,6 +324,7 @@ class _Findings(list[Finding]):
     def __init__(self, raw: RawInventory) -> None:
         super().__init__()
         self.raw = raw
+        self._seen: set[Finding] = set()
 
     def add(
         self,
@@ -328,44 +341,133 @@ class _Findings(list[Finding]):
                 where = ("hosts", host, *(("data", field) if field else ()))
             elif field:
                 where = ("defaults", "data", *field.split("."))
-        self.append(Finding(severity, rule, message, self.raw.where(*where), host, field))
+        finding = Finding(severity, rule, message, self.raw.where(*where), host, field)
+        if finding not in self._seen:  # one group's bad field would otherwise repeat per member
+            self._seen.add(finding)
+            self.append(finding)
 
 
-def _merged_data(raw: RawInventory, host: dict[str, Any]) -> dict[str, Any]:
-    """Host data over its groups' data (not defaults: cluster settings live there)."""
+class _GroupIndex:
+    """Nornir's view of groups: a host inherits from its groups and, recursively, their parents.
+
+    Order as Nornir's `Host.extended_groups()`: each direct group followed by its ancestors,
+    depth first, without repeats; the first group that has a key wins (after the host itself).
+    """
+
+    def __init__(self, raw: RawInventory) -> None:
+        self.raw = raw
+        self._cache: dict[str, tuple[str, ...]] = {}
+
+    def _parents(self, group: str) -> list[str]:
+        entry = self.raw.groups.get(group) or {}
+        parents = entry.get("groups") or []
+        return [str(g) for g in parents] if isinstance(parents, list) else []
+
+    def ancestors(self, group: str, _stack: frozenset[str] = frozenset()) -> tuple[str, ...]:
+        """`group` and every group it inherits from; cycles are cut (the reader rejects them)."""
+        if group in self._cache:
+            return self._cache[group]
+        chain: list[str] = [group]
+        for parent in self._parents(group):
+            if parent in _stack or parent == group:
+                continue
+            for g in self.ancestors(parent, _stack | {group}):
+                if g not in chain:
+                    chain.append(g)
+        self._cache[group] = tuple(chain)
+        return self._cache[group]
+
+    def extended(self, groups: Iterable[str]) -> tuple[str, ...]:
+        chain: list[str] = []
+        for group in groups:
+            for g in self.ancestors(str(group)):
+                if g not in chain:
+                    chain.append(g)
+        return tuple(chain)
+
+
+def _merged_data(
+    raw: RawInventory, name: str, entry: dict[str, Any], groups: tuple[str, ...]
+) -> tuple[dict[str, Any], dict[str, tuple[str, ...]]]:
+    """Host data over its (extended) groups' data, and where each key came from.
+
+    Not defaults: cluster settings live there. Precedence is Nornir's: host, then the first
+    group that has the key.
+    """
     merged: dict[str, Any] = {}
-    for group in host.get("groups", []):
-        merged.update((raw.groups.get(group) or {}).get("data") or {})
-    merged.update(host.get("data") or {})
-    return merged
+    source: dict[str, tuple[str, ...]] = {}
+    for group in reversed(groups):
+        for key, value in ((raw.groups.get(group) or {}).get("data") or {}).items():
+            merged[key] = value
+            source[str(key)] = ("groups", group, "data")
+    for key, value in (entry.get("data") or {}).items():
+        merged[key] = value
+        source[str(key)] = ("hosts", name, "data")
+    return merged, source
 
 
 def _pydantic_findings(
-    out: _Findings, exc: ValidationError, *, host: str | None, prefix: tuple[str, ...]
+    out: _Findings,
+    exc: ValidationError,
+    *,
+    host: str | None,
+    prefix: tuple[str, ...],
+    source: dict[str, tuple[str, ...]] | None = None,
 ) -> None:
+    """One finding per pydantic error, located at the file:line of the offending key.
+
+    For host data, a key inherited from a group is located in groups.yaml and reported once for
+    the group rather than once per member host.
+    """
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
+        parts = tuple(str(p) for p in err["loc"])
+        loc = ".".join(parts)
         msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
-        where = (*prefix, *(str(p) for p in err["loc"]))
-        out.add("error", "schema", msg, host=host, field=loc or None, where=where)
+        origin = (source or {}).get(parts[0]) if parts else None
+        if origin and origin[0] == "groups":
+            out.add("error", "schema", f"{msg} (data of group '{origin[1]}')", field=loc or None,
+                    where=(*origin, *parts))
+            continue
+        out.add("error", "schema", msg, host=host, field=loc or None, where=(*prefix, *parts))
 
 
 def _build_settings(raw: RawInventory, out: _Findings) -> ClusterSettings | None:
     try:
-        return ClusterSettings.model_validate(raw.defaults.get("data") or {})
+        settings = ClusterSettings.model_validate(raw.defaults.get("data") or {})
     except ValidationError as exc:
         _pydantic_findings(out, exc, host=None, prefix=("defaults", "data"))
         return None
+    if not 1 <= settings.prefix_length <= 32:
+        # Every address rule needs the host network: without one, no spec can be built.
+        out.add("error", "prefix-length", f"prefix length {settings.prefix_length} is not "
+                "between 1 and 32", field="prefix_length")
+        return None
+    return settings
 
 
-def _build_hosts(raw: RawInventory, out: _Findings) -> list[HostSpec]:
+def _platform(raw: RawInventory, entry: dict[str, Any], groups: tuple[str, ...]) -> str | None:
+    """Nornir's platform: the host's, else the first group's that has one, else defaults'."""
+    for candidate in (entry, *((raw.groups.get(g) or {}) for g in groups), raw.defaults):
+        if candidate.get("platform"):
+            return str(candidate["platform"])
+    return None
+
+
+def _build_hosts(raw: RawInventory, out: _Findings) -> tuple[list[HostSpec], bool]:
+    """The hosts that could be built, and whether every host could."""
     hosts = []
-    for name, entry in raw.hosts.items():
-        name = str(name)
+    complete = True
+    index = _GroupIndex(raw)
+    for key, entry in raw.hosts.items():
+        name = str(key)
+        groups = index.extended(entry.get("groups") or ())
+        merged, source = _merged_data(raw, name, entry, groups)
         try:
-            data = HostData.model_validate(_merged_data(raw, entry))
+            data = HostData.model_validate(merged)
         except ValidationError as exc:
-            _pydantic_findings(out, exc, host=name, prefix=("hosts", name, "data"))
+            _pydantic_findings(out, exc, host=name, prefix=("hosts", name, "data"),
+                               source=source)
+            complete = False
             continue
         hostname = entry.get("hostname")
         try:
@@ -373,19 +475,18 @@ def _build_hosts(raw: RawInventory, out: _Findings) -> list[HostSpec]:
             if not isinstance(address, IPv4Address):
                 raise ValueError
         except ValueError:
-            out.add("error", "address", f"hostname {hostname!r} must be an IPv4 address",
+            problem = ("no hostname" if hostname is None else f"hostname {hostname!r}")
+            out.add("error", "address", f"{problem}: hostname must be the host's IPv4 address",
                     host=name, field="hostname", where=("hosts", name, "hostname"))
+            complete = False
             continue
-        groups = tuple(entry.get("groups") or ())
         roles = tuple(g for g in groups if g in C.ROLES)
         if not roles:
             out.add("error", "role", f"belongs to no role group (one of {', '.join(C.ROLES)})",
                     host=name, field="groups", where=("hosts", name, "groups"))
-        platform = entry.get("platform") or next(
-            (raw.groups[g].get("platform") for g in groups if (raw.groups.get(g) or {}).get(
-                "platform")), None) or raw.defaults.get("platform")
-        hosts.append(HostSpec(name, address, roles, data.physical_host, data, platform))
-    return hosts
+        hosts.append(HostSpec(name, address, roles, data.physical_host, data,
+                              _platform(raw, entry, groups)))
+    return hosts, complete
 
 
 def _check_counts(spec: ClusterSpec, out: _Findings) -> None:
@@ -402,7 +503,7 @@ def _check_counts(spec: ClusterSpec, out: _Findings) -> None:
     etcd = spec.count(C.ROLE_ETCD)
     if etcd and etcd % 2 == 0:
         out.add("warning", "etcd-odd",
-                f"{etcd} etcd members tolerate {etcd_tolerance(etcd)} failure(s), no more than "
+                f"{etcd} etcd members tolerate {etcd_tolerance(etcd)} failure(s), the same as "
                 f"{etcd - 1}: an even count adds no tolerance", where=("hosts",))
 
 
@@ -512,7 +613,7 @@ def _check_sizes(spec: ClusterSpec, out: _Findings) -> None:
                 out.add("warning", "size", f"{h.data.cpu} CPU declared; {cpu} recommended for "
                         f"role '{role}'", host=h.name, field="cpu")
             if h.data.memory_gb is not None and h.data.memory_gb < mem:
-                out.add("warning", "size", f"{h.data.memory_gb} GB declared; {mem:g} GB "
+                out.add("warning", "size", f"{h.data.memory_gb:g} GB declared; {mem:g} GB "
                         f"recommended for role '{role}'", host=h.name, field="memory_gb")
 
 
@@ -568,17 +669,24 @@ RULES = (
 
 
 def analyse_raw(raw: RawInventory) -> Analysis:
+    """Every finding for an already-read inventory; the spec only when every host builds."""
     out = _Findings(raw)
     settings = _build_settings(raw, out)
-    hosts = _build_hosts(raw, out)
+    hosts, complete = _build_hosts(raw, out)
     if not raw.hosts:
         out.add("error", "min-count", "the inventory has no hosts", where=("hosts",))
-    duplicate = [n for n, c in Counter(str(n).lower() for n in raw.hosts).items() if c > 1]
-    for name in duplicate:
-        out.add("error", "unique-name", f"host name {name!r} appears more than once "
-                "(names are case-insensitive)", host=name)
+    by_folded: dict[str, list[str]] = {}
+    for key in raw.hosts:
+        by_folded.setdefault(str(key).lower(), []).append(str(key))
+    for names in by_folded.values():
+        for name in names[1:]:
+            out.add("error", "unique-name", f"host name {name!r} is also host {names[0]!r} "
+                    "(names are case-insensitive: DNS, certificates)", host=name,
+                    where=("hosts", name))
     spec = None
-    if settings is not None and hosts:
+    # Cross-host rules on a partial host list would report false losses and counts: first the
+    # hosts must build.
+    if settings is not None and hosts and complete:
         spec = ClusterSpec(settings, tuple(hosts), raw.directory)
         for rule in RULES:
             rule(spec, out)
