@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 from nornir.core import Nornir
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from nornir_k8sha import constants as C
@@ -38,13 +39,6 @@ class CheckContext:
     nr: Nornir
     state_dir: Path
     cache: dict[str, Any] = field(default_factory=dict)
-
-    def tls(self, ca: Path, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
-        """An SSL context trusting `ca`, presenting `cert`/`key` when given."""
-        ctx = ssl.create_default_context(cafile=str(ca))
-        if cert and key:
-            ctx.load_cert_chain(str(cert), str(key))
-        return ctx
 
     def ssh(self, host: str, command: str) -> tuple[int, str, str]:
         """Run a read-only command on a host; (exit code, stdout, stderr)."""
@@ -72,12 +66,21 @@ def _error_text(exc: Exception) -> str:
 # --- etcd --------------------------------------------------------------------------------------
 
 
-def _etcd_client(cx: CheckContext) -> httpx.Client:
+def tls_context(ca: Path, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
+    """An SSL context trusting `ca`, presenting `cert`/`key` when given."""
+    ctx = ssl.create_default_context(cafile=str(ca))
+    if cert and key:
+        ctx.load_cert_chain(str(cert), str(key))
+    return ctx
+
+
+def etcd_http_client(spec: ClusterSpec, state_dir: Path) -> httpx.Client:
+    """httpx client for etcd's HTTP API with the health-check client certificate (mTLS)."""
     from nornir_k8sha.pki import ClusterPKI
 
-    pki = ClusterPKI(cx.spec, cx.state_dir)
+    pki = ClusterPKI(spec, state_dir)
     client = pki.healthcheck_client
-    return httpx.Client(verify=cx.tls(pki.etcd_ca.cert, client.cert, client.key),
+    return httpx.Client(verify=tls_context(pki.etcd_ca.cert, client.cert, client.key),
                         timeout=HTTP_TIMEOUT)
 
 
@@ -87,7 +90,7 @@ def check_etcd(cx: CheckContext) -> list[HostOutcome]:
     port = cx.spec.settings.etcd.client_port
     quorum = etcd_quorum(len(members))
     results: dict[str, dict[str, Any]] = {}
-    with _etcd_client(cx) as client:
+    with etcd_http_client(cx.spec, cx.state_dir) as client:
 
         def probe(address: str) -> dict[str, Any]:
             base = f"https://{address}:{port}"
@@ -285,5 +288,6 @@ def show_checks(report: RunReport, console: Console) -> None:
     for phase in report.phases:
         for o in phase.hosts.values():
             colour = {"ok": "green", "failed": "bold red"}.get(o.status, "yellow")
-            table.add_row(phase.title, o.host, f"[{colour}]{o.status}[/]", o.message)
+            table.add_row(escape(phase.title), escape(o.host), f"[{colour}]{o.status}[/]",
+                          escape(o.message))
     console.print(table)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from nornir.core import Nornir
-from nornir.core.task import Result, Task
+from nornir.core.task import AggregatedResult, Result, Task
 
 from nornir_k8sha.report import HostOutcome, RunReport, outcomes_from_nornir
 from nornir_k8sha.topology import ClusterSpec, hosts_in_roles
@@ -101,6 +101,14 @@ class NornirPhase:
         return outcomes_from_nornir(result, durations)
 
 
+def run_task(ctx: DeployContext, hosts: list[str], fn: Callable[..., Result], name: str,
+             **kwargs: Any) -> AggregatedResult:
+    """Run `fn` on `hosts` in parallel (a step inside a multi-step phase)."""
+    wanted = set(hosts)
+    nr = ctx.nr.filter(filter_func=lambda h: h.name in wanted)
+    return nr.run(task=fn, name=name, on_failed=True, **kwargs)
+
+
 class LocalPhase:
     """A phase that runs on this machine only (reported under the host `local`)."""
 
@@ -177,7 +185,7 @@ def _run_phase(ctx: DeployContext, phase: Phase) -> None:
     report = ctx.report.add_phase(phase.name, phase.title, hosts)
     start = time.monotonic()
     reason = _dependency_problem(ctx, phase) or phase.should_run(ctx)
-    if reason is None and not hosts:
+    if reason is None and not hosts and not getattr(phase, "runs_without_hosts", False):
         reason = "no hosts"
     if reason is not None:
         report.skipped_reason = reason
@@ -194,6 +202,11 @@ def _run_phase(ctx: DeployContext, phase: Phase) -> None:
             runnable.append(h)
             ctx.report.set(phase.name, HostOutcome(h, "running"))
     if runnable:
-        for outcome in phase.run(ctx, runnable):
+        try:
+            outcomes = phase.run(ctx, runnable)
+        except Exception as exc:  # a phase that breaks fails its hosts, never the whole run
+            outcomes = [HostOutcome(h, "failed", message=f"{type(exc).__name__}: {exc}")
+                        for h in runnable]
+        for outcome in outcomes:
             ctx.report.set(phase.name, outcome)
     report.duration = time.monotonic() - start

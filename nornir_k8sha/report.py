@@ -17,6 +17,7 @@ from typing import Any, Literal
 from nornir.core.task import AggregatedResult, MultiResult
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 Status = Literal["ok", "changed", "failed", "skipped", "pending", "running"]
@@ -225,7 +226,7 @@ def progress_table(report: RunReport) -> Table:
             f"[{_STYLE[o.status]}]{h}[/]" for h, o in p.hosts.items()
         )
         table.add_row(p.title, f"[{_STYLE[p.status]}]{p.status}[/]",
-                      cells or f"[dim]{p.skipped_reason}[/]")
+                      cells or f"[dim]{escape(p.skipped_reason)}[/]")
     return table
 
 
@@ -237,11 +238,11 @@ def summary_table(report: RunReport) -> Table:
         table.add_column(col, overflow="fold")
     for p in report.phases:
         if p.skipped_reason and not p.hosts:
-            table.add_row(p.title, "-", "[dim]skipped[/]", "", p.skipped_reason)
+            table.add_row(p.title, "-", "[dim]skipped[/]", "", escape(p.skipped_reason))
         for h, o in p.hosts.items():
             detail = o.message if o.status in ("failed", "skipped") else ", ".join(o.changes)
-            table.add_row(p.title, h, f"[{_STYLE[o.status]}]{o.status}[/]", f"{o.duration:.1f}s",
-                          detail)
+            table.add_row(escape(p.title), escape(h), f"[{_STYLE[o.status]}]{o.status}[/]",
+                          f"{o.duration:.1f}s", escape(detail))
     return table
 
 
@@ -260,9 +261,9 @@ def print_summary(report: RunReport, console: Console) -> None:
         f"{c['skipped']} skipped"
     )
     if report.failed_hosts:
-        console.print(f"[red]failed hosts:[/] {', '.join(report.failed_hosts)}")
+        console.print(f"[red]failed hosts:[/] {escape(', '.join(report.failed_hosts))}")
     for note in report.notes:
-        console.print(note)
+        console.print(note)  # notes are our own markup
 
 
 class LiveProgress:

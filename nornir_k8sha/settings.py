@@ -37,6 +37,9 @@ class HAProxySettings(_Strict):
     client_timeout_s: int = Field(300, description="idle client timeout (long watches)")
     server_timeout_s: int = Field(300, description="idle server timeout (long watches)")
     stats_port: int = Field(C.HAPROXY_STATS_PORT, description="stats HTTP port on the host IP")
+    maxconn: int = Field(
+        20000, description="global maxconn; HAProxy needs ~2 open files per connection"
+    )
 
 
 class LVSSettings(_Strict):

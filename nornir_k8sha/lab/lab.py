@@ -196,6 +196,10 @@ class Lab:
         overlay.mount_overlay(tree, dirs)
         ssh.ensure_host_key(dirs.merged, name)
         overlay.write_identity(dirs.merged, host=name, hosts=hosts_file, authorized_key=pubkey)
+        if host.has_role(C.ROLE_SWITCHES):
+            uid, gid = overlay.user_ids(dirs.merged, rootfs.SWITCH_USER)
+            overlay.write_switch_role(dirs.merged, authorized_key=pubkey,
+                                      user=rootfs.SWITCH_USER, uid=uid, gid=gid)
         if kind == KIND_UML:
             overlay.write_uml_network(dirs.merged, host.address, self.prefix)
             shutil.rmtree(dirs.uml_dir, ignore_errors=True)

@@ -8,6 +8,7 @@ authorized_keys, and for UML guests the network unit) are written before every b
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import uuid
@@ -133,3 +134,34 @@ def write_uml_network(root: Path, address: IPv4Address, prefix: int) -> None:
     link = wants / NET_UNIT
     if not link.is_symlink():
         link.symlink_to(f"/etc/systemd/system/{NET_UNIT}")
+
+
+def write_switch_role(root: Path, *, authorized_key: str, user: str, uid: int, gid: int) -> None:
+    """A lab switch is a running FRR with bgpd, reached by `user` (login shell vtysh) — the state
+    a real ToR switch is in before our deploy configures BGP on it."""
+    daemons = root / "etc/frr/daemons"
+    if daemons.exists():
+        text = daemons.read_text()
+        if "bgpd=no" in text:
+            daemons.write_text(text.replace("bgpd=no", "bgpd=yes"))
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    link = wants / "frr.service"
+    if not link.is_symlink():
+        link.symlink_to("/lib/systemd/system/frr.service")
+    ssh_dir = root / "home" / user / ".ssh"
+    ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    keys = ssh_dir / "authorized_keys"
+    keys.write_text(authorized_key + "\n")
+    keys.chmod(0o600)
+    for path in (ssh_dir, keys):
+        os.chown(path, uid, gid)
+
+
+def user_ids(root: Path, user: str) -> tuple[int, int]:
+    """uid and gid of `user` in the guest's /etc/passwd."""
+    for line in (root / "etc/passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == user:
+            return int(fields[2]), int(fields[3])
+    raise KeyError(f"user {user} not in the lab rootfs")

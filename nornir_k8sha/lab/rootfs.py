@@ -59,8 +59,10 @@ MASKED_UNITS: tuple[str, ...] = (
     "ipvsadm.service",
 )
 #: Bump when the customisation below changes: it is part of the cache key.
-CUSTOMISATION_VERSION = 5
+CUSTOMISATION_VERSION = 6
 COMPLETE_MARK = ".k8sha-rootfs-complete"
+#: The switch operator account of the lab's FRR switches (login shell vtysh).
+SWITCH_USER = "netops"
 
 Log = Callable[[str], None]
 
@@ -115,6 +117,10 @@ def _customise(root: Path) -> None:
             target = root / "lib/modules" / release.name
             if not target.exists():
                 shutil.copytree(release, target, symlinks=True)
+    # Lab switches are FRR boxes managed like real ToR switches: netmiko logs in as `netops`,
+    # whose login shell is vtysh (answers as cisco_ios). Harmless on other hosts.
+    subprocess.run(["useradd", f"--root={root}", "--create-home", "--shell", "/usr/bin/vtysh",
+                    "--groups", "frrvty,frr", SWITCH_USER], check=True, capture_output=True)
     journald = root / "etc/systemd/journald.conf.d/10-k8sha-lab.conf"
     journald.parent.mkdir(parents=True, exist_ok=True)
     journald.write_text("[Journal]\nStorage=volatile\nRuntimeMaxUse=16M\n")

@@ -1,0 +1,108 @@
+"""control-plane: prepare every master, place the PKI, `kubeadm init` once, then join the other
+masters one at a time with join material minted by ANY initialised master."""
+
+from __future__ import annotations
+
+import time
+
+from nornir.core.task import MultiResult, Result, Task
+
+from nornir_k8sha import constants as C
+from nornir_k8sha.deploy import DeployContext, run_task
+from nornir_k8sha.report import HostOutcome, outcomes_from_nornir
+from nornir_k8sha.tasks import harbor
+from nornir_k8sha.tasks import kubeadm as K
+
+
+def prepare_master(task: Task, ctx: DeployContext) -> Result:
+    results = [
+        K.prepare_node(task, ctx.spec),
+        K.place_control_plane_pki(task, ctx.spec, ctx.state_dir),
+        harbor.trust_registry(task, ctx.spec, ctx.state_dir),
+    ]
+    changed = [str(r.result) for r in results if r.changed]
+    return Result(host=task.host, changed=bool(changed), diff="\n".join(r.diff or "" for r in
+                                                                        results).strip(),
+                  result="; ".join(changed) or "prepared")
+
+
+def _initialised(task: Task) -> Result:
+    return Result(host=task.host, result=K.is_control_plane_initialised(task))
+
+
+def _ok(multi: MultiResult | None) -> bool:
+    return multi is not None and not multi.failed
+
+
+class ControlPlane:
+    name = "control-plane"
+    title = "control plane (kubeadm)"
+    depends_on = ("etcd", "lb", "pki")
+    roles = (C.ROLE_MASTERS,)
+
+    def hosts(self, ctx: DeployContext) -> list[str]:
+        return ctx.hosts_for(self.roles)
+
+    def should_run(self, ctx: DeployContext) -> str | None:
+        return None
+
+    def run(self, ctx: DeployContext, hosts: list[str]) -> list[HostOutcome]:
+        started = {h: time.monotonic() for h in hosts}
+        outcomes = {o.host: o for o in outcomes_from_nornir(
+            run_task(ctx, hosts, prepare_master, "prepare", ctx=ctx), {})}
+        ready = [h for h in hosts if outcomes[h].status != "failed"]
+        all_masters = [h.name for h in ctx.spec.role(C.ROLE_MASTERS)]
+        state = run_task(ctx, all_masters, _initialised, "initialised?")
+        initialised = [h for h in all_masters if _ok(state.get(h)) and state[h][0].result]
+
+        def note(host: str, result: MultiResult) -> None:
+            o = outcomes[host]
+            if result.failed:
+                exc = next((r.exception for r in result if r.exception), None)
+                o.status, o.message = "failed", str(exc or result[0].result)
+            elif any(r.changed for r in result):
+                o.status = "changed"
+                o.changes.append(str(result[0].result))
+
+        first = ctx.spec.first_master.name
+        if not initialised and first in ready:
+            res = run_task(ctx, [first], lambda t: K.init_first_master(t, ctx.spec), "init")
+            note(first, res[first])
+            if not res[first].failed and not ctx.dry_run:
+                initialised.append(first)
+        for host in ready:
+            if host in initialised or outcomes[host].status == "failed":
+                continue
+            if not initialised and not ctx.dry_run:
+                outcomes[host].status = "failed"
+                outcomes[host].message = (f"not joined: no initialised master ({first} could "
+                                          "not be initialised)")
+                continue
+            material = None if ctx.dry_run else self._mint(ctx, initialised)
+            res = run_task(ctx, [host], lambda t, m=material: K.join_node(
+                t, ctx.spec, m, control_plane=True), "join")
+            note(host, res[host])
+            if not res[host].failed and not ctx.dry_run:
+                initialised.append(host)
+        if initialised and not ctx.dry_run:
+            fetch = run_task(ctx, initialised[:1],
+                             lambda t: K.fetch_admin_kubeconfig(t, ctx.spec, ctx.state_dir),
+                             "admin.conf")
+            ctx.shared["admin_kubeconfig"] = fetch[initialised[0]][0].result
+        ctx.shared["initialised_masters"] = initialised
+        for h, o in outcomes.items():
+            o.duration = time.monotonic() - started[h]
+        return list(outcomes.values())
+
+    @staticmethod
+    def _mint(ctx: DeployContext, initialised: list[str], control_plane: bool = True
+              ) -> K.JoinMaterial:
+        """Join material from the first initialised master that answers."""
+        errors = []
+        for minter in initialised:
+            res = run_task(ctx, [minter], lambda t: K.mint_join_material(
+                t, ctx.spec, control_plane=control_plane), "mint")
+            if not res[minter].failed:
+                return res[minter][0].result
+            errors.append(f"{minter}: {res[minter][0].exception}")
+        raise RuntimeError("no initialised master could mint join material: " + "; ".join(errors))

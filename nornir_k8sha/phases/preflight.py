@@ -1,0 +1,28 @@
+"""Preflight: facts from every Linux host, compared with what the deploy needs. Read-only."""
+
+from __future__ import annotations
+
+import time
+
+from nornir.core.task import Result, Task
+
+from nornir_k8sha import constants as C
+from nornir_k8sha.deploy import DeployContext, NornirPhase
+from nornir_k8sha.tasks import host as H
+
+
+class Preflight(NornirPhase):
+    name = "preflight"
+    title = "preflight"
+    roles = C.LINUX_ROLES
+
+    def task(self, task: Task, ctx: DeployContext) -> Result:
+        facts = H.facts(task).result
+        problems = []
+        skew = abs(float(facts.get("time", time.time())) - time.time())
+        if skew > ctx.spec.settings.ntp_max_skew_s:
+            problems.append(f"clock skew {skew:.1f}s > {ctx.spec.settings.ntp_max_skew_s}s")
+        if problems:
+            return Result(host=task.host, failed=True, result="; ".join(problems))
+        return Result(host=task.host, result=f"{facts.get('os', '?')}, {facts.get('cpus', '?')} "
+                      f"CPU, {facts.get('memory_mb', '?')} MB")

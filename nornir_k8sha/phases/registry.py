@@ -1,0 +1,19 @@
+"""registry: the registry on the harbor host with a certificate from our PKI."""
+
+from __future__ import annotations
+
+from nornir.core.task import Result, Task
+
+from nornir_k8sha import constants as C
+from nornir_k8sha.deploy import DeployContext, NornirPhase
+from nornir_k8sha.tasks import harbor
+
+
+class Registry(NornirPhase):
+    name = "registry"
+    title = "registry"
+    roles = (C.ROLE_HARBOR,)
+    depends_on = ("pki",)
+
+    def task(self, task: Task, ctx: DeployContext) -> Result:
+        return harbor.configure_registry(task, ctx.spec, ctx.state_dir)

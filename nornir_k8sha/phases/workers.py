@@ -1,0 +1,63 @@
+"""workers: prepare every worker and trust the registry, then join them all in parallel with
+one token minted by any initialised master."""
+
+from __future__ import annotations
+
+import time
+
+from nornir.core.task import Result, Task
+
+from nornir_k8sha import constants as C
+from nornir_k8sha.deploy import DeployContext, run_task
+from nornir_k8sha.phases.control_plane import ControlPlane
+from nornir_k8sha.report import HostOutcome, outcomes_from_nornir
+from nornir_k8sha.tasks import harbor
+from nornir_k8sha.tasks import kubeadm as K
+
+
+def prepare_worker(task: Task, ctx: DeployContext) -> Result:
+    results = [K.prepare_node(task, ctx.spec), harbor.trust_registry(task, ctx.spec,
+                                                                     ctx.state_dir)]
+    changed = [str(r.result) for r in results if r.changed]
+    return Result(host=task.host, changed=bool(changed), result="; ".join(changed) or "prepared")
+
+
+class Workers:
+    name = "workers"
+    title = "workers (kubeadm join)"
+    depends_on = ("control-plane",)
+    roles = (C.ROLE_WORKERS,)
+
+    def hosts(self, ctx: DeployContext) -> list[str]:
+        return ctx.hosts_for(self.roles)
+
+    def should_run(self, ctx: DeployContext) -> str | None:
+        return None
+
+    def run(self, ctx: DeployContext, hosts: list[str]) -> list[HostOutcome]:
+        start = time.monotonic()
+        outcomes = {o.host: o for o in outcomes_from_nornir(
+            run_task(ctx, hosts, prepare_worker, "prepare", ctx=ctx), {})}
+        ready = [h for h in hosts if outcomes[h].status != "failed"]
+        joined = run_task(ctx, ready, lambda t: Result(host=t.host, result=K.is_joined(t)),
+                          "joined?")
+        todo = [h for h in ready if not joined[h].failed and not joined[h][0].result]
+        if todo:
+            material = None
+            if not ctx.dry_run:
+                masters = ctx.shared.get("initialised_masters") or [
+                    h.name for h in ctx.spec.role(C.ROLE_MASTERS)]
+                material = ControlPlane._mint(ctx, masters, control_plane=False)
+            res = run_task(ctx, todo, lambda t: K.join_node(t, ctx.spec, material,
+                                                            control_plane=False), "join")
+            for h in todo:
+                o = outcomes[h]
+                if res[h].failed:
+                    exc = next((r.exception for r in res[h] if r.exception), None)
+                    o.status, o.message = "failed", str(exc)
+                elif res[h][0].changed:
+                    o.status = "changed"
+                    o.changes.append(str(res[h][0].result))
+        for o in outcomes.values():
+            o.duration = time.monotonic() - start
+        return list(outcomes.values())

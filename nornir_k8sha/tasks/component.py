@@ -1,0 +1,71 @@
+"""Apply one component's rendered files to a host and restart what they feed — the shared step
+of every component task (keepalived, haproxy, etcd, frr, registry...).
+
+Files come from `render.files_for_component`, each knowing its validator and service; uploads go
+through `host.file` (diff → temp → validate → atomic swap → backup). A service is reloaded or
+restarted only when one of its inputs changed; `service` restores the backups when the
+reload fails, so a bad config never stays live.
+"""
+
+from __future__ import annotations
+
+from nornir.core.task import Result, Task
+
+from nornir_k8sha.tasks import host as H
+from nornir_k8sha.topology import ClusterSpec
+
+
+def apply_component(
+    task: Task,
+    spec: ClusterSpec,
+    component: str,
+    *,
+    services: dict[str, str] | None = None,
+    start: bool = True,
+) -> Result:
+    """Upload `component`'s files; then for each service: `reload`/`restart` if its inputs changed.
+
+    `services` maps service name → "reload" | "restart" (default: each file's own service,
+    restarted). With `start`, services are also enabled and started when they are not.
+    """
+    from nornir_k8sha.render import files_for_component
+
+    me = spec.host(task.host.name)
+    changed_files: list[str] = []
+    diffs: list[str] = []
+    touched: dict[str, bool] = {}
+    backups: dict[str, list[str]] = {}
+    for f in files_for_component(spec, me, component):
+        r = H.file(task, path=f.path, content=f.content, mode=f.mode, validate=f.validate_cmd)
+        if r.changed:
+            changed_files.append(f.path)
+            if f.service:
+                backups.setdefault(f.service, []).append(f.path)
+        if r.diff:
+            diffs.append(r.diff)
+        if f.service:
+            touched[f.service] = touched.get(f.service, False) or bool(r.changed)
+    actions = services if services is not None else {s: "restart" for s in touched}
+    restarts = []
+    for service, how in actions.items():
+        inputs_changed = touched.get(service, False)
+        r = H.service(
+            task,
+            name=service,
+            enabled=start,
+            state="started" if start else "stopped",
+            reload_if_changed=inputs_changed and how == "reload",
+            restart_if_changed=inputs_changed and how == "restart",
+            rollback=backups.get(service, ()),
+        )
+        if r.changed:
+            restarts.append(f"{how} {service}" if inputs_changed else f"start {service}")
+        if r.diff:
+            diffs.append(r.diff)
+    summary = changed_files + restarts
+    return Result(
+        host=task.host,
+        changed=bool(summary),
+        diff="\n".join(diffs),
+        result=", ".join(summary) or "unchanged",
+    )

@@ -1,0 +1,72 @@
+"""The external etcd cluster: TLS peer and client with client-cert auth, bootstrapped together.
+
+All members start in the same phase (Nornir runs them in parallel), so the `new` cluster forms
+as soon as a quorum is up; `wait_for_quorum` then polls `/health` over mTLS from this machine.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from nornir.core.task import Result, Task
+
+from nornir_k8sha.tasks import host as H
+from nornir_k8sha.tasks.component import apply_component
+from nornir_k8sha.topology import ClusterSpec
+
+PACKAGES = ["etcd-server", "etcd-client"]
+
+
+def upload_certificates(task: Task, spec: ClusterSpec, state_dir: Path) -> list[str]:
+    """This member's CA, server and peer certificates; keys 0600."""
+    from nornir_k8sha.pki import bundle_for_host
+
+    changed = []
+    for local, remote, mode in bundle_for_host(spec, spec.host(task.host.name), state_dir):
+        if H.file(task, path=str(remote), content=Path(local).read_bytes(), mode=mode).changed:
+            changed.append(str(remote))
+    return changed
+
+
+def configure(task: Task, spec: ClusterSpec, state_dir: Path) -> Result:
+    pk = H.packages(task, names=PACKAGES)
+    certs = upload_certificates(task, spec, state_dir)
+    conn = H.connect(task)
+    if not task.is_dry_run():
+        data_dir = spec.settings.etcd.data_dir
+        conn.run(f"install -d -m 0700 {data_dir} && chown -R etcd:etcd {data_dir} 2>/dev/null "
+                 f"|| install -d -m 0700 {data_dir}")
+    r = apply_component(task, spec, "etcd", services={"etcd": "restart"})
+    if certs and not r.changed and not task.is_dry_run():
+        H.service(task, name="etcd", state="restarted")
+    r.changed = bool(r.changed or certs or pk.changed)
+    return r
+
+
+def wait_for_quorum(spec: ClusterSpec, state_dir: Path, timeout: float = 60.0) -> int:
+    """Poll members' /health over mTLS until a quorum reports healthy; return the count."""
+    import httpx
+
+    from nornir_k8sha.checks import etcd_http_client
+    from nornir_k8sha.topology import etcd_quorum
+
+    members = spec.role("etcd")
+    need = etcd_quorum(len(members))
+    deadline = time.monotonic() + timeout
+    healthy = 0
+    with etcd_http_client(spec, state_dir) as client:
+        while time.monotonic() < deadline:
+            healthy = 0
+            for m in members:
+                try:
+                    url = f"https://{m.address}:{spec.settings.etcd.client_port}/health"
+                    if str(client.get(url).json().get("health")) == "true":
+                        healthy += 1
+                except (httpx.HTTPError, ValueError):
+                    pass
+            if healthy >= need:
+                return healthy
+            time.sleep(0.5)
+    raise TimeoutError(f"etcd: {healthy}/{len(members)} members healthy after {timeout:.0f}s, "
+                       f"quorum is {need}")

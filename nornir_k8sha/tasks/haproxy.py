@@ -1,0 +1,30 @@
+"""HAProxy nodes: DR real servers (VIP on lo, ARP sysctls, persistent) in front of the
+apiservers, haproxy.cfg validated by `haproxy -c` before the swap, reloaded without dropping
+connections (the Debian unit's reload is a seamless master-worker reload)."""
+
+from __future__ import annotations
+
+from nornir.core.task import Result, Task
+
+from nornir_k8sha.tasks import host as H
+from nornir_k8sha.tasks.component import apply_component
+from nornir_k8sha.topology import ClusterSpec
+
+PACKAGES = ["haproxy"]
+
+
+def configure_realserver(task: Task, spec: ClusterSpec) -> Result:
+    """VIP/32 on lo and arp_ignore=1 / arp_announce=2, applied now and at every boot."""
+    return apply_component(task, spec, "realserver")
+
+
+def configure(task: Task, spec: ClusterSpec) -> Result:
+    pk = H.packages(task, names=PACKAGES)
+    rs = configure_realserver(task, spec)
+    cfg = apply_component(task, spec, "haproxy", services={"haproxy": "reload"})
+    return Result(
+        host=task.host,
+        changed=bool(pk.changed or rs.changed or cfg.changed),
+        diff="\n".join(d for d in (rs.diff, cfg.diff) if d),
+        result="; ".join(x for x in (str(rs.result), str(cfg.result)) if x),
+    )

@@ -1,0 +1,85 @@
+"""The registry every node trusts.
+
+Production: `harbor.yml` rendered and Harbor's offline installer run (`install.sh`), the admin
+password read on the host from a 0600 file the operator placed — never from the inventory.
+Lab: the Distribution registry (Debian's `docker-registry`, the registry engine inside Harbor),
+serving TLS with a certificate from our PKI. Which one runs is decided by what the host has:
+an unpacked Harbor installer at /opt/harbor selects the production path.
+
+Every Kubernetes node gets the registry CA and `certs.d/<registry>/hosts.toml` for containerd
+(`trust_registry`), and the registry name in /etc/hosts when DNS does not know it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nornir.core.task import Result, Task
+
+from nornir_k8sha import constants as C
+from nornir_k8sha.tasks import host as H
+from nornir_k8sha.topology import ClusterSpec
+
+HARBOR_INSTALLER = "/opt/harbor/install.sh"
+DISTRIBUTION_SERVICE = "docker-registry"
+DISTRIBUTION_PACKAGE = "docker-registry"
+HOSTS_MARK = "# k8sha registry"
+
+
+
+def _upload_pki(task: Task, spec: ClusterSpec, state_dir: Path) -> list[str]:
+    from nornir_k8sha.pki import bundle_for_host
+
+    changed = []
+    for local, remote, mode in bundle_for_host(spec, spec.host(task.host.name), state_dir):
+        if H.file(task, path=str(remote), content=Path(local).read_bytes(), mode=mode).changed:
+            changed.append(str(remote))
+    return changed
+
+
+def configure_registry(task: Task, spec: ClusterSpec, state_dir: Path) -> Result:
+    """Harbor (production) or Distribution (lab) on the harbor host, TLS from our PKI."""
+    from nornir_k8sha.render import files_for_component
+
+    me = spec.host(task.host.name)
+    changed = _upload_pki(task, spec, state_dir)
+    if H.connect(task).get(HARBOR_INSTALLER) is not None:
+        for f in files_for_component(spec, me, "harbor"):
+            if H.file(task, path=f.path, content=f.content, mode=f.mode).changed:
+                changed.append(f.path)
+        if changed and not task.is_dry_run():
+            H.connect(task).run("cd /opt/harbor && ./install.sh", timeout=1200)
+        return Result(host=task.host, changed=bool(changed), result="harbor")
+    if H.packages(task, names=[DISTRIBUTION_PACKAGE]).changed:
+        changed.append(DISTRIBUTION_PACKAGE)
+    for f in files_for_component(spec, me, "registry"):
+        if H.file(task, path=f.path, content=f.content, mode=f.mode).changed:
+            changed.append(f.path)
+    svc = H.service(task, name=DISTRIBUTION_SERVICE, restart_if_changed=bool(changed))
+    return Result(host=task.host, changed=bool(changed) or bool(svc.changed),
+                  result="distribution registry")
+
+
+def trust_registry(task: Task, spec: ClusterSpec, state_dir: Path) -> Result:
+    """Registry CA for containerd on a Kubernetes node, and the registry name in /etc/hosts.
+
+    containerd's `certs.d/<registry>/hosts.toml` comes with the containerd component
+    (`kubeadm.prepare_node`), so a changed registry restarts containerd in one place."""
+    from nornir_k8sha.pki import bundle_for_host
+
+    me = spec.host(task.host.name)
+    changed = []
+    registry = spec.settings.registry.name
+    for local, remote, mode in bundle_for_host(spec, me, state_dir):
+        if str(remote).startswith(f"{C.CONTAINERD_CERTS_DIR}/") and H.file(
+                task, path=str(remote), content=Path(local).read_bytes(), mode=mode).changed:
+            changed.append(str(remote))
+    harbor = spec.role(C.ROLE_HARBOR)[0]
+    line = f"{harbor.address} {registry} {HOSTS_MARK}"
+    hosts = (H.connect(task).get("/etc/hosts") or b"").decode()
+    if line not in hosts.splitlines():
+        kept = [ln for ln in hosts.splitlines() if not ln.endswith(HOSTS_MARK)]
+        if H.file(task, path="/etc/hosts", content="\n".join([*kept, line]) + "\n",
+                  backup=False).changed:
+            changed.append("/etc/hosts")
+    return Result(host=task.host, changed=bool(changed), result=", ".join(changed) or "trusted")

@@ -1,0 +1,255 @@
+"""kubeadm on the masters and workers — the real command line, as a production cluster needs it.
+
+- `prepare_node`: swap off, br_netfilter/overlay, sysctls, containerd (systemd cgroups), kubelet,
+  kubeadm and kubectl at the inventory's version (skipped where already at that version);
+- `place_control_plane_pki`: the external-etcd client certificates, the cluster CA, front-proxy CA
+  and service-account keys, explicitly (`upload-certs` does not carry the etcd client certs);
+- `init_first_master`: `kubeadm init --config ... --upload-certs`, once per cluster;
+- `mint_join_material`: on ANY initialised master, a fresh token and certificate key — no "first
+  master is special" trap, and an expired token is simply replaced;
+- `join_node`: `kubeadm join --config` with the secrets filled in on the host (file 0600, removed
+  afterwards); idempotent by state on the host (kubelet.conf exists → left alone);
+- `fetch_admin_kubeconfig`: admin.conf into the state dir, pointing at the VIP;
+- `reset_node`: `kubeadm reset -f`.
+
+Secrets (token, certificate key) travel on stdin or in 0600 files, never in argv or reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from nornir.core.task import Result, Task
+
+from nornir_k8sha import constants as C
+from nornir_k8sha.tasks import host as H
+from nornir_k8sha.topology import ClusterSpec
+
+TOKEN_RE = re.compile(r"--token\s+([a-z0-9]{6}\.[a-z0-9]{16})")
+CERT_KEY_RE = re.compile(r"(?:--certificate-key\s+|certificate key:\s*\n?\s*)([0-9a-f]{64})")
+JOIN_CONFIG_TMP = "/etc/kubernetes/k8sha-join.yaml"
+
+KUBERNETES_SYSCTLS = {
+    "net.bridge.bridge-nf-call-iptables": "1",
+    "net.bridge.bridge-nf-call-ip6tables": "1",
+    "net.ipv4.ip_forward": "1",
+}
+KUBERNETES_MODULES = ("overlay", "br_netfilter")
+KUBERNETES_PACKAGES = ("kubelet", "kubeadm", "kubectl")
+
+
+@dataclass(frozen=True)
+class JoinMaterial:
+    """What a node needs to join. `repr` hides the secrets."""
+
+    token: str
+    ca_cert_hash: str
+    certificate_key: str | None = None
+
+    def __repr__(self) -> str:
+        return "JoinMaterial(<hidden>)"
+
+
+def ca_cert_hash(ca_pem: bytes) -> str:
+    """`sha256:<hex>` of the CA's SubjectPublicKeyInfo, as kubeadm's discovery expects."""
+    cert = x509.load_pem_x509_certificate(ca_pem)
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+    return "sha256:" + hashlib.sha256(spki).hexdigest()
+
+
+def parse_token(output: str) -> str:
+    match = TOKEN_RE.search(output)
+    if not match:
+        raise ValueError("no bootstrap token in kubeadm output")
+    return match.group(1)
+
+
+def parse_certificate_key(output: str) -> str:
+    match = CERT_KEY_RE.search(output)
+    if not match:
+        raise ValueError("no certificate key in kubeadm output")
+    return match.group(1)
+
+
+
+def _version(spec: ClusterSpec) -> str:
+    return spec.settings.kubernetes.version
+
+
+def installed_kubeadm_version(task: Task) -> str | None:
+    res = H.connect(task).run("kubeadm version -o short", check=False)
+    return res.stdout.strip() if res.exit_code == 0 else None
+
+
+def prepare_node(task: Task, spec: ClusterSpec) -> Result:
+    """Everything a Kubernetes node needs before kubeadm: idempotent, dry-run aware."""
+    changed: list[str] = []
+    diffs: list[str] = []
+
+    def step(result: Result, label: str) -> None:
+        if result.changed:
+            changed.append(label)
+        if result.diff:
+            diffs.append(result.diff)
+
+    conn = H.connect(task)
+    swaps = conn.run("swapon --noheadings --show=NAME", check=False).stdout.split()
+    if swaps:
+        if not task.is_dry_run():
+            conn.run("swapoff -a && sed -ri '/\\sswap\\s/s/^#?/#/' /etc/fstab")
+        changed.append("swap off")
+    step(H.file(task, path=C.KUBERNETES_MODULES,
+                content="".join(f"{m}\n" for m in KUBERNETES_MODULES)), "kernel modules")
+    if not task.is_dry_run():
+        conn.run("for m in " + " ".join(KUBERNETES_MODULES) + "; do modprobe $m 2>/dev/null || "
+                 "true; done", check=False)
+    step(H.sysctl(task, settings=KUBERNETES_SYSCTLS, path=C.KUBERNETES_SYSCTL), "sysctls")
+    from nornir_k8sha.render import files_for_component
+
+    config_changed = False
+    for f in files_for_component(spec, spec.host(task.host.name), "containerd"):
+        r = H.file(task, path=f.path, content=f.content, mode=f.mode)
+        step(r, f.path)
+        config_changed |= bool(r.changed)
+    step(H.service(task, name="containerd", restart_if_changed=config_changed), "containerd")
+    want = f"v{_version(spec)}"
+    if installed_kubeadm_version(task) != want:
+        step(kubernetes_packages(task, spec), "kubernetes packages")
+    step(H.service(task, name="kubelet", enabled=True, state=None), "kubelet enabled")
+    return Result(host=task.host, changed=bool(changed), diff="\n".join(diffs),
+                  result=", ".join(changed) or "ready")
+
+
+def kubernetes_packages(task: Task, spec: ClusterSpec) -> Result:
+    """kubelet/kubeadm/kubectl from the Kubernetes apt repository, pinned to the version."""
+    version = _version(spec)
+    minor = ".".join(version.split(".")[:2])
+    repo = spec.settings.kubernetes.package_repo.format(minor=minor)
+    source = (f"deb [signed-by=/etc/apt/keyrings/kubernetes-apt-keyring.gpg] {repo} /\n")
+    pin = ("".join(f"Package: {p}\nPin: version {version}-*\nPin-Priority: 1001\n\n"
+                   for p in KUBERNETES_PACKAGES))
+    r1 = H.file(task, path="/etc/apt/sources.list.d/kubernetes.list", content=source)
+    r2 = H.file(task, path="/etc/apt/preferences.d/kubernetes", content=pin)
+    r3 = H.packages(task, names=list(KUBERNETES_PACKAGES))
+    changed = any(r.changed for r in (r1, r2, r3))
+    return Result(host=task.host, changed=changed)
+
+
+def place_control_plane_pki(task: Task, spec: ClusterSpec, state_dir: Path) -> Result:
+    """Upload the files this master needs from our PKI (keys 0600)."""
+    from nornir_k8sha.pki import bundle_for_host
+
+    changed = []
+    for local, remote, mode in bundle_for_host(spec, spec.host(task.host.name), state_dir):
+        r = H.file(task, path=str(remote), content=Path(local).read_bytes(), mode=mode)
+        if r.changed:
+            changed.append(str(remote))
+    return Result(host=task.host, changed=bool(changed), result=f"{len(changed)} file(s)")
+
+
+def is_control_plane_initialised(task: Task) -> bool:
+    return H.connect(task).get(C.ADMIN_KUBECONFIG) is not None
+
+
+def is_joined(task: Task) -> bool:
+    return H.connect(task).get(C.KUBELET_KUBECONFIG) is not None
+
+
+def init_first_master(task: Task, spec: ClusterSpec) -> Result:
+    """`kubeadm init --config --upload-certs` on this master; left alone when initialised."""
+    if is_control_plane_initialised(task):
+        return Result(host=task.host, result="already initialised")
+    from nornir_k8sha.render import files_for_component
+
+    config = next((f for f in files_for_component(spec, spec.host(task.host.name), "kubeadm")
+                   if f.path == C.KUBEADM_CONFIG), None)
+    if config is None:
+        raise RuntimeError(f"{task.host.name}: the kubeadm InitConfiguration is rendered for the "
+                           f"first master ({spec.first_master.name}) only")
+    r = H.file(task, path=config.path, content=config.content, mode=0o600)
+    if task.is_dry_run():
+        return Result(host=task.host, changed=True, diff=r.diff,
+                      result="would run kubeadm init --upload-certs")
+    H.connect(task).run(f"kubeadm init --config {C.KUBEADM_CONFIG} --upload-certs",
+                    timeout=600)
+    return Result(host=task.host, changed=True, result="kubeadm init")
+
+
+def mint_join_material(task: Task, spec: ClusterSpec, *, control_plane: bool) -> Result:
+    """A fresh token (and certificate key) from this initialised master."""
+    conn = H.connect(task)
+    token = parse_token(conn.run("kubeadm token create --print-join-command").stdout)
+    key = None
+    if control_plane:
+        key = parse_certificate_key(
+            conn.run("kubeadm init phase upload-certs --upload-certs").stdout)
+    ca = conn.get(f"{C.KUBERNETES_PKI_DIR}/ca.crt")
+    if ca is None:
+        raise RuntimeError(f"{task.host.name}: {C.KUBERNETES_PKI_DIR}/ca.crt missing")
+    return Result(host=task.host, result=JoinMaterial(token, ca_cert_hash(ca), key))
+
+
+def fill_join_config(template: str, material: JoinMaterial) -> str:
+    """Put the run-time secrets into a rendered JoinConfiguration (on the way to a 0600 file)."""
+    filled = (template.replace(C.PLACEHOLDER_TOKEN, material.token)
+              .replace(C.PLACEHOLDER_CA_CERT_HASH, material.ca_cert_hash))
+    if material.certificate_key:
+        filled = filled.replace(C.PLACEHOLDER_CERTIFICATE_KEY, material.certificate_key)
+    return filled
+
+
+def join_node(task: Task, spec: ClusterSpec, material: JoinMaterial | None,
+              control_plane: bool) -> Result:
+    """`kubeadm join --config` unless this node has joined already."""
+    if is_joined(task):
+        return Result(host=task.host, result="already joined")
+    if task.is_dry_run() or material is None:
+        return Result(host=task.host, changed=True, result="would run kubeadm join"
+                      + (" --control-plane" if control_plane else ""))
+    from nornir_k8sha.render import files_for_component
+
+    path = C.KUBEADM_JOIN_CONTROL_PLANE if control_plane else C.KUBEADM_JOIN_WORKER
+    template = next((f for f in files_for_component(spec, spec.host(task.host.name), "kubeadm")
+                     if f.path == path), None)
+    if template is None:
+        raise RuntimeError(f"{task.host.name}: no rendered {path} for this host")
+    conn = H.connect(task)
+    conn.put(fill_join_config(template.content, material).encode(), JOIN_CONFIG_TMP, 0o600)
+    try:
+        conn.run(f"kubeadm join --config {shlex.quote(JOIN_CONFIG_TMP)}", timeout=600)
+    finally:
+        conn.run(f"rm -f {shlex.quote(JOIN_CONFIG_TMP)}", check=False)
+    return Result(host=task.host, changed=True,
+                  result="kubeadm join" + (" --control-plane" if control_plane else ""))
+
+
+def fetch_admin_kubeconfig(task: Task, spec: ClusterSpec, state_dir: Path) -> Result:
+    """admin.conf to `<state>/admin.conf` (0600), its server set to the VIP endpoint."""
+    data = H.connect(task).get(C.ADMIN_KUBECONFIG)
+    if data is None:
+        return Result(host=task.host, failed=True, result="no admin.conf on this master")
+    text = re.sub(r"server: https://\S+", f"server: https://{spec.api_endpoint}", data.decode())
+    target = state_dir / "admin.conf"
+    old = target.read_text() if target.exists() else None
+    if old != text and not task.is_dry_run():
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        target.write_text(text)
+        target.chmod(0o600)
+    return Result(host=task.host, changed=False, result=str(target))
+
+
+def reset_node(task: Task) -> Result:
+    """`kubeadm reset -f`: the clean way back (the `reset` runbook)."""
+    if task.is_dry_run():
+        return Result(host=task.host, changed=True, result="would run kubeadm reset -f")
+    H.connect(task).run("kubeadm reset -f", timeout=300)
+    return Result(host=task.host, changed=True, result="kubeadm reset -f")
+
+
