@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nornir_k8sha.exceptions import LabError
+from nornir_k8sha.lab import standins
 
 #: Where built trees live; outside the repo so every clone and every cluster shares them.
 CACHE_ROOT = Path(os.environ.get("K8SHA_LAB_CACHE", "/var/cache/nornir-k8sha"))
@@ -72,7 +73,7 @@ def cache_key() -> str:
     material = json.dumps(
         {"suite": SUITE, "mirrors": MIRRORS, "packages": sorted(PACKAGES),
          "disabled": sorted(DISABLED_SERVICES), "masked": sorted(MASKED_UNITS),
-         "v": CUSTOMISATION_VERSION},
+         "v": CUSTOMISATION_VERSION, "standins": standins.content_hash()},
         sort_keys=True,
     )
     return hashlib.sha256(material.encode()).hexdigest()[:16]
@@ -121,6 +122,8 @@ def _customise(root: Path) -> None:
     # whose login shell is vtysh (answers as cisco_ios). Harmless on other hosts.
     subprocess.run(["useradd", f"--root={root}", "--create-home", "--shell", "/usr/bin/vtysh",
                     "--groups", "frrvty,frr", SWITCH_USER], check=True, capture_output=True)
+    # The Kubernetes control-plane stand-ins (the only stand-ins of the lab: docs/standins.md).
+    standins.install_into(root)
     journald = root / "etc/systemd/journald.conf.d/10-k8sha-lab.conf"
     journald.parent.mkdir(parents=True, exist_ok=True)
     journald.write_text("[Journal]\nStorage=volatile\nRuntimeMaxUse=16M\n")

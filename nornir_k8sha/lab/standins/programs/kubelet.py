@@ -1,0 +1,99 @@
+"""Lab stand-in for the kubelet: registers its node and posts heartbeats, runs no pods.
+
+Talks to the apiserver named in its kubeconfig (the VIP) with the client certificate kubeadm
+gave it (signed locally on masters, through the CSR API on workers): PUT /api/v1/nodes/<name>
+every nodeStatusUpdateFrequency (10 s). The apiserver stamps the heartbeat with its own clock
+and reports the node Ready while the last one is younger than the grace period (40 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+import k8sha_standin as sa
+from leader import sa_duration
+
+NAME = "kubelet"
+
+
+def node_object(name: str, address: str, labels: dict[str, str]) -> dict[str, Any]:
+    now = sa.now_rfc3339()
+    return {
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {
+            "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64", "beta.kubernetes.io/os": "linux", **labels},
+            "annotations": {"k8sha.io/lab-standin": "true"}},
+        "spec": {},
+        "status": {
+            "addresses": [{"type": "InternalIP", "address": address},
+                          {"type": "Hostname", "address": name}],
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                            "message": "kubelet is posting ready status (lab stand-in)",
+                            "lastHeartbeatTime": now, "lastTransitionTime": now}],
+            "nodeInfo": {"kubeletVersion": f"v{sa.version()}", "operatingSystem": "linux",
+                         "architecture": "amd64", "kernelVersion": platform.release(),
+                         "containerRuntimeVersion": "lab-standin://none"},
+        },
+    }
+
+
+def options(argv: list[str]) -> argparse.Namespace:
+    p = sa.Parser(prog="kubelet (lab stand-in)")
+    p.add_argument("--kubeconfig", default="/etc/kubernetes/kubelet.conf")
+    p.add_argument("--config", default="/var/lib/kubelet/config.yaml")
+    p.add_argument("--node-ip", default="")
+    p.add_argument("--hostname-override", default="")
+    p.add_argument("--node-labels", default="")
+    opts, _ = p.parse_known_args(argv)  # real kubelet flags (container runtime...) are ignored
+    return opts
+
+
+def _interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = options(sys.argv[1:] if argv is None else argv)
+    name = (opts.hostname_override or socket.gethostname()).lower()
+    labels = dict(kv.partition("=")[::2] for kv in opts.node_labels.split(",") if kv)
+    interval = 10.0
+    try:
+        cfg = sa.yaml_load(sa.host_path(opts.config).read_text()) or {}
+        interval = sa_duration(cfg.get("nodeStatusUpdateFrequency", "10s"))
+    except OSError:
+        pass
+    server, ca, cert, key = sa.load_kubeconfig(opts.kubeconfig)
+    client = sa.KubeClient(server, ca, cert=cert, key=key, timeout=5)
+    address = opts.node_ip or socket.gethostbyname(socket.gethostname())
+    signal.signal(signal.SIGTERM, _interrupt)
+    sa.log(NAME, f"node {name} ({address}) posting status to {server} every {interval:g}s")
+    healthy: bool | None = None
+    try:
+        while True:
+            started = time.monotonic()
+            try:
+                code, body = client.request("PUT", f"/api/v1/nodes/{name}",
+                                            node_object(name, address, labels))
+                problem = "" if code == 200 else f"HTTP {code}: {body}"
+            except OSError as exc:
+                problem = str(getattr(exc, "reason", exc))
+            if not problem and healthy is not True:
+                sa.log(NAME, f'node "{name}" status posted: Ready')
+            elif problem and healthy is not False:
+                sa.log(NAME, f"error updating node status, will retry: {problem}")
+            healthy = not problem
+            time.sleep(max(0.0, interval - (time.monotonic() - started)))
+    except KeyboardInterrupt:
+        sa.log(NAME, "stopping")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
