@@ -38,7 +38,8 @@ def load_valid_spec(inventory: Path, as_json: bool) -> ClusterSpec:
     return analysis.spec
 
 
-def _finish(report: RunReport, spec: ClusterSpec, as_json: bool, report_file: Path | None) -> None:
+def _finish(report: RunReport, spec: ClusterSpec, as_json: bool, report_file: Path | None,
+            *, table: bool = True) -> None:
     reports = spec.state_dir / "reports"
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(report.started))
     saved = reports / f"{report.command}-{stamp}.json"
@@ -48,7 +49,7 @@ def _finish(report: RunReport, spec: ClusterSpec, as_json: bool, report_file: Pa
     if as_json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
-        print_summary(report, console.out())
+        print_summary(report, console.out(), table=table)
         console.out().print(f"[dim]report: {saved}[/]")
     raise typer.Exit(report.exit_code)
 
@@ -122,7 +123,7 @@ def check(
     report = run_checks(spec, open_nornir(inventory))
     if not as_json:
         show_checks(report, console.out())
-    _finish(report, spec, as_json, report_file)
+    _finish(report, spec, as_json, report_file, table=False)
 
 
 def register(app: typer.Typer) -> None:

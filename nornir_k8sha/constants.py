@@ -102,3 +102,7 @@ PLACEHOLDER_HARBOR_ADMIN_PASSWORD = "${HARBOR_ADMIN_PASSWORD}"
 PLACEHOLDER_HARBOR_DB_PASSWORD = "${HARBOR_DB_PASSWORD}"
 #: etcd's plain-HTTP metrics listener, on 127.0.0.1 of each member.
 ETCD_METRICS_PORT = 2381
+
+# --- service accounts that own their TLS keys on the hosts --------------------------------------
+ETCD_USER = "etcd"
+REGISTRY_USER = "docker-registry"

@@ -201,7 +201,7 @@ def _run_phase(ctx: DeployContext, phase: Phase) -> None:
         else:
             runnable.append(h)
             ctx.report.set(phase.name, HostOutcome(h, "running"))
-    if runnable:
+    if runnable or getattr(phase, "runs_without_hosts", False):
         try:
             outcomes = phase.run(ctx, runnable)
         except Exception as exc:  # a phase that breaks fails its hosts, never the whole run

@@ -240,14 +240,16 @@ def summary_table(report: RunReport) -> Table:
         if p.skipped_reason and not p.hosts:
             table.add_row(p.title, "-", "[dim]skipped[/]", "", escape(p.skipped_reason))
         for h, o in p.hosts.items():
-            detail = o.message if o.status in ("failed", "skipped") else ", ".join(o.changes)
+            detail = o.message if o.status in ("failed", "skipped") else (
+                ", ".join(o.changes) or o.message)
             table.add_row(escape(p.title), escape(h), f"[{_STYLE[o.status]}]{o.status}[/]",
                           f"{o.duration:.1f}s", escape(detail))
     return table
 
 
-def print_summary(report: RunReport, console: Console) -> None:
-    console.print(summary_table(report))
+def print_summary(report: RunReport, console: Console, *, table: bool = True) -> None:
+    if table:
+        console.print(summary_table(report))
     for p in report.phases:
         for o in p.hosts.values():
             if o.diff and report.dry_run:

@@ -49,7 +49,7 @@ class ControlPlane:
     def run(self, ctx: DeployContext, hosts: list[str]) -> list[HostOutcome]:
         started = {h: time.monotonic() for h in hosts}
         outcomes = {o.host: o for o in outcomes_from_nornir(
-            run_task(ctx, hosts, prepare_master, "prepare", ctx=ctx), {})}
+            run_task(ctx, hosts, lambda t: prepare_master(t, ctx), "prepare"), {})}
         ready = [h for h in hosts if outcomes[h].status != "failed"]
         all_masters = [h.name for h in ctx.spec.role(C.ROLE_MASTERS)]
         state = run_task(ctx, all_masters, _initialised, "initialised?")
@@ -70,9 +70,10 @@ class ControlPlane:
             note(first, res[first])
             if not res[first].failed and not ctx.dry_run:
                 initialised.append(first)
-        for host in ready:
-            if host in initialised or outcomes[host].status == "failed":
-                continue
+        joiners = [h for h in ready if h not in initialised and outcomes[h].status != "failed"]
+        if joiners and initialised and not ctx.dry_run:
+            K.wait_for_api(ctx.spec, ctx.state_dir)
+        for host in joiners:
             if not initialised and not ctx.dry_run:
                 outcomes[host].status = "failed"
                 outcomes[host].message = (f"not joined: no initialised master ({first} could "

@@ -37,7 +37,7 @@ class Workers:
     def run(self, ctx: DeployContext, hosts: list[str]) -> list[HostOutcome]:
         start = time.monotonic()
         outcomes = {o.host: o for o in outcomes_from_nornir(
-            run_task(ctx, hosts, prepare_worker, "prepare", ctx=ctx), {})}
+            run_task(ctx, hosts, lambda t: prepare_worker(t, ctx), "prepare"), {})}
         ready = [h for h in hosts if outcomes[h].status != "failed"]
         joined = run_task(ctx, ready, lambda t: Result(host=t.host, result=K.is_joined(t)),
                           "joined?")
@@ -47,6 +47,7 @@ class Workers:
             if not ctx.dry_run:
                 masters = ctx.shared.get("initialised_masters") or [
                     h.name for h in ctx.spec.role(C.ROLE_MASTERS)]
+                K.wait_for_api(ctx.spec, ctx.state_dir)
                 material = ControlPlane._mint(ctx, masters, control_plane=False)
             res = run_task(ctx, todo, lambda t: K.join_node(t, ctx.spec, material,
                                                             control_plane=False), "join")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from nornir.core.task import Result, Task
 
+from nornir_k8sha import constants as C
 from nornir_k8sha.tasks import host as H
 from nornir_k8sha.tasks.component import apply_component
 from nornir_k8sha.topology import ClusterSpec
@@ -19,12 +20,14 @@ PACKAGES = ["etcd-server", "etcd-client"]
 
 
 def upload_certificates(task: Task, spec: ClusterSpec, state_dir: Path) -> list[str]:
-    """This member's CA, server and peer certificates; keys 0600."""
+    """This member's CA, server and peer certificates; keys 0600, owned by the etcd user (its
+    unit's ExecStartPre chowns them too, so root-owned uploads would flip back and forth)."""
     from nornir_k8sha.pki import bundle_for_host
 
     changed = []
     for local, remote, mode in bundle_for_host(spec, spec.host(task.host.name), state_dir):
-        if H.file(task, path=str(remote), content=Path(local).read_bytes(), mode=mode).changed:
+        if H.file(task, path=str(remote), content=Path(local).read_bytes(), mode=mode,
+                  owner=f"{C.ETCD_USER}:{C.ETCD_USER}").changed:
             changed.append(str(remote))
     return changed
 

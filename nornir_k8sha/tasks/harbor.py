@@ -27,12 +27,13 @@ HOSTS_MARK = "# k8sha registry"
 
 
 
-def _upload_pki(task: Task, spec: ClusterSpec, state_dir: Path) -> list[str]:
+def _upload_pki(task: Task, spec: ClusterSpec, state_dir: Path, owner: str) -> list[str]:
     from nornir_k8sha.pki import bundle_for_host
 
     changed = []
     for local, remote, mode in bundle_for_host(spec, spec.host(task.host.name), state_dir):
-        if H.file(task, path=str(remote), content=Path(local).read_bytes(), mode=mode).changed:
+        if H.file(task, path=str(remote), content=Path(local).read_bytes(), mode=mode,
+                  owner=owner).changed:
             changed.append(str(remote))
     return changed
 
@@ -42,16 +43,19 @@ def configure_registry(task: Task, spec: ClusterSpec, state_dir: Path) -> Result
     from nornir_k8sha.render import files_for_component
 
     me = spec.host(task.host.name)
-    changed = _upload_pki(task, spec, state_dir)
     if H.connect(task).get(HARBOR_INSTALLER) is not None:
+        changed = _upload_pki(task, spec, state_dir, owner="root:root")
         for f in files_for_component(spec, me, "harbor"):
             if H.file(task, path=f.path, content=f.content, mode=f.mode).changed:
                 changed.append(f.path)
         if changed and not task.is_dry_run():
             H.connect(task).run("cd /opt/harbor && ./install.sh", timeout=1200)
         return Result(host=task.host, changed=bool(changed), result="harbor")
+    changed = []
     if H.packages(task, names=[DISTRIBUTION_PACKAGE]).changed:
         changed.append(DISTRIBUTION_PACKAGE)
+    # owned by the service user: its unit's ExecStartPre chowns them anyway
+    changed += _upload_pki(task, spec, state_dir, owner=f"{C.REGISTRY_USER}:{C.REGISTRY_USER}")
     for f in files_for_component(spec, me, "registry"):
         if H.file(task, path=f.path, content=f.content, mode=f.mode).changed:
             changed.append(f.path)

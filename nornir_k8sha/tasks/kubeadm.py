@@ -230,6 +230,32 @@ def join_node(task: Task, spec: ClusterSpec, material: JoinMaterial | None,
                   result="kubeadm join" + (" --control-plane" if control_plane else ""))
 
 
+def wait_for_api(spec: ClusterSpec, state_dir: Path, timeout: float = 90.0) -> None:
+    """Poll /readyz through the VIP (TLS with our cluster CA) until an apiserver answers 200:
+    joins go through the VIP, and HAProxy needs `rise` good checks before it sends traffic."""
+    import ssl
+    import time
+
+    import httpx
+
+    from nornir_k8sha.pki import ClusterPKI
+
+    ctx = ssl.create_default_context(cafile=str(ClusterPKI(spec, state_dir).kubernetes_ca.cert))
+    url = f"https://{spec.api_endpoint}/readyz"
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            resp = httpx.get(url, verify=ctx, timeout=2.0)
+            if resp.status_code == 200:
+                return
+            last = f"HTTP {resp.status_code}"
+        except httpx.HTTPError as exc:
+            last = str(exc) or type(exc).__name__
+        time.sleep(0.5)
+    raise TimeoutError(f"the API at {url} is not ready after {timeout:.0f}s ({last})")
+
+
 def fetch_admin_kubeconfig(task: Task, spec: ClusterSpec, state_dir: Path) -> Result:
     """admin.conf to `<state>/admin.conf` (0600), its server set to the VIP endpoint."""
     data = H.connect(task).get(C.ADMIN_KUBECONFIG)
