@@ -59,6 +59,13 @@ class Workers:
                 elif res[h][0].changed:
                     o.status = "changed"
                     o.changes.append(str(res[h][0].result))
+        if not ctx.dry_run and ctx.limit is None:
+            try:
+                K.wait_for_nodes(ctx.spec, ctx.state_dir)
+            except TimeoutError as exc:
+                for o in outcomes.values():
+                    if o.status != "failed" and o.host in str(exc):
+                        o.status, o.message = "failed", str(exc)
         for o in outcomes.values():
             o.duration = time.monotonic() - start
         return list(outcomes.values())

@@ -256,6 +256,38 @@ def wait_for_api(spec: ClusterSpec, state_dir: Path, timeout: float = 90.0) -> N
     raise TimeoutError(f"the API at {url} is not ready after {timeout:.0f}s ({last})")
 
 
+def wait_for_nodes(spec: ClusterSpec, state_dir: Path, timeout: float = 90.0) -> None:
+    """Poll the node list through the VIP until every master and worker is a Ready node (a
+    joined kubelet needs a moment for its first status update)."""
+    import ssl
+    import time
+
+    import httpx
+
+    from nornir_k8sha.pki import ClusterPKI
+
+    pki = ClusterPKI(spec, state_dir)
+    ctx = ssl.create_default_context(cafile=str(pki.kubernetes_ca.cert))
+    ctx.load_cert_chain(str(pki.admin_client.cert), str(pki.admin_client.key))
+    wanted = {h.name for h in spec.hosts if any(h.has_role(r) for r in C.KUBERNETES_ROLES)}
+    deadline = time.monotonic() + timeout
+    missing = wanted
+    while time.monotonic() < deadline:
+        try:
+            items = httpx.get(f"https://{spec.api_endpoint}/api/v1/nodes", verify=ctx,
+                              timeout=2.0).json().get("items", [])
+            ready = {n["metadata"]["name"] for n in items
+                     if any(c.get("type") == "Ready" and c.get("status") == "True"
+                            for c in n.get("status", {}).get("conditions", []))}
+            missing = wanted - ready
+            if not missing:
+                return
+        except (httpx.HTTPError, ValueError, KeyError):
+            pass
+        time.sleep(1.0)
+    raise TimeoutError(f"nodes not Ready after {timeout:.0f}s: {', '.join(sorted(missing))}")
+
+
 def fetch_admin_kubeconfig(task: Task, spec: ClusterSpec, state_dir: Path) -> Result:
     """admin.conf to `<state>/admin.conf` (0600), its server set to the VIP endpoint."""
     data = H.connect(task).get(C.ADMIN_KUBECONFIG)

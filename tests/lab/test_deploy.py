@@ -73,7 +73,9 @@ def vip_holder(lab) -> str | None:
 
 @pytest.fixture(scope="module")
 def deployed(lab):
-    """A full deploy on the lab; its JSON report."""
+    """A full deploy on a fresh lab (down + up: empty overlays); its JSON report."""
+    lab.lab.down()
+    lab.lab.up()
     proc = cli("deploy", "-i", str(LAB_INVENTORY), "--json")
     report = report_of(proc)
     failed = {k: v["message"] for k, v in outcomes(report).items() if v["status"] == "failed"}

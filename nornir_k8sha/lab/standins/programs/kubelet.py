@@ -59,6 +59,9 @@ def _interrupt(*_: Any) -> None:
     raise KeyboardInterrupt
 
 
+RETRY_AFTER_ERROR = 1.0
+
+
 def main(argv: list[str] | None = None) -> int:
     opts = options(sys.argv[1:] if argv is None else argv)
     name = (opts.hostname_override or socket.gethostname()).lower()
@@ -89,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
             elif problem and healthy is not False:
                 sa.log(NAME, f"error updating node status, will retry: {problem}")
             healthy = not problem
-            time.sleep(max(0.0, interval - (time.monotonic() - started)))
+            # like the real kubelet, a failed update is retried soon, not a whole period later
+            wait = RETRY_AFTER_ERROR if problem else interval
+            time.sleep(max(0.0, wait - (time.monotonic() - started)))
     except KeyboardInterrupt:
         sa.log(NAME, "stopping")
     return 0
