@@ -11,7 +11,7 @@ SYSTEM_PACKAGES=(
   haproxy keepalived frr etcd-server etcd-client openssl ca-certificates util-linux
   iproute2 nftables kmod procps psmisc
   systemd-container mmdebstrap debian-archive-keyring user-mode-linux
-  openssh-client
+  openssh-client openssh-server
 )
 
 if [ "$(id -u)" = 0 ]; then
