@@ -42,7 +42,9 @@ class CheckContext:
 
     def ssh(self, host: str, command: str) -> tuple[int, str, str]:
         """Run a read-only command on a host; (exit code, stdout, stderr)."""
-        conn = self.nr.inventory.hosts[host].get_connection("k8sha_ssh", self.nr.config)
+        from nornir_k8sha.tasks.host import open_connection
+
+        conn = open_connection(self.nr.inventory.hosts[host], self.nr.config)
         res = conn.run(command, check=False)
         return res.exit_code, res.stdout, res.stderr
 

@@ -30,9 +30,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
+from nornir.core.configuration import Config
+from nornir.core.inventory import Host
 from nornir.core.task import Result, Task
 
-from nornir_k8sha.exceptions import CommandFailed
+from nornir_k8sha.exceptions import CommandFailed, ConnectionFailed
 from nornir_k8sha.transport import CONNECTION_NAME, CommandResult, Transport
 
 BACKUP_SUFFIX = ".k8sha-bak"
@@ -54,17 +56,26 @@ def connect(task: Task) -> Transport:
     Nornir's `get_connection` is not thread-safe: two tasks opening the same host at once would
     each open (and one leak) a connection. The first open of each host is serialised here.
     """
-    host = task.host
-    if CONNECTION_NAME in host.connections:
-        conn: Transport = host.get_connection(CONNECTION_NAME, task.nornir.config)
-    else:
-        with _open_guard:
-            lock = _open_locks.setdefault(id(host), threading.Lock())
-        with lock:
-            conn = host.get_connection(CONNECTION_NAME, task.nornir.config)
-    if getattr(conn, "host", None) != task.host.name:
+    return open_connection(task.host, task.nornir.config)
+
+
+def open_connection(host: Host, config: Config) -> Transport:
+    """`connect` for code outside a task (checks): same locking, same host naming."""
+    try:
+        if CONNECTION_NAME in host.connections:
+            conn: Transport = host.get_connection(CONNECTION_NAME, config)
+        else:
+            with _open_guard:
+                lock = _open_locks.setdefault(id(host), threading.Lock())
+            with lock:
+                conn = host.get_connection(CONNECTION_NAME, config)
+    except ConnectionFailed as exc:
+        if exc.host == host.name:
+            raise
+        raise ConnectionFailed(host.name, f"{exc.host}: {exc.reason}") from None
+    if getattr(conn, "host", None) != host.name:
         with contextlib.suppress(AttributeError):
-            conn.host = task.host.name  # the plugin only knows the address
+            conn.host = host.name  # the plugin only knows the address
     return conn
 
 
