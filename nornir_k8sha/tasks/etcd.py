@@ -32,7 +32,10 @@ def upload_certificates(task: Task, spec: ClusterSpec, state_dir: Path) -> list[
     return changed
 
 
-def configure(task: Task, spec: ClusterSpec, state_dir: Path) -> Result:
+def configure(
+    task: Task, spec: ClusterSpec, state_dir: Path, *, dry_run: bool | None = None
+) -> Result:
+    H.honour_dry_run(task, dry_run)
     pk = H.packages(task, names=PACKAGES)
     certs = upload_certificates(task, spec, state_dir)
     conn = H.connect(task)

@@ -9,7 +9,8 @@ from nornir_k8sha.tasks.component import apply_component
 from nornir_k8sha.topology import ClusterSpec
 
 
-def configure(task: Task, spec: ClusterSpec) -> Result:
+def configure(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None) -> Result:
+    H.honour_dry_run(task, dry_run)
     pk = H.packages(task, names=["frr"])
     r = apply_component(task, spec, "frr", services={"frr": "restart"})
     r.changed = bool(r.changed or pk.changed)

@@ -13,12 +13,14 @@ from nornir_k8sha.topology import ClusterSpec
 PACKAGES = ["haproxy"]
 
 
-def configure_realserver(task: Task, spec: ClusterSpec) -> Result:
+def configure_realserver(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None) -> Result:
     """VIP/32 on lo and arp_ignore=1 / arp_announce=2, applied now and at every boot."""
+    H.honour_dry_run(task, dry_run)
     return apply_component(task, spec, "realserver")
 
 
-def configure(task: Task, spec: ClusterSpec) -> Result:
+def configure(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None) -> Result:
+    H.honour_dry_run(task, dry_run)
     pk = H.packages(task, names=PACKAGES)
     rs = configure_realserver(task, spec)
     cfg = apply_component(task, spec, "haproxy", services={"haproxy": "reload"})

@@ -38,8 +38,11 @@ def _upload_pki(task: Task, spec: ClusterSpec, state_dir: Path, owner: str) -> l
     return changed
 
 
-def configure_registry(task: Task, spec: ClusterSpec, state_dir: Path) -> Result:
+def configure_registry(
+    task: Task, spec: ClusterSpec, state_dir: Path, *, dry_run: bool | None = None
+) -> Result:
     """Harbor (production) or Distribution (lab) on the harbor host, TLS from our PKI."""
+    H.honour_dry_run(task, dry_run)
     from nornir_k8sha.render import files_for_component
 
     me = spec.host(task.host.name)
@@ -64,11 +67,14 @@ def configure_registry(task: Task, spec: ClusterSpec, state_dir: Path) -> Result
                   result="distribution registry")
 
 
-def trust_registry(task: Task, spec: ClusterSpec, state_dir: Path) -> Result:
+def trust_registry(
+    task: Task, spec: ClusterSpec, state_dir: Path, *, dry_run: bool | None = None
+) -> Result:
     """Registry CA for containerd on a Kubernetes node, and the registry name in /etc/hosts.
 
     containerd's `certs.d/<registry>/hosts.toml` comes with the containerd component
     (`kubeadm.prepare_node`), so a changed registry restarts containerd in one place."""
+    H.honour_dry_run(task, dry_run)
     from nornir_k8sha.pki import bundle_for_host
 
     me = spec.host(task.host.name)

@@ -59,6 +59,13 @@ def connect(task: Task) -> Transport:
     return open_connection(task.host, task.nornir.config)
 
 
+def honour_dry_run(task: Task, dry_run: bool | None) -> None:
+    """Make a component task's own `dry_run=` argument the task's dry-run state, so every
+    primitive it calls (without passing dry_run on) sees it (DESIGN.md 6)."""
+    if dry_run is not None:
+        task.global_dry_run = dry_run
+
+
 def open_connection(host: Host, config: Config) -> Transport:
     """`connect` for code outside a task (checks): same locking, same host naming."""
     try:

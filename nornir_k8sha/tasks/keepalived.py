@@ -12,8 +12,9 @@ from nornir_k8sha.topology import ClusterSpec
 PACKAGES = ["keepalived", "ipvsadm"]
 
 
-def configure(task: Task, spec: ClusterSpec) -> Result:
+def configure(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None) -> Result:
     """Packages, the ip_vs module, keepalived.conf (validated by `keepalived -t`), reload."""
+    H.honour_dry_run(task, dry_run)
     pk = H.packages(task, names=PACKAGES)
     conn = H.connect(task)
     if not task.is_dry_run():

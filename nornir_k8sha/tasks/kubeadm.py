@@ -88,8 +88,9 @@ def installed_kubeadm_version(task: Task) -> str | None:
     return res.stdout.strip() if res.exit_code == 0 else None
 
 
-def prepare_node(task: Task, spec: ClusterSpec) -> Result:
+def prepare_node(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None) -> Result:
     """Everything a Kubernetes node needs before kubeadm: idempotent, dry-run aware."""
+    H.honour_dry_run(task, dry_run)
     changed: list[str] = []
     diffs: list[str] = []
 
@@ -127,8 +128,9 @@ def prepare_node(task: Task, spec: ClusterSpec) -> Result:
                   result=", ".join(changed) or "ready")
 
 
-def kubernetes_packages(task: Task, spec: ClusterSpec) -> Result:
+def kubernetes_packages(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None) -> Result:
     """kubelet/kubeadm/kubectl from the Kubernetes apt repository, pinned to the version."""
+    H.honour_dry_run(task, dry_run)
     version = _version(spec)
     minor = ".".join(version.split(".")[:2])
     repo = spec.settings.kubernetes.package_repo.format(minor=minor)
@@ -142,8 +144,11 @@ def kubernetes_packages(task: Task, spec: ClusterSpec) -> Result:
     return Result(host=task.host, changed=changed)
 
 
-def place_control_plane_pki(task: Task, spec: ClusterSpec, state_dir: Path) -> Result:
+def place_control_plane_pki(
+    task: Task, spec: ClusterSpec, state_dir: Path, *, dry_run: bool | None = None
+) -> Result:
     """Upload the files this master needs from our PKI (keys 0600)."""
+    H.honour_dry_run(task, dry_run)
     from nornir_k8sha.pki import bundle_for_host
 
     changed = []
@@ -162,8 +167,9 @@ def is_joined(task: Task) -> bool:
     return H.connect(task).get(C.KUBELET_KUBECONFIG) is not None
 
 
-def init_first_master(task: Task, spec: ClusterSpec) -> Result:
+def init_first_master(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None) -> Result:
     """`kubeadm init --config --upload-certs` on this master; left alone when initialised."""
+    H.honour_dry_run(task, dry_run)
     if is_control_plane_initialised(task):
         return Result(host=task.host, result="already initialised")
     from nornir_k8sha.render import files_for_component
@@ -182,8 +188,11 @@ def init_first_master(task: Task, spec: ClusterSpec) -> Result:
     return Result(host=task.host, changed=True, result="kubeadm init")
 
 
-def mint_join_material(task: Task, spec: ClusterSpec, *, control_plane: bool) -> Result:
+def mint_join_material(
+    task: Task, spec: ClusterSpec, *, control_plane: bool, dry_run: bool | None = None
+) -> Result:
     """A fresh token (and certificate key) from this initialised master."""
+    H.honour_dry_run(task, dry_run)
     conn = H.connect(task)
     token = parse_token(conn.run("kubeadm token create --print-join-command").stdout)
     key = None
@@ -288,8 +297,11 @@ def wait_for_nodes(spec: ClusterSpec, state_dir: Path, timeout: float = 90.0) ->
     raise TimeoutError(f"nodes not Ready after {timeout:.0f}s: {', '.join(sorted(missing))}")
 
 
-def fetch_admin_kubeconfig(task: Task, spec: ClusterSpec, state_dir: Path) -> Result:
+def fetch_admin_kubeconfig(
+    task: Task, spec: ClusterSpec, state_dir: Path, *, dry_run: bool | None = None
+) -> Result:
     """admin.conf to `<state>/admin.conf` (0600), its server set to the VIP endpoint."""
+    H.honour_dry_run(task, dry_run)
     data = H.connect(task).get(C.ADMIN_KUBECONFIG)
     if data is None:
         return Result(host=task.host, failed=True, result="no admin.conf on this master")
@@ -303,8 +315,9 @@ def fetch_admin_kubeconfig(task: Task, spec: ClusterSpec, state_dir: Path) -> Re
     return Result(host=task.host, changed=False, result=str(target))
 
 
-def reset_node(task: Task) -> Result:
+def reset_node(task: Task, *, dry_run: bool | None = None) -> Result:
     """`kubeadm reset -f`: the clean way back (the `reset` runbook)."""
+    H.honour_dry_run(task, dry_run)
     if task.is_dry_run():
         return Result(host=task.host, changed=True, result="would run kubeadm reset -f")
     H.connect(task).run("kubeadm reset -f", timeout=300)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from nornir.core.task import Result, Task
 
+from nornir_k8sha.tasks import host as H
 from nornir_k8sha.topology import ClusterSpec
 
 #: What the platforms print when a config line is refused.
@@ -60,8 +61,9 @@ def missing_lines(wanted: list[str], running: str) -> list[str]:
     return out
 
 
-def configure(task: Task, spec: ClusterSpec) -> Result:
+def configure(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None) -> Result:
     """Send what is missing of the BGP config; report the lines as the diff."""
+    H.honour_dry_run(task, dry_run)
     conn = task.host.get_connection("netmiko", task.nornir.config)
     platform = task.host.platform or "cisco_ios"
     wanted = wanted_lines(spec, task.host.name)

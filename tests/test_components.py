@@ -1,0 +1,215 @@
+"""Component tasks and deploy phases on simulated Debian hosts: what changes, what restarts, and
+that a second run changes nothing — without SSH or root."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nornir_k8sha import constants as C
+from nornir_k8sha.deploy import DeployContext, run_stages
+from nornir_k8sha.inventory import open_nornir
+from nornir_k8sha.phases.lb import LoadBalancers
+from nornir_k8sha.phases.registry import Registry
+from nornir_k8sha.pki import ClusterPKI
+from nornir_k8sha.report import RunReport
+from nornir_k8sha.tasks import kubeadm as K
+from nornir_k8sha.tasks import switch
+from nornir_k8sha.topology import load_cluster_spec
+from nornir_k8sha.transport import FakeFleet, FakeUnit, install_fake
+
+from .conftest import LAB_INVENTORY
+
+
+def deploy(inventory: Path, fleet: FakeFleet, phases: list, state_dir: Path,
+           dry_run: bool = False) -> RunReport:
+    spec = load_cluster_spec(inventory)
+    nr = open_nornir(inventory)
+    install_fake(nr, fleet)
+    ctx = DeployContext(spec, nr, RunReport("deploy", spec.name), dry_run=dry_run,
+                        state_dir=state_dir)
+    return run_stages(ctx, [phases])
+
+
+#: The units the lab's hosts have (installed but stopped, as the lab rootfs ships them).
+UNITS = ("haproxy", "keepalived", C.REALSERVER_SERVICE, "frr", "etcd", "docker-registry",
+         "containerd", "kubelet")
+
+
+@pytest.fixture
+def fleet() -> FakeFleet:
+    fleet = FakeFleet(debian=True)
+    for name in load_cluster_spec(LAB_INVENTORY).hosts:
+        units = fleet.host(name.name).debian.units
+        for unit in UNITS:
+            units[unit] = FakeUnit()
+    return fleet
+
+
+def test_lb_phase_configures_then_changes_nothing(fleet: FakeFleet, tmp_path: Path) -> None:
+    first = deploy(LAB_INVENTORY, fleet, [LoadBalancers()], tmp_path)
+    assert first.exit_code == 0, first.failed_hosts
+    assert {h for h, o in first.phase("lb").hosts.items() if o.status == "changed"} == {
+        "lvs1", "lvs2", "haproxy1", "haproxy2"}
+    h1 = fleet.host("haproxy1")
+    cfg = h1.read(C.HAPROXY_CFG)
+    assert cfg is not None and "10.88.0.100:6443" in cfg
+    assert any(c.startswith("haproxy -c -f") for c in h1.commands())  # validated before the swap
+    assert h1.debian.unit("haproxy").active and h1.debian.unit("haproxy").enabled
+    assert "arp_ignore" in (h1.read(C.REALSERVER_SYSCTL) or "")
+    lvs = fleet.host("lvs1")
+    assert "lb_kind DR" in (lvs.read(C.KEEPALIVED_CONF) or "")
+    assert any(c.startswith("keepalived -t -f") for c in lvs.commands())
+
+    second = deploy(LAB_INVENTORY, fleet, [LoadBalancers()], tmp_path)
+    assert second.changed == 0, [(h, o.changes) for h, o in second.phase("lb").hosts.items()]
+    assert h1.debian.unit("haproxy").restarts == 0
+
+
+def test_dry_run_after_a_timing_change_shows_diff_and_reload_and_writes_nothing(
+        fleet: FakeFleet, tmp_path: Path) -> None:
+    deploy(LAB_INVENTORY, fleet, [LoadBalancers()], tmp_path / "state")
+    inv = tmp_path / "inv"
+    shutil.copytree(LAB_INVENTORY, inv)
+    defaults = yaml.safe_load((inv / "defaults.yaml").read_text())
+    defaults["data"]["haproxy"]["check_inter_ms"] = 700
+    (inv / "defaults.yaml").write_text(yaml.safe_dump(defaults))
+    h1 = fleet.host("haproxy1")
+    before = h1.read(C.HAPROXY_CFG)
+    reloads = h1.debian.unit("haproxy").reloads
+    report = deploy(inv, fleet, [LoadBalancers()], tmp_path / "state", dry_run=True)
+    outcome = report.phase("lb").hosts["haproxy1"]
+    assert outcome.status == "changed"
+    assert "-" in outcome.diff and "inter 700" in outcome.diff
+    assert "would run: systemctl reload-or-restart haproxy" in outcome.diff
+    assert h1.read(C.HAPROXY_CFG) == before
+    assert h1.debian.unit("haproxy").reloads == reloads
+    assert report.phase("lb").hosts["lvs1"].status == "ok"  # keepalived does not depend on it
+
+
+def test_a_failed_validator_leaves_the_running_config(fleet: FakeFleet, tmp_path: Path) -> None:
+    deploy(LAB_INVENTORY, fleet, [LoadBalancers()], tmp_path / "state")
+    h1 = fleet.host("haproxy1")
+    before = h1.read(C.HAPROXY_CFG)
+    h1.on("haproxy -c -f *", exit_code=1, stderr="[ALERT] parsing error\n")
+    inv = tmp_path / "inv"
+    shutil.copytree(LAB_INVENTORY, inv)
+    defaults = yaml.safe_load((inv / "defaults.yaml").read_text())
+    defaults["data"]["haproxy"]["check_fall"] = 3
+    (inv / "defaults.yaml").write_text(yaml.safe_dump(defaults))
+    report = deploy(inv, fleet, [LoadBalancers()], tmp_path / "state")
+    failed = report.phase("lb").hosts["haproxy1"]
+    assert failed.status == "failed" and "parsing error" in failed.message
+    assert h1.read(C.HAPROXY_CFG) == before
+    assert report.phase("lb").hosts["lvs1"].status != "failed"
+
+
+def test_registry_phase_uploads_tls_owned_by_the_service(fleet: FakeFleet, tmp_path: Path
+                                                         ) -> None:
+    spec = load_cluster_spec(LAB_INVENTORY)
+    ClusterPKI(spec, tmp_path).ensure()
+    report = deploy(LAB_INVENTORY, fleet, [Registry()], tmp_path)
+    assert report.exit_code == 0, report.phase("registry").hosts["harbor1"].message
+    harbor = fleet.host("harbor1")
+    key = harbor.stat(f"{C.REGISTRY_PKI_DIR}/server.key")
+    assert key is not None and key.mode == 0o600 and key.owner == C.REGISTRY_USER
+    assert harbor.debian.unit("docker-registry").active
+    again = deploy(LAB_INVENTORY, fleet, [Registry()], tmp_path)
+    assert again.changed == 0
+
+
+# --- kubeadm helpers ------------------------------------------------------------------------
+
+INIT_TAIL = """Your Kubernetes control-plane has initialized successfully!
+  kubeadm join 10.88.0.100:6443 --token abcdef.0123456789abcdef \\
+	--discovery-token-ca-cert-hash sha256:{h} \\
+	--control-plane --certificate-key {k}
+"""
+
+
+def test_join_material_is_parsed_and_never_shown(tmp_path: Path) -> None:
+    key = "a" * 64
+    out = INIT_TAIL.format(h="b" * 64, k=key)
+    assert K.parse_token(out) == "abcdef.0123456789abcdef"
+    assert K.parse_certificate_key(out) == key
+    assert K.parse_certificate_key("[upload-certs] Using certificate key:\n" + key + "\n") == key
+    with pytest.raises(ValueError):
+        K.parse_token("no token here")
+    material = K.JoinMaterial("abcdef.0123456789abcdef", "sha256:" + "c" * 64, key)
+    assert "abcdef" not in repr(material) and key not in repr(material)
+    filled = K.fill_join_config(
+        f"token: {C.PLACEHOLDER_TOKEN}\nhash: {C.PLACEHOLDER_CA_CERT_HASH}\n"
+        f"key: {C.PLACEHOLDER_CERTIFICATE_KEY}\n", material)
+    assert "${" not in filled and key in filled
+
+
+def test_discovery_hash_matches_openssl(tmp_path: Path) -> None:
+    import subprocess
+
+    spec = load_cluster_spec(LAB_INVENTORY)
+    pki = ClusterPKI(spec, tmp_path)
+    pki.ensure()
+    ca = pki.kubernetes_ca.cert
+    der = subprocess.run(
+        f"openssl x509 -pubkey -in {ca} | openssl pkey -pubin -outform der | "
+        "openssl dgst -sha256 -hex", shell=True, capture_output=True, text=True, check=True)
+    assert K.ca_cert_hash(ca.read_bytes()) == "sha256:" + der.stdout.split()[-1]
+
+
+# --- switches --------------------------------------------------------------------------------
+
+
+def test_switch_sends_only_missing_lines_with_their_context() -> None:
+    wanted = ["router bgp 65000", " neighbor 10.88.0.11 remote-as 65010",
+              " neighbor 10.88.0.12 remote-as 65010", "ip prefix-list VIP seq 5 permit 1/32"]
+    running = "router bgp 65000\n neighbor 10.88.0.11 remote-as 65010\n"
+    assert switch.missing_lines(wanted, running) == [
+        "router bgp 65000", " neighbor 10.88.0.12 remote-as 65010",
+        "ip prefix-list VIP seq 5 permit 1/32"]
+    assert switch.missing_lines(wanted, "\n".join(wanted)) == []
+
+
+class FakeNetmiko:
+    """Enough of netmiko's BaseConnection for the switch task."""
+
+    def __init__(self, running: str) -> None:
+        self.running = running
+        self.sent: list[list[str]] = []
+        self.exited = 0
+
+    def send_command(self, command: str, **_: object) -> str:
+        return self.running if command.startswith("show running") else ""
+
+    def send_config_set(self, lines: list[str], error_pattern: str = "") -> str:
+        assert error_pattern  # always with an error pattern (DESIGN.md 5)
+        self.sent.append(lines)
+        self.running += "\n".join(lines) + "\n"
+        return "ok"
+
+    def exit_config_mode(self) -> str:
+        self.exited += 1
+        return ""
+
+
+def test_switch_task_is_idempotent_and_dry_run_sends_nothing(tmp_path: Path) -> None:
+    spec = load_cluster_spec(LAB_INVENTORY)
+    nr = open_nornir(LAB_INVENTORY).filter(name="switch1")
+    fake = FakeNetmiko("hostname switch1\n")
+
+    class Plugin:
+        connection = fake
+
+        def close(self) -> None:
+            pass
+
+    nr.inventory.hosts["switch1"].connections["netmiko"] = Plugin()
+    dry = nr.run(task=switch.configure, spec=spec, dry_run=True)["switch1"][0]
+    assert dry.changed and "+router bgp 65000" in dry.diff and fake.sent == []
+    first = nr.run(task=switch.configure, spec=spec)["switch1"][0]
+    assert first.changed and fake.sent and fake.exited == 1
+    assert any("10.88.0.11" in line and "65010" in line for line in fake.sent[0])
+    second = nr.run(task=switch.configure, spec=spec)["switch1"][0]
+    assert not second.changed and len(fake.sent) == 1
