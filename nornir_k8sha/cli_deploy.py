@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -88,9 +89,19 @@ def deploy(
     _finish(report, spec, as_json, report_file)
 
 
+def _python() -> str:
+    """How the user ran us: `.venv/bin/python` rather than a bare `python` when in the venv."""
+    exe = Path(sys.executable)
+    try:
+        return str(exe.relative_to(Path.cwd()))
+    except ValueError:
+        return "python"
+
+
 def next_steps(spec: ClusterSpec, inventory: Path) -> list[str]:
     """What a newcomer now has and how to reach it."""
     kubeconfig = spec.state_dir / "admin.conf"
+    me = f"{_python()} -m nornir_k8sha"
     lines = [
         "",
         f"[bold]Your cluster '{spec.name}' is up.[/]",
@@ -99,13 +110,14 @@ def next_steps(spec: ClusterSpec, inventory: Path) -> list[str]:
     if kubeconfig.exists():
         lines.append(f"  admin kubeconfig: {kubeconfig}")
     lines += [
-        f"  prove it again:   python -m nornir_k8sha check -i {inventory}",
+        f"  prove it again:   {me} check -i {inventory}",
     ]
     if inventory.resolve().name == "lab":
         lines += [
-            "  lab hosts:        python -m nornir_k8sha lab status; "
+            f"  lab hosts:        {me} lab status; "
             f"ssh -F {spec.state_dir}/ssh/ssh_config master1",
-            "  tear it down:     python -m nornir_k8sha lab down",
+            f"  faults:           {me} lab fault --help",
+            f"  tear it down:     {me} lab down",
         ]
     return lines
 

@@ -231,25 +231,46 @@ def progress_table(report: RunReport) -> Table:
 
 
 def summary_table(report: RunReport) -> Table:
-    """Final table: per phase and host, status, duration, message."""
+    """Final table: one row per phase with its host counts and time; problems named."""
     table = Table(title=f"{report.command} {report.cluster}: summary"
                   + (" (dry run: nothing written)" if report.dry_run else ""))
-    for col in ("phase", "host", "status", "time", "detail"):
+    for col in ("phase", "ok", "changed", "failed", "skipped", "time", "detail"):
         table.add_column(col, overflow="fold")
     for p in report.phases:
-        if p.skipped_reason and not p.hosts:
-            table.add_row(p.title, "-", "[dim]skipped[/]", "", escape(p.skipped_reason))
-        for h, o in p.hosts.items():
-            detail = o.message if o.status in ("failed", "skipped") else (
-                ", ".join(o.changes) or o.message)
-            table.add_row(escape(p.title), escape(h), f"[{_STYLE[o.status]}]{o.status}[/]",
-                          f"{o.duration:.1f}s", escape(detail))
+        counts = {s: sum(1 for o in p.hosts.values() if o.status == s)
+                  for s in ("ok", "changed", "failed", "skipped")}
+        changed = [h for h, o in p.hosts.items() if o.status == "changed"]
+        detail = p.skipped_reason or (f"changed: {', '.join(changed)}" if changed else "")
+        table.add_row(
+            escape(p.title), str(counts["ok"]),
+            f"[yellow]{counts['changed']}[/]" if counts["changed"] else "0",
+            f"[bold red]{counts['failed']}[/]" if counts["failed"] else "0",
+            str(counts["skipped"]), f"{p.duration:.1f}s", escape(detail),
+        )
+    return table
+
+
+def problems_table(report: RunReport) -> Table | None:
+    """Every failed host with its reason (and hosts skipped because of it)."""
+    rows = [(p, h, o) for p in report.phases for h, o in p.hosts.items()
+            if o.status == "failed" or (o.status == "skipped" and not p.skipped_reason)]
+    if not rows:
+        return None
+    table = Table(title="what went wrong")
+    for col in ("phase", "host", "status", "reason"):
+        table.add_column(col, overflow="fold")
+    for p, h, o in rows:
+        table.add_row(escape(p.title), escape(h), f"[{_STYLE[o.status]}]{o.status}[/]",
+                      escape(o.message))
     return table
 
 
 def print_summary(report: RunReport, console: Console, *, table: bool = True) -> None:
     if table:
         console.print(summary_table(report))
+        problems = problems_table(report)
+        if problems is not None:
+            console.print(problems)
     for p in report.phases:
         for o in p.hosts.values():
             if o.diff and report.dry_run:
