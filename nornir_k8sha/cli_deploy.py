@@ -138,6 +138,31 @@ def check(
     _finish(report, spec, as_json, report_file, table=False)
 
 
+def reset(
+    inventory: Path = InventoryOpt,
+    yes: bool = typer.Option(False, "--yes", help="really remove Kubernetes from the nodes"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="say what would be reset"),
+    as_json: bool = typer.Option(False, "--json", help="print the JSON report on stdout only"),
+) -> None:
+    """`kubeadm reset -f` on workers, then masters. etcd, HAProxy and LVS are left alone."""
+    from nornir_k8sha.deploy import DeployContext, run_stages
+    from nornir_k8sha.inventory import open_nornir
+    from nornir_k8sha.phases.reset import reset_stages
+
+    spec = load_valid_spec(inventory, as_json)
+    if not (yes or dry_run):
+        console.error("reset removes the Kubernetes control plane and every node: pass --yes "
+                      "(or --dry-run to see what it would do)")
+        raise typer.Exit(EXIT_INVALID)
+    report = RunReport("reset", spec.name, dry_run=dry_run)
+    ctx = DeployContext(spec, open_nornir(inventory), report, dry_run=dry_run,
+                        state_dir=spec.state_dir)
+    with LiveProgress(report, console.out(), enabled=not as_json):
+        run_stages(ctx, reset_stages())
+    _finish(report, spec, as_json, None)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(deploy)
     app.command()(check)
+    app.command()(reset)

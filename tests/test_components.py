@@ -213,3 +213,57 @@ def test_switch_task_is_idempotent_and_dry_run_sends_nothing(tmp_path: Path) -> 
     assert any("10.88.0.11" in line and "65010" in line for line in fake.sent[0])
     second = nr.run(task=switch.configure, spec=spec)["switch1"][0]
     assert not second.changed and len(fake.sent) == 1
+
+
+# --- read-only check tasks and reset ---------------------------------------------------------
+
+
+def test_haproxy_and_etcd_check_tasks_read_and_never_change(fleet: FakeFleet) -> None:
+    from nornir_k8sha.tasks import etcd, haproxy
+
+    from .test_checks import STATS_CSV
+
+    spec = load_cluster_spec(LAB_INVENTORY)
+    nr = open_nornir(LAB_INVENTORY)
+    install_fake(nr, fleet)
+    fleet.host("haproxy1").on(r"^curl .*stats;csv", stdout=STATS_CSV)
+    fleet.host("etcd1").on(r"etcdctl .*endpoint status",
+                           stdout='[{"Endpoint":"https://127.0.0.1:2379","Status":'
+                                  '{"leader":7,"dbSize":1024}}]')
+    r = nr.filter(name="haproxy1").run(task=haproxy.check, spec=spec)["haproxy1"][0]
+    assert not r.changed and r.result["master2"] == "DOWN" and r.result["master1"] == "UP"
+    r = nr.filter(name="etcd1").run(task=etcd.check, spec=spec)["etcd1"][0]
+    assert not r.changed and r.result["Status"]["leader"] == 7
+    assert "--cert /etc/etcd/pki/server.crt" in fleet.host("etcd1").commands()[-1]
+
+
+def test_reset_cli_needs_yes_and_resets_workers_then_masters(fleet: FakeFleet,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from nornir_k8sha.cli import app
+
+    runner = CliRunner()
+    refused = runner.invoke(app, ["reset", "-i", str(LAB_INVENTORY)])
+    assert refused.exit_code == 2 and "--yes" in refused.output
+    order: list[str] = []
+    for name in ("master1", "master2", "worker1"):
+        fleet.host(name).write(C.KUBELET_KUBECONFIG, "kubeconfig")
+        fleet.host(name).on(r"^kubeadm reset -f", lambda h, *_: order.append(h.name) or "")
+
+    import nornir_k8sha.inventory as inventory
+
+    real_open = inventory.open_nornir
+
+    def opener(directory: Path, **kw: object) -> object:
+        nr = real_open(directory, **kw)
+        install_fake(nr, fleet)
+        return nr
+
+    monkeypatch.setattr(inventory, "open_nornir", opener)
+    monkeypatch.chdir(tmp_path)
+    done = runner.invoke(app, ["reset", "-i", str(LAB_INVENTORY), "--yes", "--json"])
+    assert done.exit_code == 0, done.output
+    assert order.index("worker1") < order.index("master1")
+    assert "master3" not in order  # never joined: left alone

@@ -76,3 +76,18 @@ def wait_for_quorum(spec: ClusterSpec, state_dir: Path, timeout: float = 60.0) -
             time.sleep(0.5)
     raise TimeoutError(f"etcd: {healthy}/{len(members)} members healthy after {timeout:.0f}s, "
                        f"quorum is {need}")
+
+
+def check(task: Task, spec: ClusterSpec) -> Result:
+    """`etcdctl endpoint status` of this member over TLS, with its own certificate (its server
+    certificate also allows client auth). `result`: the JSON status (leader, raft term, DB
+    size). Read-only."""
+    import json
+
+    pki = C.ETCD_PKI_DIR
+    cmd = (f"ETCDCTL_API=3 etcdctl --endpoints https://127.0.0.1:{spec.settings.etcd.client_port}"
+           f" --cacert {pki}/ca.crt --cert {pki}/server.crt --key {pki}/server.key"
+           " --command-timeout=2s endpoint status -w json")
+    out = H.connect(task).run(cmd).stdout
+    status = json.loads(out)
+    return Result(host=task.host, result=status[0] if isinstance(status, list) else status)

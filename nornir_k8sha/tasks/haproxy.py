@@ -30,3 +30,14 @@ def configure(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None) -> 
         diff="\n".join(d for d in (rs.diff, cfg.diff) if d),
         result="; ".join(x for x in (str(rs.result), str(cfg.result)) if x),
     )
+
+
+def check(task: Task, spec: ClusterSpec) -> Result:
+    """This node's view of the apiserver backends, from its own stats page (read-only):
+    `result` maps server name → status (UP/DOWN/MAINT...)."""
+    from nornir_k8sha.checks import parse_haproxy_csv
+
+    me = spec.host(task.host.name)
+    url = f"http://{me.address}:{spec.settings.haproxy.stats_port}/stats;csv"
+    out = H.connect(task).run(f"curl -fsS --max-time 2 '{url}'").stdout
+    return Result(host=task.host, result=parse_haproxy_csv(out))

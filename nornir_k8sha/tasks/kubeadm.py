@@ -316,11 +316,12 @@ def fetch_admin_kubeconfig(
 
 
 def reset_node(task: Task, *, dry_run: bool | None = None) -> Result:
-    """`kubeadm reset -f`: the clean way back (the `reset` runbook)."""
+    """`kubeadm reset -f`: the clean way back; a node that never joined is left alone."""
     H.honour_dry_run(task, dry_run)
+    conn = H.connect(task)
+    if conn.get(C.KUBELET_KUBECONFIG) is None and conn.get(C.ADMIN_KUBECONFIG) is None:
+        return Result(host=task.host, result="not a node: nothing to reset")
     if task.is_dry_run():
         return Result(host=task.host, changed=True, result="would run kubeadm reset -f")
-    H.connect(task).run("kubeadm reset -f", timeout=300)
+    conn.run("kubeadm reset -f", timeout=300)
     return Result(host=task.host, changed=True, result="kubeadm reset -f")
-
-
