@@ -267,3 +267,27 @@ def test_reset_cli_needs_yes_and_resets_workers_then_masters(fleet: FakeFleet,
     assert done.exit_code == 0, done.output
     assert order.index("worker1") < order.index("master1")
     assert "master3" not in order  # never joined: left alone
+
+
+def test_kubernetes_packages_follow_the_install_guide_and_pin_the_version(
+        fleet: FakeFleet) -> None:
+    spec = load_cluster_spec(LAB_INVENTORY)
+    nr = open_nornir(LAB_INVENTORY).filter(name="worker1")
+    install_fake(nr, fleet)
+    host = fleet.host("worker1")
+    version = spec.settings.kubernetes.version
+    dry = nr.run(task=K.kubernetes_packages, spec=spec, dry_run=True)["worker1"][0]
+    assert dry.changed and "Release.key" in dry.result
+    assert not any("curl" in c or "apt-get" in c for c in host.commands())
+    first = nr.run(task=K.kubernetes_packages, spec=spec)["worker1"][0]
+    assert first.changed, first.exception
+    commands = host.commands()
+    minor = ".".join(version.split(".")[:2])
+    assert any(f"pkgs.k8s.io/core:/stable:/v{minor}/deb/Release.key" in c and "gpg --dearmor" in c
+               for c in commands)
+    assert any(f"kubeadm={version}-*" in c and "apt-get install" in c for c in commands)
+    assert any(c.startswith("apt-mark hold") for c in commands)
+    assert f"Pin: version {version}-*" in (host.read(K.KUBERNETES_APT_PIN) or "")
+    host.write(K.KUBERNETES_KEYRING, b"keyring")  # what the gpg pipeline wrote on a real host
+    second = nr.run(task=K.kubernetes_packages, spec=spec)["worker1"][0]
+    assert not second.changed, second.result

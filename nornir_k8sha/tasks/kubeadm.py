@@ -42,6 +42,9 @@ KUBERNETES_SYSCTLS = {
 }
 KUBERNETES_MODULES = ("overlay", "br_netfilter")
 KUBERNETES_PACKAGES = ("kubelet", "kubeadm", "kubectl")
+KUBERNETES_KEYRING = "/etc/apt/keyrings/kubernetes-apt-keyring.gpg"
+KUBERNETES_APT_SOURCE = "/etc/apt/sources.list.d/kubernetes.list"
+KUBERNETES_APT_PIN = "/etc/apt/preferences.d/kubernetes"
 
 
 @dataclass(frozen=True)
@@ -129,19 +132,36 @@ def prepare_node(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None) 
 
 
 def kubernetes_packages(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None) -> Result:
-    """kubelet/kubeadm/kubectl from the Kubernetes apt repository, pinned to the version."""
+    """kubelet/kubeadm/kubectl from the Kubernetes apt repository (pkgs.k8s.io), as kubeadm's
+    install guide does it: the repository's signing key in a keyring, the source, an apt pin
+    to the inventory's version, the packages at that version, then `apt-mark hold`."""
     H.honour_dry_run(task, dry_run)
     version = _version(spec)
     minor = ".".join(version.split(".")[:2])
     repo = spec.settings.kubernetes.package_repo.format(minor=minor)
-    source = (f"deb [signed-by=/etc/apt/keyrings/kubernetes-apt-keyring.gpg] {repo} /\n")
-    pin = ("".join(f"Package: {p}\nPin: version {version}-*\nPin-Priority: 1001\n\n"
-                   for p in KUBERNETES_PACKAGES))
-    r1 = H.file(task, path="/etc/apt/sources.list.d/kubernetes.list", content=source)
-    r2 = H.file(task, path="/etc/apt/preferences.d/kubernetes", content=pin)
-    r3 = H.packages(task, names=list(KUBERNETES_PACKAGES))
-    changed = any(r.changed for r in (r1, r2, r3))
-    return Result(host=task.host, changed=changed)
+    conn = H.connect(task)
+    changes = []
+    if conn.stat(KUBERNETES_KEYRING) is None:
+        changes.append(f"fetch {repo}Release.key into {KUBERNETES_KEYRING}")
+        if not task.is_dry_run():
+            conn.run(f"install -d -m 0755 {shlex.quote(str(Path(KUBERNETES_KEYRING).parent))} "
+                     f"&& curl -fsSL {shlex.quote(repo + 'Release.key')} | "
+                     f"gpg --dearmor --batch --yes -o {shlex.quote(KUBERNETES_KEYRING)}")
+    source = f"deb [signed-by={KUBERNETES_KEYRING}] {repo} /\n"
+    pin = "".join(f"Package: {p}\nPin: version {version}-*\nPin-Priority: 1001\n\n"
+                  for p in KUBERNETES_PACKAGES)
+    listed = H.file(task, path=KUBERNETES_APT_SOURCE, content=source)
+    pinned = H.file(task, path=KUBERNETES_APT_PIN, content=pin)
+    installed = H.packages(task, names=[f"{p}={version}-*" for p in KUBERNETES_PACKAGES],
+                           update_cache=bool(changes or listed.changed))
+    for label, r in (("source", listed), ("pin", pinned), ("packages", installed)):
+        if r.changed:
+            changes.append(label)
+    if installed.changed and not task.is_dry_run():
+        conn.run("apt-mark hold " + " ".join(KUBERNETES_PACKAGES))
+    diff = "\n".join(d for d in (listed.diff, pinned.diff, installed.diff) if d)
+    return Result(host=task.host, changed=bool(changes), diff=diff,
+                  result=", ".join(changes) or f"v{version} installed")
 
 
 def place_control_plane_pki(
