@@ -144,7 +144,9 @@ def check_registry(cx: CheckContext) -> list[HostOutcome]:
     if skip:
         return [skip]
     reg = cx.spec.settings.registry
-    ca = f"{C.CONTAINERD_CERTS_DIR}/{reg.name}/ca.crt"
+    from nornir_k8sha.render import registry_ca_on_node
+
+    ca = registry_ca_on_node(cx.spec)
     url = f"https://{reg.name}:{reg.port}/v2/"
     nodes = [h for h in cx.spec.hosts if any(h.has_role(r) for r in C.KUBERNETES_ROLES)]
 

@@ -660,9 +660,9 @@ def bundle_for_host(spec: ClusterSpec, host: HostSpec | str,
     if me.has_role(C.ROLE_HARBOR):
         pair(pki.registry_server, C.REGISTRY_CERT, C.REGISTRY_KEY)
     if any(me.has_role(r) for r in C.KUBERNETES_ROLES):
-        registry = spec.settings.registry.name
-        files.append(BundleFile(pki.registry_ca.cert, f"{C.CONTAINERD_CERTS_DIR}/{registry}/"
-                                f"{C.CONTAINERD_REGISTRY_CA}", CERT_MODE))
+        from nornir_k8sha.render import registry_ca_on_node  # containerd's certs.d/<name[:port]>
+
+        files.append(BundleFile(pki.registry_ca.cert, registry_ca_on_node(spec), CERT_MODE))
     for f in files:
         if not f.local.is_file():
             raise PKIError(f"{f.local}: missing; run `nornir-k8sha pki` (or deploy's pki phase) "
