@@ -236,6 +236,47 @@ def check_haproxy(cx: CheckContext) -> list[HostOutcome]:
     return outcomes
 
 
+def parse_bgp_summary(text: str) -> dict[str, dict[str, Any]]:
+    """peer address → {state, pfxSnt, pfxRcd} from FRR's `show bgp ipv4 unicast summary json`."""
+    import json
+
+    data = json.loads(text or "{}")
+    peers = data.get("peers") or data.get("ipv4Unicast", {}).get("peers") or {}
+    return {addr: {"state": p.get("state", "?"), "pfxSnt": p.get("pfxSnt", 0),
+                   "pfxRcd": p.get("pfxRcd", 0)} for addr, p in peers.items()}
+
+
+def check_bgp(cx: CheckContext) -> list[HostOutcome]:
+    """Every LVS director's BGP sessions to the switches are Established; who announces the VIP
+    (FRR on the directors, read over SSH: fast, and the switches need no second login)."""
+    switches = {str(h.address): h.name for h in cx.spec.role(C.ROLE_SWITCHES)}
+    if not switches or not cx.spec.settings.bgp.announce_vip:
+        return [HostOutcome("-", "skipped", 0.0, "no switches / VIP announcement off")]
+
+    def one(name: str) -> HostOutcome:
+        start = time.monotonic()
+        try:
+            code, out, err = cx.ssh(name, "vtysh -c 'show bgp ipv4 unicast summary json'")
+            peers = parse_bgp_summary(out) if code == 0 else {}
+        except Exception as exc:
+            return _bad(name, _error_text(exc), start)
+        if code != 0:
+            return _bad(name, f"vtysh: {err.strip() or f'exit {code}'}", start)
+        down = [f"{switches.get(a, a)} ({p['state']})" for a, p in peers.items()
+                if p["state"] != "Established"]
+        missing = [n for a, n in switches.items() if a not in peers]
+        if down or missing:
+            return _bad(name, "BGP not established with " + ", ".join(down + missing), start)
+        sent = sum(int(p["pfxSnt"] or 0) for p in peers.values())
+        role = f"announcing the VIP /32 to {len(peers)} switch(es)" if sent else \
+            "not announcing (VIP held by the other director)"
+        return _ok(name, f"{len(peers)} session(s) Established; {role}", start)
+
+    directors = [h.name for h in cx.spec.role(C.ROLE_LVS)]
+    with ThreadPoolExecutor(max_workers=len(directors) or 1) as pool:
+        return list(pool.map(one, directors))
+
+
 # --- the sweep ---------------------------------------------------------------------------------
 
 #: (phase name, title, check). Extended by the Kubernetes checks when they are importable.
@@ -243,6 +284,7 @@ CHECKS: list[tuple[str, str, Check]] = [
     ("etcd", "etcd members (mTLS)", check_etcd),
     ("vip", "VIP and IPVS", check_vip),
     ("haproxy", "HAProxy backends", check_haproxy),
+    ("bgp", "BGP to the switches", check_bgp),
 ]
 
 

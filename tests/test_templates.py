@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import time
 import tomllib
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -652,10 +651,10 @@ def test_switch_config_per_platform(platform: str, make_inventory: Any, tmp_path
         assert res.returncode == 0, res.stdout + res.stderr
 
 
-# --- speed ------------------------------------------------------------------------------------
+# --- scale (timed in bench/scale_bench.py, not here) --------------------------------------------
 
 
-def test_render_of_1000_hosts_is_fast(make_inventory: Any) -> None:
+def test_render_of_1000_hosts_gives_every_worker_its_files(make_inventory: Any) -> None:
     def grow(hosts: dict, groups: dict, defaults: dict) -> None:
         defaults["data"]["prefix_length"] = 16
         defaults["data"]["vip"] = "10.88.0.100"
@@ -667,11 +666,8 @@ def test_render_of_1000_hosts_is_fast(make_inventory: Any) -> None:
 
     spec = load_cluster_spec(make_inventory(grow))
     assert len(spec.hosts) == 1000
-    started = time.perf_counter()
     rendered_ = render_all(spec)
-    elapsed = time.perf_counter() - started
     assert sum(len(f) for f in rendered_.values()) > 2900  # 3 files per worker
-    assert elapsed < 3.0, f"render of 1000 hosts took {elapsed:.2f} s"
 
 
 # --- the real etcd accepts the rendered config and forms a TLS cluster ------------------------
