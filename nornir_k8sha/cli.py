@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from nornir_k8sha import console
+from nornir_k8sha import constants as C
 from nornir_k8sha.exceptions import InventoryError, K8shaError
 from nornir_k8sha.topology import analyse
 
@@ -19,7 +20,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INVALID = 2
 
-DEFAULT_INVENTORY = Path("inventory/lab")
+DEFAULT_INVENTORY = C.DEFAULT_INVENTORY
 
 app = typer.Typer(
     add_completion=False,

@@ -10,12 +10,13 @@ from pathlib import Path
 import typer
 
 from nornir_k8sha import console
+from nornir_k8sha import constants as C
 from nornir_k8sha.exceptions import InventoryError
 from nornir_k8sha.report import EXIT_INVALID, LiveProgress, RunReport, print_summary
 from nornir_k8sha.topology import ClusterSpec, analyse
 
 InventoryOpt = typer.Option(
-    Path("inventory/lab"), "--inventory", "-i", help="inventory directory"
+    C.DEFAULT_INVENTORY, "--inventory", "-i", help="inventory directory"
 )
 
 
@@ -100,7 +101,7 @@ def _python() -> str:
 
 def next_steps(spec: ClusterSpec, inventory: Path) -> list[str]:
     """What a newcomer now has and how to reach it."""
-    kubeconfig = spec.state_dir / "admin.conf"
+    kubeconfig = spec.state_dir / C.STATE_ADMIN_KUBECONFIG
     me = f"{_python()} -m nornir_k8sha"
     lines = [
         "",

@@ -14,11 +14,12 @@ import typer
 from rich.table import Table
 
 from nornir_k8sha import console
+from nornir_k8sha import constants as C
 from nornir_k8sha.exceptions import InventoryError, K8shaError, LabError, NotRootError
 
 EXIT_FAILED = 1
 EXIT_INVALID = 2
-DEFAULT_INVENTORY = Path("inventory/lab")
+DEFAULT_INVENTORY = C.DEFAULT_INVENTORY
 
 lab_app = typer.Typer(no_args_is_help=True, help="The embedded lab: real hosts on this machine.")
 fault_app = typer.Typer(no_args_is_help=True, help="Break the lab on purpose (recorded in time).")

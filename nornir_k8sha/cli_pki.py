@@ -14,6 +14,7 @@ import typer
 from rich.table import Table
 
 from nornir_k8sha import console
+from nornir_k8sha import constants as C
 from nornir_k8sha.exceptions import InventoryError, PKIError
 from nornir_k8sha.pki import RENEW_BEFORE_DAYS, CertStatus, ClusterPKI
 from nornir_k8sha.topology import ClusterSpec, analyse
@@ -75,7 +76,7 @@ def _show(statuses: list[CertStatus], state_dir: Path, elapsed: float) -> None:
 
 
 def pki(
-    inventory: Path = typer.Option(Path("inventory/lab"), "--inventory", "-i",
+    inventory: Path = typer.Option(C.DEFAULT_INVENTORY, "--inventory", "-i",
                                    help="inventory directory"),
     state_dir: Path = typer.Option(None, "--state-dir",
                                    help="cluster state dir (default .k8sha/<cluster>/)"),

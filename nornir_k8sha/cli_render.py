@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from nornir_k8sha import console
+from nornir_k8sha import constants as C
 from nornir_k8sha.exceptions import InventoryError
 from nornir_k8sha.render import RenderedFile, components_for_host, render_all, write_tree
 from nornir_k8sha.topology import ClusterSpec, analyse
@@ -74,7 +75,7 @@ def summary_table(spec: ClusterSpec, rendered: dict[str, list[RenderedFile]],
 
 def render(
     inventory: Path = typer.Option(
-        Path("inventory/lab"), "--inventory", "-i", help="inventory directory"),
+        C.DEFAULT_INVENTORY, "--inventory", "-i", help="inventory directory"),
     output: Path = typer.Option(
         None, "--output", "-o",
         help="directory to write <host>/<path> into (default: <state dir>/rendered)"),

@@ -106,3 +106,9 @@ ETCD_METRICS_PORT = 2381
 # --- service accounts that own their TLS keys on the hosts --------------------------------------
 ETCD_USER = "etcd"
 REGISTRY_USER = "docker-registry"
+
+# --- local paths ---------------------------------------------------------------------------------
+#: The inventory every command uses when none is given: the embedded lab.
+DEFAULT_INVENTORY = Path("inventory/lab")
+#: The admin kubeconfig `deploy` fetches into the state dir (server = the VIP).
+STATE_ADMIN_KUBECONFIG = "admin.conf"

@@ -32,7 +32,7 @@ EXPIRY_WARN_DAYS = 30
 
 
 def _no_control_plane(cx: CheckContext) -> HostOutcome | None:
-    if not (cx.state_dir / "admin.conf").exists():
+    if not (cx.state_dir / C.STATE_ADMIN_KUBECONFIG).exists():
         return HostOutcome("-", "skipped", 0.0,
                            "no control plane yet: run `deploy` (admin.conf is not in the state "
                            "dir)")

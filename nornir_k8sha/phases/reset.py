@@ -27,7 +27,7 @@ class ResetMasters(NornirPhase):
 
     def task(self, task: Task, ctx: DeployContext) -> Result:
         result = kubeadm.reset_node(task)
-        admin = ctx.state_dir / "admin.conf"
+        admin = ctx.state_dir / C.STATE_ADMIN_KUBECONFIG
         if not task.is_dry_run() and admin.exists():
             with ctx.lock:
                 admin.unlink(missing_ok=True)
