@@ -9,6 +9,8 @@ reload fails, so a bad config never stays live.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from nornir.core.task import Result, Task
 
 from nornir_k8sha.tasks import host as H
@@ -69,3 +71,21 @@ def apply_component(
         diff="\n".join(diffs),
         result=", ".join(summary) or "unchanged",
     )
+
+
+def upload_pki(task: Task, spec: ClusterSpec, state_dir: Path, *, under: str,
+               owner: str = "root:root") -> list[str]:
+    """Upload the files of this host's PKI bundle (`pki.bundle_for_host`) that live under the
+    remote directory `under`; keys keep their 0600. Returns the paths that changed. Each
+    component places its own part (etcd its member certs, a master the apiserver's, every node
+    the registry CA) so nothing is uploaded twice."""
+    from nornir_k8sha.pki import bundle_for_host
+
+    prefix = under.rstrip("/") + "/"
+    changed = []
+    for local, remote, mode in bundle_for_host(spec, spec.host(task.host.name), state_dir):
+        if str(remote).startswith(prefix) and H.file(
+                task, path=str(remote), content=Path(local).read_bytes(), mode=mode,
+                owner=owner).changed:
+            changed.append(str(remote))
+    return changed

@@ -13,23 +13,10 @@ from nornir.core.task import Result, Task
 
 from nornir_k8sha import constants as C
 from nornir_k8sha.tasks import host as H
-from nornir_k8sha.tasks.component import apply_component
+from nornir_k8sha.tasks.component import apply_component, upload_pki
 from nornir_k8sha.topology import ClusterSpec
 
 PACKAGES = ["etcd-server", "etcd-client"]
-
-
-def upload_certificates(task: Task, spec: ClusterSpec, state_dir: Path) -> list[str]:
-    """This member's CA, server and peer certificates; keys 0600, owned by the etcd user (its
-    unit's ExecStartPre chowns them too, so root-owned uploads would flip back and forth)."""
-    from nornir_k8sha.pki import bundle_for_host
-
-    changed = []
-    for local, remote, mode in bundle_for_host(spec, spec.host(task.host.name), state_dir):
-        if H.file(task, path=str(remote), content=Path(local).read_bytes(), mode=mode,
-                  owner=f"{C.ETCD_USER}:{C.ETCD_USER}").changed:
-            changed.append(str(remote))
-    return changed
 
 
 def configure(
@@ -37,12 +24,11 @@ def configure(
 ) -> Result:
     H.honour_dry_run(task, dry_run)
     pk = H.packages(task, names=PACKAGES)
-    certs = upload_certificates(task, spec, state_dir)
-    conn = H.connect(task)
-    if not task.is_dry_run():
-        data_dir = spec.settings.etcd.data_dir
-        conn.run(f"install -d -m 0700 {data_dir} && chown -R etcd:etcd {data_dir} 2>/dev/null "
-                 f"|| install -d -m 0700 {data_dir}")
+    # owned by the etcd user: its unit's ExecStartPre chowns them too, so root-owned uploads
+    # would flip back and forth
+    certs = upload_pki(task, spec, state_dir, under=C.ETCD_PKI_DIR,
+                       owner=f"{C.ETCD_USER}:{C.ETCD_USER}")
+    # the data dir is made and chowned by the unit itself (ExecStartPre in etcd.service.j2)
     r = apply_component(task, spec, "etcd", services={"etcd": "restart"})
     if certs and not r.changed and not task.is_dry_run():
         H.service(task, name="etcd", state="restarted")

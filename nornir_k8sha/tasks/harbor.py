@@ -18,6 +18,7 @@ from nornir.core.task import Result, Task
 
 from nornir_k8sha import constants as C
 from nornir_k8sha.tasks import host as H
+from nornir_k8sha.tasks.component import upload_pki
 from nornir_k8sha.topology import ClusterSpec
 
 HARBOR_INSTALLER = "/opt/harbor/install.sh"
@@ -25,17 +26,6 @@ DISTRIBUTION_SERVICE = "docker-registry"
 DISTRIBUTION_PACKAGE = "docker-registry"
 HOSTS_MARK = "# k8sha registry"
 
-
-
-def _upload_pki(task: Task, spec: ClusterSpec, state_dir: Path, owner: str) -> list[str]:
-    from nornir_k8sha.pki import bundle_for_host
-
-    changed = []
-    for local, remote, mode in bundle_for_host(spec, spec.host(task.host.name), state_dir):
-        if H.file(task, path=str(remote), content=Path(local).read_bytes(), mode=mode,
-                  owner=owner).changed:
-            changed.append(str(remote))
-    return changed
 
 
 def configure_registry(
@@ -47,7 +37,7 @@ def configure_registry(
 
     me = spec.host(task.host.name)
     if H.connect(task).get(HARBOR_INSTALLER) is not None:
-        changed = _upload_pki(task, spec, state_dir, owner="root:root")
+        changed = upload_pki(task, spec, state_dir, under=C.REGISTRY_PKI_DIR)
         for f in files_for_component(spec, me, "harbor"):
             if H.file(task, path=f.path, content=f.content, mode=f.mode).changed:
                 changed.append(f.path)
@@ -58,7 +48,8 @@ def configure_registry(
     if H.packages(task, names=[DISTRIBUTION_PACKAGE]).changed:
         changed.append(DISTRIBUTION_PACKAGE)
     # owned by the service user: its unit's ExecStartPre chowns them anyway
-    changed += _upload_pki(task, spec, state_dir, owner=f"{C.REGISTRY_USER}:{C.REGISTRY_USER}")
+    changed += upload_pki(task, spec, state_dir, under=C.REGISTRY_PKI_DIR,
+                          owner=f"{C.REGISTRY_USER}:{C.REGISTRY_USER}")
     for f in files_for_component(spec, me, "registry"):
         if H.file(task, path=f.path, content=f.content, mode=f.mode).changed:
             changed.append(f.path)
@@ -75,15 +66,8 @@ def trust_registry(
     containerd's `certs.d/<registry>/hosts.toml` comes with the containerd component
     (`kubeadm.prepare_node`), so a changed registry restarts containerd in one place."""
     H.honour_dry_run(task, dry_run)
-    from nornir_k8sha.pki import bundle_for_host
-
-    me = spec.host(task.host.name)
-    changed = []
+    changed = upload_pki(task, spec, state_dir, under=C.CONTAINERD_CERTS_DIR)
     registry = spec.settings.registry.name
-    for local, remote, mode in bundle_for_host(spec, me, state_dir):
-        if str(remote).startswith(f"{C.CONTAINERD_CERTS_DIR}/") and H.file(
-                task, path=str(remote), content=Path(local).read_bytes(), mode=mode).changed:
-            changed.append(str(remote))
     harbor = spec.role(C.ROLE_HARBOR)[0]
     line = f"{harbor.address} {registry} {HOSTS_MARK}"
     hosts = (H.connect(task).get("/etc/hosts") or b"").decode()

@@ -167,15 +167,13 @@ def kubernetes_packages(task: Task, spec: ClusterSpec, *, dry_run: bool | None =
 def place_control_plane_pki(
     task: Task, spec: ClusterSpec, state_dir: Path, *, dry_run: bool | None = None
 ) -> Result:
-    """Upload the files this master needs from our PKI (keys 0600)."""
+    """This master's part of our PKI under /etc/kubernetes/pki: the external-etcd client
+    certificate and CA, the cluster and front-proxy CAs, the service-account keys (keys 0600).
+    The registry CA comes with `harbor.trust_registry`."""
     H.honour_dry_run(task, dry_run)
-    from nornir_k8sha.pki import bundle_for_host
+    from nornir_k8sha.tasks.component import upload_pki
 
-    changed = []
-    for local, remote, mode in bundle_for_host(spec, spec.host(task.host.name), state_dir):
-        r = H.file(task, path=str(remote), content=Path(local).read_bytes(), mode=mode)
-        if r.changed:
-            changed.append(str(remote))
+    changed = upload_pki(task, spec, state_dir, under=C.KUBERNETES_PKI_DIR)
     return Result(host=task.host, changed=bool(changed), result=f"{len(changed)} file(s)")
 
 
@@ -326,7 +324,7 @@ def fetch_admin_kubeconfig(
     if data is None:
         return Result(host=task.host, failed=True, result="no admin.conf on this master")
     text = re.sub(r"server: https://\S+", f"server: https://{spec.api_endpoint}", data.decode())
-    target = state_dir / "admin.conf"
+    target = state_dir / C.STATE_ADMIN_KUBECONFIG
     old = target.read_text() if target.exists() else None
     if old != text and not task.is_dry_run():
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
