@@ -25,6 +25,7 @@ from nornir_k8sha.checks import (
     tls_context,
 )
 from nornir_k8sha.report import HostOutcome
+from nornir_k8sha.topology import ClusterSpec, HostSpec, hosts_in_roles
 
 API_PATHS = ("/healthz", "/livez", "/readyz", "/version")
 LEASES = ("kube-controller-manager", "kube-scheduler")
@@ -39,13 +40,29 @@ def _no_control_plane(cx: CheckContext) -> HostOutcome | None:
     return None
 
 
-def _api_client(cx: CheckContext) -> httpx.Client:
+def api_client(spec: ClusterSpec, state_dir: Path) -> httpx.Client:
+    """httpx client for the apiservers: our cluster CA, the admin client certificate."""
     from nornir_k8sha.pki import ClusterPKI
 
-    pki = ClusterPKI(cx.spec, cx.state_dir)
+    pki = ClusterPKI(spec, state_dir)
     admin = pki.admin_client
     return httpx.Client(verify=tls_context(pki.kubernetes_ca.cert, admin.cert, admin.key),
                         timeout=HTTP_TIMEOUT)
+
+
+def node_readiness(items: list[dict[str, Any]]) -> dict[str, bool]:
+    """node name → Ready, from a NodeList's items."""
+    ready = {}
+    for node in items:
+        conds = {c.get("type"): c.get("status") for c in node.get("status", {}).get(
+            "conditions", [])}
+        ready[node.get("metadata", {}).get("name")] = conds.get("Ready") == "True"
+    return ready
+
+
+def kubernetes_nodes(spec: ClusterSpec) -> list[HostSpec]:
+    """The hosts that become Kubernetes nodes (masters and workers)."""
+    return hosts_in_roles(spec, C.KUBERNETES_ROLES)
 
 
 def check_apiservers(cx: CheckContext) -> list[HostOutcome]:
@@ -56,7 +73,7 @@ def check_apiservers(cx: CheckContext) -> list[HostOutcome]:
     port = cx.spec.settings.apiserver_bind_port
     targets = [(h.name, f"https://{h.address}:{port}") for h in cx.spec.role(C.ROLE_MASTERS)]
     targets.append((f"VIP {cx.spec.api_endpoint}", f"https://{cx.spec.api_endpoint}"))
-    with _api_client(cx) as client:
+    with api_client(cx.spec, cx.state_dir) as client:
 
         def probe(target: tuple[str, str]) -> HostOutcome:
             name, base = target
@@ -83,7 +100,7 @@ def check_apiservers(cx: CheckContext) -> list[HostOutcome]:
 
 
 def _get_json(cx: CheckContext, path: str) -> dict[str, Any]:
-    with _api_client(cx) as client:
+    with api_client(cx.spec, cx.state_dir) as client:
         resp = client.get(f"https://{cx.spec.api_endpoint}{path}")
         resp.raise_for_status()
         return resp.json()
@@ -99,15 +116,9 @@ def check_nodes(cx: CheckContext) -> list[HostOutcome]:
         items = _get_json(cx, "/api/v1/nodes").get("items", [])
     except (httpx.HTTPError, ValueError) as exc:
         return [_bad("nodes", f"cannot list nodes: {_error_text(exc)}", start)]
-    ready = {}
-    for node in items:
-        conds = {c.get("type"): c.get("status") for c in node.get("status", {}).get(
-            "conditions", [])}
-        ready[node.get("metadata", {}).get("name")] = conds.get("Ready") == "True"
+    ready = node_readiness(items)
     outcomes = []
-    for h in cx.spec.hosts:
-        if not any(h.has_role(r) for r in C.KUBERNETES_ROLES):
-            continue
+    for h in kubernetes_nodes(cx.spec):
         if h.name not in ready:
             outcomes.append(_bad(h.name, "not a node of the cluster", start))
         elif not ready[h.name]:
@@ -148,7 +159,7 @@ def check_registry(cx: CheckContext) -> list[HostOutcome]:
 
     ca = registry_ca_on_node(cx.spec)
     url = f"https://{reg.name}:{reg.port}/v2/"
-    nodes = [h for h in cx.spec.hosts if any(h.has_role(r) for r in C.KUBERNETES_ROLES)]
+    nodes = kubernetes_nodes(cx.spec)
 
     def probe(name: str) -> HostOutcome:
         start = time.monotonic()

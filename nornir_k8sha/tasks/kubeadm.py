@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import re
 import shlex
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -260,58 +261,47 @@ def join_node(task: Task, spec: ClusterSpec, material: JoinMaterial | None,
 def wait_for_api(spec: ClusterSpec, state_dir: Path, timeout: float = 90.0) -> None:
     """Poll /readyz through the VIP (TLS with our cluster CA) until an apiserver answers 200:
     joins go through the VIP, and HAProxy needs `rise` good checks before it sends traffic."""
-    import ssl
-    import time
-
     import httpx
 
-    from nornir_k8sha.pki import ClusterPKI
+    from nornir_k8sha.kube_checks import api_client
 
-    ctx = ssl.create_default_context(cafile=str(ClusterPKI(spec, state_dir).kubernetes_ca.cert))
     url = f"https://{spec.api_endpoint}/readyz"
     deadline = time.monotonic() + timeout
     last = "no answer"
-    while time.monotonic() < deadline:
-        try:
-            resp = httpx.get(url, verify=ctx, timeout=2.0)
-            if resp.status_code == 200:
-                return
-            last = f"HTTP {resp.status_code}"
-        except httpx.HTTPError as exc:
-            last = str(exc) or type(exc).__name__
-        time.sleep(0.5)
+    with api_client(spec, state_dir) as client:
+        while time.monotonic() < deadline:
+            try:
+                resp = client.get(url)
+                if resp.status_code == 200:
+                    return
+                last = f"HTTP {resp.status_code}"
+            except httpx.HTTPError as exc:
+                last = str(exc) or type(exc).__name__
+            time.sleep(0.5)
     raise TimeoutError(f"the API at {url} is not ready after {timeout:.0f}s ({last})")
 
 
 def wait_for_nodes(spec: ClusterSpec, state_dir: Path, timeout: float = 90.0) -> None:
     """Poll the node list through the VIP until every master and worker is a Ready node (a
     joined kubelet needs a moment for its first status update)."""
-    import ssl
-    import time
-
     import httpx
 
-    from nornir_k8sha.pki import ClusterPKI
+    from nornir_k8sha.kube_checks import api_client, kubernetes_nodes, node_readiness
 
-    pki = ClusterPKI(spec, state_dir)
-    ctx = ssl.create_default_context(cafile=str(pki.kubernetes_ca.cert))
-    ctx.load_cert_chain(str(pki.admin_client.cert), str(pki.admin_client.key))
-    wanted = {h.name for h in spec.hosts if any(h.has_role(r) for r in C.KUBERNETES_ROLES)}
-    deadline = time.monotonic() + timeout
+    wanted = {h.name for h in kubernetes_nodes(spec)}
     missing = wanted
-    while time.monotonic() < deadline:
-        try:
-            items = httpx.get(f"https://{spec.api_endpoint}/api/v1/nodes", verify=ctx,
-                              timeout=2.0).json().get("items", [])
-            ready = {n["metadata"]["name"] for n in items
-                     if any(c.get("type") == "Ready" and c.get("status") == "True"
-                            for c in n.get("status", {}).get("conditions", []))}
-            missing = wanted - ready
-            if not missing:
-                return
-        except (httpx.HTTPError, ValueError, KeyError):
-            pass
-        time.sleep(1.0)
+    deadline = time.monotonic() + timeout
+    with api_client(spec, state_dir) as client:
+        while time.monotonic() < deadline:
+            try:
+                items = client.get(f"https://{spec.api_endpoint}/api/v1/nodes").json()
+                ready = node_readiness(items.get("items", []))
+                missing = {n for n in wanted if not ready.get(n)}
+                if not missing:
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(1.0)
     raise TimeoutError(f"nodes not Ready after {timeout:.0f}s: {', '.join(sorted(missing))}")
 
 
