@@ -85,8 +85,8 @@ class NornirPhase:
         raise NotImplementedError
 
     def run(self, ctx: DeployContext, hosts: list[str]) -> list[HostOutcome]:
-        wanted = set(hosts)
-        nr = ctx.nr.filter(filter_func=lambda h: h.name in wanted)
+        """One task on all hosts at once. Multi-step phases override this and call `run_task`
+        per step."""
         durations: dict[str, float] = {}
 
         def timed(task: Task) -> Result:
@@ -96,9 +96,7 @@ class NornirPhase:
             finally:
                 durations[task.host.name] = time.monotonic() - start
 
-        timed.__name__ = self.name
-        result = nr.run(task=timed, name=self.name, on_failed=True)
-        return outcomes_from_nornir(result, durations)
+        return outcomes_from_nornir(run_task(ctx, hosts, timed, self.name), durations)
 
 
 def run_task(ctx: DeployContext, hosts: list[str], fn: Callable[..., Result], name: str,

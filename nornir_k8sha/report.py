@@ -203,6 +203,19 @@ def _outcome(host: str, multi: MultiResult, duration: float) -> HostOutcome:
     )
 
 
+def fold_step(outcome: HostOutcome, result: MultiResult) -> None:
+    """Add one more step's Nornir result to a host's outcome (multi-step phases): a failure
+    wins with its message; a change is listed by the step's result."""
+    if result.failed:
+        exc = next((r.exception for r in result if r.exception), None)
+        outcome.status = "failed"
+        outcome.message = _first_lines(str(exc or result[0].result))
+    elif any(r.changed for r in result):
+        if outcome.status != "failed":
+            outcome.status = "changed"
+        outcome.changes.append(str(result[0].result))
+
+
 def _first_lines(text: str, n: int = 6) -> str:
     lines = text.strip().splitlines()
     return "\n".join(lines[:n]) + (" …" if len(lines) > n else "")

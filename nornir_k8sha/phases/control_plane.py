@@ -8,8 +8,8 @@ import time
 from nornir.core.task import MultiResult, Result, Task
 
 from nornir_k8sha import constants as C
-from nornir_k8sha.deploy import DeployContext, run_task
-from nornir_k8sha.report import HostOutcome, outcomes_from_nornir
+from nornir_k8sha.deploy import DeployContext, NornirPhase, run_task
+from nornir_k8sha.report import HostOutcome, fold_step, outcomes_from_nornir
 from nornir_k8sha.tasks import harbor
 from nornir_k8sha.tasks import kubeadm as K
 
@@ -34,17 +34,13 @@ def _ok(multi: MultiResult | None) -> bool:
     return multi is not None and not multi.failed
 
 
-class ControlPlane:
+class ControlPlane(NornirPhase):
+    """Several steps, each a `run_task` over some of the hosts (see `run`)."""
+
     name = "control-plane"
     title = "control plane (kubeadm)"
     depends_on = ("etcd", "lb", "pki")
     roles = (C.ROLE_MASTERS,)
-
-    def hosts(self, ctx: DeployContext) -> list[str]:
-        return ctx.hosts_for(self.roles)
-
-    def should_run(self, ctx: DeployContext) -> str | None:
-        return None
 
     def run(self, ctx: DeployContext, hosts: list[str]) -> list[HostOutcome]:
         started = {h: time.monotonic() for h in hosts}
@@ -55,19 +51,10 @@ class ControlPlane:
         state = run_task(ctx, all_masters, _initialised, "initialised?")
         initialised = [h for h in all_masters if _ok(state.get(h)) and state[h][0].result]
 
-        def note(host: str, result: MultiResult) -> None:
-            o = outcomes[host]
-            if result.failed:
-                exc = next((r.exception for r in result if r.exception), None)
-                o.status, o.message = "failed", str(exc or result[0].result)
-            elif any(r.changed for r in result):
-                o.status = "changed"
-                o.changes.append(str(result[0].result))
-
         first = ctx.spec.first_master.name
         if not initialised and first in ready:
             res = run_task(ctx, [first], lambda t: K.init_first_master(t, ctx.spec), "init")
-            note(first, res[first])
+            fold_step(outcomes[first], res[first])
             if not res[first].failed and not ctx.dry_run:
                 initialised.append(first)
         joiners = [h for h in ready if h not in initialised and outcomes[h].status != "failed"]
@@ -82,7 +69,7 @@ class ControlPlane:
             material = None if ctx.dry_run else self._mint(ctx, initialised)
             res = run_task(ctx, [host], lambda t, m=material: K.join_node(
                 t, ctx.spec, m, control_plane=True), "join")
-            note(host, res[host])
+            fold_step(outcomes[host], res[host])
             if not res[host].failed and not ctx.dry_run:
                 initialised.append(host)
         if initialised and not ctx.dry_run:

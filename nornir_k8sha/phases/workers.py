@@ -8,9 +8,9 @@ import time
 from nornir.core.task import Result, Task
 
 from nornir_k8sha import constants as C
-from nornir_k8sha.deploy import DeployContext, run_task
+from nornir_k8sha.deploy import DeployContext, NornirPhase, run_task
 from nornir_k8sha.phases.control_plane import ControlPlane
-from nornir_k8sha.report import HostOutcome, outcomes_from_nornir
+from nornir_k8sha.report import HostOutcome, fold_step, outcomes_from_nornir
 from nornir_k8sha.tasks import harbor
 from nornir_k8sha.tasks import kubeadm as K
 
@@ -22,17 +22,13 @@ def prepare_worker(task: Task, ctx: DeployContext) -> Result:
     return Result(host=task.host, changed=bool(changed), result="; ".join(changed) or "prepared")
 
 
-class Workers:
+class Workers(NornirPhase):
+    """Several steps, each a `run_task` over some of the hosts (see `run`)."""
+
     name = "workers"
     title = "workers (kubeadm join)"
     depends_on = ("control-plane",)
     roles = (C.ROLE_WORKERS,)
-
-    def hosts(self, ctx: DeployContext) -> list[str]:
-        return ctx.hosts_for(self.roles)
-
-    def should_run(self, ctx: DeployContext) -> str | None:
-        return None
 
     def run(self, ctx: DeployContext, hosts: list[str]) -> list[HostOutcome]:
         start = time.monotonic()
@@ -52,13 +48,7 @@ class Workers:
             res = run_task(ctx, todo, lambda t: K.join_node(t, ctx.spec, material,
                                                             control_plane=False), "join")
             for h in todo:
-                o = outcomes[h]
-                if res[h].failed:
-                    exc = next((r.exception for r in res[h] if r.exception), None)
-                    o.status, o.message = "failed", str(exc)
-                elif res[h][0].changed:
-                    o.status = "changed"
-                    o.changes.append(str(res[h][0].result))
+                fold_step(outcomes[h], res[h])
         if not ctx.dry_run and ctx.limit is None:
             try:
                 K.wait_for_nodes(ctx.spec, ctx.state_dir)
