@@ -15,7 +15,7 @@ import ssl
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,6 @@ class CheckContext:
     spec: ClusterSpec
     nr: Nornir
     state_dir: Path
-    cache: dict[str, Any] = field(default_factory=dict)
 
     def ssh(self, host: str, command: str) -> tuple[int, str, str]:
         """Run a read-only command on a host; (exit code, stdout, stderr)."""

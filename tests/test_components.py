@@ -291,3 +291,21 @@ def test_kubernetes_packages_follow_the_install_guide_and_pin_the_version(
     host.write(K.KUBERNETES_KEYRING, b"keyring")  # what the gpg pipeline wrote on a real host
     second = nr.run(task=K.kubernetes_packages, spec=spec)["worker1"][0]
     assert not second.changed, second.result
+
+
+def test_an_frr_switch_is_driven_by_netmiko_as_cisco_ios(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nornir.core.inventory import Host
+
+    nr = open_nornir(LAB_INVENTORY).filter(name="switch1")
+    host = nr.inventory.hosts["switch1"]
+    host.platform = "frr"
+    opened: dict[str, object] = {}
+
+    def fake_open(self: Host, connection: str, configuration: object, **kw: object) -> None:
+        opened.update(kw, connection=connection)
+        self.connections[connection] = type("P", (), {"connection": FakeNetmiko("")})()
+
+    monkeypatch.setattr(Host, "open_connection", fake_open)
+    result = nr.run(task=switch.check, spec=load_cluster_spec(LAB_INVENTORY))["switch1"][0]
+    assert not result.failed, result.exception
+    assert opened == {"connection": "netmiko", "platform": "cisco_ios"}

@@ -24,7 +24,18 @@ SHOW_RUNNING = {
     "juniper_junos": "show configuration | display set",
     "frr": "show running-config",
 }
+#: Platforms netmiko knows under another device type.
 NETMIKO_DEVICE_TYPE = {"frr": "cisco_ios"}
+
+
+def _netmiko(task: Task):  # noqa: ANN202 - netmiko's BaseConnection
+    """The host's netmiko connection, opened with the device type netmiko knows the platform
+    by (an `frr` switch is driven as `cisco_ios`)."""
+    host = task.host
+    if "netmiko" not in host.connections and host.platform in NETMIKO_DEVICE_TYPE:
+        host.open_connection("netmiko", task.nornir.config,
+                             platform=NETMIKO_DEVICE_TYPE[host.platform])
+    return host.get_connection("netmiko", task.nornir.config)
 
 
 def wanted_lines(spec: ClusterSpec, name: str) -> list[str]:
@@ -64,7 +75,7 @@ def missing_lines(wanted: list[str], running: str) -> list[str]:
 def configure(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None) -> Result:
     """Send what is missing of the BGP config; report the lines as the diff."""
     H.honour_dry_run(task, dry_run)
-    conn = task.host.get_connection("netmiko", task.nornir.config)
+    conn = _netmiko(task)
     platform = task.host.platform or "cisco_ios"
     wanted = wanted_lines(spec, task.host.name)
     running = conn.send_command(SHOW_RUNNING.get(platform, "show running-config"))
@@ -86,7 +97,7 @@ def configure(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None) -> 
 
 def check(task: Task, spec: ClusterSpec) -> Result:
     """BGP sessions and the VIP /32 as this switch sees them (read-only)."""
-    conn = task.host.get_connection("netmiko", task.nornir.config)
+    conn = _netmiko(task)
     summary = conn.send_command("show ip bgp summary")
     route = conn.send_command(f"show ip route {spec.vip}/32")
     return Result(host=task.host, result={"summary": summary, "vip_route": route})
