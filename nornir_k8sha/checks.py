@@ -85,6 +85,11 @@ def etcd_http_client(spec: ClusterSpec, state_dir: Path) -> httpx.Client:
                         timeout=HTTP_TIMEOUT)
 
 
+def etcd_reports_healthy(health: dict[str, Any]) -> bool:
+    """etcd's `/health` body says healthy (`{"health": "true"}`; 3.4 sends a string)."""
+    return str(health.get("health")) == "true"
+
+
 def check_etcd(cx: CheckContext) -> list[HostOutcome]:
     """Per member: /health over mTLS, its status (leader, DB size) and member list; then agree."""
     members = cx.spec.role(C.ROLE_ETCD)
@@ -109,7 +114,7 @@ def check_etcd(cx: CheckContext) -> list[HostOutcome]:
             start = time.monotonic()
             for name, fut in futures.items():
                 results[name] = fut.result()
-    healthy = [n for n, r in results.items() if str(r.get("health", {}).get("health")) == "true"]
+    healthy = [n for n, r in results.items() if etcd_reports_healthy(r.get("health", {}))]
     lost = len(healthy) < quorum
     leaders = {str(r["status"].get("leader")) for r in results.values()
                if "status" in r and r["status"].get("leader") not in (None, "0")}

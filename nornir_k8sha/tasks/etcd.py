@@ -40,10 +40,10 @@ def wait_for_quorum(spec: ClusterSpec, state_dir: Path, timeout: float = 60.0) -
     """Poll members' /health over mTLS until a quorum reports healthy; return the count."""
     import httpx
 
-    from nornir_k8sha.checks import etcd_http_client
+    from nornir_k8sha.checks import etcd_http_client, etcd_reports_healthy
     from nornir_k8sha.topology import etcd_quorum
 
-    members = spec.role("etcd")
+    members = spec.role(C.ROLE_ETCD)
     need = etcd_quorum(len(members))
     deadline = time.monotonic() + timeout
     healthy = 0
@@ -53,7 +53,7 @@ def wait_for_quorum(spec: ClusterSpec, state_dir: Path, timeout: float = 60.0) -
             for m in members:
                 try:
                     url = f"https://{m.address}:{spec.settings.etcd.client_port}/health"
-                    if str(client.get(url).json().get("health")) == "true":
+                    if etcd_reports_healthy(client.get(url).json()):
                         healthy += 1
                 except (httpx.HTTPError, ValueError):
                     pass
