@@ -21,7 +21,8 @@ import yaml
 
 from nornir_k8sha import constants as C
 
-SWITCH_PLATFORMS = ("cisco_ios", "arista_eos", "cisco_nxos", "juniper_junos")
+#: Vendor platforms only: FRR is the lab's switch.
+SWITCH_PLATFORMS = tuple(p for p in C.SWITCH_PLATFORMS if p != "frr")
 SIZES = {  # declared (cpu, memory_gb): at least the recommended table of topology.py
     C.ROLE_LVS: (4, 4),
     C.ROLE_HAPROXY: (4, 4),

@@ -112,3 +112,16 @@ REGISTRY_USER = "docker-registry"
 DEFAULT_INVENTORY = Path("inventory/lab")
 #: The admin kubeconfig `deploy` fetches into the state dir (server = the VIP).
 STATE_ADMIN_KUBECONFIG = "admin.conf"
+#: Sub-folders of the state dir: the cluster PKI, saved reports, `render`'s default output.
+STATE_PKI_DIR = "pki"
+STATE_REPORTS_DIR = "reports"
+STATE_RENDERED_DIR = "rendered"
+
+# --- thresholds ----------------------------------------------------------------------------------
+#: A certificate expiring within this many days is renewed by `pki`/`deploy`, and `check` fails.
+CERT_RENEW_BEFORE_DAYS = 30
+
+# --- platforms -----------------------------------------------------------------------------------
+#: Switch platforms we can configure (netmiko device types); FRR answers as cisco_ios.
+SWITCH_PLATFORMS: tuple[str, ...] = ("cisco_ios", "cisco_nxos", "arista_eos", "juniper_junos",
+                                     "frr")

@@ -68,7 +68,7 @@ from nornir_k8sha.exceptions import PKIError
 from nornir_k8sha.topology import ClusterSpec, HostSpec
 
 #: Leaves expiring within this many days are renewed by `ensure()`; `check` warns below it.
-RENEW_BEFORE_DAYS = 30
+RENEW_BEFORE_DAYS = C.CERT_RENEW_BEFORE_DAYS
 CA_VALIDITY_DAYS = 3650
 LEAF_VALIDITY_DAYS = 365
 #: notBefore is set this far in the past so a host whose clock lags a little accepts the cert.
@@ -364,7 +364,7 @@ class ClusterPKI:
             raise ValueError("validity must be at least one day")
         self.spec = spec
         self.state_dir = Path(state_dir) if state_dir is not None else spec.state_dir
-        self.root = self.state_dir / "pki"
+        self.root = self.state_dir / C.STATE_PKI_DIR
         self.leaf_days = leaf_days
         self.ca_days = ca_days
 
@@ -615,7 +615,7 @@ class ClusterPKI:
 
 def expiry_report(state_dir: Path) -> list[CertExpiry]:
     """Every certificate under `<state_dir>/pki/` with its expiry; empty when there is no PKI."""
-    root = Path(state_dir) / "pki"
+    root = Path(state_dir) / C.STATE_PKI_DIR
     if not root.is_dir():
         return []
     now = datetime.now(UTC)
@@ -660,9 +660,8 @@ def bundle_for_host(spec: ClusterSpec, host: HostSpec | str,
     if me.has_role(C.ROLE_HARBOR):
         pair(pki.registry_server, C.REGISTRY_CERT, C.REGISTRY_KEY)
     if any(me.has_role(r) for r in C.KUBERNETES_ROLES):
-        from nornir_k8sha.render import registry_ca_on_node  # containerd's certs.d/<name[:port]>
 
-        files.append(BundleFile(pki.registry_ca.cert, registry_ca_on_node(spec), CERT_MODE))
+        files.append(BundleFile(pki.registry_ca.cert, spec.registry_ca_on_node, CERT_MODE))
     for f in files:
         if not f.local.is_file():
             raise PKIError(f"{f.local}: missing; run `nornir-k8sha pki` (or deploy's pki phase) "

@@ -97,53 +97,6 @@ class FileRule:
 # --- facts the templates need, derived once per spec ------------------------------------------
 
 
-def registry_host(spec: ClusterSpec) -> str:
-    """The registry as containerd names it: `name`, or `name:port` off 443."""
-    reg = spec.settings.registry
-    return reg.name if reg.port == 443 else f"{reg.name}:{reg.port}"
-
-
-def registry_hosts_toml(spec: ClusterSpec) -> str:
-    return f"{C.CONTAINERD_CERTS_DIR}/{registry_host(spec)}/hosts.toml"
-
-
-def registry_ca_on_node(spec: ClusterSpec) -> str:
-    """Where the registry CA sits on every Kubernetes node (pki places it, containerd reads)."""
-    return f"{C.CONTAINERD_CERTS_DIR}/{registry_host(spec)}/{C.CONTAINERD_REGISTRY_CA}"
-
-
-def switch_peers(spec: ClusterSpec, switch: HostSpec) -> list[HostSpec]:
-    """The LVS directors a switch peers with: its `bgp_neighbors`, else every director."""
-    lvs = spec.role(C.ROLE_LVS)
-    wanted = switch.data.bgp_neighbors
-    if not wanted:
-        return lvs
-    chosen = set(wanted)
-    return [h for h in lvs if h.address in chosen]
-
-
-def lvs_peers(spec: ClusterSpec, director: HostSpec) -> list[HostSpec]:
-    """The switches that peer with this director (the other side of `switch_peers`)."""
-    return [sw for sw in spec.role(C.ROLE_SWITCHES)
-            if any(p.name == director.name for p in switch_peers(spec, sw))]
-
-
-def _announces_vip(spec: ClusterSpec, host: HostSpec) -> bool:
-    return spec.settings.bgp.announce_vip and bool(lvs_peers(spec, host))
-
-
-def _is_first_master(spec: ClusterSpec, host: HostSpec) -> bool:
-    return host.name == spec.first_master.name
-
-
-def _is_other_master(spec: ClusterSpec, host: HostSpec) -> bool:
-    return host.has_role(C.ROLE_MASTERS) and not _is_first_master(spec, host)
-
-
-def _is_worker_only(spec: ClusterSpec, host: HostSpec) -> bool:
-    return host.has_role(C.ROLE_WORKERS) and not host.has_role(C.ROLE_MASTERS)
-
-
 def _switch_template(spec: ClusterSpec, host: HostSpec) -> str:
     return f"switch/{host.platform or 'cisco_ios'}.j2"
 
@@ -157,21 +110,21 @@ FILE_RULES: tuple[FileRule, ...] = (
              validate_cmd="haproxy -c -f {path}", service="haproxy"),
     FileRule("keepalived", "keepalived/keepalived.conf.j2", C.KEEPALIVED_CONF, mode=0o640,
              validate_cmd="keepalived -t -f {path}", service="keepalived"),
-    FileRule("frr", "frr/daemons.j2", C.FRR_DAEMONS, service="frr", when=_announces_vip),
+    FileRule("frr", "frr/daemons.j2", C.FRR_DAEMONS, service="frr", when=ClusterSpec.announces_vip),
     FileRule("frr", "frr/frr.conf.j2", C.FRR_CONF, validate_cmd="vtysh -C -f {path}",
-             service="frr", when=_announces_vip),
+             service="frr", when=ClusterSpec.announces_vip),
     FileRule("etcd", "etcd/etcd.conf.yml.j2", C.ETCD_CONF, service="etcd"),
     FileRule("etcd", "etcd/etcd.service.j2", C.ETCD_UNIT, service="etcd"),
     FileRule("containerd", "containerd/config.toml.j2", C.CONTAINERD_CONFIG,
              service="containerd"),
     # certs.d is read per pull: a changed hosts.toml needs no restart.
-    FileRule("containerd", "containerd/hosts.toml.j2", lambda s, h: registry_hosts_toml(s)),
+    FileRule("containerd", "containerd/hosts.toml.j2", lambda s, h: s.registry_hosts_toml),
     FileRule("kubeadm", "kubeadm/init.yaml.j2", C.KUBEADM_CONFIG, mode=0o600,
-             when=_is_first_master),
+             when=ClusterSpec.is_first_master),
     FileRule("kubeadm", "kubeadm/join-control-plane.yaml.j2", C.KUBEADM_JOIN_CONTROL_PLANE,
-             mode=0o600, when=_is_other_master),
+             mode=0o600, when=ClusterSpec.joins_as_control_plane),
     FileRule("kubeadm", "kubeadm/join-worker.yaml.j2", C.KUBEADM_JOIN_WORKER, mode=0o600,
-             when=_is_worker_only),
+             when=ClusterSpec.joins_as_worker),
     FileRule("registry", "registry/config.yml.j2", C.REGISTRY_CONFIG, mode=0o644,
              service="docker-registry"),
     FileRule("registry", "registry/docker-registry.conf.j2", C.REGISTRY_DROPIN,
@@ -259,8 +212,8 @@ def _cluster_context(spec: ClusterSpec) -> dict[str, Any]:
         "api_endpoint": spec.api_endpoint,
         "apiserver_cert_sans": sans,
         "kubernetes_version": "v" + s.kubernetes.version.removeprefix("v"),
-        "registry_host": registry_host(spec),
-        "registry_ca": registry_ca_on_node(spec),
+        "registry_host": spec.registry_host,
+        "registry_ca": spec.registry_ca_on_node,
         "vrrp_priorities": spec.vrrp_priorities,
     }
     if len(_CLUSTER_CTX) >= _CLUSTER_CTX_MAX:
@@ -274,9 +227,9 @@ def _host_context(spec: ClusterSpec, host: HostSpec) -> dict[str, Any]:
     ctx["host"] = host
     ctx["iface"] = host.data.interface or spec.settings.vrrp.interface
     if host.has_role(C.ROLE_LVS):
-        ctx["bgp_peers"] = lvs_peers(spec, host)
+        ctx["bgp_peers"] = spec.director_peers(host)
     if host.has_role(C.ROLE_SWITCHES):
-        ctx["bgp_peers"] = switch_peers(spec, host)
+        ctx["bgp_peers"] = spec.switch_peers(host)
     return ctx
 
 
@@ -380,12 +333,8 @@ __all__ = [
     "components_for_host",
     "files_for_component",
     "files_for_host",
-    "lvs_peers",
-    "registry_ca_on_node",
-    "registry_host",
     "render_all",
     "render_tree",
-    "switch_peers",
     "tree_path",
     "write_tree",
 ]

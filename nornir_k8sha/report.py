@@ -46,9 +46,11 @@ class HostOutcome:
     message: str = ""
     diff: str = ""
     changes: list[str] = field(default_factory=list)
+    #: What a check measured (CheckResult.values); empty for deploy steps.
+    values: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "host": self.host,
             "status": self.status,
             "duration_s": round(self.duration, 3),
@@ -56,6 +58,9 @@ class HostOutcome:
             "diff": self.diff,
             "changes": self.changes,
         }
+        if self.values:
+            out["values"] = self.values
+        return out
 
 
 @dataclass

@@ -44,8 +44,6 @@ RECOMMENDED_SIZE: dict[str, tuple[int, float]] = {
     C.ROLE_ETCD: (4, 8),
     C.ROLE_MASTERS: (4, 8),
 }
-#: Switch platforms we can configure (netmiko device types); FRR answers as cisco_ios.
-SWITCH_PLATFORMS = ("cisco_ios", "cisco_nxos", "arista_eos", "juniper_junos", "frr")
 #: VRRP priorities chosen for LVS hosts that declare none: highest first.
 DEFAULT_VRRP_PRIORITIES = (150, 100, 90, 80, 70, 60, 50, 40)
 KUBERNETES_VERSION = re.compile(r"^1\.\d{2}\.\d+$")
@@ -230,9 +228,63 @@ class ClusterSpec:
     def count(self, role: str) -> int:
         return len(self._by_role.get(role, ()))
 
+    # --- placement rules: who does what (render, pki, tasks and checks ask here) -------------
+
     @property
     def first_master(self) -> HostSpec:
+        """The master that runs `kubeadm init`: the first in inventory order."""
         return self.role(C.ROLE_MASTERS)[0]
+
+    def is_first_master(self, host: HostSpec) -> bool:
+        return host.name == self.first_master.name
+
+    def joins_as_control_plane(self, host: HostSpec) -> bool:
+        """Every master but the first joins with `--control-plane`."""
+        return host.has_role(C.ROLE_MASTERS) and not self.is_first_master(host)
+
+    def joins_as_worker(self, host: HostSpec) -> bool:
+        """A worker that is not also a master joins as a plain node."""
+        return host.has_role(C.ROLE_WORKERS) and not host.has_role(C.ROLE_MASTERS)
+
+    def kubernetes_nodes(self) -> list[HostSpec]:
+        """The hosts that become Kubernetes nodes (masters and workers), inventory order."""
+        return hosts_in_roles(self, C.KUBERNETES_ROLES)
+
+    def switch_peers(self, switch: HostSpec) -> list[HostSpec]:
+        """The LVS directors a switch peers with: its `bgp_neighbors`, else every director."""
+        lvs = self.role(C.ROLE_LVS)
+        wanted = switch.data.bgp_neighbors
+        if not wanted:
+            return lvs
+        chosen = set(wanted)
+        return [h for h in lvs if h.address in chosen]
+
+    def director_peers(self, director: HostSpec) -> list[HostSpec]:
+        """The switches that peer with this director (the other side of `switch_peers`)."""
+        return [sw for sw in self.role(C.ROLE_SWITCHES)
+                if any(p.name == director.name for p in self.switch_peers(sw))]
+
+    def announces_vip(self, host: HostSpec) -> bool:
+        """A director announces the VIP /32 by BGP when announcing is on and a switch peers
+        with it (FRR then runs on it; only the VIP holder's announcement is accepted)."""
+        return self.settings.bgp.announce_vip and bool(self.director_peers(host))
+
+    @property
+    def registry_host(self) -> str:
+        """The registry as containerd names it: `name`, or `name:port` off 443."""
+        reg = self.settings.registry
+        return reg.name if reg.port == 443 else f"{reg.name}:{reg.port}"
+
+    @property
+    def registry_hosts_toml(self) -> str:
+        """containerd's per-registry config on every Kubernetes node."""
+        return f"{C.CONTAINERD_CERTS_DIR}/{self.registry_host}/hosts.toml"
+
+    @property
+    def registry_ca_on_node(self) -> str:
+        """Where the registry CA sits on every Kubernetes node (pki places it, containerd and
+        the registry check read it)."""
+        return f"{C.CONTAINERD_CERTS_DIR}/{self.registry_host}/{C.CONTAINERD_REGISTRY_CA}"
 
     @cached_property
     def vrrp_priorities(self) -> dict[str, int]:
@@ -619,9 +671,9 @@ def _check_sizes(spec: ClusterSpec, out: _Findings) -> None:
 
 def _check_switches(spec: ClusterSpec, out: _Findings) -> None:
     for h in spec.role(C.ROLE_SWITCHES):
-        if h.platform not in SWITCH_PLATFORMS:
+        if h.platform not in C.SWITCH_PLATFORMS:
             out.add("error", "switch-platform",
-                    f"platform {h.platform!r} is not one of {', '.join(SWITCH_PLATFORMS)}",
+                    f"platform {h.platform!r} is not one of {', '.join(C.SWITCH_PLATFORMS)}",
                     host=h.name, field="platform", where=("hosts", h.name))
         lvs = {x.address for x in spec.role(C.ROLE_LVS)}
         for n in h.data.bgp_neighbors or []:

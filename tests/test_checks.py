@@ -1,13 +1,23 @@
-"""The check sweep's aggregation and parsers (live checks run in the lab tests)."""
+"""The `check` sweep and the task library's checks, without a lab: HTTP probes on
+`httpx.MockTransport`, SSH probes on the fake fleet. Each check is shown passing and failing."""
 
 from __future__ import annotations
 
+import json
 import threading
+from pathlib import Path
 
-from nornir_k8sha.checks import CheckContext, parse_haproxy_csv, run_checks
+import httpx
+import pytest
+
+from nornir_k8sha.checkresult import CheckResult
+from nornir_k8sha.checks import CheckContext, bgp_sessions, run_checks
+from nornir_k8sha.checks.sweep import etcd_members, haproxy_backends, vip_and_ipvs
+from nornir_k8sha.clients import parse_bgp_summary, parse_haproxy_csv
 from nornir_k8sha.inventory import open_nornir
-from nornir_k8sha.report import HostOutcome
+from nornir_k8sha.tasks import apiserver, etcd, haproxy
 from nornir_k8sha.topology import load_cluster_spec
+from nornir_k8sha.transport import FakeFleet, install_fake
 
 from .conftest import LAB_INVENTORY
 
@@ -21,50 +31,260 @@ apiserver,BACKEND,0,0,0,1,400,3,0,0,0,0,,0,0,0,0,UP,2
 stats,FRONTEND,,,1,1,4000,2,0,0,0,0,0,,,,,OPEN,
 """
 
+FRR_SUMMARY = """{"ipv4Unicast":{"routerId":"10.88.0.11","as":65010,"peers":{
+"10.88.0.71":{"remoteAs":65000,"state":"Established","pfxRcd":0,"pfxSnt":1},
+"10.88.0.72":{"remoteAs":65000,"state":"Active","pfxRcd":0,"pfxSnt":0}}}}"""
+
+
+@pytest.fixture
+def lab_spec():  # noqa: ANN201
+    return load_cluster_spec(LAB_INVENTORY)
+
+
+@pytest.fixture
+def cx(lab_spec, tmp_path: Path) -> CheckContext:
+    return CheckContext(lab_spec, open_nornir(LAB_INVENTORY), tmp_path)
+
+
+def _mock(routes: dict[tuple[str, str], object]) -> httpx.MockTransport:
+    """(host address, path) → JSON body, an int status, or an exception to raise."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        answer = routes.get((request.url.host, request.url.path))
+        if answer is None:
+            raise httpx.ConnectError("connection refused", request=request)
+        if isinstance(answer, int):
+            return httpx.Response(answer, text="[-]etcd failed\nreadyz check failed\n")
+        if isinstance(answer, str):
+            return httpx.Response(200, text=answer)
+        return httpx.Response(200, json=answer)
+
+    return httpx.MockTransport(handler)
+
+
+# --- parsers -----------------------------------------------------------------------------------
+
 
 def test_parse_haproxy_csv_reads_backend_servers_only() -> None:
     assert parse_haproxy_csv(STATS_CSV) == {"master1": "UP", "master2": "DOWN",
                                             "master3": "UP 1/2"}
 
 
-def test_checks_run_concurrently_and_failures_set_exit_code() -> None:
-    spec = load_cluster_spec(LAB_INVENTORY)
-    together = threading.Barrier(2, timeout=10)  # only passes if both checks run at once
-
-    def slow_ok(cx: CheckContext) -> list[HostOutcome]:
-        together.wait()
-        return [HostOutcome("etcd1", "ok", 0.3, "fine")]
-
-    def broken(cx: CheckContext) -> list[HostOutcome]:
-        together.wait()
-        raise RuntimeError("cannot read stats")
-
-    report = run_checks(spec, open_nornir(LAB_INVENTORY),
-                        checks=[("a", "A", slow_ok), ("b", "B", broken)])
-    assert not together.broken
-    assert report.phase("a").hosts["etcd1"].status == "ok"
-    failed = report.phase("b").hosts["-"]
-    assert failed.status == "failed" and "cannot read stats" in failed.message
-    assert report.exit_code == 1
-
-
-FRR_SUMMARY = """{"ipv4Unicast":{"routerId":"10.88.0.11","as":65010,"peers":{
-"10.88.0.71":{"remoteAs":65000,"state":"Established","pfxRcd":0,"pfxSnt":1},
-"10.88.0.72":{"remoteAs":65000,"state":"Active","pfxRcd":0,"pfxSnt":0}}}}"""
-
-
-def test_bgp_check_names_the_switch_whose_session_is_down() -> None:
-    from nornir_k8sha.checks import check_bgp, parse_bgp_summary
-    from nornir_k8sha.transport import FakeFleet, install_fake
-
+def test_parse_bgp_summary() -> None:
     assert parse_bgp_summary(FRR_SUMMARY)["10.88.0.71"] == {"state": "Established",
                                                            "pfxSnt": 1, "pfxRcd": 0}
-    spec = load_cluster_spec(LAB_INVENTORY)
-    nr = open_nornir(LAB_INVENTORY)
-    fleet = install_fake(nr, FakeFleet())
+
+
+# --- etcd ----------------------------------------------------------------------------------------
+
+
+def _etcd_routes(spec, *, healthy=("etcd1", "etcd2", "etcd3"), leader="101",
+                 members=("etcd1", "etcd2", "etcd3"), down=()) -> dict:
+    routes: dict = {}
+    for i, h in enumerate(spec.role("etcd")):
+        if h.name in down:
+            continue
+        a = str(h.address)
+        routes[(a, "/health")] = {"health": "true" if h.name in healthy else "false",
+                                  "reason": "" if h.name in healthy else "RAFT NO LEADER"}
+        routes[(a, "/v3/maintenance/status")] = {
+            "header": {"member_id": str(101 + i)}, "leader": leader, "dbSize": "2000000",
+            "raftTerm": "3"}
+        routes[(a, "/v3/cluster/member/list")] = {"members": [{"name": m} for m in members]}
+    return routes
+
+
+def test_etcd_check_is_a_nornir_task_with_measured_values(cx: CheckContext) -> None:
+    transport = _mock(_etcd_routes(cx.spec))
+    result = cx.nr.filter(name="etcd1").run(task=etcd.check, spec=cx.spec, transport=transport)
+    res = result["etcd1"][0].result
+    assert isinstance(res, CheckResult) and res.status == "ok"
+    assert res.values["is_leader"] and res.values["db_size"] == 2_000_000
+    assert res.values["members"] == ["etcd1", "etcd2", "etcd3"]
+    assert "(leader)" in res.message
+
+
+def test_etcd_sweep_healthy_then_quorum_lost(cx: CheckContext) -> None:
+    routes = _etcd_routes(cx.spec)
+    cx.transport = _mock(routes)
+    assert {r.target: r.status for r in etcd_members(cx)} == {
+        "etcd1": "ok", "etcd2": "ok", "etcd3": "ok"}
+    routes.clear()
+    routes.update(_etcd_routes(cx.spec, healthy=("etcd1",), down=("etcd3",)))
+    out = {r.target: r for r in etcd_members(cx)}
+    assert out["etcd3"].status == "failed" and "unreachable" in out["etcd3"].message
+    assert out["etcd2"].status == "failed"
+    assert "lost quorum: 1/3 healthy, quorum 2" in out["etcd2"].message
+
+
+def test_etcd_sweep_fails_on_two_leaders_and_member_list_disagreement(cx) -> None:
+    routes = _etcd_routes(cx.spec)
+    etcd2 = str(cx.spec.host("etcd2").address)
+    routes[(etcd2, "/v3/maintenance/status")]["leader"] = "102"
+    cx.transport = _mock(routes)
+    assert all("2 leaders seen" in r.message for r in etcd_members(cx))
+    routes.update(_etcd_routes(cx.spec))
+    routes[(etcd2, "/v3/cluster/member/list")] = {"members": [{"name": "etcd2"}]}
+    assert {r.status for r in etcd_members(cx)} == {"failed"}
+
+
+# --- the SLB tier ----------------------------------------------------------------------------
+
+
+def _director(holds: bool, vip: str, routes: bool = True) -> str:
+    addr = f"2: eth0    inet {vip}/32 scope global eth0\n" if holds else ""
+    table = ("TCP  {vip}:6443 wlc\n  -> RemoteAddress:Port Forward Weight ActiveConn InActConn\n"
+             "  -> 10.88.0.21:6443 Route 1 0 0\n  -> 10.88.0.22:6443 Route 1 0 0\n"
+             if routes else "TCP  {vip}:6443 wlc\n").format(vip=vip)
+    return "1: lo    inet 127.0.0.1/8 scope host lo\n" + addr + table
+
+
+def test_vip_check_one_holder_with_dr_routes(cx: CheckContext, monkeypatch) -> None:
+    vip = str(cx.spec.vip)
+    fleet = install_fake(cx.nr, FakeFleet())
+    fleet.host("lvs1").on(r"^ip -o -4 addr", stdout=_director(True, vip))
+    fleet.host("lvs2").on(r"^ip -o -4 addr", stdout=_director(False, vip))
+    monkeypatch.setattr("nornir_k8sha.tasks.keepalived.check_vip_tcp",
+                        lambda spec: CheckResult("VIP", "ok", "tcp ok"))
+    out = {r.target: r for r in vip_and_ipvs(cx)}
+    assert out["lvs1"].status == "ok" and out["lvs1"].values["routes"] == [
+        "10.88.0.21:6443", "10.88.0.22:6443"]
+    assert out["lvs2"].status == "ok" and "standby" in out["lvs2"].message
+
+
+@pytest.mark.parametrize("lvs1,lvs2,why", [
+    ((True, True), (True, True), "2 directors hold the VIP"),
+    ((False, True), (False, True), "0 directors hold the VIP"),
+    ((True, False), (False, True), "no DR real server"),
+])
+def test_vip_check_fails_on_split_brain_no_holder_or_empty_ipvs(cx, monkeypatch, lvs1, lvs2,
+                                                                  why) -> None:
+    vip = str(cx.spec.vip)
+    fleet = install_fake(cx.nr, FakeFleet())
+    fleet.host("lvs1").on(r"^ip -o -4 addr", stdout=_director(*lvs1[:1], vip, lvs1[1]))
+    fleet.host("lvs2").on(r"^ip -o -4 addr", stdout=_director(*lvs2[:1], vip, lvs2[1]))
+    monkeypatch.setattr("nornir_k8sha.tasks.keepalived.check_vip_tcp",
+                        lambda spec: CheckResult("VIP", "ok", "tcp ok"))
+    out = {r.target: r for r in vip_and_ipvs(cx)}
+    assert out["lvs1"].status == "failed" and why in out["lvs1"].message
+
+
+def test_vip_check_reports_an_unreachable_director_by_name(cx, monkeypatch) -> None:
+    fleet = install_fake(cx.nr, FakeFleet())
+    fleet.host("lvs1").on(r"^ip -o -4 addr", stdout=_director(True, str(cx.spec.vip)))
+    del cx.nr.inventory.hosts["lvs2"].connections["k8sha_ssh"]
+    cx.nr.inventory.hosts["lvs2"].hostname = "127.0.0.1"
+    cx.nr.inventory.hosts["lvs2"].port = 9  # discard: nothing listens
+    monkeypatch.setattr("nornir_k8sha.tasks.keepalived.check_vip_tcp",
+                        lambda spec: CheckResult("VIP", "ok", "tcp ok"))
+    out = {r.target: r for r in vip_and_ipvs(cx)}
+    assert out["lvs2"].status == "failed" and "lvs2" in out["lvs2"].message
+    assert out["lvs1"].status == "ok"
+    assert "lvs2" not in cx.nr.data.failed_hosts  # a check never marks a host failed
+
+
+def test_haproxy_check_up_down_and_unreachable(cx: CheckContext) -> None:
+    h1, h2 = (str(h.address) for h in cx.spec.role("haproxy"))
+    transport = _mock({(h1, "/stats;csv"): STATS_CSV,
+                       (h2, "/stats;csv"): STATS_CSV.replace("UP", "DOWN")})
+    cx.transport = transport
+    out = {r.target: r for r in haproxy_backends(cx)}
+    assert out["haproxy1"].status == "ok"
+    assert out["haproxy1"].values == {"up": ["master1", "master3"], "down": ["master2"]}
+    assert out["haproxy2"].status == "failed" and "no apiserver backend is up" in \
+        out["haproxy2"].message
+    out = cx.run(haproxy.check, cx.spec.role("haproxy"), transport=_mock({}))
+    assert all(r.status == "failed" and "stats unreachable" in r.message for r in out.values())
+
+
+def test_bgp_check_names_the_switch_whose_session_is_down(cx: CheckContext) -> None:
+    fleet = install_fake(cx.nr, FakeFleet())
     fleet.host("lvs1").on(r"^vtysh", stdout=FRR_SUMMARY)
     fleet.host("lvs2").on(r"^vtysh", stdout=FRR_SUMMARY.replace("Active", "Established")
                           .replace('"pfxSnt":1', '"pfxSnt":0'))
-    out = {o.host: o for o in check_bgp(CheckContext(spec, nr, spec.state_dir))}
+    out = {r.target: r for r in bgp_sessions(cx)}
     assert out["lvs1"].status == "failed" and "switch2 (Active)" in out["lvs1"].message
     assert out["lvs2"].status == "ok" and "not announcing" in out["lvs2"].message
+    assert out["lvs2"].values["announcing"] is False
+
+
+# --- Kubernetes ------------------------------------------------------------------------------
+
+
+def _api_routes(spec, *, readyz=200, nodes_ready=True, holder="master2") -> dict:
+    version = {"gitVersion": "v1.31.4"}
+    routes: dict = {}
+    for address in [str(h.address) for h in spec.role("masters")] + [str(spec.vip)]:
+        for path in ("/healthz", "/livez"):
+            routes[(address, path)] = "ok"
+        routes[(address, "/readyz")] = "ok" if readyz == 200 else readyz
+        routes[(address, "/version")] = version
+    cond = "True" if nodes_ready else "False"
+    vip = str(spec.vip)
+    routes[(vip, "/api/v1/nodes")] = {"items": [
+        {"metadata": {"name": h.name}, "status": {"conditions": [
+            {"type": "Ready", "status": cond}]}} for h in spec.kubernetes_nodes()]}
+    for lease in apiserver.LEASES:
+        routes[(vip, apiserver.LEASE_PATH.format(name=lease))] = {
+            "spec": {"holderIdentity": holder}}
+    return routes
+
+
+def test_apiserver_checks_pass_and_fail(cx: CheckContext) -> None:
+    t = _mock(_api_routes(cx.spec))
+    masters = cx.run(apiserver.check, cx.spec.role("masters"), transport=t)
+    assert {r.status for r in masters.values()} == {"ok"}
+    assert masters["master1"].values["version"] == "v1.31.4"
+    assert apiserver.check_vip(cx.spec, transport=t).status == "ok"
+    t = _mock(_api_routes(cx.spec, readyz=500))
+    res = apiserver.check_vip(cx.spec, transport=t)
+    assert res.status == "failed" and res.values["failed_paths"] == ["/readyz"]
+    assert "readyz check failed" in res.message
+
+
+def test_node_and_lease_checks_pass_and_fail(cx: CheckContext) -> None:
+    t = _mock(_api_routes(cx.spec))
+    assert {r.status for r in apiserver.check_nodes(cx.spec, transport=t)} == {"ok"}
+    assert [r.values["holder"] for r in apiserver.check_leases(cx.spec, transport=t)] == [
+        "master2", "master2"]
+    t = _mock(_api_routes(cx.spec, nodes_ready=False, holder=""))
+    nodes = apiserver.check_nodes(cx.spec, transport=t)
+    assert {r.message for r in nodes} == {"node NotReady"}
+    assert {r.message for r in apiserver.check_leases(cx.spec, transport=t)} == {
+        "no leader holds the lease"}
+    routes = _api_routes(cx.spec)
+    del routes[(str(cx.spec.vip), "/api/v1/nodes")]
+    nodes = apiserver.check_nodes(cx.spec, transport=_mock(routes))
+    assert nodes[0].status == "failed" and "cannot list nodes" in nodes[0].message
+
+
+def test_kubernetes_rows_are_skipped_without_a_control_plane(cx: CheckContext) -> None:
+    report = run_checks(cx.spec, cx.nr, state_dir=cx.state_dir,
+                        checks=[r for r in __import__("nornir_k8sha.checks", fromlist=["CHECKS"])
+                                .CHECKS if r[0] in ("apiserver", "nodes", "leases", "registry")])
+    assert {o.status for p in report.phases for o in p.hosts.values()} == {"skipped"}
+    assert report.exit_code == 0
+
+
+# --- the sweep ----------------------------------------------------------------------------------
+
+
+def test_checks_run_concurrently_and_failures_set_exit_code(cx: CheckContext) -> None:
+    together = threading.Barrier(2, timeout=10)  # only passes if both rows run at once
+
+    def slow_ok(cx: CheckContext) -> list[CheckResult]:
+        together.wait()
+        return [CheckResult("etcd1", "ok", "fine", {"n": 1})]
+
+    def broken(cx: CheckContext) -> list[CheckResult]:
+        together.wait()
+        raise RuntimeError("cannot read stats")
+
+    report = run_checks(cx.spec, cx.nr, checks=[("a", "A", slow_ok), ("b", "B", broken)])
+    assert not together.broken
+    assert report.phase("a").hosts["etcd1"].status == "ok"
+    assert report.as_dict()["phases"][0]["hosts"]["etcd1"]["values"] == {"n": 1}
+    failed = report.phase("b").hosts["-"]
+    assert failed.status == "failed" and "cannot read stats" in failed.message
+    assert report.exit_code == 1
+    json.dumps(report.as_dict())

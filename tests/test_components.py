@@ -219,6 +219,9 @@ def test_switch_task_is_idempotent_and_dry_run_sends_nothing(tmp_path: Path) -> 
 
 
 def test_haproxy_and_etcd_check_tasks_read_and_never_change(fleet: FakeFleet) -> None:
+    """HTTP checks read from here: no SSH command, nothing `changed`."""
+    import httpx
+
     from nornir_k8sha.tasks import etcd, haproxy
 
     from .test_checks import STATS_CSV
@@ -226,15 +229,19 @@ def test_haproxy_and_etcd_check_tasks_read_and_never_change(fleet: FakeFleet) ->
     spec = load_cluster_spec(LAB_INVENTORY)
     nr = open_nornir(LAB_INVENTORY)
     install_fake(nr, fleet)
-    fleet.host("haproxy1").on(r"^curl .*stats;csv", stdout=STATS_CSV)
-    fleet.host("etcd1").on(r"etcdctl .*endpoint status",
-                           stdout='[{"Endpoint":"https://127.0.0.1:2379","Status":'
-                                  '{"leader":7,"dbSize":1024}}]')
-    r = nr.filter(name="haproxy1").run(task=haproxy.check, spec=spec)["haproxy1"][0]
-    assert not r.changed and r.result["master2"] == "DOWN" and r.result["master1"] == "UP"
-    r = nr.filter(name="etcd1").run(task=etcd.check, spec=spec)["etcd1"][0]
-    assert not r.changed and r.result["Status"]["leader"] == 7
-    assert "--cert /etc/etcd/pki/server.crt" in fleet.host("etcd1").commands()[-1]
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/stats;csv":
+            return httpx.Response(200, text=STATS_CSV)
+        return httpx.Response(200, json={"health": "true", "leader": "7", "dbSize": "1024",
+                                         "header": {"member_id": "7"}, "members": []})
+
+    t = httpx.MockTransport(answer)
+    r = nr.filter(name="haproxy1").run(task=haproxy.check, spec=spec, transport=t)["haproxy1"][0]
+    assert not r.changed and r.result.values["down"] == ["master2"]
+    r = nr.filter(name="etcd1").run(task=etcd.check, spec=spec, transport=t)["etcd1"][0]
+    assert not r.changed and r.result.values["is_leader"] and r.result.values["db_size"] == 1024
+    assert fleet.host("haproxy1").commands() == [] and fleet.host("etcd1").commands() == []
 
 
 def test_reset_cli_needs_yes_and_resets_workers_then_masters(fleet: FakeFleet,

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from nornir_k8sha.exceptions import LabError
 from nornir_k8sha.lab import network, ssh
 from nornir_k8sha.lab.lab import Lab, require_root
+from nornir_k8sha.lab.procs import is_alive
 from nornir_k8sha.lab.state import Fault, LabState
 
 SERVICE_SIGNALS = ("KILL", "TERM", "STOP", "CONT", "HUP")
@@ -120,8 +121,6 @@ class Faults:
             return fault
 
     def _runs(self, state: LabState, host: str) -> bool:
-        from nornir_k8sha.lab.procs import is_alive
-
         record = state.hosts.get(host)
         return bool(record) and is_alive(record.pid, record.pid_start)  # type: ignore[union-attr]
 

@@ -7,6 +7,7 @@ import time
 from nornir.core.task import Result, Task
 
 from nornir_k8sha import constants as C
+from nornir_k8sha.checks import CheckContext, bgp_sessions
 from nornir_k8sha.deploy import DeployContext, NornirPhase
 from nornir_k8sha.report import HostOutcome
 from nornir_k8sha.tasks import frr, switch
@@ -32,12 +33,10 @@ class Network(NornirPhase):
         directors = [o for o in outcomes if ctx.spec.host(o.host).has_role(C.ROLE_LVS)]
         if ctx.dry_run or ctx.limit is not None or any(o.status == "failed" for o in outcomes):
             return outcomes
-        from nornir_k8sha.checks import CheckContext, check_bgp
-
         cx = CheckContext(ctx.spec, ctx.nr, ctx.state_dir)
         deadline = time.monotonic() + BGP_SETTLE_TIMEOUT
         while True:
-            bad = {o.host: o.message for o in check_bgp(cx) if o.status == "failed"}
+            bad = {r.target: r.message for r in bgp_sessions(cx) if r.status == "failed"}
             if not bad or time.monotonic() > deadline:
                 break
             time.sleep(1.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from nornir_k8sha.deploy import LOCAL, DeployContext, LocalPhase
+from nornir_k8sha.pki import ClusterPKI
 from nornir_k8sha.report import HostOutcome
 
 
@@ -11,8 +12,6 @@ class PkiPhase(LocalPhase):
     title = "PKI"
 
     def local(self, ctx: DeployContext) -> HostOutcome:
-        from nornir_k8sha.pki import ClusterPKI
-
         statuses = ClusterPKI(ctx.spec, ctx.state_dir).ensure()
         made = [s.name for s in statuses if s.action != "reused"]
         return HostOutcome(LOCAL, "changed" if made else "ok",

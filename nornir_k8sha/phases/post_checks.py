@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from nornir_k8sha.checks import run_checks
 from nornir_k8sha.deploy import DeployContext
 from nornir_k8sha.report import HostOutcome
 
@@ -23,8 +24,6 @@ class PostChecks:
         return None
 
     def run(self, ctx: DeployContext, hosts: list[str]) -> list[HostOutcome]:
-        from nornir_k8sha.checks import run_checks
-
         report = run_checks(ctx.spec, ctx.nr, state_dir=ctx.state_dir)
         return [
             HostOutcome(f"{p.name}:{o.host}", o.status, o.duration, o.message)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from nornir.core.task import Result, Task
 
+from nornir_k8sha.pki import bundle_for_host
+from nornir_k8sha.render import files_for_component
 from nornir_k8sha.tasks import host as H
 from nornir_k8sha.topology import ClusterSpec
 
@@ -30,7 +32,6 @@ def apply_component(
     `services` maps service name → "reload" | "restart" (default: each file's own service,
     restarted). With `start`, services are also enabled and started when they are not.
     """
-    from nornir_k8sha.render import files_for_component
 
     me = spec.host(task.host.name)
     changed_files: list[str] = []
@@ -79,7 +80,6 @@ def upload_pki(task: Task, spec: ClusterSpec, state_dir: Path, *, under: str,
     remote directory `under`; keys keep their 0600. Returns the paths that changed. Each
     component places its own part (etcd its member certs, a master the apiserver's, every node
     the registry CA) so nothing is uploaded twice."""
-    from nornir_k8sha.pki import bundle_for_host
 
     prefix = under.rstrip("/") + "/"
     changed = []

@@ -7,14 +7,19 @@ as soon as a quorum is up; `wait_for_quorum` then polls `/health` over mTLS from
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
+import httpx
 from nornir.core.task import Result, Task
 
 from nornir_k8sha import constants as C
+from nornir_k8sha.checkresult import CheckResult, failed, passed
+from nornir_k8sha.clients import error_text, etcd_http_client, etcd_reports_healthy
 from nornir_k8sha.tasks import host as H
 from nornir_k8sha.tasks.component import apply_component, upload_pki
-from nornir_k8sha.topology import ClusterSpec
+from nornir_k8sha.topology import ClusterSpec, etcd_quorum
 
 PACKAGES = ["etcd-server", "etcd-client"]
 
@@ -38,11 +43,6 @@ def configure(
 
 def wait_for_quorum(spec: ClusterSpec, state_dir: Path, timeout: float = 60.0) -> int:
     """Poll members' /health over mTLS until a quorum reports healthy; return the count."""
-    import httpx
-
-    from nornir_k8sha.checks import etcd_http_client, etcd_reports_healthy
-    from nornir_k8sha.topology import etcd_quorum
-
     members = spec.role(C.ROLE_ETCD)
     need = etcd_quorum(len(members))
     deadline = time.monotonic() + timeout
@@ -64,16 +64,64 @@ def wait_for_quorum(spec: ClusterSpec, state_dir: Path, timeout: float = 60.0) -
                        f"quorum is {need}")
 
 
-def check(task: Task, spec: ClusterSpec) -> Result:
-    """`etcdctl endpoint status` of this member over TLS, with its own certificate (its server
-    certificate also allows client auth). `result`: the JSON status (leader, raft term, DB
-    size). Read-only."""
-    import json
+def check(task: Task, spec: ClusterSpec, state_dir: Path | None = None, *,
+          transport: httpx.BaseTransport | None = None) -> Result:
+    """This member from here over mTLS: `/health`, its status (leader, DB size) and its member
+    list. `result` is a CheckResult; `values` holds healthy, member_id, leader, is_leader,
+    db_size, raft_term and members (names). Read-only; `transport` is the test seam."""
+    member = spec.host(task.host.name)
+    base = f"https://{member.address}:{spec.settings.etcd.client_port}"
+    start = time.monotonic()
+    try:
+        with etcd_http_client(spec, state_dir or spec.state_dir, transport) as client:
+            health = client.get(f"{base}/health").json()
+            status = client.post(f"{base}/v3/maintenance/status", json={}).json()
+            listed = client.post(f"{base}/v3/cluster/member/list", json={}).json()
+    except (httpx.HTTPError, ValueError, OSError) as exc:
+        res = failed(member.name, f"unreachable: {error_text(exc)}", start, healthy=False)
+        return Result(host=task.host, result=res, failed=True)
+    member_id = str(status.get("header", {}).get("member_id", ""))
+    leader = str(status.get("leader", "") or "")
+    values = {
+        "healthy": etcd_reports_healthy(health),
+        "reason": health.get("reason", ""),
+        "member_id": member_id,
+        "leader": "" if leader in ("", "0") else leader,
+        "is_leader": bool(member_id) and member_id == leader,
+        "db_size": int(status.get("dbSize", 0) or 0),
+        "raft_term": int(status.get("raftTerm", 0) or 0),
+        "members": sorted(m.get("name", "") for m in listed.get("members", [])),
+    }
+    if not values["healthy"]:
+        res = failed(member.name, f"unhealthy ({values['reason'] or 'no leader'})", start,
+                     **values)
+    else:
+        res = passed(member.name, f"healthy{' (leader)' if values['is_leader'] else ''}, "
+                     f"{len(values['members'])} members, db {values['db_size'] / 1e6:.1f} MB",
+                     start, **values)
+    return Result(host=task.host, result=res, failed=not res.ok)
 
-    pki = C.ETCD_PKI_DIR
-    cmd = (f"ETCDCTL_API=3 etcdctl --endpoints https://127.0.0.1:{spec.settings.etcd.client_port}"
-           f" --cacert {pki}/ca.crt --cert {pki}/server.crt --key {pki}/server.key"
-           " --command-timeout=2s endpoint status -w json")
-    out = H.connect(task).run(cmd).stdout
-    status = json.loads(out)
-    return Result(host=task.host, result=status[0] if isinstance(status, list) else status)
+
+def assess(spec: ClusterSpec, members: Mapping[str, CheckResult]) -> list[CheckResult]:
+    """The cluster's verdict over every member's `check`: quorum, one leader, one member list.
+
+    A healthy member still fails when the members see more than one leader or disagree on the
+    member list; an unhealthy one says when the cluster as a whole has lost quorum.
+    """
+    total = len(spec.role(C.ROLE_ETCD))
+    quorum = etcd_quorum(total)
+    healthy = [r for r in members.values() if r.values.get("healthy")]
+    leaders = {r.values["leader"] for r in members.values() if r.values.get("leader")}
+    lists = {tuple(r.values["members"]) for r in members.values() if "members" in r.values}
+    verdicts = []
+    for r in members.values():
+        if not r.values.get("healthy"):
+            if len(healthy) < quorum and "unreachable" not in r.message:
+                r = replace(r, message=f"{r.message}; etcd has lost quorum: {len(healthy)}/"
+                            f"{total} healthy, quorum {quorum}")
+        elif len(leaders) != 1:
+            r = replace(r, status="failed", message=f"healthy but {len(leaders)} leaders seen")
+        elif len(lists) != 1:
+            r = replace(r, status="failed", message="members disagree on the member list")
+        verdicts.append(r)
+    return verdicts

@@ -1,9 +1,14 @@
-"""The LVS directors' side of BGP: FRR announces the VIP /32 to the switches."""
+"""The LVS directors' side of BGP: FRR announces the VIP /32 to the switches; `check` proves
+the sessions from the directors' side."""
 
 from __future__ import annotations
 
+import time
+
 from nornir.core.task import Result, Task
 
+from nornir_k8sha.checkresult import failed, passed, skipped
+from nornir_k8sha.clients import parse_bgp_summary
 from nornir_k8sha.tasks import host as H
 from nornir_k8sha.tasks.component import apply_component
 from nornir_k8sha.topology import ClusterSpec
@@ -15,3 +20,36 @@ def configure(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None) -> 
     r = apply_component(task, spec, "frr", services={"frr": "restart"})
     r.changed = bool(r.changed or pk.changed)
     return r
+
+
+def check(task: Task, spec: ClusterSpec) -> Result:
+    """This director's BGP sessions to its switches are Established, and whether it announces
+    the VIP /32 (FRR over SSH: one round trip, and the switches need no second login).
+
+    `result` is a CheckResult with values peers ({address: {state, pfxSnt, pfxRcd}}) and
+    announcing. Skipped when the director peers with no switch or announcing is off."""
+    director = spec.host(task.host.name)
+    switches = {str(h.address): h.name for h in spec.director_peers(director)}
+    if not spec.announces_vip(director):
+        res = skipped(director.name, "no switch peers with it / VIP announcement off")
+        return Result(host=task.host, result=res)
+    start = time.monotonic()
+    out = H.connect(task).run("vtysh -c 'show bgp ipv4 unicast summary json'", check=False)
+    if out.exit_code != 0:
+        res = failed(director.name, f"vtysh: {out.stderr.strip() or f'exit {out.exit_code}'}",
+                     start)
+        return Result(host=task.host, result=res, failed=True)
+    peers = parse_bgp_summary(out.stdout)
+    down = [f"{switches.get(a, a)} ({p['state']})" for a, p in peers.items()
+            if p["state"] != "Established"]
+    missing = [n for a, n in switches.items() if a not in peers]
+    announcing = sum(int(p["pfxSnt"] or 0) for p in peers.values()) > 0
+    if down or missing:
+        res = failed(director.name, "BGP not established with " + ", ".join(down + missing),
+                     start, peers=peers, announcing=announcing)
+    else:
+        role = (f"announcing the VIP /32 to {len(peers)} switch(es)" if announcing
+                else "not announcing (VIP held by the other director)")
+        res = passed(director.name, f"{len(peers)} session(s) Established; {role}", start,
+                     peers=peers, announcing=announcing)
+    return Result(host=task.host, result=res, failed=not res.ok)

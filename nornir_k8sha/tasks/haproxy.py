@@ -4,8 +4,13 @@ connections (the Debian unit's reload is a seamless master-worker reload)."""
 
 from __future__ import annotations
 
+import time
+
+import httpx
 from nornir.core.task import Result, Task
 
+from nornir_k8sha.checkresult import failed, passed
+from nornir_k8sha.clients import error_text, parse_haproxy_csv, plain_client
 from nornir_k8sha.tasks import host as H
 from nornir_k8sha.tasks.component import apply_component
 from nornir_k8sha.topology import ClusterSpec
@@ -32,12 +37,27 @@ def configure(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None) -> 
     )
 
 
-def check(task: Task, spec: ClusterSpec) -> Result:
-    """This node's view of the apiserver backends, from its own stats page (read-only):
-    `result` maps server name → status (UP/DOWN/MAINT...)."""
-    from nornir_k8sha.checks import parse_haproxy_csv
-
+def check(task: Task, spec: ClusterSpec, *,
+          transport: httpx.BaseTransport | None = None) -> Result:
+    """This node's view of the apiserver backends, from its stats page (CSV over HTTP from
+    here: no SSH round trip). `result` is a CheckResult with values up and down (server
+    names); no backend up fails. Read-only; `transport` is the test seam."""
+    start = time.monotonic()
     me = spec.host(task.host.name)
-    url = f"http://{me.address}:{spec.settings.haproxy.stats_port}/stats;csv"
-    out = H.connect(task).run(f"curl -fsS --max-time 2 '{url}'").stdout
-    return Result(host=task.host, result=parse_haproxy_csv(out))
+    try:
+        with plain_client(transport) as client:
+            resp = client.get(f"http://{me.address}:{spec.settings.haproxy.stats_port}/stats;csv")
+            resp.raise_for_status()
+    except httpx.HTTPError as exc:
+        res = failed(me.name, f"stats unreachable: {error_text(exc)}", start)
+        return Result(host=task.host, result=res, failed=True)
+    servers = parse_haproxy_csv(resp.text)
+    up = sorted(s for s, st in servers.items() if st.startswith("UP"))
+    down = sorted(s for s, st in servers.items() if not st.startswith("UP"))
+    if not up:
+        res = failed(me.name, f"serving, but no apiserver backend is up "
+                     f"(down: {', '.join(down) or 'none configured'})", start, up=up, down=down)
+    else:
+        res = passed(me.name, f"backends up: {', '.join(up)}"
+                     + (f"; down: {', '.join(down)}" if down else ""), start, up=up, down=down)
+    return Result(host=task.host, result=res, failed=not res.ok)

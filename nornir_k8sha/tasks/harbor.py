@@ -12,11 +12,14 @@ Every Kubernetes node gets the registry CA and `certs.d/<registry>/hosts.toml` f
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from nornir.core.task import Result, Task
 
 from nornir_k8sha import constants as C
+from nornir_k8sha.checkresult import failed, passed
+from nornir_k8sha.render import files_for_component
 from nornir_k8sha.tasks import host as H
 from nornir_k8sha.tasks.component import upload_pki
 from nornir_k8sha.topology import ClusterSpec
@@ -33,7 +36,6 @@ def configure_registry(
 ) -> Result:
     """Harbor (production) or Distribution (lab) on the harbor host, TLS from our PKI."""
     H.honour_dry_run(task, dry_run)
-    from nornir_k8sha.render import files_for_component
 
     me = spec.host(task.host.name)
     if H.connect(task).get(HARBOR_INSTALLER) is not None:
@@ -77,3 +79,22 @@ def trust_registry(
                   backup=False).changed:
             changed.append("/etc/hosts")
     return Result(host=task.host, changed=bool(changed), result=", ".join(changed) or "trusted")
+
+
+def check(task: Task, spec: ClusterSpec) -> Result:
+    """The registry's `/v2/` from this Kubernetes node over TLS, trusting only the cluster's
+    registry CA where containerd finds it (`certs.d/<registry>/ca.crt`). Read-only.
+
+    200 or 401 (Harbor asks for a login) proves name resolution, the route and the trust."""
+    start = time.monotonic()
+    url = f"https://{spec.registry_host}/v2/"
+    out = H.connect(task).run(f"curl -sS -o /dev/null -w '%{{http_code}}' --max-time 3 "
+                              f"--cacert {spec.registry_ca_on_node} {url}", check=False)
+    code = out.stdout.strip()
+    if out.exit_code == 0 and code in ("200", "401"):
+        res = passed(task.host.name, f"{url} → {code} (TLS trusted)", start, http_status=code)
+    else:
+        res = failed(task.host.name,
+                     f"{url}: {out.stderr.strip() or code or f'exit {out.exit_code}'}", start,
+                     http_status=code)
+    return Result(host=task.host, result=res, failed=not res.ok)

@@ -24,12 +24,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from nornir.core.task import Result, Task
 
 from nornir_k8sha import constants as C
+from nornir_k8sha.clients import api_client, node_readiness
+from nornir_k8sha.render import files_for_component
 from nornir_k8sha.tasks import host as H
+from nornir_k8sha.tasks.component import upload_pki
 from nornir_k8sha.topology import ClusterSpec
 
 TOKEN_RE = re.compile(r"--token\s+([a-z0-9]{6}\.[a-z0-9]{16})")
@@ -116,7 +120,6 @@ def prepare_node(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None) 
         conn.run("for m in " + " ".join(KUBERNETES_MODULES) + "; do modprobe $m 2>/dev/null || "
                  "true; done", check=False)
     step(H.sysctl(task, settings=KUBERNETES_SYSCTLS, path=C.KUBERNETES_SYSCTL), "sysctls")
-    from nornir_k8sha.render import files_for_component
 
     config_changed = False
     for f in files_for_component(spec, spec.host(task.host.name), "containerd"):
@@ -172,7 +175,6 @@ def place_control_plane_pki(
     certificate and CA, the cluster and front-proxy CAs, the service-account keys (keys 0600).
     The registry CA comes with `harbor.trust_registry`."""
     H.honour_dry_run(task, dry_run)
-    from nornir_k8sha.tasks.component import upload_pki
 
     changed = upload_pki(task, spec, state_dir, under=C.KUBERNETES_PKI_DIR)
     return Result(host=task.host, changed=bool(changed), result=f"{len(changed)} file(s)")
@@ -191,7 +193,6 @@ def init_first_master(task: Task, spec: ClusterSpec, *, dry_run: bool | None = N
     H.honour_dry_run(task, dry_run)
     if is_control_plane_initialised(task):
         return Result(host=task.host, result="already initialised")
-    from nornir_k8sha.render import files_for_component
 
     config = next((f for f in files_for_component(spec, spec.host(task.host.name), "kubeadm")
                    if f.path == C.KUBEADM_CONFIG), None)
@@ -241,7 +242,6 @@ def join_node(task: Task, spec: ClusterSpec, material: JoinMaterial | None,
     if task.is_dry_run() or material is None:
         return Result(host=task.host, changed=True, result="would run kubeadm join"
                       + (" --control-plane" if control_plane else ""))
-    from nornir_k8sha.render import files_for_component
 
     path = C.KUBEADM_JOIN_CONTROL_PLANE if control_plane else C.KUBEADM_JOIN_WORKER
     template = next((f for f in files_for_component(spec, spec.host(task.host.name), "kubeadm")
@@ -261,10 +261,6 @@ def join_node(task: Task, spec: ClusterSpec, material: JoinMaterial | None,
 def wait_for_api(spec: ClusterSpec, state_dir: Path, timeout: float = 90.0) -> None:
     """Poll /readyz through the VIP (TLS with our cluster CA) until an apiserver answers 200:
     joins go through the VIP, and HAProxy needs `rise` good checks before it sends traffic."""
-    import httpx
-
-    from nornir_k8sha.kube_checks import api_client
-
     url = f"https://{spec.api_endpoint}/readyz"
     deadline = time.monotonic() + timeout
     last = "no answer"
@@ -284,11 +280,7 @@ def wait_for_api(spec: ClusterSpec, state_dir: Path, timeout: float = 90.0) -> N
 def wait_for_nodes(spec: ClusterSpec, state_dir: Path, timeout: float = 90.0) -> None:
     """Poll the node list through the VIP until every master and worker is a Ready node (a
     joined kubelet needs a moment for its first status update)."""
-    import httpx
-
-    from nornir_k8sha.kube_checks import api_client, kubernetes_nodes, node_readiness
-
-    wanted = {h.name for h in kubernetes_nodes(spec)}
+    wanted = {h.name for h in spec.kubernetes_nodes()}
     missing = wanted
     deadline = time.monotonic() + timeout
     with api_client(spec, state_dir) as client:

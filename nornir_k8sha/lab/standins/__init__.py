@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from nornir_k8sha.settings import KubernetesSettings
+
 HERE = Path(__file__).parent
 PROGRAMS = HERE / "programs"
 UNITS = HERE / "units"
@@ -59,8 +61,6 @@ def content_hash() -> str:
 
 
 def _default_version() -> str:
-    from nornir_k8sha.settings import KubernetesSettings
-
     return KubernetesSettings().version
 
 

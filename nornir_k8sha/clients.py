@@ -1,0 +1,115 @@
+"""HTTP clients and parsers shared by every check, wait and probe: one place, bottom layer.
+
+Everything that speaks to a component's HTTP API from this machine builds its client here:
+etcd over mTLS with the health-check client certificate, the apiservers with the admin client
+certificate, HAProxy's stats page in the clear. httpx 0.28 drops the client certificate when
+`verify=<path>` and `cert=` are combined, so the CA and client certificate always travel in one
+`ssl.SSLContext` passed as `verify` (DESIGN.md 4).
+
+The parsers turn a component's own output into plain data; the tasks that call them decide what
+is healthy.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import ssl
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from nornir_k8sha.pki import ClusterPKI
+from nornir_k8sha.topology import ClusterSpec
+
+#: Seconds any one HTTP request of a check or wait may take.
+HTTP_TIMEOUT = 2.0
+#: Seconds to open a TCP connection in a check.
+CONNECT_TIMEOUT = 2.0
+
+
+def tls_context(ca: Path, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
+    """An SSL context trusting `ca`, presenting `cert`/`key` when given."""
+    ctx = ssl.create_default_context(cafile=str(ca))
+    if cert and key:
+        ctx.load_cert_chain(str(cert), str(key))
+    return ctx
+
+
+def etcd_http_client(spec: ClusterSpec, state_dir: Path,
+                     transport: httpx.BaseTransport | None = None) -> httpx.Client:
+    """httpx client for etcd's HTTP API with the health-check client certificate (mTLS).
+
+    `transport` is the seam for tests (`httpx.MockTransport`); no TLS material is read then.
+    """
+    if transport is not None:
+        return httpx.Client(transport=transport, timeout=HTTP_TIMEOUT)
+    pki = ClusterPKI(spec, state_dir)
+    client = pki.healthcheck_client
+    return httpx.Client(verify=tls_context(pki.etcd_ca.cert, client.cert, client.key),
+                        timeout=HTTP_TIMEOUT)
+
+
+def api_client(spec: ClusterSpec, state_dir: Path,
+               transport: httpx.BaseTransport | None = None) -> httpx.Client:
+    """httpx client for the apiservers: the cluster CA, the admin client certificate."""
+    if transport is not None:
+        return httpx.Client(transport=transport, timeout=HTTP_TIMEOUT)
+    pki = ClusterPKI(spec, state_dir)
+    admin = pki.admin_client
+    return httpx.Client(verify=tls_context(pki.kubernetes_ca.cert, admin.cert, admin.key),
+                        timeout=HTTP_TIMEOUT)
+
+
+def plain_client(transport: httpx.BaseTransport | None = None) -> httpx.Client:
+    """httpx client for plain-HTTP pages (HAProxy's stats)."""
+    return httpx.Client(transport=transport, timeout=HTTP_TIMEOUT)
+
+
+def error_text(exc: BaseException) -> str:
+    """One short line for an exception, for a check's message."""
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+# --- parsers -----------------------------------------------------------------------------------
+
+
+def etcd_reports_healthy(health: dict[str, Any]) -> bool:
+    """etcd's `/health` body says healthy (`{"health": "true"}`; 3.4 sends a string)."""
+    return str(health.get("health")) == "true"
+
+
+def parse_haproxy_csv(text: str, backend: str = "apiserver") -> dict[str, str]:
+    """server name → status (UP/DOWN/...) of one backend, from HAProxy's `stats;csv`."""
+    rows = csv.DictReader(io.StringIO(text.lstrip("# ")))
+    return {
+        r["svname"]: r["status"]
+        for r in rows
+        if r.get("pxname") == backend and r.get("svname") not in ("FRONTEND", "BACKEND")
+    }
+
+
+def parse_bgp_summary(text: str) -> dict[str, dict[str, Any]]:
+    """peer address → {state, pfxSnt, pfxRcd} from FRR's `show bgp ipv4 unicast summary json`."""
+    data = json.loads(text or "{}")
+    peers = data.get("peers") or data.get("ipv4Unicast", {}).get("peers") or {}
+    return {addr: {"state": p.get("state", "?"), "pfxSnt": p.get("pfxSnt", 0),
+                   "pfxRcd": p.get("pfxRcd", 0)} for addr, p in peers.items()}
+
+
+def parse_ipvs_routes(text: str) -> list[str]:
+    """Real servers of DR ("Route") entries in `ipvsadm -Ln` output."""
+    return [ln.split()[1] for ln in text.splitlines() if "Route" in ln and "->" in ln]
+
+
+def node_readiness(items: list[dict[str, Any]]) -> dict[str, bool]:
+    """node name → Ready, from a NodeList's items."""
+    ready = {}
+    for node in items:
+        conds = {c.get("type"): c.get("status") for c in node.get("status", {}).get(
+            "conditions", [])}
+        ready[node.get("metadata", {}).get("name")] = conds.get("Ready") == "True"
+    return ready
