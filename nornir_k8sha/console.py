@@ -53,7 +53,7 @@ def analysis_document(analysis: Analysis) -> dict[str, Any]:
     """`validate --json`: the same content as the tables, as one document."""
     spec = analysis.spec
     doc: dict[str, Any] = {
-        "inventory": str(analysis.raw.directory),
+        "inventory": str(analysis.raw.directory) if analysis.raw else "",
         "valid": not analysis.errors,
         "errors": [f.as_dict() for f in analysis.errors],
         "warnings": [f.as_dict() for f in analysis.warnings],

@@ -15,6 +15,17 @@ from typing import Any
 import yaml
 from nornir import InitNornir
 from nornir.core import Nornir
+from nornir.core.inventory import (
+    ConnectionOptions,
+    Defaults,
+    Group,
+    Groups,
+    Host,
+    Hosts,
+    Inventory,
+    ParentGroups,
+)
+from nornir.core.plugins.inventory import InventoryPluginRegister
 
 from nornir_k8sha.exceptions import InventoryError
 
@@ -252,24 +263,62 @@ def _check_shapes(raw: RawInventory) -> None:
         raise InventoryError(f"inventory {raw.directory} is invalid:\n  " + "\n  ".join(problems))
 
 
-def open_nornir(directory: Path | str, *, num_workers: int = 20, raw: RawInventory | None = None
-                ) -> Nornir:
-    """A Nornir on the inventory dir, with our SSH plugin as every Linux host's connection.
+def _connection_options(entry: dict[str, Any]) -> dict[str, ConnectionOptions]:
+    return {
+        name: ConnectionOptions(hostname=c.get("hostname"), port=c.get("port"),
+                                username=c.get("username"), password=c.get("password"),
+                                platform=c.get("platform"), extras=c.get("extras"))
+        for name, c in (entry.get("connection_options") or {}).items()
+    }
 
-    `raw` (already read and validated) skips the second read.
-    """
-    directory = Path(directory)
-    if raw is None:
-        read_raw_inventory(directory)
+
+def _element(kind: type[Host] | type[Group], name: str, entry: dict[str, Any],
+             defaults: Defaults) -> Host | Group:
+    return kind(name=name, hostname=entry.get("hostname"), port=entry.get("port"),
+                username=entry.get("username"), password=entry.get("password"),
+                platform=entry.get("platform"), data=entry.get("data"), defaults=defaults,
+                connection_options=_connection_options(entry))
+
+
+def inventory_from_raw(raw: RawInventory) -> Inventory:
+    """Nornir's own inventory objects from an already-read directory, exactly as Nornir's
+    SimpleInventory builds them (without reading the files a second time): group inheritance
+    and value resolution are then Nornir's, not ours."""
+    defaults = Defaults(
+        hostname=raw.defaults.get("hostname"), port=raw.defaults.get("port"),
+        username=raw.defaults.get("username"), password=raw.defaults.get("password"),
+        platform=raw.defaults.get("platform"), data=raw.defaults.get("data"),
+        connection_options=_connection_options(raw.defaults))
+    groups = Groups({str(n): _element(Group, str(n), e or {}, defaults)
+                     for n, e in raw.groups.items()})
+    hosts = Hosts({str(n): _element(Host, str(n), e or {}, defaults)
+                   for n, e in raw.hosts.items()})
+    for kind, elements in ((raw.groups, groups), (raw.hosts, hosts)):
+        for name, element in elements.items():
+            parents = (kind.get(name) or {}).get("groups") or []
+            element.groups = ParentGroups([groups[str(g)] for g in parents])
+    return Inventory(hosts=hosts, groups=groups, defaults=defaults)
+
+
+class DirectoryInventory:
+    """Nornir inventory plugin `k8sha_inventory`: an inventory directory read strictly (every
+    error with its file:line), then built as Nornir's SimpleInventory would."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def load(self) -> Inventory:
+        return inventory_from_raw(read_raw_inventory(self.directory))
+
+
+INVENTORY_PLUGIN = "k8sha_inventory"
+InventoryPluginRegister.register(INVENTORY_PLUGIN, DirectoryInventory)
+
+
+def open_nornir(directory: Path | str, *, num_workers: int = 20) -> Nornir:
+    """A Nornir on the inventory dir, with our SSH plugin as every Linux host's connection."""
     return InitNornir(
         runner={"plugin": "threaded", "options": {"num_workers": num_workers}},
-        inventory={
-            "plugin": "SimpleInventory",
-            "options": {
-                "host_file": str(directory / HOSTS_FILE),
-                "group_file": str(directory / GROUPS_FILE),
-                "defaults_file": str(directory / DEFAULTS_FILE),
-            },
-        },
+        inventory={"plugin": INVENTORY_PLUGIN, "options": {"directory": str(directory)}},
         logging={"enabled": False},
     )

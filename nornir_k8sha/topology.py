@@ -17,11 +17,19 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network, ip_address
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ValidationError
+from nornir.core import Nornir
+from nornir.core.inventory import Host, Inventory
+from pydantic import BaseModel, ValidationError
 
 from nornir_k8sha import constants as C
 from nornir_k8sha.exceptions import ValidationFailed
-from nornir_k8sha.inventory import DEFAULTS_FILE, HOSTS_FILE, RawInventory, read_raw_inventory
+from nornir_k8sha.inventory import (
+    DEFAULTS_FILE,
+    HOSTS_FILE,
+    RawInventory,
+    inventory_from_raw,
+    read_raw_inventory,
+)
 from nornir_k8sha.settings import ClusterSettings, HostData
 
 # --- the rules' numbers ------------------------------------------------------------------------
@@ -195,6 +203,11 @@ class ClusterSpec:
         for role in {r for h in self.hosts for r in h.roles} | set(C.ROLES):
             self._by_role[role] = tuple(h for h in self.hosts if h.has_role(role))
 
+    @classmethod
+    def from_nornir(cls, nr: Nornir) -> ClusterSpec:
+        """The spec of anyone's Nornir: see `spec_from_nornir`."""
+        return spec_from_nornir(nr)
+
     @property
     def name(self) -> str:
         return self.settings.cluster_name
@@ -358,7 +371,8 @@ class Analysis:
 
     spec: ClusterSpec | None
     findings: list[Finding]
-    raw: RawInventory
+    #: The directory as read, when the inventory came from one.
+    raw: RawInventory | None = None
 
     @property
     def errors(self) -> list[Finding]:
@@ -373,7 +387,10 @@ class Analysis:
 
 
 class _Findings(list[Finding]):
-    def __init__(self, raw: RawInventory) -> None:
+    """Findings located at file:line when the inventory came from a directory (`raw`); from
+    anyone's Nornir inventory they name the host and field only."""
+
+    def __init__(self, raw: RawInventory | None) -> None:
         super().__init__()
         self.raw = raw
         self._seen: set[Finding] = set()
@@ -393,68 +410,28 @@ class _Findings(list[Finding]):
                 where = ("hosts", host, *(("data", field) if field else ()))
             elif field:
                 where = ("defaults", "data", *field.split("."))
-        finding = Finding(severity, rule, message, self.raw.where(*where), host, field)
+        located = self.raw.where(*where) if self.raw is not None else ""
+        finding = Finding(severity, rule, message, located, host, field)
         if finding not in self._seen:  # one group's bad field would otherwise repeat per member
             self._seen.add(finding)
             self.append(finding)
 
 
-class _GroupIndex:
-    """Nornir's view of groups: a host inherits from its groups and, recursively, their parents.
+def _host_data(host: Host) -> tuple[dict[str, Any], dict[str, tuple[str, ...]]]:
+    """Host data over its groups' data as Nornir resolves it (host first, then the first group
+    of `extended_groups()` that has the key), and where each key came from.
 
-    Order as Nornir's `Host.extended_groups()`: each direct group followed by its ancestors,
-    depth first, without repeats; the first group that has a key wins (after the host itself).
-    """
-
-    def __init__(self, raw: RawInventory) -> None:
-        self.raw = raw
-        self._cache: dict[str, tuple[str, ...]] = {}
-
-    def _parents(self, group: str) -> list[str]:
-        entry = self.raw.groups.get(group) or {}
-        parents = entry.get("groups") or []
-        return [str(g) for g in parents] if isinstance(parents, list) else []
-
-    def ancestors(self, group: str, _stack: frozenset[str] = frozenset()) -> tuple[str, ...]:
-        """`group` and every group it inherits from; cycles are cut (the reader rejects them)."""
-        if group in self._cache:
-            return self._cache[group]
-        chain: list[str] = [group]
-        for parent in self._parents(group):
-            if parent in _stack or parent == group:
-                continue
-            for g in self.ancestors(parent, _stack | {group}):
-                if g not in chain:
-                    chain.append(g)
-        self._cache[group] = tuple(chain)
-        return self._cache[group]
-
-    def extended(self, groups: Iterable[str]) -> tuple[str, ...]:
-        chain: list[str] = []
-        for group in groups:
-            for g in self.ancestors(str(group)):
-                if g not in chain:
-                    chain.append(g)
-        return tuple(chain)
-
-
-def _merged_data(
-    raw: RawInventory, name: str, entry: dict[str, Any], groups: tuple[str, ...]
-) -> tuple[dict[str, Any], dict[str, tuple[str, ...]]]:
-    """Host data over its (extended) groups' data, and where each key came from.
-
-    Not defaults: cluster settings live there. Precedence is Nornir's: host, then the first
-    group that has the key.
+    Not defaults: cluster settings live there.
     """
     merged: dict[str, Any] = {}
     source: dict[str, tuple[str, ...]] = {}
-    for group in reversed(groups):
-        for key, value in ((raw.groups.get(group) or {}).get("data") or {}).items():
+    for group in reversed(host.extended_groups()):
+        for key, value in group.data.items():
             merged[key] = value
-            source[str(key)] = ("groups", group, "data")
-    for key, value in (entry.get("data") or {}).items():
+            source[str(key)] = ("groups", group.name, "data")
+    for key, value in host.data.items():
         merged[key] = value
-        source[str(key)] = ("hosts", name, "data")
+        source[str(key)] = ("hosts", host.name, "data")
     return merged, source
 
 
@@ -483,9 +460,16 @@ def _pydantic_findings(
         out.add("error", "schema", msg, host=host, field=loc or None, where=(*prefix, *parts))
 
 
-def _build_settings(raw: RawInventory, out: _Findings) -> ClusterSettings | None:
+def _known(model: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
+    """Only the keys `model` knows: someone else's inventory carries data of its own."""
+    return {k: v for k, v in data.items() if k in model.model_fields}
+
+
+def _build_settings(inv: Inventory, out: _Findings, *, strict: bool) -> ClusterSettings | None:
+    data = dict(inv.defaults.data or {})
     try:
-        settings = ClusterSettings.model_validate(raw.defaults.get("data") or {})
+        settings = ClusterSettings.model_validate(data if strict else _known(ClusterSettings,
+                                                                               data))
     except ValidationError as exc:
         _pydantic_findings(out, exc, host=None, prefix=("defaults", "data"))
         return None
@@ -497,31 +481,30 @@ def _build_settings(raw: RawInventory, out: _Findings) -> ClusterSettings | None
     return settings
 
 
-def _platform(raw: RawInventory, entry: dict[str, Any], groups: tuple[str, ...]) -> str | None:
-    """Nornir's platform: the host's, else the first group's that has one, else defaults'."""
-    for candidate in (entry, *((raw.groups.get(g) or {}) for g in groups), raw.defaults):
-        if candidate.get("platform"):
-            return str(candidate["platform"])
-    return None
+def _build_hosts(inv: Inventory, out: _Findings, *, strict: bool
+                 ) -> tuple[list[HostSpec], bool]:
+    """The hosts that could be built, and whether every host could.
 
-
-def _build_hosts(raw: RawInventory, out: _Findings) -> tuple[list[HostSpec], bool]:
-    """The hosts that could be built, and whether every host could."""
+    From our own directory (`strict`) every host must have a role and only known data; from
+    anyone's Nornir inventory the hosts outside the role groups are not ours and are left out,
+    and their data keys we do not know are ignored.
+    """
     hosts = []
     complete = True
-    index = _GroupIndex(raw)
-    for key, entry in raw.hosts.items():
-        name = str(key)
-        groups = index.extended(entry.get("groups") or ())
-        merged, source = _merged_data(raw, name, entry, groups)
+    for name, host in inv.hosts.items():
+        groups = tuple(g.name for g in host.extended_groups())
+        roles = tuple(g for g in groups if g in C.ROLES)
+        if not roles and not strict:
+            continue
+        merged, source = _host_data(host)
         try:
-            data = HostData.model_validate(merged)
+            data = HostData.model_validate(merged if strict else _known(HostData, merged))
         except ValidationError as exc:
             _pydantic_findings(out, exc, host=name, prefix=("hosts", name, "data"),
                                source=source)
             complete = False
             continue
-        hostname = entry.get("hostname")
+        hostname = host.hostname
         try:
             address = ip_address(str(hostname))
             if not isinstance(address, IPv4Address):
@@ -532,12 +515,11 @@ def _build_hosts(raw: RawInventory, out: _Findings) -> tuple[list[HostSpec], boo
                     host=name, field="hostname", where=("hosts", name, "hostname"))
             complete = False
             continue
-        roles = tuple(g for g in groups if g in C.ROLES)
         if not roles:
             out.add("error", "role", f"belongs to no role group (one of {', '.join(C.ROLES)})",
                     host=name, field="groups", where=("hosts", name, "groups"))
-        hosts.append(HostSpec(name, address, roles, data.physical_host, data,
-                              _platform(raw, entry, groups)))
+        platform = str(host.platform) if host.platform else None
+        hosts.append(HostSpec(name, address, roles, data.physical_host, data, platform))
     return hosts, complete
 
 
@@ -720,16 +702,21 @@ RULES = (
 )
 
 
-def analyse_raw(raw: RawInventory) -> Analysis:
-    """Every finding for an already-read inventory; the spec only when every host builds."""
+def analyse_inventory(inv: Inventory, raw: RawInventory | None = None) -> Analysis:
+    """Every finding for a Nornir inventory; the spec only when every host builds.
+
+    With `raw` (our own directory, read strictly) findings carry file:line and every host must
+    belong to a role; without it (anyone's inventory plugin) see `_build_hosts`.
+    """
+    strict = raw is not None
     out = _Findings(raw)
-    settings = _build_settings(raw, out)
-    hosts, complete = _build_hosts(raw, out)
-    if not raw.hosts:
+    settings = _build_settings(inv, out, strict=strict)
+    hosts, complete = _build_hosts(inv, out, strict=strict)
+    if not hosts and complete:
         out.add("error", "min-count", "the inventory has no hosts", where=("hosts",))
     by_folded: dict[str, list[str]] = {}
-    for key in raw.hosts:
-        by_folded.setdefault(str(key).lower(), []).append(str(key))
+    for h in hosts:
+        by_folded.setdefault(h.name.lower(), []).append(h.name)
     for names in by_folded.values():
         for name in names[1:]:
             out.add("error", "unique-name", f"host name {name!r} is also host {names[0]!r} "
@@ -739,7 +726,7 @@ def analyse_raw(raw: RawInventory) -> Analysis:
     # Cross-host rules on a partial host list would report false losses and counts: first the
     # hosts must build.
     if settings is not None and hosts and complete:
-        spec = ClusterSpec(settings, tuple(hosts), raw.directory)
+        spec = ClusterSpec(settings, tuple(hosts), raw.directory if raw else None)
         for rule in RULES:
             rule(spec, out)
     return Analysis(spec, list(out), raw)
@@ -747,7 +734,18 @@ def analyse_raw(raw: RawInventory) -> Analysis:
 
 def analyse(directory: Path | str) -> Analysis:
     """Read and check an inventory dir. Malformed files raise InventoryError (no spec at all)."""
-    return analyse_raw(read_raw_inventory(directory))
+    raw = read_raw_inventory(directory)
+    return analyse_inventory(inventory_from_raw(raw), raw)
+
+
+def spec_from_nornir(nr: Nornir) -> ClusterSpec:
+    """The validated spec of anyone's Nornir (SimpleInventory, NetBox, any inventory plugin),
+    from Nornir's own resolved host data: role = group name (nested groups count), cluster
+    settings = `defaults.data`. Raises ValidationFailed naming host and field."""
+    analysis = analyse_inventory(nr.inventory)
+    if analysis.errors or analysis.spec is None:
+        raise ValidationFailed(analysis.errors)
+    return analysis.spec
 
 
 def load_cluster_spec(directory: Path | str) -> ClusterSpec:
@@ -777,4 +775,5 @@ __all__ = [
     "etcd_quorum",
     "etcd_tolerance",
     "load_cluster_spec",
+    "spec_from_nornir",
 ]
