@@ -38,29 +38,27 @@ def tls_context(ca: Path, cert: Path | None = None, key: Path | None = None) -> 
     return ctx
 
 
+def _mtls_client(ca: Path, cert: Path, key: Path,
+                 transport: httpx.BaseTransport | None) -> httpx.Client:
+    if transport is not None:  # the test seam (httpx.MockTransport): no TLS material is read
+        return httpx.Client(transport=transport, timeout=HTTP_TIMEOUT)
+    return httpx.Client(verify=tls_context(ca, cert, key), timeout=HTTP_TIMEOUT)
+
+
 def etcd_http_client(spec: ClusterSpec, state_dir: Path,
                      transport: httpx.BaseTransport | None = None) -> httpx.Client:
-    """httpx client for etcd's HTTP API with the health-check client certificate (mTLS).
-
-    `transport` is the seam for tests (`httpx.MockTransport`); no TLS material is read then.
-    """
-    if transport is not None:
-        return httpx.Client(transport=transport, timeout=HTTP_TIMEOUT)
+    """httpx client for etcd's HTTP API with the health-check client certificate (mTLS)."""
     pki = ClusterPKI(spec, state_dir)
     client = pki.healthcheck_client
-    return httpx.Client(verify=tls_context(pki.etcd_ca.cert, client.cert, client.key),
-                        timeout=HTTP_TIMEOUT)
+    return _mtls_client(pki.etcd_ca.cert, client.cert, client.key, transport)
 
 
 def api_client(spec: ClusterSpec, state_dir: Path,
                transport: httpx.BaseTransport | None = None) -> httpx.Client:
     """httpx client for the apiservers: the cluster CA, the admin client certificate."""
-    if transport is not None:
-        return httpx.Client(transport=transport, timeout=HTTP_TIMEOUT)
     pki = ClusterPKI(spec, state_dir)
     admin = pki.admin_client
-    return httpx.Client(verify=tls_context(pki.kubernetes_ca.cert, admin.cert, admin.key),
-                        timeout=HTTP_TIMEOUT)
+    return _mtls_client(pki.kubernetes_ca.cert, admin.cert, admin.key, transport)
 
 
 def plain_client(transport: httpx.BaseTransport | None = None) -> httpx.Client:

@@ -15,7 +15,7 @@ from nornir_k8sha.checks import CheckContext, bgp_sessions, run_checks
 from nornir_k8sha.checks.sweep import etcd_members, haproxy_backends, vip_and_ipvs
 from nornir_k8sha.clients import parse_bgp_summary, parse_haproxy_csv
 from nornir_k8sha.inventory import open_nornir
-from nornir_k8sha.tasks import apiserver, etcd, haproxy
+from nornir_k8sha.tasks import apiserver, certificates, etcd, harbor, haproxy
 from nornir_k8sha.topology import load_cluster_spec
 from nornir_k8sha.transport import FakeFleet, install_fake
 
@@ -288,3 +288,26 @@ def test_checks_run_concurrently_and_failures_set_exit_code(cx: CheckContext) ->
     assert failed.status == "failed" and "cannot read stats" in failed.message
     assert report.exit_code == 1
     json.dumps(report.as_dict())
+
+
+def test_registry_check_from_nodes_trusts_only_the_cluster_ca(cx: CheckContext) -> None:
+    fleet = install_fake(cx.nr, FakeFleet())
+    fleet.host("master1").on(r"^curl ", stdout="200")
+    fleet.host("worker1").on(r"^curl ", exit_code=60, stdout="000",
+                             stderr="curl: (60) SSL certificate problem")
+    out = cx.run(harbor.check, [cx.spec.host("master1"), cx.spec.host("worker1")])
+    assert out["master1"].status == "ok" and out["master1"].values["http_status"] == "200"
+    assert out["worker1"].status == "failed" and "SSL certificate problem" in \
+        out["worker1"].message
+    assert f"--cacert {cx.spec.registry_ca_on_node}" in fleet.host("master1").commands()[0]
+
+
+def test_certificate_check_fails_within_the_renewal_window(cx: CheckContext) -> None:
+    from nornir_k8sha.pki import ClusterPKI
+
+    ClusterPKI(cx.spec, cx.state_dir).ensure()
+    ok = certificates.check(cx.state_dir)
+    assert [r.status for r in ok] == ["ok"] and ok[0].values["days_left"] > 300
+    soon = certificates.check(cx.state_dir, within_days=400)
+    assert soon and {r.status for r in soon} == {"failed"}
+    assert any("renewed by the next `deploy` or `pki`" in r.message for r in soon)
