@@ -15,7 +15,7 @@ from nornir_k8sha.checks import CheckContext, bgp_sessions, run_checks
 from nornir_k8sha.checks.sweep import etcd_members, haproxy_backends, vip_and_ipvs
 from nornir_k8sha.clients import parse_bgp_summary, parse_haproxy_csv
 from nornir_k8sha.inventory import open_nornir
-from nornir_k8sha.tasks import apiserver, certificates, etcd, harbor, haproxy
+from nornir_k8sha.tasks import apiserver, certificates, etcd, haproxy, harbor
 from nornir_k8sha.topology import load_cluster_spec
 from nornir_k8sha.transport import FakeFleet, install_fake
 
