@@ -61,6 +61,15 @@ def api_client(spec: ClusterSpec, state_dir: Path,
     return _mtls_client(pki.kubernetes_ca.cert, admin.cert, admin.key, transport)
 
 
+def registry_client(spec: ClusterSpec, state_dir: Path,
+                    transport: httpx.BaseTransport | None = None) -> httpx.Client:
+    """httpx client for the registry's v2 API, trusting the cluster's registry CA."""
+    if transport is not None:
+        return httpx.Client(transport=transport, timeout=HTTP_TIMEOUT)
+    pki = ClusterPKI(spec, state_dir)
+    return httpx.Client(verify=tls_context(pki.registry_ca.cert), timeout=HTTP_TIMEOUT)
+
+
 def plain_client(transport: httpx.BaseTransport | None = None) -> httpx.Client:
     """httpx client for plain-HTTP pages (HAProxy's stats)."""
     return httpx.Client(transport=transport, timeout=HTTP_TIMEOUT)

@@ -117,6 +117,12 @@ STATE_PKI_DIR = "pki"
 STATE_REPORTS_DIR = "reports"
 STATE_RENDERED_DIR = "rendered"
 
+#: The registry probe image `deploy` publishes and `check` pulls on every node (ociimage.py).
+PROBE_IMAGE_REPOSITORY = "library/k8sha-probe"
+PROBE_IMAGE_TAG = "v1"
+#: containerd's namespace for Kubernetes images (what the kubelet uses).
+CONTAINERD_K8S_NAMESPACE = "k8s.io"
+
 # --- thresholds ----------------------------------------------------------------------------------
 #: A certificate expiring within this many days is renewed by `pki`/`deploy`, and `check` fails.
 CERT_RENEW_BEFORE_DAYS = 30

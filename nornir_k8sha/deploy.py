@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+import httpx
 from nornir.core import Nornir
 from nornir.core.task import AggregatedResult, Result, Task
 
@@ -39,6 +40,9 @@ class DeployContext:
     dry_run: bool = False
     limit: frozenset[str] | None = None
     state_dir: Path = Path()
+    #: Where the deploy's own HTTP calls go (registry push): None for the network,
+    #: httpx.MockTransport in tests.
+    http: httpx.BaseTransport | None = None
     shared: dict[str, Any] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,3 +48,26 @@ def make_inventory(tmp_path: Path) -> InventoryFactory:
 
 def is_root() -> bool:
     return os.geteuid() == 0
+
+
+_LOOPBACK = ("127.", "::1", "localhost")
+
+
+@pytest.fixture(autouse=True)
+def no_network_outside_loopback(request: pytest.FixtureRequest,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit tests reach nothing but loopback: a connect elsewhere fails the test at once
+    (lab tests, marked `lab`, talk to the lab's own namespaces and are exempt)."""
+    if request.node.get_closest_marker("lab"):
+        return
+    real_connect = socket.socket.connect
+
+    def connect(self: socket.socket, address: object) -> None:
+        host = address[0] if isinstance(address, tuple) else str(address)
+        if self.family in (socket.AF_INET, socket.AF_INET6) and not str(host).startswith(
+                _LOOPBACK):
+            raise AssertionError(f"a unit test tried to connect to {address}: use the fake "
+                                 "fleet or httpx.MockTransport")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)

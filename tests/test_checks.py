@@ -10,11 +10,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from nornir_k8sha import ociimage
 from nornir_k8sha.checkresult import CheckResult
 from nornir_k8sha.checks import CheckContext, bgp_sessions, run_checks
 from nornir_k8sha.checks.sweep import etcd_members, haproxy_backends, vip_and_ipvs
 from nornir_k8sha.clients import parse_bgp_summary, parse_haproxy_csv
 from nornir_k8sha.inventory import open_nornir
+from nornir_k8sha.ociimage import probe_image
 from nornir_k8sha.tasks import apiserver, certificates, etcd, haproxy, harbor
 from nornir_k8sha.topology import load_cluster_spec
 from nornir_k8sha.transport import FakeFleet, install_fake
@@ -290,16 +292,80 @@ def test_checks_run_concurrently_and_failures_set_exit_code(cx: CheckContext) ->
     json.dumps(report.as_dict())
 
 
-def test_registry_check_from_nodes_trusts_only_the_cluster_ca(cx: CheckContext) -> None:
+def _ctr(fleet: FakeFleet, host: str, spec, *, pulls: bool = True, digest: str | None = None,
+         untrusted_pulls: bool = False) -> None:
+    ref = harbor.probe_reference(spec)
+    digest = digest or probe_image(spec.name).digest
+    f = fleet.host(host)
+    f.on(r"--hosts-dir /etc/containerd/certs.d", exit_code=0 if pulls else 1,
+         stdout=f"REF TYPE DIGEST SIZE PLATFORMS LABELS\n{ref} "
+                f"application/vnd.oci.image.manifest.v1+json {digest} 350.0 B linux/amd64 -\n"
+         if pulls else "", stderr="" if pulls else "ctr: failed to resolve reference: x509")
+    f.on(r"--hosts-dir /nonexistent", exit_code=0 if untrusted_pulls else 1,
+         stdout="" if untrusted_pulls else "ctr: x509: certificate signed by unknown authority")
+
+
+def test_registry_check_pulls_with_the_cluster_ca_and_is_refused_without(cx) -> None:
     fleet = install_fake(cx.nr, FakeFleet())
-    fleet.host("master1").on(r"^curl ", stdout="200")
-    fleet.host("worker1").on(r"^curl ", exit_code=60, stdout="000",
-                             stderr="curl: (60) SSL certificate problem")
-    out = cx.run(harbor.check, [cx.spec.host("master1"), cx.spec.host("worker1")])
-    assert out["master1"].status == "ok" and out["master1"].values["http_status"] == "200"
-    assert out["worker1"].status == "failed" and "SSL certificate problem" in \
-        out["worker1"].message
-    assert f"--cacert {cx.spec.registry_ca_on_node}" in fleet.host("master1").commands()[0]
+    nodes = cx.spec.kubernetes_nodes()
+    for h in nodes:
+        _ctr(fleet, h.name, cx.spec)
+    _ctr(fleet, "worker1", cx.spec, pulls=False)
+    _ctr(fleet, "worker2", cx.spec, digest="sha256:" + "0" * 64)
+    _ctr(fleet, "master3", cx.spec, untrusted_pulls=True)
+    out = {r.target: r for r in registry_from_nodes_row(cx, nodes)}
+    assert out["master1"].status == "ok"
+    assert out["master1"].values["digest"] == probe_image(cx.spec.name).digest
+    assert out["master1"].values["untrusted_refused"] is True
+    assert out["worker1"].status == "failed" and "x509" in out["worker1"].message
+    assert out["worker2"].status == "failed" and "expected" in out["worker2"].message
+    assert out["master3"].status == "failed" and "without the cluster CA" in \
+        out["master3"].message
+
+
+def registry_from_nodes_row(cx: CheckContext, nodes) -> list[CheckResult]:  # noqa: ANN001
+    return list(cx.run(harbor.check, nodes).values())
+
+
+def test_probe_image_is_deterministic_and_published_once(cx: CheckContext) -> None:
+    a, b = probe_image("lab", "amd64"), probe_image("lab", "amd64")
+    assert a == b and a.digest.startswith("sha256:")
+    assert probe_image("other", "amd64").digest != a.digest
+    manifests: dict[str, bytes] = {}
+    blobs: dict[str, bytes] = {}
+    calls: list[str] = []
+
+    def registry(request: httpx.Request) -> httpx.Response:
+        calls.append(f"{request.method} {request.url.path}")
+        path = request.url.path
+        if path == "/v2/":
+            return httpx.Response(200)
+        if "/manifests/" in path:
+            if request.method == "PUT":
+                manifests[path] = request.content
+                return httpx.Response(201)
+            if path in manifests:
+                return httpx.Response(200, headers={"Docker-Content-Digest":
+                                                    ociimage.digest(manifests[path])})
+            return httpx.Response(404)
+        if path.endswith("/blobs/uploads/"):
+            return httpx.Response(202, headers={"Location": "/v2/upload/1?state=x"})
+        if request.method == "PUT":
+            d = request.url.params["digest"]
+            assert ociimage.digest(request.content) == d
+            blobs[d] = request.content
+            return httpx.Response(201)
+        return httpx.Response(200 if path.rsplit("/", 1)[-1] in blobs else 404)
+
+    t = httpx.MockTransport(registry)
+    nr = cx.nr.filter(name="harbor1")
+    first = nr.run(task=harbor.publish_probe_image, spec=cx.spec, state_dir=cx.state_dir,
+                   transport=t)["harbor1"][0]
+    assert first.changed and len(blobs) == 2 and len(manifests) == 1
+    calls.clear()
+    again = nr.run(task=harbor.publish_probe_image, spec=cx.spec, state_dir=cx.state_dir,
+                   transport=t)["harbor1"][0]
+    assert not again.changed and not any(c.startswith(("PUT", "POST")) for c in calls)
 
 
 def test_certificate_check_fails_within_the_renewal_window(cx: CheckContext) -> None:

@@ -1,4 +1,5 @@
-"""registry: the registry on the harbor host with a certificate from our PKI."""
+"""registry: the registry on the harbor host with a certificate from our PKI, and the probe
+image every node's containerd pulls in `check`."""
 
 from __future__ import annotations
 
@@ -16,4 +17,8 @@ class Registry(NornirPhase):
     depends_on = ("pki",)
 
     def task(self, task: Task, ctx: DeployContext) -> Result:
-        return harbor.configure_registry(task, ctx.spec, ctx.state_dir)
+        configured = harbor.configure_registry(task, ctx.spec, ctx.state_dir)
+        published = harbor.publish_probe_image(task, ctx.spec, ctx.state_dir,
+                                               transport=ctx.http)
+        return Result(host=task.host, changed=configured.changed or published.changed,
+                      result=f"{configured.result}; {published.result}")

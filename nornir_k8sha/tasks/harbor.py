@@ -15,10 +15,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import httpx
 from nornir.core.task import Result, Task
 
 from nornir_k8sha import constants as C
 from nornir_k8sha.checkresult import failed, passed
+from nornir_k8sha.clients import registry_client
+from nornir_k8sha.ociimage import MEDIA_MANIFEST, probe_image
 from nornir_k8sha.render import files_for_component
 from nornir_k8sha.tasks import host as H
 from nornir_k8sha.tasks.component import upload_pki
@@ -81,20 +84,102 @@ def trust_registry(
     return Result(host=task.host, changed=bool(changed), result=", ".join(changed) or "trusted")
 
 
-def check(task: Task, spec: ClusterSpec) -> Result:
-    """The registry's `/v2/` from this Kubernetes node over TLS, trusting only the cluster's
-    registry CA where containerd finds it (`certs.d/<registry>/ca.crt`). Read-only.
+def probe_reference(spec: ClusterSpec) -> str:
+    """The probe image as containerd names it: `<registry>/library/k8sha-probe:v1`."""
+    return f"{spec.registry_host}/{C.PROBE_IMAGE_REPOSITORY}:{C.PROBE_IMAGE_TAG}"
 
-    200 or 401 (Harbor asks for a login) proves name resolution, the route and the trust."""
+
+def publish_probe_image(task: Task, spec: ClusterSpec, state_dir: Path, *,
+                        dry_run: bool | None = None,
+                        transport: httpx.BaseTransport | None = None) -> Result:
+    """Push the probe image (ociimage.py) to this registry over its v2 API from here, TLS
+    verified with the cluster's registry CA; unchanged when the tag already names it."""
+    H.honour_dry_run(task, dry_run)
+    image = probe_image(spec.name)
+    me = spec.host(task.host.name)
+    base = f"https://{me.address}:{spec.settings.registry.port}/v2/{C.PROBE_IMAGE_REPOSITORY}"
+    manifest_url = f"{base}/manifests/{C.PROBE_IMAGE_TAG}"
+    with registry_client(spec, state_dir, transport) as client:
+        _wait_for_registry(client, f"https://{me.address}:{spec.settings.registry.port}/v2/")
+        head = client.head(manifest_url, headers={"Accept": MEDIA_MANIFEST})
+        if head.status_code == 200 and head.headers.get("Docker-Content-Digest") == image.digest:
+            return Result(host=task.host, result=f"probe image {image.digest} present")
+        if task.is_dry_run():
+            return Result(host=task.host, changed=True,
+                          result=f"would push the probe image {image.digest}")
+        for blob_digest, blob in image.blobs():
+            if client.head(f"{base}/blobs/{blob_digest}").status_code == 200:
+                continue
+            start = client.post(f"{base}/blobs/uploads/")
+            _registry_ok(start, "start a blob upload")
+            location = httpx.URL(base).join(start.headers["Location"])
+            done = client.put(location.copy_merge_params({"digest": blob_digest}), content=blob,
+                              headers={"Content-Type": "application/octet-stream"})
+            _registry_ok(done, f"upload blob {blob_digest}")
+        put = client.put(manifest_url, content=image.manifest,
+                         headers={"Content-Type": MEDIA_MANIFEST})
+        _registry_ok(put, "push the probe manifest")
+    return Result(host=task.host, changed=True, result=f"probe image {image.digest} pushed")
+
+
+def _wait_for_registry(client: httpx.Client, url: str, timeout: float = 15.0) -> None:
+    """A registry restarted a moment ago: wait (bounded) until its API answers."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if client.get(url).status_code in (200, 401):
+                return
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            return  # it answers, just not as expected: the push says what is wrong
+        time.sleep(0.2)
+
+
+def _registry_ok(resp: httpx.Response, what: str) -> None:
+    if resp.status_code not in (200, 201, 202):
+        raise RuntimeError(f"registry refused to {what}: HTTP {resp.status_code} "
+                           f"{resp.text.strip()[:200]}")
+
+
+#: The registry probe from one node: pull with the cluster's trust (must work, its digest is
+#: listed), then resolve with no trust configured (must fail: TLS is really verified).
+_PULL = "{ctr} image pull --hosts-dir {hosts} {ref} >/dev/null && {ctr} image ls name=={ref}"
+_UNTRUSTED = "{ctr} image pull --hosts-dir /nonexistent {ref} 2>&1 >/dev/null"
+
+
+def check(task: Task, spec: ClusterSpec) -> Result:
+    """containerd on this Kubernetes node pulls the probe image through `certs.d/<registry>`
+    and the cluster's registry CA, and refuses the registry without that trust.
+
+    `result` is a CheckResult with values digest (as pulled), expected (built here) and
+    untrusted_refused. Read-only for the cluster (the probe image lands in containerd's store).
+    """
     start = time.monotonic()
-    url = f"https://{spec.registry_host}/v2/"
-    out = H.connect(task).run(f"curl -sS -o /dev/null -w '%{{http_code}}' --max-time 3 "
-                              f"--cacert {spec.registry_ca_on_node} {url}", check=False)
-    code = out.stdout.strip()
-    if out.exit_code == 0 and code in ("200", "401"):
-        res = passed(task.host.name, f"{url} → {code} (TLS trusted)", start, http_status=code)
+    ref = probe_reference(spec)
+    ctr = f"ctr -n {C.CONTAINERD_K8S_NAMESPACE}"
+    expected = probe_image(spec.name).digest
+    pulled, untrusted = H.connect(task).run_batch(
+        [_PULL.format(ctr=ctr, hosts=C.CONTAINERD_CERTS_DIR, ref=ref),
+         _UNTRUSTED.format(ctr=ctr, ref=ref)],
+        stop_on_error=False, check=False, timeout=20)
+    got = next((line.split()[2] for line in pulled.stdout.splitlines()
+                if line.startswith(ref + " ")), "")
+    refused = untrusted.exit_code != 0
+    values = {"reference": ref, "digest": got, "expected": expected,
+              "untrusted_refused": refused}
+    name = task.host.name
+    if pulled.exit_code != 0:
+        err = (pulled.stderr.strip().splitlines() or [f"exit {pulled.exit_code}"])[-1]
+        res = failed(name, f"containerd cannot pull {ref}: {err[:200]}", start, **values)
+    elif got != expected:
+        res = failed(name, f"pulled {ref} but its digest is {got or '?'}, expected {expected}",
+                     start, **values)
+    elif not refused:
+        res = failed(name, f"{ref} also pulls without the cluster CA: TLS is not verified",
+                     start, **values)
     else:
-        res = failed(task.host.name,
-                     f"{url}: {out.stderr.strip() or code or f'exit {out.exit_code}'}", start,
-                     http_status=code)
+        res = passed(name, f"containerd pulled {ref} ({got[:19]}…) with the cluster CA; "
+                     "refused without it", start, **values)
     return Result(host=task.host, result=res, failed=not res.ok)
