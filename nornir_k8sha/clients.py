@@ -21,13 +21,14 @@ from typing import Any
 
 import httpx
 
+from nornir_k8sha import constants as C
 from nornir_k8sha.pki import ClusterPKI
 from nornir_k8sha.topology import ClusterSpec
 
 #: Seconds any one HTTP request of a check or wait may take.
-HTTP_TIMEOUT = 2.0
+HTTP_TIMEOUT = C.CHECK_TIMEOUT_S
 #: Seconds to open a TCP connection in a check.
-CONNECT_TIMEOUT = 2.0
+CONNECT_TIMEOUT = C.CHECK_TIMEOUT_S
 
 
 def tls_context(ca: Path, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:

@@ -124,6 +124,7 @@ class SSHTransport:
             kwargs.update(key_filename=str(key_path), look_for_keys=False, allow_agent=False)
         elif password is not None:
             kwargs.update(look_for_keys=False, allow_agent=False)
+        started = time.monotonic()
         try:
             client.connect(
                 self.hostname, port=self.port, username=self.username, password=password,
@@ -148,6 +149,10 @@ class SSHTransport:
             reason = str(exc) or type(exc).__name__
             if isinstance(exc, socket.timeout | TimeoutError):
                 reason = f"timed out after {timeout:g}s"
+            elif time.monotonic() - started >= timeout:
+                # paramiko words a banner/auth timeout differently per release ("Error reading
+                # SSH protocol banner", "No existing session"): what happened is the time ran out
+                reason = f"timed out after {timeout:g}s ({reason})"
             raise ConnectionFailed(self.host, f"{self.hostname}:{self.port}: {reason}") from None
         transport = client.get_transport()
         if transport is not None:

@@ -124,6 +124,9 @@ PROBE_IMAGE_TAG = "v1"
 CONTAINERD_K8S_NAMESPACE = "k8s.io"
 
 # --- thresholds ----------------------------------------------------------------------------------
+#: Seconds any one probe of a check may take (HTTP request, TCP or SSH connect, SSH command):
+#: `check` answers in about this long even when hosts are dead.
+CHECK_TIMEOUT_S = 2.0
 #: A certificate expiring within this many days is renewed by `pki`/`deploy`, and `check` fails.
 CERT_RENEW_BEFORE_DAYS = 30
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from nornir.core.inventory import ConnectionOptions
 
 from nornir_k8sha import ociimage
 from nornir_k8sha.checkresult import CheckResult
@@ -17,7 +18,7 @@ from nornir_k8sha.checks.sweep import etcd_members, haproxy_backends, vip_and_ip
 from nornir_k8sha.clients import parse_bgp_summary, parse_haproxy_csv
 from nornir_k8sha.inventory import open_nornir
 from nornir_k8sha.ociimage import probe_image
-from nornir_k8sha.tasks import apiserver, certificates, etcd, haproxy, harbor
+from nornir_k8sha.tasks import apiserver, certificates, etcd, haproxy, harbor, keepalived
 from nornir_k8sha.topology import load_cluster_spec
 from nornir_k8sha.transport import FakeFleet, install_fake
 
@@ -377,3 +378,52 @@ def test_certificate_check_fails_within_the_renewal_window(cx: CheckContext) -> 
     soon = certificates.check(cx.state_dir, within_days=400)
     assert soon and {r.status for r in soon} == {"failed"}
     assert any("renewed by the next `deploy` or `pki`" in r.message for r in soon)
+
+
+def test_summary_says_what_redundancy_is_left(cx: CheckContext) -> None:
+    from nornir_k8sha.checks.summary import summarise
+
+    def r(target: str, status: str = "ok", **values) -> CheckResult:  # noqa: ANN003
+        return CheckResult(target, status, "", values)
+
+    rows = {
+        "etcd": [r("etcd1", healthy=True), r("etcd2", healthy=True),
+                 r("etcd3", "failed", healthy=False)],
+        "vip": [r("lvs1", holds_vip=True, routes=["x"]), r("lvs2", "failed"),
+                r(f"VIP {cx.spec.vip}:6443")],
+        "haproxy": [r("haproxy1"), r("haproxy2", "failed")],
+        "apiserver": [r("master1"), r("master2"), r("master3"),
+                      r(f"VIP {cx.spec.api_endpoint}")],
+    }
+    out = {s.target: s for s in summarise(cx.spec, rows)}
+    assert out["API via VIP"].status == "ok" and out["API via VIP"].values["serving"]
+    assert out["etcd"].message.startswith("2/3 healthy, tolerates 0 more failure(s)")
+    assert out["LVS directors"].message == "1 of 2 directors answering; VIP held by lvs1"
+    assert out["HAProxy"].message == "1 of 2 serving; 1 down"
+    rows["etcd"][1] = r("etcd2", "failed", healthy=False)
+    rows["apiserver"][-1] = r(f"VIP {cx.spec.api_endpoint}", "failed")
+    out = {s.target: s for s in summarise(cx.spec, rows)}
+    assert out["etcd"].status == "failed" and "quorum lost (needs 2)" in out["etcd"].message
+    assert out["API via VIP"].status == "failed"
+
+
+def test_a_host_that_never_answers_costs_one_probe_timeout(cx: CheckContext) -> None:
+    """A host that accepts TCP and then says nothing (frozen sshd): the check gives up after
+    CHECK_TIMEOUT_S instead of the inventory's connect timeout, and names the host."""
+    import socket
+
+    from nornir_k8sha import constants as C
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)
+    try:
+        host = cx.nr.inventory.hosts["lvs2"]
+        host.hostname, host.port = "127.0.0.1", silent.getsockname()[1]
+        host.connection_options["k8sha_ssh"] = ConnectionOptions(
+            extras={"strict_host_key": False})
+        out = cx.run(keepalived.check, [cx.spec.host("lvs2")])
+    finally:
+        silent.close()
+    assert out["lvs2"].status == "failed"
+    assert f"timed out after {C.CHECK_TIMEOUT_S:g}s" in out["lvs2"].message

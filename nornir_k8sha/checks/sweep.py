@@ -22,6 +22,7 @@ from rich.table import Table
 
 from nornir_k8sha import constants as C
 from nornir_k8sha.checkresult import CheckResult, skipped
+from nornir_k8sha.checks.summary import summarise
 from nornir_k8sha.clients import error_text
 from nornir_k8sha.report import HostOutcome, RunReport
 from nornir_k8sha.tasks import apiserver, certificates, etcd, frr, haproxy, harbor, keepalived
@@ -156,15 +157,21 @@ def run_checks(spec: ClusterSpec, nr: Nornir, *, checks: list[SweepRow] | None =
     rows = checks if checks is not None else CHECKS
     with ThreadPoolExecutor(max_workers=len(rows) or 1) as pool:
         futures = [(name, title, pool.submit(_guarded, fn, cx)) for name, title, fn in rows]
-        for name, title, fut in futures:
-            results = fut.result()
-            phase = report.add_phase(name, title, [])
-            for r in results:
-                phase.hosts[r.target] = HostOutcome(r.target, r.status, r.duration, r.message,
-                                                    values=r.values)
-            phase.duration = max((r.duration for r in results), default=0.0)
+        found = {name: fut.result() for name, _, fut in futures}
+    if checks is None:  # the whole sweep: say first what it adds up to
+        _add_phase(report, "summary", "cluster", summarise(spec, found))
+    for name, title, _ in futures:
+        _add_phase(report, name, title, found[name])
     report.duration = time.monotonic() - start
     return report
+
+
+def _add_phase(report: RunReport, name: str, title: str, results: list[CheckResult]) -> None:
+    phase = report.add_phase(name, title, [])
+    for r in results:
+        phase.hosts[r.target] = HostOutcome(r.target, r.status, r.duration, r.message,
+                                            values=r.values)
+    phase.duration = max((r.duration for r in results), default=0.0)
 
 
 def _guarded(fn: Row, cx: CheckContext) -> list[CheckResult]:

@@ -7,6 +7,7 @@ import time
 
 from nornir.core.task import Result, Task
 
+from nornir_k8sha import constants as C
 from nornir_k8sha.checkresult import failed, passed, skipped
 from nornir_k8sha.clients import parse_bgp_summary
 from nornir_k8sha.tasks import host as H
@@ -34,7 +35,8 @@ def check(task: Task, spec: ClusterSpec) -> Result:
         res = skipped(director.name, "no switch peers with it / VIP announcement off")
         return Result(host=task.host, result=res)
     start = time.monotonic()
-    out = H.connect(task).run("vtysh -c 'show bgp ipv4 unicast summary json'", check=False)
+    out = H.probe_connection(task).run("vtysh -c 'show bgp ipv4 unicast summary json'",
+                                       check=False, timeout=C.CHECK_TIMEOUT_S)
     if out.exit_code != 0:
         res = failed(director.name, f"vtysh: {out.stderr.strip() or f'exit {out.exit_code}'}",
                      start)

@@ -160,10 +160,11 @@ def check(task: Task, spec: ClusterSpec) -> Result:
     ref = probe_reference(spec)
     ctr = f"ctr -n {C.CONTAINERD_K8S_NAMESPACE}"
     expected = probe_image(spec.name).digest
-    pulled, untrusted = H.connect(task).run_batch(
+    # two pulls of a one-layer image: a few probe timeouts at most
+    pulled, untrusted = H.probe_connection(task).run_batch(
         [_PULL.format(ctr=ctr, hosts=C.CONTAINERD_CERTS_DIR, ref=ref),
          _UNTRUSTED.format(ctr=ctr, ref=ref)],
-        stop_on_error=False, check=False, timeout=20)
+        stop_on_error=False, check=False, timeout=3 * C.CHECK_TIMEOUT_S)
     got = next((line.split()[2] for line in pulled.stdout.splitlines()
                 if line.startswith(ref + " ")), "")
     refused = untrusted.exit_code != 0

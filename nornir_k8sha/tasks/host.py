@@ -34,6 +34,7 @@ from nornir.core.configuration import Config
 from nornir.core.inventory import Host
 from nornir.core.task import Result, Task
 
+from nornir_k8sha import constants as C
 from nornir_k8sha.exceptions import CommandFailed, ConnectionFailed
 from nornir_k8sha.transport import CONNECTION_NAME, CommandResult, Transport
 
@@ -50,13 +51,20 @@ _open_guard = threading.Lock()
 _open_locks: dict[int, threading.Lock] = {}
 
 
-def connect(task: Task) -> Transport:
+def connect(task: Task, *, connect_timeout: float | None = None) -> Transport:
     """The host's `k8sha_ssh` connection; errors from it name the inventory host.
 
     Nornir's `get_connection` is not thread-safe: two tasks opening the same host at once would
     each open (and one leak) a connection. The first open of each host is serialised here.
+    `connect_timeout` (seconds) bounds opening it when it is not open yet: checks pass a short
+    one so that a dead host costs seconds, not the inventory's connect timeout.
     """
-    return open_connection(task.host, task.nornir.config)
+    return open_connection(task.host, task.nornir.config, connect_timeout=connect_timeout)
+
+
+def probe_connection(task: Task) -> Transport:
+    """The connection a check uses: opening it is bounded by `CHECK_TIMEOUT_S`."""
+    return connect(task, connect_timeout=C.CHECK_TIMEOUT_S)
 
 
 def honour_dry_run(task: Task, dry_run: bool | None) -> None:
@@ -66,8 +74,9 @@ def honour_dry_run(task: Task, dry_run: bool | None) -> None:
         task.global_dry_run = dry_run
 
 
-def open_connection(host: Host, config: Config) -> Transport:
-    """`connect` for code outside a task (checks): same locking, same host naming."""
+def open_connection(host: Host, config: Config, *,
+                    connect_timeout: float | None = None) -> Transport:
+    """`connect` for code outside a task: same locking, same host naming."""
     try:
         if CONNECTION_NAME in host.connections:
             conn: Transport = host.get_connection(CONNECTION_NAME, config)
@@ -75,6 +84,10 @@ def open_connection(host: Host, config: Config) -> Transport:
             with _open_guard:
                 lock = _open_locks.setdefault(id(host), threading.Lock())
             with lock:
+                if connect_timeout is not None and CONNECTION_NAME not in host.connections:
+                    extras = dict(host.get_connection_parameters(CONNECTION_NAME).extras or {})
+                    extras["connect_timeout"] = connect_timeout
+                    host.open_connection(CONNECTION_NAME, config, extras=extras)
                 conn = host.get_connection(CONNECTION_NAME, config)
     except ConnectionFailed as exc:
         if exc.host == host.name:

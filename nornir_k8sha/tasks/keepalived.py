@@ -10,6 +10,7 @@ from dataclasses import replace
 
 from nornir.core.task import Result, Task
 
+from nornir_k8sha import constants as C
 from nornir_k8sha.checkresult import CheckResult, failed, passed
 from nornir_k8sha.clients import CONNECT_TIMEOUT, error_text, parse_ipvs_routes
 from nornir_k8sha.tasks import host as H
@@ -38,8 +39,8 @@ def check(task: Task, spec: ClusterSpec) -> Result:
     DR real server fails; a standby is ok. Read-only, one SSH round trip."""
     start = time.monotonic()
     vip, port = str(spec.vip), spec.settings.apiserver_port
-    out = H.connect(task).run(f"ip -o -4 addr show; ipvsadm -Ln -t {vip}:{port}",
-                              check=False)
+    out = H.probe_connection(task).run(f"ip -o -4 addr show; ipvsadm -Ln -t {vip}:{port}",
+                                       check=False, timeout=C.CHECK_TIMEOUT_S)
     holds = f" {vip}/" in out.stdout
     routes = parse_ipvs_routes(out.stdout) if out.exit_code == 0 else []
     name = task.host.name
