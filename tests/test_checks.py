@@ -55,7 +55,7 @@ FRR_SUMMARY = """{"ipv4Unicast":{"routerId":"10.88.0.11","as":65010,"peers":{
 
 def test_bgp_check_names_the_switch_whose_session_is_down() -> None:
     from nornir_k8sha.checks import check_bgp, parse_bgp_summary
-    from nornir_k8sha.transport import FakeFleet, install_fake
+    from nornir_k8sha.testing import FakeFleet, install_fake
 
     assert parse_bgp_summary(FRR_SUMMARY)["10.88.0.71"] == {"state": "Established",
                                                            "pfxSnt": 1, "pfxRcd": 0}

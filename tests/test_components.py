@@ -18,8 +18,8 @@ from nornir_k8sha.pki import ClusterPKI
 from nornir_k8sha.report import RunReport
 from nornir_k8sha.tasks import kubeadm as K
 from nornir_k8sha.tasks import switch
+from nornir_k8sha.testing import FakeFleet, FakeUnit, install_fake
 from nornir_k8sha.topology import load_cluster_spec
-from nornir_k8sha.transport import FakeFleet, FakeUnit, install_fake
 
 from .conftest import LAB_INVENTORY
 
