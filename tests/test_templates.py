@@ -24,6 +24,7 @@ from nornir_k8sha.render import (
     render_all,
     render_tree,
 )
+from nornir_k8sha.tasks.kubeadm import TOKEN_PATTERN
 from nornir_k8sha.topology import ClusterSpec, load_cluster_spec
 from tests.conftest import EXAMPLE_INVENTORY, LAB_INVENTORY, is_root
 
@@ -504,7 +505,7 @@ def test_kubeadm_join_configs(rendered: tuple) -> None:
 def test_no_secret_is_rendered(rendered: tuple) -> None:
     """Run-time secrets appear only as placeholders, and only where the deploy fills them."""
     spec, files, _ = rendered
-    token = re.compile(r"\b[a-z0-9]{6}\.[a-z0-9]{16}\b")
+    token = re.compile(rf"\b{TOKEN_PATTERN}\b")
     for host, fs in files.items():
         for f in fs:
             assert not token.search(f.content), f"{host}:{f.path}"
