@@ -31,8 +31,7 @@ from nornir_k8sha.phases.workers import Workers
 from nornir_k8sha.pki import ClusterPKI
 from nornir_k8sha.report import RunReport
 from nornir_k8sha.tasks import kubeadm as K
-from nornir_k8sha.testing import FakeFleet, FakeHost, FakeUnit
-from nornir_k8sha.testing import install_fake as install_fleet
+from nornir_k8sha.testing import FakeFleet, FakeHost, FakeUnit, install_fake
 from nornir_k8sha.topology import ClusterSpec, load_cluster_spec
 
 from .conftest import LAB_INVENTORY, InventoryFactory
@@ -42,7 +41,7 @@ BARRIER_TIMEOUT_S = 10.0
 #: How long a control-plane join waits to see whether another join starts beside it.
 OVERLAP_PROBE_S = 0.3
 
-UNITS = ("containerd", "kubelet", "docker")
+UNITS = ("containerd", "kubelet")
 TOKEN_ALPHABET = string.ascii_lowercase + string.digits
 
 
@@ -209,7 +208,7 @@ class Cluster:
 
     def deploy(self, *stages: list, dry_run: bool = False) -> RunReport:
         nr = open_nornir(self.inventory)
-        install_fleet(nr, self.fleet)
+        install_fake(nr, self.fleet)
         ctx = DeployContext(self.spec, nr, RunReport("deploy", self.spec.name), dry_run=dry_run,
                             state_dir=self.state_dir)
         return run_stages(ctx, [list(s) for s in stages])
