@@ -39,6 +39,9 @@ SSH_PORT = 22
 KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
 HAPROXY_CFG = "/etc/haproxy/haproxy.cfg"
 HAPROXY_STATS_SOCKET = "/run/haproxy/admin.sock"
+HAPROXY_PKI_DIR = "/etc/haproxy/pki"
+#: The cluster's Kubernetes CA on an HAProxy node: its apiserver health checks verify with it.
+HAPROXY_KUBERNETES_CA = f"{HAPROXY_PKI_DIR}/kubernetes-ca.crt"
 REALSERVER_SYSCTL = "/etc/sysctl.d/60-k8sha-realserver.conf"
 REALSERVER_NETWORK = "/etc/systemd/network/60-k8sha-vip-lo.network"
 REALSERVER_UNIT = "/etc/systemd/system/k8sha-vip-lo.service"

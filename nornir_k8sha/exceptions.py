@@ -9,6 +9,7 @@
     ├── ConnectionFailed       a host cannot be reached over SSH
     ├── CommandFailed          a command on a host exited non-zero (host, command, code, stderr)
     └── DeployError            a phase of a deploy failed
+        └── NodesNotReady      hosts that are not Ready nodes when the deploy's wait ends
 
 Messages never include a secret: commands are logged as given, passwords go on stdin only.
 """
@@ -72,3 +73,14 @@ class CommandFailed(K8shaError):
 
 class DeployError(K8shaError):
     """A phase of a deploy failed."""
+
+
+class NodesNotReady(DeployError, TimeoutError):
+    """Some masters/workers are not Ready nodes when the deploy's wait ends; `missing` names
+    them (exact host names: a caller never has to search the message)."""
+
+    def __init__(self, missing: set[str] | list[str], timeout: float) -> None:
+        self.missing = frozenset(missing)
+        self.timeout = timeout
+        super().__init__(f"nodes not Ready after {timeout:.0f}s: "
+                         + ", ".join(sorted(self.missing)))

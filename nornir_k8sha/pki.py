@@ -657,6 +657,8 @@ def bundle_for_host(spec: ClusterSpec, host: HostSpec | str,
         pair(pki.kubernetes_ca, f"{k8s}/ca.crt", f"{k8s}/ca.key")
         pair(pki.front_proxy_ca, f"{k8s}/front-proxy-ca.crt", f"{k8s}/front-proxy-ca.key")
         pair(pki.sa, f"{k8s}/sa.pub", f"{k8s}/sa.key")
+    if me.has_role(C.ROLE_HAPROXY):  # its apiserver health checks verify with the cluster CA
+        files.append(BundleFile(pki.kubernetes_ca.cert, C.HAPROXY_KUBERNETES_CA, CERT_MODE))
     if me.has_role(C.ROLE_HARBOR):
         pair(pki.registry_server, C.REGISTRY_CERT, C.REGISTRY_KEY)
     if any(me.has_role(r) for r in C.KUBERNETES_ROLES):

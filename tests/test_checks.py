@@ -19,8 +19,8 @@ from nornir_k8sha.clients import parse_bgp_summary, parse_haproxy_csv
 from nornir_k8sha.inventory import open_nornir
 from nornir_k8sha.ociimage import probe_image
 from nornir_k8sha.tasks import apiserver, certificates, etcd, haproxy, harbor, keepalived
+from nornir_k8sha.testing import FakeFleet, install_fake
 from nornir_k8sha.topology import load_cluster_spec
-from nornir_k8sha.transport import FakeFleet, install_fake
 
 from .conftest import LAB_INVENTORY
 

@@ -20,8 +20,8 @@ from nornir_k8sha.pki import ClusterPKI
 from nornir_k8sha.report import RunReport
 from nornir_k8sha.tasks import kubeadm as K
 from nornir_k8sha.tasks import switch
+from nornir_k8sha.testing import FakeFleet, FakeUnit, install_fake
 from nornir_k8sha.topology import load_cluster_spec
-from nornir_k8sha.transport import FakeFleet, FakeUnit, install_fake
 
 from .conftest import LAB_INVENTORY
 
@@ -29,6 +29,7 @@ from .conftest import LAB_INVENTORY
 def deploy(inventory: Path, fleet: FakeFleet, phases: list, state_dir: Path,
            dry_run: bool = False) -> RunReport:
     spec = load_cluster_spec(inventory)
+    ClusterPKI(spec, state_dir).ensure()  # the pki phase's work: lb and registry upload from it
     nr = open_nornir(inventory)
     install_fake(nr, fleet)
     ctx = DeployContext(spec, nr, RunReport("deploy", spec.name), dry_run=dry_run,
@@ -74,6 +75,12 @@ def test_lb_phase_configures_then_changes_nothing(fleet: FakeFleet, tmp_path: Pa
     assert any(c.startswith("haproxy -c -f") for c in h1.commands())  # validated before the swap
     assert h1.debian.unit("haproxy").active and h1.debian.unit("haproxy").enabled
     assert "arp_ignore" in (h1.read(C.REALSERVER_SYSCTL) or "")
+    # the CA the health checks verify apiservers with is there before `haproxy -c` opens it
+    ca = ClusterPKI(load_cluster_spec(LAB_INVENTORY), tmp_path).kubernetes_ca.cert
+    assert h1.files[C.HAPROXY_KUBERNETES_CA] == ca.read_bytes()
+    calls = [(c.op, c.path or c.command) for c in h1.calls]
+    assert calls.index(("put", C.HAPROXY_KUBERNETES_CA)) < next(
+        i for i, (op, what) in enumerate(calls) if op == "run" and what.startswith("haproxy -c"))
     lvs = fleet.host("lvs1")
     assert "lb_kind DR" in (lvs.read(C.KEEPALIVED_CONF) or "")
     assert any(c.startswith("keepalived -t -f") for c in lvs.commands())
@@ -81,6 +88,19 @@ def test_lb_phase_configures_then_changes_nothing(fleet: FakeFleet, tmp_path: Pa
     second = deploy(LAB_INVENTORY, fleet, [LoadBalancers()], tmp_path)
     assert second.changed == 0, [(h, o.changes) for h, o in second.phase("lb").hosts.items()]
     assert h1.debian.unit("haproxy").restarts == 0
+
+
+def test_a_new_cluster_ca_reaches_haproxy_with_a_reload(fleet: FakeFleet, tmp_path: Path
+                                                        ) -> None:
+    deploy(LAB_INVENTORY, fleet, [LoadBalancers()], tmp_path)
+    h1 = fleet.host("haproxy1")
+    reloads = h1.debian.unit("haproxy").reloads
+    h1.write(C.HAPROXY_KUBERNETES_CA, "an older CA\n")  # the CA was renewed since
+    report = deploy(LAB_INVENTORY, fleet, [LoadBalancers()], tmp_path)
+    assert report.phase("lb").hosts["haproxy1"].status == "changed"
+    assert h1.read(C.HAPROXY_KUBERNETES_CA) != "an older CA\n"
+    assert h1.debian.unit("haproxy").reloads == reloads + 1
+    assert report.phase("lb").hosts["haproxy2"].status == "ok"
 
 
 def test_dry_run_after_a_timing_change_shows_diff_and_reload_and_writes_nothing(

@@ -13,8 +13,8 @@ from nornir_k8sha.checkresult import CheckResult
 from nornir_k8sha.exceptions import ValidationFailed
 from nornir_k8sha.inventory import open_nornir
 from nornir_k8sha.tasks import keepalived
+from nornir_k8sha.testing import FakeFleet, install_fake
 from nornir_k8sha.topology import ClusterSpec, load_cluster_spec
-from nornir_k8sha.transport import FakeFleet, install_fake
 
 from .conftest import EXAMPLE_INVENTORY, LAB_INVENTORY, load_lab_inventory
 

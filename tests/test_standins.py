@@ -4,8 +4,8 @@ No root: the stand-ins' host paths are moved under a per-node directory with
 $K8SHA_STANDIN_ROOT and their daemons are spawned as processes ($K8SHA_STANDIN_SERVICES=spawn)
 instead of systemd units. Every process started here is stopped by its PID.
 
-The regexes below are the ones the deploy's parser (nornir_k8sha/tasks/kubeadm.py) can use on
-real kubeadm output as on the stand-in's; the tests prove the stand-in's output matches them.
+The deploy's own parsers (`nornir_k8sha.tasks.kubeadm`: parse_token, parse_certificate_key and
+their patterns) read the stand-in's output here, as they read real kubeadm's.
 """
 
 from __future__ import annotations
@@ -37,28 +37,25 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from nornir_k8sha.lab import standins
+from nornir_k8sha.tasks import kubeadm as K
 
 PROGRAMS = Path(standins.__file__).parent / "programs"
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 pytestmark = pytest.mark.skipif(not Path(ETCD).exists() or not shutil.which("openssl"),
                                 reason="needs /usr/bin/etcd (etcd-server) and openssl")
 
-# --- the parsing regexes for the deploy (each independent of line prefixes and continuations) ---
+# --- the shapes of the stand-in's output, built on the deploy's own token/cert-key patterns ---
 INIT_DONE_RE = re.compile(r"Your Kubernetes control-plane has initialized successfully!")
 JOIN_ENDPOINT_RE = re.compile(r"kubeadm join (?P<endpoint>[^\s\\]+)")
-TOKEN_RE = re.compile(r"--token\s+(?P<token>[a-z0-9]{6}\.[a-z0-9]{16})\b")
 CA_HASH_RE = re.compile(r"--discovery-token-ca-cert-hash\s+(?P<hash>sha256:[0-9a-f]{64})\b")
-CERT_KEY_FLAG_RE = re.compile(r"--certificate-key\s+(?P<key>[0-9a-f]{64})\b")
-UPLOAD_CERTS_KEY_RE = re.compile(r"Using certificate key:\s*\n(?P<key>[0-9a-f]{64})\s*$",
+CERT_KEY_FLAG_RE = re.compile(rf"--certificate-key\s+(?P<key>{K.CERT_KEY_PATTERN})\b")
+UPLOAD_CERTS_KEY_RE = re.compile(rf"Using certificate key:\s*\n(?P<key>{K.CERT_KEY_PATTERN})\s*$",
                                  re.MULTILINE)
-PRINT_JOIN_RE = re.compile(r"^kubeadm join (?P<endpoint>\S+) --token (?P<token>[a-z0-9]{6}\."
-                           r"[a-z0-9]{16}) --discovery-token-ca-cert-hash (?P<hash>sha256:"
-                           r"[0-9a-f]{64})(?: --control-plane --certificate-key "
-                           r"(?P<key>[0-9a-f]{64}))? ?$")
+PRINT_JOIN_RE = re.compile(rf"^kubeadm join (?P<endpoint>\S+) --token (?P<token>{K.TOKEN_PATTERN})"
+                           r" --discovery-token-ca-cert-hash (?P<hash>sha256:[0-9a-f]{64})"
+                           rf"(?: --control-plane --certificate-key (?P<key>{K.CERT_KEY_PATTERN}))?"
+                           r" ?$")
 VERSION_SHORT_RE = re.compile(r"^v\d+\.\d+\.\d+$")
-# the regexes tasks/kubeadm.py carries today must keep working on the stand-in's output
-DEPLOY_TOKEN_RE = re.compile(r"--token\s+([a-z0-9]{6}\.[a-z0-9]{16})")
-DEPLOY_CERT_KEY_RE = re.compile(r"(?:--certificate-key\s+|certificate key:\s*\n?\s*)([0-9a-f]{64})")
 
 VERSION = "1.31.4"
 
@@ -506,11 +503,11 @@ def test_kubeadm_init_token_join_reset(etcd: EtcdServer, tmp_path: Path, procs: 
     ca_pem = (m1 / "etc/kubernetes/pki/ca.crt").read_bytes()
     assert INIT_DONE_RE.search(out)
     assert JOIN_ENDPOINT_RE.search(out)["endpoint"] == f"127.0.0.1:{port1}"
-    token = TOKEN_RE.search(out)["token"]
+    token = K.parse_token(out)
     assert CA_HASH_RE.search(out)["hash"] == _spki_hash(ca_pem)
     cert_key = CERT_KEY_FLAG_RE.search(out)["key"]
     assert UPLOAD_CERTS_KEY_RE.search(out)["key"] == cert_key
-    assert DEPLOY_TOKEN_RE.search(out)[1] == token and DEPLOY_CERT_KEY_RE.search(out)[1] == cert_key
+    assert K.parse_certificate_key(out) == cert_key
     # every line is marked, except the certificate key that scripts read verbatim
     assert [ln for ln in out.splitlines() if not ln.startswith("[lab stand-in]")] == [cert_key]
     # the worker join command comes after the control-plane one and has no certificate key
@@ -554,7 +551,7 @@ def test_kubeadm_init_token_join_reset(etcd: EtcdServer, tmp_path: Path, procs: 
     assert len(up.stdout.splitlines()) == 3
     new_key = UPLOAD_CERTS_KEY_RE.search(up.stdout)["key"]
     assert up.stdout.splitlines()[-1] == new_key
-    assert DEPLOY_CERT_KEY_RE.search(up.stdout)[1] == new_key
+    assert K.parse_certificate_key(up.stdout) == new_key
 
     # worker: wrong token, wrong pin, then the real thing
     w1 = tmp_path / "worker1"

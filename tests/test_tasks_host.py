@@ -22,7 +22,7 @@ from nornir_k8sha.tasks import (
     service,
     sysctl,
 )
-from nornir_k8sha.transport import FakeFleet, FakeHost, FakeUnit, install_fake
+from nornir_k8sha.testing import FakeFleet, FakeHost, FakeUnit, install_fake
 
 CFG = "/etc/haproxy/haproxy.cfg"
 

@@ -4,9 +4,14 @@ where installed — and parse every YAML/TOML file against the schema its consum
 
 from __future__ import annotations
 
+import http.server
 import re
 import shutil
+import socket
+import ssl
 import subprocess
+import threading
+import time
 import tomllib
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -16,6 +21,7 @@ import pytest
 import yaml
 
 from nornir_k8sha import constants as C
+from nornir_k8sha.pki import ClusterPKI, bundle_for_host
 from nornir_k8sha.render import (
     COMPONENTS,
     RenderedFile,
@@ -24,10 +30,13 @@ from nornir_k8sha.render import (
     render_all,
     render_tree,
 )
+from nornir_k8sha.tasks.kubeadm import TOKEN_PATTERN
 from nornir_k8sha.topology import ClusterSpec, load_cluster_spec
-from tests.conftest import EXAMPLE_INVENTORY, LAB_INVENTORY, is_root
+from tests.conftest import EXAMPLE_INVENTORY, LAB_INVENTORY, REPO, is_root
 
 INVENTORIES = {"lab": LAB_INVENTORY, "example": EXAMPLE_INVENTORY}
+#: How long a real HAProxy may take to check its backends a few times (a bound, not a measure).
+HAPROXY_SETTLE_S = 20
 
 
 @pytest.fixture(scope="module", params=sorted(INVENTORIES))
@@ -131,24 +140,164 @@ def test_component_api() -> None:
 # --- HAProxy ----------------------------------------------------------------------------------
 
 
-def test_haproxy_cfg_passes_haproxy_check(rendered: tuple) -> None:
+def _with_bundle(spec: ClusterSpec, host: str, text: str, under: str, state: Path, base: Path
+                 ) -> str:
+    """`text` (a rendered config) with the files it references under the on-host dir `under`
+    placed in `base/pki/` from the host's PKI bundle (PKI in `state`), paths rewritten."""
+    (base / "pki").mkdir(parents=True, exist_ok=True)
+    for f in bundle_for_host(spec, host, state):
+        if str(f.remote).startswith(under + "/"):
+            shutil.copy(f.local, base / "pki" / Path(str(f.remote)).name)
+    return text.replace(under + "/", f"{base}/pki/")
+
+
+def _haproxy_check(spec: ClusterSpec, host: str, cfg: str, base: Path
+                   ) -> subprocess.CompletedProcess[str]:
+    """`haproxy -c` of `cfg` as it would run on `host`: its CA file placed from its bundle."""
     binary = _need("haproxy")
-    for host, _, path in _files(rendered, "haproxy"):
-        if not path.name.endswith(".cfg"):
-            continue
-        res = _run([binary, "-c", "-f", str(path)])
-        assert res.returncode == 0, f"{host}: {res.stdout}{res.stderr}"
-        assert "WARNING" not in res.stdout + res.stderr, f"{host}: {res.stdout}{res.stderr}"
+    ClusterPKI(spec, base / "state").ensure()
+    path = base / "haproxy.cfg"
+    path.write_text(_with_bundle(spec, host, cfg, C.HAPROXY_PKI_DIR, base / "state", base))
+    return _run([binary, "-c", "-f", str(path)])
+
+
+def test_haproxy_cfg_passes_haproxy_check(rendered: tuple, tmp_path: Path) -> None:
+    spec, _, _ = rendered
+    for h in spec.role(C.ROLE_HAPROXY):
+        res = _haproxy_check(spec, h.name, _one(spec, h.name, C.HAPROXY_CFG).content,
+                             tmp_path / h.name)
+        assert res.returncode == 0, f"{h.name}: {res.stdout}{res.stderr}"
+        assert "WARNING" not in res.stdout + res.stderr, f"{h.name}: {res.stdout}{res.stderr}"
 
 
 def test_haproxy_check_rejects_a_broken_cfg(tmp_path: Path) -> None:
-    """The validator above is live: a typo fails it."""
-    binary = _need("haproxy")
+    """The validator above is live: a typo fails it, and so does a CA file that is not there."""
     spec = load_cluster_spec(LAB_INVENTORY)
-    cfg = _one(spec, "haproxy1", C.HAPROXY_CFG).content.replace("balance leastconn",
-                                                                 "balance leastconnn")
-    (tmp_path / "bad.cfg").write_text(cfg)
-    assert _run([binary, "-c", "-f", str(tmp_path / "bad.cfg")]).returncode != 0
+    cfg = _one(spec, "haproxy1", C.HAPROXY_CFG).content
+    assert _haproxy_check(spec, "haproxy1", cfg, tmp_path / "good").returncode == 0
+    typo = cfg.replace("balance leastconn", "balance leastconnn")
+    assert _haproxy_check(spec, "haproxy1", typo, tmp_path / "typo").returncode != 0
+    (tmp_path / "no-ca.cfg").write_text(cfg.replace(C.HAPROXY_KUBERNETES_CA,
+                                                    str(tmp_path / "absent.crt")))
+    assert _run([_need("haproxy"), "-c", "-f", str(tmp_path / "no-ca.cfg")]).returncode != 0
+
+
+def test_haproxy_verifies_the_apiservers_with_the_cluster_ca(rendered: tuple, tmp_path: Path
+                                                             ) -> None:
+    """Every apiserver health check verifies the certificate: the cluster's Kubernetes CA (which
+    signs every apiserver certificate), placed on the HAProxy node by its PKI bundle, and the
+    master's own name (a SAN of each apiserver certificate: kubeadm adds the node name)."""
+    spec, _, _ = rendered
+    ClusterPKI(spec, tmp_path).ensure()
+    for h in spec.role(C.ROLE_HAPROXY):
+        cfg = _one(spec, h.name, C.HAPROXY_CFG).content
+        assert "verify none" not in cfg
+        servers = re.findall(r"^    server (\S+) \S+ (.*)$", cfg, re.M)
+        assert servers
+        for name, opts in servers:
+            assert f"check-ssl verify required ca-file {C.HAPROXY_KUBERNETES_CA} " \
+                   f"verifyhost {name} " in opts
+        bundle = {str(f.remote): f.local for f in bundle_for_host(spec, h.name, tmp_path)}
+        assert bundle[C.HAPROXY_KUBERNETES_CA] == ClusterPKI(spec, tmp_path).kubernetes_ca.cert
+    for doc in ("deploy.md", "inventory.md"):  # where a user looks for what lands on the node
+        assert C.HAPROXY_KUBERNETES_CA in (REPO / "docs" / doc).read_text(), doc
+
+
+def _apiserver_cert(base: Path, name: str, san: str, ca: tuple[Path, Path]) -> tuple[Path, Path]:
+    """A serving certificate for DNS:`san`, signed by `ca` (cert, key), with openssl."""
+    key, csr, crt, ext = (base / f"{name}.{x}" for x in ("key", "csr", "crt", "ext"))
+    ext.write_text(f"subjectAltName=DNS:{san},IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    for cmd in (["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt",
+                 "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", csr,
+                 "-subj", "/CN=kube-apiserver"],
+                ["openssl", "x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1],
+                 "-CAcreateserial", "-days", "1", "-extfile", ext, "-out", crt]):
+        assert _run([str(c) for c in cmd]).returncode == 0
+    return crt, key
+
+
+class _Healthz(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def _tls_healthz(cert: Path, key: Path) -> http.server.ThreadingHTTPServer:
+    """An HTTPS /healthz answering 200 on a free loopback port, in a thread."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Healthz)
+    server.handle_error = lambda *a: None  # type: ignore[method-assign]  # refused handshakes
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def _haproxy_states(sock: Path) -> dict[str, str]:
+    """server -> "status last-check" (e.g. "UP L7OK") of backend apiserver, from the admin
+    socket."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(sock))
+        s.sendall(b"show stat\n")
+        data = b"".join(iter(lambda: s.recv(65536), b""))
+    rows = [line.split(",") for line in data.decode().splitlines()]
+    return {r[1]: f"{r[17]} {r[36]}" for r in rows if r[0] == "apiserver" and r[1] != "BACKEND"}
+
+
+def test_real_haproxy_marks_down_an_apiserver_it_cannot_verify(tmp_path: Path) -> None:
+    """The rendered backend, run by the real HAProxy against three HTTPS /healthz stand-ins on
+    loopback: a certificate of the cluster CA naming the master is UP; one of the cluster CA for
+    another name, and one of a foreign CA naming the master, are DOWN although /healthz says 200."""
+    binary = _need("haproxy")
+    _need("openssl")
+    spec = load_cluster_spec(LAB_INVENTORY)
+    pki = ClusterPKI(spec, tmp_path / "state")
+    pki.ensure()
+    ca = (pki.kubernetes_ca.cert, pki.kubernetes_ca.key)
+    foreign = (tmp_path / "foreign-ca.crt", tmp_path / "foreign-ca.key")
+    assert _run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                 "-nodes", "-keyout", str(foreign[1]), "-out", str(foreign[0]), "-subj",
+                 "/CN=foreign", "-days", "1"]).returncode == 0
+    m1, m2, m3 = (m.name for m in spec.role(C.ROLE_MASTERS))
+    servers = {m1: _tls_healthz(*_apiserver_cert(tmp_path, m1, m1, ca)),
+               m2: _tls_healthz(*_apiserver_cert(tmp_path, m2, "someone-else", ca)),
+               m3: _tls_healthz(*_apiserver_cert(tmp_path, m3, m3, foreign))}
+    cfg = _one(spec, "haproxy1", C.HAPROXY_CFG).content
+    backend = "backend apiserver" + cfg.split("\nbackend apiserver", 1)[1].split("\n\n", 1)[0]
+    for m in spec.role(C.ROLE_MASTERS):
+        backend = backend.replace(f" {m.address}:{spec.settings.apiserver_bind_port} ",
+                                  f" 127.0.0.1:{servers[m.name].server_address[1]} ")
+    sock = tmp_path / "admin.sock"
+    defaults = "defaults" + cfg.split("\ndefaults", 1)[1].split("\n\n", 1)[0]
+    text = f"global\n    stats socket {sock} mode 600 level admin\n\n{defaults}\n\n{backend}\n"
+    path = tmp_path / "haproxy.cfg"
+    path.write_text(_with_bundle(spec, "haproxy1", text, C.HAPROXY_PKI_DIR, tmp_path / "state",
+                                 tmp_path))
+    proc = subprocess.Popen([binary, "-f", str(path)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    states: dict[str, str] = {}
+
+    def settled() -> bool:  # HAProxy starts servers UP: wait for a passed check on master1
+        return states.get(m1) == "UP L7OK" and all(
+            states.get(m, "").startswith("DOWN") for m in (m2, m3))
+
+    try:
+        deadline = time.monotonic() + HAPROXY_SETTLE_S  # bounds the wait only
+        while time.monotonic() < deadline and not settled():
+            time.sleep(0.2)
+            if sock.exists():
+                states = _haproxy_states(sock)
+    finally:
+        proc.kill()
+        proc.wait()
+        for server in servers.values():
+            server.shutdown()
+            server.server_close()
+    assert settled(), f"{states} {proc.stderr.read() if proc.stderr else ''}"
 
 
 def test_haproxy_cfg_content(rendered: tuple) -> None:
@@ -166,8 +315,9 @@ def test_haproxy_cfg_content(rendered: tuple) -> None:
         servers = re.findall(r"^    server (\S+) (\S+) (.*)$", cfg, re.M)
         assert [(n, a) for n, a, _ in servers] == [
             (m.name, f"{m.address}:{s.apiserver_bind_port}") for m in spec.role(C.ROLE_MASTERS)]
-        for _, _, opts in servers:
-            assert opts == (f"check check-ssl verify none inter {s.haproxy.check_inter_ms} "
+        for name, _, opts in servers:
+            assert opts == (f"check check-ssl verify required ca-file {C.HAPROXY_KUBERNETES_CA} "
+                            f"verifyhost {name} inter {s.haproxy.check_inter_ms} "
                             f"fall {s.haproxy.check_fall} rise {s.haproxy.check_rise}")
         assert f"bind {h.address}:{s.haproxy.stats_port}" in cfg
         assert "stats uri /stats" in cfg
@@ -504,7 +654,7 @@ def test_kubeadm_join_configs(rendered: tuple) -> None:
 def test_no_secret_is_rendered(rendered: tuple) -> None:
     """Run-time secrets appear only as placeholders, and only where the deploy fills them."""
     spec, files, _ = rendered
-    token = re.compile(r"\b[a-z0-9]{6}\.[a-z0-9]{16}\b")
+    token = re.compile(rf"\b{TOKEN_PATTERN}\b")
     for host, fs in files.items():
         for f in fs:
             assert not token.search(f.content), f"{host}:{f.path}"
@@ -754,14 +904,9 @@ def test_real_etcd_forms_a_tls_cluster_from_the_rendered_config(tmp_path: Path) 
     members = []
     for h in spec.role(C.ROLE_ETCD):
         base = tmp_path / h.name
-        (base / "pki").mkdir(parents=True)
-        for f in pki_mod.bundle_for_host(spec, h, tmp_path / "state"):
-            if str(f.remote).startswith(C.ETCD_PKI_DIR + "/"):
-                shutil.copy(f.local, base / "pki" / Path(str(f.remote)).name)
-        conf = (_one(spec, h.name, C.ETCD_CONF).content
-                .replace(C.ETCD_PKI_DIR + "/", f"{base}/pki/")
-                .replace(f'data-dir: "{spec.settings.etcd.data_dir}"',
-                         f'data-dir: "{base}/data"'))
+        conf = _with_bundle(spec, h.name, _one(spec, h.name, C.ETCD_CONF).content,
+                            C.ETCD_PKI_DIR, tmp_path / "state", base).replace(
+            f'data-dir: "{spec.settings.etcd.data_dir}"', f'data-dir: "{base}/data"')
         (base / "etcd.conf.yml").write_text(conf)
         members.append({"ip": str(h.address), "conf": str(base / "etcd.conf.yml"),
                         "log": str(base / "etcd.log")})

@@ -13,10 +13,10 @@ class LoadBalancers(NornirPhase):
     name = "lb"
     title = "LVS + HAProxy"
     roles = (C.ROLE_LVS, C.ROLE_HAPROXY)
-    depends_on = ("preflight",)
+    depends_on = ("preflight", "pki")
 
     def task(self, task: Task, ctx: DeployContext) -> Result:
         me = ctx.spec.host(task.host.name)
         if me.has_role(C.ROLE_LVS):
             return keepalived.configure(task, ctx.spec)
-        return haproxy.configure(task, ctx.spec)
+        return haproxy.configure(task, ctx.spec, ctx.state_dir)

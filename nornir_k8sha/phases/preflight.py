@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from nornir.core.task import Result, Task
 
 from nornir_k8sha import constants as C
@@ -19,9 +17,12 @@ class Preflight(NornirPhase):
     def task(self, task: Task, ctx: DeployContext) -> Result:
         facts = H.facts(task).result
         problems = []
-        skew = abs(float(facts.get("time", time.time())) - time.time())
-        if skew > ctx.spec.settings.ntp_max_skew_s:
-            problems.append(f"clock skew {skew:.1f}s > {ctx.spec.settings.ntp_max_skew_s}s")
+        skew = facts.get("clock_skew_s")
+        if skew is None:
+            why = facts.get("errors", {}).get("time") or "no time in its output"
+            problems.append(f"clock not read ({why}): its skew cannot be checked")
+        elif abs(skew) > ctx.spec.settings.ntp_max_skew_s:
+            problems.append(f"clock skew {abs(skew):.1f}s > {ctx.spec.settings.ntp_max_skew_s}s")
         if problems:
             return Result(host=task.host, failed=True, result="; ".join(problems))
         return Result(host=task.host, result=f"{facts.get('os', '?')}, {facts.get('cpus', '?')} "

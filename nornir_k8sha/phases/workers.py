@@ -9,6 +9,7 @@ from nornir.core.task import Result, Task
 
 from nornir_k8sha import constants as C
 from nornir_k8sha.deploy import DeployContext, NornirPhase, run_task
+from nornir_k8sha.exceptions import NodesNotReady
 from nornir_k8sha.phases.control_plane import ControlPlane
 from nornir_k8sha.report import HostOutcome, fold_step, outcomes_from_nornir
 from nornir_k8sha.tasks import harbor
@@ -52,10 +53,10 @@ class Workers(NornirPhase):
         if not ctx.dry_run and ctx.limit is None:
             try:
                 K.wait_for_nodes(ctx.spec, ctx.state_dir)
-            except TimeoutError as exc:
+            except NodesNotReady as exc:
                 for o in outcomes.values():
-                    if o.status != "failed" and o.host in str(exc):
-                        o.status, o.message = "failed", str(exc)
+                    if o.status != "failed" and o.host in exc.missing:
+                        o.status, o.message = "failed", f"not a Ready node: {exc}"
         for o in outcomes.values():
             o.duration = time.monotonic() - start
         return list(outcomes.values())

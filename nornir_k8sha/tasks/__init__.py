@@ -8,7 +8,7 @@ Host primitives (`nornir_k8sha.tasks.host`), each a Nornir task honouring dry ru
     nr.run(task=service, unit="haproxy", reload_if_changed=True)
 
 They reach hosts through the `k8sha_ssh` connection plugin (`nornir_k8sha.connection`); unit
-tests swap in `nornir_k8sha.transport.FakeFleet` with `install_fake(nr, fleet)`. Component
+tests swap in `nornir_k8sha.testing.FakeFleet` with `install_fake(nr, fleet)`. Component
 tasks (keepalived, haproxy, etcd, kubeadm, harbor, switch) are submodules of this package.
 """
 

@@ -31,13 +31,17 @@ from nornir.core.task import Result, Task
 
 from nornir_k8sha import constants as C
 from nornir_k8sha.clients import api_client, node_readiness
+from nornir_k8sha.exceptions import NodesNotReady
 from nornir_k8sha.render import files_for_component
 from nornir_k8sha.tasks import host as H
 from nornir_k8sha.tasks.component import upload_pki
 from nornir_k8sha.topology import ClusterSpec
 
-TOKEN_RE = re.compile(r"--token\s+([a-z0-9]{6}\.[a-z0-9]{16})")
-CERT_KEY_RE = re.compile(r"(?:--certificate-key\s+|certificate key:\s*\n?\s*)([0-9a-f]{64})")
+#: A bootstrap token and a certificate key as kubeadm prints them (the one statement of each).
+TOKEN_PATTERN = r"[a-z0-9]{6}\.[a-z0-9]{16}"
+CERT_KEY_PATTERN = r"[0-9a-f]{64}"
+TOKEN_RE = re.compile(rf"--token\s+({TOKEN_PATTERN})")
+CERT_KEY_RE = re.compile(rf"(?:--certificate-key\s+|certificate key:\s*\n?\s*)({CERT_KEY_PATTERN})")
 JOIN_CONFIG_TMP = "/etc/kubernetes/k8sha-join.yaml"
 
 KUBERNETES_SYSCTLS = {
@@ -260,12 +264,13 @@ def join_node(task: Task, spec: ClusterSpec, material: JoinMaterial | None,
 
 def wait_for_api(spec: ClusterSpec, state_dir: Path, timeout: float = 90.0) -> None:
     """Poll /readyz through the VIP (TLS with our cluster CA) until an apiserver answers 200:
-    joins go through the VIP, and HAProxy needs `rise` good checks before it sends traffic."""
+    joins go through the VIP, and HAProxy needs `rise` good checks before it sends traffic.
+    Asks at least once, however short the timeout."""
     url = f"https://{spec.api_endpoint}/readyz"
     deadline = time.monotonic() + timeout
     last = "no answer"
     with api_client(spec, state_dir) as client:
-        while time.monotonic() < deadline:
+        while True:
             try:
                 resp = client.get(url)
                 if resp.status_code == 200:
@@ -273,18 +278,21 @@ def wait_for_api(spec: ClusterSpec, state_dir: Path, timeout: float = 90.0) -> N
                 last = f"HTTP {resp.status_code}"
             except httpx.HTTPError as exc:
                 last = str(exc) or type(exc).__name__
+            if time.monotonic() >= deadline:
+                break
             time.sleep(0.5)
     raise TimeoutError(f"the API at {url} is not ready after {timeout:.0f}s ({last})")
 
 
 def wait_for_nodes(spec: ClusterSpec, state_dir: Path, timeout: float = 90.0) -> None:
     """Poll the node list through the VIP until every master and worker is a Ready node (a
-    joined kubelet needs a moment for its first status update)."""
+    joined kubelet needs a moment for its first status update). Asks at least once; raises
+    `NodesNotReady` naming the hosts that are not Ready nodes."""
     wanted = {h.name for h in spec.kubernetes_nodes()}
     missing = wanted
     deadline = time.monotonic() + timeout
     with api_client(spec, state_dir) as client:
-        while time.monotonic() < deadline:
+        while True:
             try:
                 items = client.get(f"https://{spec.api_endpoint}/api/v1/nodes").json()
                 ready = node_readiness(items.get("items", []))
@@ -293,8 +301,10 @@ def wait_for_nodes(spec: ClusterSpec, state_dir: Path, timeout: float = 90.0) ->
                     return
             except (httpx.HTTPError, ValueError):
                 pass
+            if time.monotonic() >= deadline:
+                break
             time.sleep(1.0)
-    raise TimeoutError(f"nodes not Ready after {timeout:.0f}s: {', '.join(sorted(missing))}")
+    raise NodesNotReady(missing, timeout)
 
 
 def fetch_admin_kubeconfig(

@@ -1,0 +1,392 @@
+"""The fake fleet for unit tests, in the spirit of httpx's MockTransport; imported by tests only.
+
+A `FakeHost` implements the `nornir_k8sha.transport.Transport` protocol: it holds a dict
+filesystem and a handler for commands, and records every call. `install_fake` puts one in place
+of the real `k8sha_ssh` connection of every host of a Nornir object::
+
+    fleet = FakeFleet()
+    fleet.host("lvs1").on(r"^systemctl is-active", stdout="active\\n")
+    install_fake(nr, fleet)            # every host of `nr` now talks to its FakeHost
+    nr.run(task=some_task)
+    assert fleet.host("lvs1").commands() == [...]
+
+`SimulatedDebian` is a handler that behaves like a small Debian host (dpkg/apt, systemd,
+sysctl) for idempotence tests. No product module imports this one (a test keeps it so).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from nornir_k8sha.exceptions import CommandFailed
+from nornir_k8sha.transport import (
+    CONNECTION_NAME,
+    CommandResult,
+    FileInfo,
+    raise_for_batch,
+)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One recorded call on a FakeHost. `stdin` is what the command itself received."""
+
+    op: str  # run | put | get | stat | rename | remove | close
+    command: str = ""
+    path: str = ""
+    sudo: bool = False
+    stdin: bytes | None = None
+    mode: int | None = None
+
+
+Handler = Callable[["FakeHost", str, "bytes | None"], Any]
+
+
+@dataclass
+class _Rule:
+    pattern: re.Pattern[str]
+    reply: Any
+
+
+@dataclass
+class FakeHost:
+    """A host for unit tests: a dict filesystem, scripted command replies, a record of calls.
+
+    Command replies, first match wins, newest rule first:
+    - rules added with `on(regex, stdout=, stderr=, exit_code=)` or `on(regex, func)` where
+      `func(host, command, stdin)` returns a CommandResult, `(code, stdout, stderr)`, a stdout
+      string, or None (fall through);
+    - the `handler` given at construction (same signature and replies);
+    - otherwise exit 0 with no output.
+    Files live in `files` (path -> bytes) with `modes` and `owners` ("user:group").
+    """
+
+    name: str
+    handler: Handler | None = None
+    files: dict[str, bytes] = field(default_factory=dict)
+    modes: dict[str, int] = field(default_factory=dict)
+    owners: dict[str, str] = field(default_factory=dict)
+    calls: list[Call] = field(default_factory=list)
+    closed: bool = False
+    _rules: list[_Rule] = field(default_factory=list, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def host(self) -> str:
+        return self.name
+
+    # -- scripting --
+    def on(self, pattern: str, reply: Any = None, *, stdout: str = "", stderr: str = "",
+           exit_code: int = 0) -> FakeHost:
+        """Reply to commands matching `pattern` (re.search); returns self for chaining."""
+        if reply is None:
+            reply = CommandResult("", exit_code, stdout, stderr, 0.0)
+        self._rules.insert(0, _Rule(re.compile(pattern), reply))
+        return self
+
+    def write(self, path: str, content: bytes | str, mode: int = 0o644,
+              owner: str = "root:root") -> None:
+        """Put a file on the fake host as if it had always been there."""
+        self.files[path] = content.encode() if isinstance(content, str) else content
+        self.modes[path] = mode
+        self.owners[path] = owner
+
+    def read(self, path: str) -> str | None:
+        data = self.files.get(path)
+        return None if data is None else data.decode()
+
+    @property
+    def debian(self) -> SimulatedDebian:
+        """The host's SimulatedDebian handler (FakeFleet(debian=True))."""
+        if not isinstance(self.handler, SimulatedDebian):
+            raise TypeError(f"{self.name} has no SimulatedDebian handler")
+        return self.handler
+
+    # -- inspection --
+    def commands(self) -> list[str]:
+        """Every command run, in order (batches are recorded command by command)."""
+        return [c.command for c in self.calls if c.op == "run"]
+
+    def writes(self) -> list[str]:
+        """Every path that was written, renamed onto or removed."""
+        return [c.path for c in self.calls if c.op in ("put", "rename", "remove")]
+
+    # -- the Transport protocol --
+    def run(self, command: str, *, sudo: bool | None = None, stdin: bytes | str | None = None,
+            timeout: float | None = None, check: bool = True) -> CommandResult:
+        data = stdin.encode() if isinstance(stdin, str) else stdin
+        with self._lock:
+            self.calls.append(Call("run", command=command, sudo=bool(sudo), stdin=data))
+        result = self._reply(command, data)
+        if check and result.exit_code != 0:
+            raise CommandFailed(self.name, command, result.exit_code, result.stderr)
+        return result
+
+    def run_batch(self, commands: Sequence[str], *, sudo: bool | None = None,
+                  stop_on_error: bool = True, timeout: float | None = None,
+                  check: bool = True) -> list[CommandResult]:
+        results = []
+        for cmd in commands:
+            r = self.run(cmd, sudo=sudo, check=False)
+            results.append(r)
+            if stop_on_error and r.exit_code != 0:
+                break
+        if check:
+            raise_for_batch(self.name, results)
+        return results
+
+    def put(self, content: bytes | str, path: str, mode: int = 0o644, *,
+            owner: str | None = None) -> None:
+        data = content.encode() if isinstance(content, str) else content
+        with self._lock:
+            self.calls.append(Call("put", path=path, mode=mode))
+            self.files[path] = data
+            self.modes[path] = mode
+            self.owners[path] = _owner_group(owner or "root")
+
+    def get(self, path: str) -> bytes | None:
+        with self._lock:
+            self.calls.append(Call("get", path=path))
+            return self.files.get(path)
+
+    def stat(self, path: str) -> FileInfo | None:
+        with self._lock:
+            self.calls.append(Call("stat", path=path))
+            if path not in self.files:
+                return None
+            user, group = self.owners.get(path, "root:root").split(":", 1)
+            return FileInfo(self.modes.get(path, 0o644), user, group)
+
+    def rename(self, src: str, dst: str) -> None:
+        with self._lock:
+            self.calls.append(Call("rename", command=src, path=dst))
+            if src not in self.files:
+                raise FileNotFoundError(src)
+            self.files[dst] = self.files.pop(src)
+            self.modes[dst] = self.modes.pop(src, 0o644)
+            self.owners[dst] = self.owners.pop(src, "root:root")
+
+    def remove(self, path: str) -> None:
+        with self._lock:
+            self.calls.append(Call("remove", path=path))
+            for d in (self.files, self.modes, self.owners):
+                d.pop(path, None)
+
+    def close(self) -> None:
+        self.closed = True
+
+    # -- internals --
+    def _reply(self, command: str, stdin: bytes | None) -> CommandResult:
+        for rule in list(self._rules):
+            if rule.pattern.search(command):
+                got = _coerce(command, rule.reply(self, command, stdin)
+                              if callable(rule.reply) else rule.reply)
+                if got is not None:
+                    return got
+        if self.handler is not None:
+            got = _coerce(command, self.handler(self, command, stdin))
+            if got is not None:
+                return got
+        return CommandResult(command, 0, "", "", 0.0)
+
+
+def _owner_group(owner: str) -> str:
+    return owner if ":" in owner else f"{owner}:{owner}"
+
+
+def _coerce(command: str, reply: Any) -> CommandResult | None:
+    if reply is None:
+        return None
+    if isinstance(reply, CommandResult):
+        return CommandResult(command, reply.exit_code, reply.stdout, reply.stderr,
+                             reply.duration)
+    if isinstance(reply, str):
+        return CommandResult(command, 0, reply, "", 0.0)
+    if isinstance(reply, tuple) and len(reply) == 3:
+        return CommandResult(command, int(reply[0]), str(reply[1]), str(reply[2]), 0.0)
+    raise TypeError(f"fake reply for `{command}` must be CommandResult, (code, out, err), str "
+                    f"or None, not {type(reply).__name__}")
+
+
+class FakeFleet:
+    """A set of FakeHosts by name, created on first use.
+
+    `handler` is every new host's handler; with `debian=True` each host gets its own
+    `SimulatedDebian` instead (reach it as `fleet.host(name).debian`).
+    """
+
+    def __init__(self, handler: Handler | None = None, *, debian: bool = False) -> None:
+        self.handler = handler
+        self.debian = debian
+        self.hosts: dict[str, FakeHost] = {}
+        self._lock = threading.Lock()
+
+    def host(self, name: str) -> FakeHost:
+        with self._lock:
+            if name not in self.hosts:
+                handler = SimulatedDebian() if self.debian else self.handler
+                self.hosts[name] = FakeHost(name, handler=handler)
+            return self.hosts[name]
+
+    def __getitem__(self, name: str) -> FakeHost:
+        return self.host(name)
+
+
+class _FakePlugin:
+    """Stands in a Nornir host's `connections` dict for the `k8sha_ssh` plugin."""
+
+    def __init__(self, fake: FakeHost) -> None:
+        self.fake = fake
+
+    @property
+    def connection(self) -> FakeHost:
+        return self.fake
+
+    def open(self, *args: Any, **kwargs: Any) -> None:  # pragma: no cover - never reopened
+        pass
+
+    def close(self) -> None:
+        self.fake.close()
+
+
+def install_fake(nr: Any, fleet: FakeFleet, connection: str = CONNECTION_NAME) -> FakeFleet:
+    """Make every host of the Nornir object `nr` talk to `fleet.host(name)`; returns `fleet`."""
+    for name, host in nr.inventory.hosts.items():
+        host.connections[connection] = _FakePlugin(fleet.host(name))
+    return fleet
+
+
+# --- a simulated Debian host: dpkg/apt, systemd and sysctl over the fake's state -----------
+
+
+@dataclass
+class FakeUnit:
+    """A systemd unit of a SimulatedDebian host."""
+
+    enabled: bool = False
+    active: bool = False
+    fail_start: bool = False  # start/restart/reload fail and leave the unit "failed"
+    failed: bool = False
+    need_daemon_reload: bool = False
+    starts: int = 0
+    restarts: int = 0
+    reloads: int = 0
+
+
+@dataclass
+class SimulatedDebian:
+    """A FakeHost handler that behaves like a small Debian host, for idempotence tests.
+
+    Understands `dpkg-query -W`, our `apt-get install` script, `systemctl show|enable|disable|
+    start|stop|restart|reload|reload-or-restart|is-active|daemon-reload`, `journalctl -u`,
+    `sysctl -n KEY` and `sysctl -p FILE` (read from the fake's files). Anything else falls
+    through to the next reply (exit 0, no output). Use: `FakeFleet(handler=SimulatedDebian())`
+    shares one state between hosts; `FakeHost(name, handler=SimulatedDebian())` for one host.
+    """
+
+    packages: dict[str, str] = field(default_factory=dict)  # name -> version
+    units: dict[str, FakeUnit] = field(default_factory=dict)
+    sysctls: dict[str, str] = field(default_factory=dict)
+    available: set[str] | None = None  # None: every package can be installed
+
+    def __call__(self, host: FakeHost, command: str, stdin: bytes | None) -> Any:
+        words = command.split()
+        if not words:
+            return None
+        if words[0] == "dpkg-query":
+            return self._dpkg_query(command)
+        if "apt-get install" in command:
+            return self._apt_install(command)
+        if words[0] == "systemctl":
+            return self._systemctl([w for w in shlex.split(command)[1:] if w != "--"])
+        if words[0] == "journalctl":
+            return (0, "fake journal line 1\nfake journal line 2\n", "")
+        if words[0] == "sysctl" and len(words) == 3 and words[1] == "-n":
+            key = shlex.split(command)[2]
+            if key not in self.sysctls:
+                return (255, "", f"sysctl: cannot stat /proc/sys/{key}: No such file\n")
+            return self.sysctls[key] + "\n"
+        if words[0] == "sysctl" and len(words) == 3 and words[1] == "-p":
+            return self._sysctl_apply(host, shlex.split(command)[2])
+        return None
+
+    def unit(self, name: str) -> FakeUnit:
+        return self.units.setdefault(name, FakeUnit())
+
+    def _dpkg_query(self, command: str) -> Any:
+        names = shlex.split(command)[4:]  # dpkg-query -W -f FORMAT NAMES
+        lines = [f"{n} {self.packages[n]} installed" for n in names if n in self.packages]
+        unknown = [n for n in names if n not in self.packages]
+        err = "".join(f"dpkg-query: no packages found matching {n}\n" for n in unknown)
+        return (1 if unknown else 0, "".join(x + "\n" for x in lines), err)
+
+    def _apt_install(self, command: str) -> Any:
+        tail = shlex.split(command.split("apt-get install", 1)[1].split(";")[0])
+        specs, skip = [], False
+        for w in tail:
+            if skip:
+                skip = False
+            elif w == "-o":
+                skip = True
+            elif not w.startswith("-"):
+                specs.append(w)
+        for spec in specs:
+            name, _, version = spec.partition("=")
+            if self.available is not None and name not in self.available:
+                return (100, "", f"E: Unable to locate package {name}\n")
+            self.packages[name] = version.replace("*", "0") or "1.0"
+        return (0, f"installed {' '.join(specs)}\n", "")
+
+    def _systemctl(self, args: list[str]) -> Any:
+        verb, names = args[0], [a for a in args[1:] if not a.startswith("-")]
+        if verb == "daemon-reload":
+            for u in self.units.values():
+                u.need_daemon_reload = False
+            return (0, "", "")
+        if verb == "show":
+            name = names[-1]
+            if name not in self.units:
+                return "LoadState=not-found\nActiveState=inactive\nUnitFileState=\n" \
+                       "NeedDaemonReload=no\n"
+            u = self.units[name]
+            active = "failed" if u.failed else ("active" if u.active else "inactive")
+            return (f"LoadState=loaded\nActiveState={active}\nUnitFileState="
+                    f"{'enabled' if u.enabled else 'disabled'}\nNeedDaemonReload="
+                    f"{'yes' if u.need_daemon_reload else 'no'}\n")
+        if not names or names[0] not in self.units:
+            return (5, "", f"Failed to {verb} unit: Unit {names[0] if names else '?'} not found.\n")
+        u = self.units[names[0]]
+        if verb == "is-active":
+            state = "failed" if u.failed else ("active" if u.active else "inactive")
+            return (0 if u.active else 3, state + "\n", "")
+        if verb in ("enable", "disable"):
+            u.enabled = verb == "enable"
+        elif verb == "stop":
+            u.active = False
+        elif verb in ("start", "restart", "reload", "reload-or-restart"):
+            if u.fail_start:
+                u.active, u.failed = False, True
+                return (1, "", f"Job for {names[0]}.service failed.\n")
+            if verb == "start" or not u.active:
+                u.starts += 1
+            elif verb == "restart":
+                u.restarts += 1
+            else:
+                u.reloads += 1
+            u.active, u.failed = True, False
+        return (0, "", "")
+
+    def _sysctl_apply(self, host: FakeHost, path: str) -> Any:
+        text = (host.files.get(path) or b"").decode()
+        out = []
+        for line in text.splitlines():
+            key, sep, value = line.partition("=")
+            if sep and not line.lstrip().startswith("#"):
+                self.sysctls[key.strip()] = value.strip()
+                out.append(f"{key.strip()} = {value.strip()}")
+        return "\n".join(out) + "\n"
