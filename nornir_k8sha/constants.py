@@ -26,6 +26,13 @@ LINUX_ROLES: tuple[str, ...] = tuple(r for r in ROLES if r != ROLE_SWITCHES)
 #: Roles that become Kubernetes nodes.
 KUBERNETES_ROLES: tuple[str, ...] = (ROLE_MASTERS, ROLE_WORKERS)
 
+# --- exit codes of every command ---------------------------------------------------------------
+EXIT_OK = 0
+#: A host failed, a check failed, or warnings under --strict.
+EXIT_FAILED = 1
+#: Invalid input (inventory, option): nothing was touched.
+EXIT_INVALID = 2
+
 # --- ports -------------------------------------------------------------------------------------
 APISERVER_PORT = 6443
 ETCD_CLIENT_PORT = 2379
@@ -112,3 +119,9 @@ REGISTRY_USER = "docker-registry"
 DEFAULT_INVENTORY = Path("inventory/lab")
 #: The admin kubeconfig `deploy` fetches into the state dir (server = the VIP).
 STATE_ADMIN_KUBECONFIG = "admin.conf"
+#: Every deploy/check/reset report is saved as `<state dir>/reports/<command>-<time>.json`.
+STATE_REPORTS_DIR = "reports"
+#: Secrets generated once per cluster (Harbor's passwords), 0600 in `<state dir>/secrets/`.
+STATE_SECRETS_DIR = "secrets"
+#: Files in the state dir that hold a secret are created with this mode (never chmod-ed later).
+SECRET_FILE_MODE = 0o600

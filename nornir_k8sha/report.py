@@ -8,6 +8,7 @@ Thin containers over built-ins, like nornir's own Result: a `HostOutcome` per ho
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,11 +21,9 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-Status = Literal["ok", "changed", "failed", "skipped", "pending", "running"]
+from nornir_k8sha import constants as C
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_INVALID = 2
+Status = Literal["ok", "changed", "failed", "skipped", "pending", "running"]
 
 _STYLE = {
     "ok": "green",
@@ -140,7 +139,7 @@ class RunReport:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_FAILED if self.failed_hosts else EXIT_OK
+        return C.EXIT_FAILED if self.failed_hosts else C.EXIT_OK
 
     def counts(self) -> dict[str, int]:
         out = {"ok": 0, "changed": 0, "failed": 0, "skipped": 0}
@@ -166,8 +165,19 @@ class RunReport:
         }
 
     def write_json(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.as_dict(), indent=2) + "\n")
+        """The JSON report at `path`, 0600 from its creation (it is an inventory of the
+        cluster); an existing file is truncated and brought back to 0600."""
+        write_private(path, json.dumps(self.as_dict(), indent=2) + "\n")
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to a file nobody but us can read, from its creation on (no window where
+    it exists with the umask's mode)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, C.SECRET_FILE_MODE)
+    with os.fdopen(fd, "w") as fh:
+        os.fchmod(fh.fileno(), C.SECRET_FILE_MODE)  # an existing file keeps its old mode
+        fh.write(text)
 
 
 def outcomes_from_nornir(

@@ -252,16 +252,14 @@ def test_reset_cli_needs_yes_and_resets_workers_then_masters(fleet: FakeFleet,
         fleet.host(name).write(C.KUBELET_KUBECONFIG, "kubeconfig")
         fleet.host(name).on(r"^kubeadm reset -f", lambda h, *_: order.append(h.name) or "")
 
-    import nornir_k8sha.inventory as inventory
-
-    real_open = inventory.open_nornir
+    from nornir_k8sha.cli import deploy as cli_deploy
 
     def opener(directory: Path, **kw: object) -> object:
-        nr = real_open(directory, **kw)
+        nr = open_nornir(directory, **kw)
         install_fake(nr, fleet)
         return nr
 
-    monkeypatch.setattr(inventory, "open_nornir", opener)
+    monkeypatch.setattr(cli_deploy, "open_nornir", opener)
     monkeypatch.chdir(tmp_path)
     done = runner.invoke(app, ["reset", "-i", str(LAB_INVENTORY), "--yes", "--json"])
     assert done.exit_code == 0, done.output
