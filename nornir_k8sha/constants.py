@@ -62,7 +62,10 @@ CONTAINERD_CERTS_DIR = "/etc/containerd/certs.d"
 CONTAINERD_CONFIG = "/etc/containerd/config.toml"
 REGISTRY_CONFIG = "/etc/docker/registry/config.yml"
 REGISTRY_PKI_DIR = "/etc/docker/registry/pki"
-HARBOR_YML = "/opt/harbor/harbor.yml"
+#: Where Harbor's offline installer is unpacked (harbor-offline-installer-v<version>.tgz).
+HARBOR_DIR = "/opt/harbor"
+HARBOR_YML = f"{HARBOR_DIR}/harbor.yml"
+HARBOR_INSTALLER = f"{HARBOR_DIR}/install.sh"
 FRR_CONF = "/etc/frr/frr.conf"
 FRR_DAEMONS = "/etc/frr/daemons"
 KUBERNETES_SYSCTL = "/etc/sysctl.d/99-kubernetes.conf"
@@ -105,8 +108,6 @@ SWITCH_BGP_CONFIG = "k8sha-bgp.cfg"
 PLACEHOLDER_TOKEN = "${TOKEN}"
 PLACEHOLDER_CA_CERT_HASH = "${CA_CERT_HASH}"
 PLACEHOLDER_CERTIFICATE_KEY = "${CERTIFICATE_KEY}"
-PLACEHOLDER_HARBOR_ADMIN_PASSWORD = "${HARBOR_ADMIN_PASSWORD}"
-PLACEHOLDER_HARBOR_DB_PASSWORD = "${HARBOR_DB_PASSWORD}"
 #: etcd's plain-HTTP metrics listener, on 127.0.0.1 of each member.
 ETCD_METRICS_PORT = 2381
 

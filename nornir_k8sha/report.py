@@ -8,7 +8,6 @@ Thin containers over built-ins, like nornir's own Result: a `HostOutcome` per ho
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from nornir_k8sha import constants as C
+from nornir_k8sha.statefiles import write_private
 
 Status = Literal["ok", "changed", "failed", "skipped", "pending", "running"]
 
@@ -168,16 +168,6 @@ class RunReport:
         """The JSON report at `path`, 0600 from its creation (it is an inventory of the
         cluster); an existing file is truncated and brought back to 0600."""
         write_private(path, json.dumps(self.as_dict(), indent=2) + "\n")
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write `text` to a file nobody but us can read, from its creation on (no window where
-    it exists with the umask's mode)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, C.SECRET_FILE_MODE)
-    with os.fdopen(fd, "w") as fh:
-        os.fchmod(fh.fileno(), C.SECRET_FILE_MODE)  # an existing file keeps its old mode
-        fh.write(text)
 
 
 def outcomes_from_nornir(

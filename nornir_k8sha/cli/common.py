@@ -69,7 +69,9 @@ def finish(report: RunReport, spec: ClusterSpec, as_json: bool, report_file: Pat
            *, table: bool = True) -> NoReturn:
     """Save the report (state dir, and `--report`), print it (JSON or tables), exit with its
     code. Reports are written 0600: they name every host and what changed on it."""
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(report.started))
+    # to the millisecond: two runs in one second must not overwrite each other's report
+    stamp = (time.strftime("%Y%m%d-%H%M%S", time.localtime(report.started))
+             + f"-{int(report.started * 1000) % 1000:03d}")
     saved = spec.state_dir / C.STATE_REPORTS_DIR / f"{report.command}-{stamp}.json"
     report.write_json(saved)
     if report_file:

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from nornir_k8sha import console
 from nornir_k8sha import constants as C
@@ -22,6 +23,7 @@ from nornir_k8sha.inventory import open_nornir
 from nornir_k8sha.phases import default_stages, phase_names
 from nornir_k8sha.phases.reset import reset_stages
 from nornir_k8sha.report import LiveProgress, RunReport
+from nornir_k8sha.tasks.harbor import harbor_secrets_path
 from nornir_k8sha.topology import ClusterSpec
 
 NOTHING_TOUCHED = "invalid inventory: nothing was touched on any host"
@@ -53,6 +55,7 @@ def deploy(
         run_stages(ctx, default_stages(), only=set(phase) if phase else None)
     if not as_json and not dry_run and report.exit_code == 0:
         report.notes.extend(next_steps(spec, inventory))
+    report.notes.extend(harbor_note(spec))
     finish(report, spec, as_json, report_file)
 
 
@@ -87,6 +90,15 @@ def next_steps(spec: ClusterSpec, inventory: Path) -> list[str]:
             f"  tear it down:     {me} lab down",
         ]
     return lines
+
+
+def harbor_note(spec: ClusterSpec) -> list[str]:
+    """Where Harbor's admin password is (never the password itself)."""
+    path = harbor_secrets_path(spec.state_dir)
+    if spec.settings.registry.engine != "harbor" or not path.exists():
+        return []
+    return [f"Harbor admin password (user admin): {escape(str(path))}, key harbor_admin_password "
+            "(0600; keep it: Harbor keeps the password it was installed with)"]
 
 
 def reset(

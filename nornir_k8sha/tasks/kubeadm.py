@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from nornir.core.task import Result, Task
 
 from nornir_k8sha import constants as C
+from nornir_k8sha.statefiles import write_private
 from nornir_k8sha.tasks import host as H
 from nornir_k8sha.topology import ClusterSpec
 
@@ -120,7 +121,7 @@ def prepare_node(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None) 
 
     config_changed = False
     for f in files_for_component(spec, spec.host(task.host.name), "containerd"):
-        r = H.file(task, path=f.path, content=f.content, mode=f.mode)
+        r = H.file(task, path=f.path, content=f.content, mode=f.mode, secret=f.secret or None)
         step(r, f.path)
         config_changed |= bool(r.changed)
     step(H.service(task, name="containerd", restart_if_changed=config_changed), "containerd")
@@ -317,9 +318,7 @@ def fetch_admin_kubeconfig(
     target = state_dir / C.STATE_ADMIN_KUBECONFIG
     old = target.read_text() if target.exists() else None
     if old != text and not task.is_dry_run():
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        target.write_text(text)
-        target.chmod(0o600)
+        write_private(target, text)
     return Result(host=task.host, changed=False, result=str(target))
 
 
