@@ -17,17 +17,17 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from nornir.core import Nornir
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from nornir_k8sha import constants as C
-from nornir_k8sha.report import HostOutcome, RunReport
+from nornir_k8sha.report import HostOutcome, RunReport, checks_table
 from nornir_k8sha.topology import ClusterSpec, etcd_quorum
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 HTTP_TIMEOUT = 2.0
 CONNECT_TIMEOUT = 2.0
@@ -330,12 +330,5 @@ def _guarded(fn: Check, cx: CheckContext) -> list[HostOutcome]:
 
 
 def show_checks(report: RunReport, console: Console) -> None:
-    table = Table(title=f"check {report.cluster}")
-    for col in ("check", "target", "status", "detail"):
-        table.add_column(col, overflow="fold")
-    for phase in report.phases:
-        for o in phase.hosts.values():
-            colour = {"ok": "green", "failed": "bold red"}.get(o.status, "yellow")
-            table.add_row(escape(phase.title), escape(o.host), f"[{colour}]{o.status}[/]",
-                          escape(o.message))
-    console.print(table)
+    """The check table (`report.checks_table`) on `console`, at its width."""
+    console.print(checks_table(report, console.width))
