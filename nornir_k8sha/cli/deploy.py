@@ -41,12 +41,12 @@ def deploy(
     spec = load_spec(inventory, as_json=as_json, consequence=NOTHING_TOUCHED)
     unknown = sorted(set(phase or ()) - set(phase_names()))
     if unknown:
-        bad_option("--phase", f"--phase: unknown phase(s) {', '.join(unknown)}; known: "
+        bad_option("--phase", f"unknown phase(s) {', '.join(unknown)}; known: "
                    f"{', '.join(phase_names())}", inventory=inventory, as_json=as_json)
     hosts = {h.name for h in spec.hosts}
     limit_set = frozenset(x.strip() for x in limit.split(",") if x.strip()) if limit else None
     if limit_set and limit_set - hosts:
-        bad_option("--limit", f"--limit: unknown host(s) {', '.join(sorted(limit_set - hosts))}",
+        bad_option("--limit", f"unknown host(s) {', '.join(sorted(limit_set - hosts))}",
                    inventory=inventory, as_json=as_json)
     report = RunReport("deploy", spec.name, dry_run=dry_run)
     ctx = DeployContext(spec, open_nornir(inventory), report, dry_run=dry_run, limit=limit_set,
@@ -110,8 +110,8 @@ def reset(
     """`kubeadm reset -f` on workers, then masters. etcd, HAProxy and LVS are left alone."""
     spec = load_spec(inventory, as_json=as_json, consequence=NOTHING_TOUCHED)
     if not (yes or dry_run):
-        bad_option("--yes", "reset removes the Kubernetes control plane and every node: pass "
-                   "--yes (or --dry-run to see what it would do)", inventory=inventory,
+        bad_option("--yes", "reset removes the Kubernetes control plane and every node: pass it "
+                   "(or --dry-run to see what it would do)", inventory=inventory,
                    as_json=as_json)
     report = RunReport("reset", spec.name, dry_run=dry_run)
     ctx = DeployContext(spec, open_nornir(inventory), report, dry_run=dry_run,
