@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -64,7 +64,7 @@ class Deployer:
 
 
 @pytest.fixture
-def deployer(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Deployer:
+def deployer(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Deployer]:
     fleet = FakeFleet(debian=True)
 
     def opener(directory: Path, **kw: object) -> object:
@@ -80,9 +80,11 @@ def deployer(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Deployer:
     cwd = tmp_path / "work"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
-    monkeypatch.setattr(os, "umask", os.umask)  # restored by monkeypatch at the end
-    os.umask(0o022)  # a usual umask: 0600 must come from our code, not from the umask
-    return Deployer(fleet, cwd)
+    before = os.umask(0o022)  # a usual umask: 0600 must come from our code, not from it
+    try:
+        yield Deployer(fleet, cwd)
+    finally:
+        os.umask(before)
 
 
 def mode(path: Path) -> int:
