@@ -27,8 +27,7 @@ def _log(message: str) -> None:
 
 
 def _lab(inventory: Path):  # noqa: ANN202
-    # Imported here on purpose: `lab` pulls in paramiko (~80 ms), which no other command needs.
-    from nornir_k8sha.lab.lab import Lab, require_root
+    from nornir_k8sha.lab.lab import Lab, require_root  # lazy: paramiko, +60-80 ms at startup
 
     require_root("the lab")  # before anything else: the answer a non-root user needs first
     return Lab.from_inventory(inventory, log=_log)
@@ -109,7 +108,7 @@ def status(
 
 
 def _faults(inventory: Path):  # noqa: ANN202
-    from nornir_k8sha.lab.faults import Faults  # lazily, like _lab
+    from nornir_k8sha.lab.faults import Faults  # lazy: the lab, like _lab
 
 
     return Faults(_run(lambda: _lab(inventory)))
