@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from nornir_k8sha import constants as C
+from nornir_k8sha.constants import SECRET_FILE_MODE
 
 #: Directories made on the way to a private file.
 PRIVATE_DIR_MODE = 0o700
@@ -22,9 +22,9 @@ def write_private(path: Path, data: str | bytes, *, exclusive: bool = False) -> 
     raw = data.encode() if isinstance(data, str) else data
     path.parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, C.SECRET_FILE_MODE)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, SECRET_FILE_MODE)
     try:
-        os.fchmod(fd, C.SECRET_FILE_MODE)  # a stale temp file keeps its old mode otherwise
+        os.fchmod(fd, SECRET_FILE_MODE)  # a stale temp file keeps its old mode otherwise
         os.write(fd, raw)
     finally:
         os.close(fd)
