@@ -91,11 +91,12 @@ def configure_registry(
 def _harbor(task: Task, spec: ClusterSpec, state_dir: Path) -> Result:
     if H.connect(task).get(C.HARBOR_INSTALLER) is None:
         version = spec.settings.registry.harbor_version
-        return Result(host=task.host, failed=True, result=(
+        # raised, not returned: whatever the phase does next on this host must not run
+        raise DeployError(
             f"Harbor's offline installer is not on {task.host.name}: unpack "
             f"harbor-offline-installer-v{version}.tgz (github.com/goharbor/harbor/releases) "
             f"into {C.HARBOR_DIR} so that {C.HARBOR_INSTALLER} exists, then deploy again; or "
-            "set registry.engine: distribution in defaults.yaml for the plain registry"))
+            "set registry.engine: distribution in defaults.yaml for the plain registry")
     me = spec.host(task.host.name)
     passwords = harbor_secrets(state_dir, save=not task.is_dry_run())
     changed = upload_pki(task, spec, state_dir, under=C.REGISTRY_PKI_DIR)
