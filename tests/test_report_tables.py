@@ -6,8 +6,10 @@ from __future__ import annotations
 import io
 import re
 
+import pytest
 from rich.console import Console
 
+from nornir_k8sha import console
 from nornir_k8sha.checks import all_checks, show_checks
 from nornir_k8sha.phases import default_stages
 from nornir_k8sha.report import HostOutcome, RunReport, print_summary
@@ -72,8 +74,8 @@ def check_report() -> RunReport:
 
 def test_deploy_summary_and_problems_keep_names_whole_at_80_columns() -> None:
     report = deploy_report()
-    console, out = piped()
-    print_summary(report, console)
+    shown, out = piped()
+    print_summary(report, shown)
     text = out.getvalue()
     titles = [p.title for p in report.phases]
     hosts = [h for p in report.phases for h, o in p.hosts.items()
@@ -85,16 +87,25 @@ def test_deploy_summary_and_problems_keep_names_whole_at_80_columns() -> None:
 
 def test_check_table_keeps_names_whole_at_80_columns() -> None:
     report = check_report()
-    console, out = piped()
-    show_checks(report, console)
+    shown, out = piped()
+    show_checks(report, shown)
     text = out.getvalue()
     assert_readable(text, [*(p.title for p in report.phases), *TARGETS])
     assert "Connection" in text
 
 
 def test_wide_terminals_keep_one_line_per_name() -> None:
-    console, out = piped(width=200)
-    show_checks(check_report(), console)
+    shown, out = piped(width=200)
+    show_checks(check_report(), shown)
     text = out.getvalue()
     for title in (t for _, t, _ in all_checks()):
         assert any(title in line for line in text.splitlines()), title
+
+
+def test_the_cli_console_in_a_pipe_with_columns_80(monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """What `COLUMNS=80 nornir-k8sha check | cat` prints goes through console.out()."""
+    monkeypatch.setenv("COLUMNS", str(WIDTH))
+    report = check_report()
+    show_checks(report, console.out())
+    assert_readable(capsys.readouterr().out, [*(p.title for p in report.phases), *TARGETS])
