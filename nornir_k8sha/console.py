@@ -3,6 +3,7 @@ sys.stdout at import) so Typer's test runner captures them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
@@ -10,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from nornir_k8sha import constants as C
-from nornir_k8sha.topology import Analysis, etcd_quorum, etcd_tolerance
+from nornir_k8sha.topology import Analysis, Finding, etcd_quorum, etcd_tolerance
 
 #: Names listed per table cell; a large inventory's full lists are in `validate --json`.
 MAX_NAMES = 8
@@ -38,26 +39,23 @@ def warn(message: str) -> None:
     err().print(f"[yellow]warning:[/] {escape(message)}")
 
 
-def invalid_document(inventory: str, message: str) -> dict[str, Any]:
-    """`validate --json` when the inventory cannot even be read: same keys as a full report."""
+def findings_document(inventory: str, errors: Sequence[Finding],
+                      warnings: Sequence[Finding] = ()) -> dict[str, Any]:
+    """The JSON every command prints on stdout for an invalid inventory or option (exit 2);
+    `validate --json` adds the topology to the same keys."""
     return {
         "inventory": inventory,
-        "valid": False,
-        "errors": [{"severity": "error", "rule": "inventory", "message": message, "where": "",
-                    "host": None, "field": None}],
-        "warnings": [],
+        "valid": not errors,
+        "errors": [f.as_dict() for f in errors],
+        "warnings": [f.as_dict() for f in warnings],
     }
 
 
 def analysis_document(analysis: Analysis) -> dict[str, Any]:
     """`validate --json`: the same content as the tables, as one document."""
     spec = analysis.spec
-    doc: dict[str, Any] = {
-        "inventory": str(analysis.raw.directory) if analysis.raw else "",
-        "valid": not analysis.errors,
-        "errors": [f.as_dict() for f in analysis.errors],
-        "warnings": [f.as_dict() for f in analysis.warnings],
-    }
+    inventory = str(analysis.raw.directory) if analysis.raw else ""
+    doc = findings_document(inventory, analysis.errors, analysis.warnings)
     if spec is not None:
         etcd = spec.count(C.ROLE_ETCD)
         doc.update(

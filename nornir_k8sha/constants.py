@@ -26,6 +26,13 @@ LINUX_ROLES: tuple[str, ...] = tuple(r for r in ROLES if r != ROLE_SWITCHES)
 #: Roles that become Kubernetes nodes.
 KUBERNETES_ROLES: tuple[str, ...] = (ROLE_MASTERS, ROLE_WORKERS)
 
+# --- exit codes of every command ---------------------------------------------------------------
+EXIT_OK = 0
+#: A host failed, a check failed, or warnings under --strict.
+EXIT_FAILED = 1
+#: Invalid input (inventory, option): nothing was touched.
+EXIT_INVALID = 2
+
 # --- ports -------------------------------------------------------------------------------------
 APISERVER_PORT = 6443
 ETCD_CLIENT_PORT = 2379
@@ -58,7 +65,10 @@ CONTAINERD_CERTS_DIR = "/etc/containerd/certs.d"
 CONTAINERD_CONFIG = "/etc/containerd/config.toml"
 REGISTRY_CONFIG = "/etc/docker/registry/config.yml"
 REGISTRY_PKI_DIR = "/etc/docker/registry/pki"
-HARBOR_YML = "/opt/harbor/harbor.yml"
+#: Where Harbor's offline installer is unpacked (harbor-offline-installer-v<version>.tgz).
+HARBOR_DIR = "/opt/harbor"
+HARBOR_YML = f"{HARBOR_DIR}/harbor.yml"
+HARBOR_INSTALLER = f"{HARBOR_DIR}/install.sh"
 FRR_CONF = "/etc/frr/frr.conf"
 FRR_DAEMONS = "/etc/frr/daemons"
 KUBERNETES_SYSCTL = "/etc/sysctl.d/99-kubernetes.conf"
@@ -101,8 +111,6 @@ SWITCH_BGP_CONFIG = "k8sha-bgp.cfg"
 PLACEHOLDER_TOKEN = "${TOKEN}"
 PLACEHOLDER_CA_CERT_HASH = "${CA_CERT_HASH}"
 PLACEHOLDER_CERTIFICATE_KEY = "${CERTIFICATE_KEY}"
-PLACEHOLDER_HARBOR_ADMIN_PASSWORD = "${HARBOR_ADMIN_PASSWORD}"
-PLACEHOLDER_HARBOR_DB_PASSWORD = "${HARBOR_DB_PASSWORD}"
 #: etcd's plain-HTTP metrics listener, on 127.0.0.1 of each member.
 ETCD_METRICS_PORT = 2381
 
@@ -118,6 +126,10 @@ STATE_ADMIN_KUBECONFIG = "admin.conf"
 #: Sub-folders of the state dir: the cluster PKI, saved reports, `render`'s default output.
 STATE_PKI_DIR = "pki"
 STATE_REPORTS_DIR = "reports"
+#: Secrets generated once per cluster (Harbor's passwords), 0600 in `<state dir>/secrets/`.
+STATE_SECRETS_DIR = "secrets"
+#: Files in the state dir that hold a secret are created with this mode (never chmod-ed later).
+SECRET_FILE_MODE = 0o600
 STATE_RENDERED_DIR = "rendered"
 
 #: The registry probe image `deploy` publishes and `check` pulls on every node (ociimage.py).

@@ -5,8 +5,11 @@ directory for review; the deploy tasks upload exactly the same `RenderedFile`s, 
 on-host path, mode, the program that validates it and the service it feeds. Nothing here
 touches a host or the network.
 
-Run-time secrets (bootstrap token, CA hash, certificate key, Harbor passwords) are never
-rendered: files carry `constants.PLACEHOLDER_*` markers that the deploy fills on the host.
+Run-time secrets (bootstrap token, CA hash, certificate key) are never rendered: files carry
+`constants.PLACEHOLDER_*` markers that the deploy fills on the host. Harbor's passwords come from
+the state dir: the deploy passes them as `secrets` (`files_for_component(..., secrets=...)`); a
+plain render shows `UNRENDERED_SECRET` instead. A file that holds a password, token or key is
+`secret`: the deploy shows only that it changed, never its diff.
 
 API:
     files_for_host(spec, host)                 -> list[RenderedFile]
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -49,6 +52,10 @@ ROLE_COMPONENTS: dict[str, tuple[str, ...]] = {
 }
 #: The banner every rendered file starts with (in the file's own comment syntax).
 MANAGED = "Managed by nornir-k8sha: local edits are overwritten by the next deploy."
+#: What a plain render shows where the deploy puts a secret from the state dir.
+UNRENDERED_SECRET = "<secret: the deploy fills it in from the state dir>"
+#: The secrets a template may be given (`files_for_component(..., secrets=...)`).
+SECRET_NAMES: tuple[str, ...] = ("harbor_admin_password", "harbor_db_password")
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,8 @@ class RenderedFile:
     mode: int = 0o644
     validate_cmd: str | None = None
     service: str | None = None
+    #: Holds a password, token or key: no diff of it in any output, only that it changed.
+    secret: bool = False
 
     def validate_command(self, path: str | None = None) -> str | None:
         """The validator command line for `path` (default: the file's own path)."""
@@ -89,12 +98,20 @@ class FileRule:
     validate_cmd: str | None = None
     service: str | None = None
     when: Pred = field(default=_always)
+    secret: bool | Pred = False
 
     def path_for(self, spec: ClusterSpec, host: HostSpec) -> str:
         return self.path if isinstance(self.path, str) else self.path(spec, host)
 
+    def is_secret(self, spec: ClusterSpec, host: HostSpec) -> bool:
+        return self.secret if isinstance(self.secret, bool) else self.secret(spec, host)
+
 
 # --- facts the templates need, derived once per spec ------------------------------------------
+
+
+def _has_vrrp_auth(spec: ClusterSpec, host: HostSpec) -> bool:
+    return bool(spec.settings.vrrp.auth_pass)
 
 
 def _switch_template(spec: ClusterSpec, host: HostSpec) -> str:
@@ -109,8 +126,10 @@ FILE_RULES: tuple[FileRule, ...] = (
     FileRule("haproxy", "haproxy/haproxy.cfg.j2", C.HAPROXY_CFG,
              validate_cmd="haproxy -c -f {path}", service="haproxy"),
     FileRule("keepalived", "keepalived/keepalived.conf.j2", C.KEEPALIVED_CONF, mode=0o640,
-             validate_cmd="keepalived -t -f {path}", service="keepalived"),
-    FileRule("frr", "frr/daemons.j2", C.FRR_DAEMONS, service="frr", when=ClusterSpec.announces_vip),
+             validate_cmd="keepalived -t -f {path}", service="keepalived",
+             secret=_has_vrrp_auth),
+    FileRule("frr", "frr/daemons.j2", C.FRR_DAEMONS, service="frr",
+             when=ClusterSpec.announces_vip),
     FileRule("frr", "frr/frr.conf.j2", C.FRR_CONF, validate_cmd="vtysh -C -f {path}",
              service="frr", when=ClusterSpec.announces_vip),
     FileRule("etcd", "etcd/etcd.conf.yml.j2", C.ETCD_CONF, service="etcd"),
@@ -122,14 +141,14 @@ FILE_RULES: tuple[FileRule, ...] = (
     FileRule("kubeadm", "kubeadm/init.yaml.j2", C.KUBEADM_CONFIG, mode=0o600,
              when=ClusterSpec.is_first_master),
     FileRule("kubeadm", "kubeadm/join-control-plane.yaml.j2", C.KUBEADM_JOIN_CONTROL_PLANE,
-             mode=0o600, when=ClusterSpec.joins_as_control_plane),
+             mode=0o600, when=ClusterSpec.joins_as_control_plane, secret=True),
     FileRule("kubeadm", "kubeadm/join-worker.yaml.j2", C.KUBEADM_JOIN_WORKER, mode=0o600,
-             when=ClusterSpec.joins_as_worker),
+             when=ClusterSpec.joins_as_worker, secret=True),
     FileRule("registry", "registry/config.yml.j2", C.REGISTRY_CONFIG, mode=0o644,
              service="docker-registry"),
     FileRule("registry", "registry/docker-registry.conf.j2", C.REGISTRY_DROPIN,
              service="docker-registry"),
-    FileRule("harbor", "harbor/harbor.yml.j2", C.HARBOR_YML, mode=0o600),
+    FileRule("harbor", "harbor/harbor.yml.j2", C.HARBOR_YML, mode=0o600, secret=True),
     # The template is chosen by the switch platform: switch/<platform>.j2.
     FileRule("switch", "switch/<platform>.j2", C.SWITCH_BGP_CONFIG),
 )
@@ -215,6 +234,7 @@ def _cluster_context(spec: ClusterSpec) -> dict[str, Any]:
         "registry_host": spec.registry_host,
         "registry_ca": spec.registry_ca_on_node,
         "vrrp_priorities": spec.vrrp_priorities,
+        **dict.fromkeys(SECRET_NAMES, UNRENDERED_SECRET),
     }
     if len(_CLUSTER_CTX) >= _CLUSTER_CTX_MAX:
         _CLUSTER_CTX.clear()
@@ -262,19 +282,25 @@ def _render(spec: ClusterSpec, host: HostSpec, rules: Iterable[FileRule],
             mode=rule.mode,
             validate_cmd=rule.validate_cmd,
             service=rule.service,
+            secret=rule.is_secret(spec, host),
         ))
     return out
 
 
-def files_for_component(spec: ClusterSpec, host: HostSpec | str,
-                        component: str) -> list[RenderedFile]:
-    """This host's files of one component; [] when the host does not run it."""
+def files_for_component(spec: ClusterSpec, host: HostSpec | str, component: str, *,
+                        secrets: Mapping[str, str] | None = None) -> list[RenderedFile]:
+    """This host's files of one component; [] when the host does not run it. `secrets`
+    (names in SECRET_NAMES) replace UNRENDERED_SECRET in its templates."""
     if component not in _RULES_BY_COMPONENT:
         raise ValueError(f"unknown component {component!r} (one of {', '.join(COMPONENTS)})")
+    unknown = set(secrets or ()) - set(SECRET_NAMES)
+    if unknown:
+        raise ValueError(f"unknown secret(s) {', '.join(sorted(unknown))}")
     me = _resolve(spec, host)
     if component not in components_for_host(me):
         return []
-    return _render(spec, me, _RULES_BY_COMPONENT[component])
+    ctx = {**_host_context(spec, me), **secrets} if secrets else None
+    return _render(spec, me, _RULES_BY_COMPONENT[component], ctx)
 
 
 def files_for_host(spec: ClusterSpec, host: HostSpec | str) -> list[RenderedFile]:
@@ -329,6 +355,8 @@ __all__ = [
     "COMPONENTS",
     "FILE_RULES",
     "ROLE_COMPONENTS",
+    "SECRET_NAMES",
+    "UNRENDERED_SECRET",
     "RenderedFile",
     "components_for_host",
     "files_for_component",

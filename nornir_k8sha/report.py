@@ -10,21 +10,23 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from nornir.core.task import AggregatedResult, MultiResult
+from rich.cells import cell_len
 from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
+
+from nornir_k8sha import constants as C
+from nornir_k8sha.statefiles import write_private
 
 Status = Literal["ok", "changed", "failed", "skipped", "pending", "running"]
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_INVALID = 2
 
 _STYLE = {
     "ok": "green",
@@ -145,7 +147,7 @@ class RunReport:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_FAILED if self.failed_hosts else EXIT_OK
+        return C.EXIT_FAILED if self.failed_hosts else C.EXIT_OK
 
     def counts(self) -> dict[str, int]:
         out = {"ok": 0, "changed": 0, "failed": 0, "skipped": 0}
@@ -171,8 +173,9 @@ class RunReport:
         }
 
     def write_json(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.as_dict(), indent=2) + "\n")
+        """The JSON report at `path`, 0600 from its creation (it is an inventory of the
+        cluster); an existing file is truncated and brought back to 0600."""
+        write_private(path, json.dumps(self.as_dict(), indent=2) + "\n")
 
 
 def outcomes_from_nornir(
@@ -229,64 +232,100 @@ def _first_lines(text: str, n: int = 6) -> str:
 # --- rendering ---------------------------------------------------------------------------------
 
 
-def progress_table(report: RunReport) -> Table:
-    """Phase × host grid, refreshed live while a deploy runs."""
-    hosts: list[str] = []
-    for p in report.phases:
-        hosts.extend(h for h in p.hosts if h not in hosts)
-    table = Table(title=f"{report.command} {report.cluster}" + (" (dry run)" if report.dry_run
-                                                                  else ""))
-    table.add_column("phase")
-    table.add_column("status")
-    table.add_column("hosts")
-    for p in report.phases:
-        cells = " ".join(
-            f"[{_STYLE[o.status]}]{h}[/]" for h, o in p.hosts.items()
-        )
-        table.add_row(p.title, f"[{_STYLE[p.status]}]{p.status}[/]",
-                      cells or f"[dim]{escape(p.skipped_reason)}[/]")
+#: Width assumed when no console is given (a pipe without COLUMNS gets 80 from rich too).
+DEFAULT_WIDTH = 80
+#: The detail column keeps at least this many characters: multi-word names give way first.
+MIN_DETAIL_WIDTH = 20
+
+
+def fitted_table(title: str, names: Sequence[str], detail: str,
+                 rows: Iterable[Sequence[str]], width: int = DEFAULT_WIDTH) -> Table:
+    """A table that a person can read at `width` columns: the name columns (a phase, a check, a
+    host, a status) never break inside a word — each keeps its full width when it fits, else
+    wraps at spaces, never narrower than its longest word — and the last column, the detail,
+    takes the rest and folds. (Left to rich, every column shrinks and names break mid-word.)"""
+    rows = [list(r) for r in rows]
+    plain = [[Text.from_markup(cell).plain for cell in row[:len(names)]] for row in rows]
+    full = [max([cell_len(n), *(cell_len(r[i]) for r in plain)]) for i, n in enumerate(names)]
+    word = [max(cell_len(w) for text in (n, *(r[i] for r in plain)) for w in text.split() or [""])
+            for i, n in enumerate(names)]
+    widths = list(full)
+    borders = 3 * (len(names) + 1) + 1  # a rule and two spaces of padding per column
+    budget = width - borders - MIN_DETAIL_WIDTH
+    while sum(widths) > budget:
+        shrinkable = [i for i, w in enumerate(widths) if w > word[i]]
+        if not shrinkable:
+            break
+        widths[max(shrinkable, key=lambda i: widths[i])] -= 1
+    table = Table(title=title)
+    for name, fitted, natural in zip(names, widths, full, strict=True):
+        if fitted == natural:
+            table.add_column(name, no_wrap=True)
+        else:
+            table.add_column(name, width=fitted, overflow="fold")  # wraps at spaces only
+    table.add_column(detail, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
     return table
 
 
-def summary_table(report: RunReport) -> Table:
+def progress_table(report: RunReport, width: int = DEFAULT_WIDTH) -> Table:
+    """Phase × host grid, refreshed live while a deploy runs."""
+    rows = []
+    for p in report.phases:
+        cells = " ".join(f"[{_STYLE[o.status]}]{escape(h)}[/]" for h, o in p.hosts.items())
+        rows.append((escape(p.title), f"[{_STYLE[p.status]}]{p.status}[/]",
+                     cells or f"[dim]{escape(p.skipped_reason)}[/]"))
+    title = f"{report.command} {report.cluster}" + (" (dry run)" if report.dry_run else "")
+    return fitted_table(title, ("phase", "status"), "hosts", rows, width)
+
+
+def summary_table(report: RunReport, width: int = DEFAULT_WIDTH) -> Table:
     """Final table: one row per phase with its host counts and time; problems named."""
-    table = Table(title=f"{report.command} {report.cluster}: summary"
-                  + (" (dry run: nothing written)" if report.dry_run else ""))
-    for col in ("phase", "ok", "changed", "failed", "skipped", "time", "detail"):
-        table.add_column(col, overflow="fold")
+    rows = []
     for p in report.phases:
         counts = {s: sum(1 for o in p.hosts.values() if o.status == s)
                   for s in ("ok", "changed", "failed", "skipped")}
         changed = [h for h, o in p.hosts.items() if o.status == "changed"]
         detail = p.skipped_reason or (f"changed: {', '.join(changed)}" if changed else "")
-        table.add_row(
+        rows.append((
             escape(p.title), str(counts["ok"]),
             f"[yellow]{counts['changed']}[/]" if counts["changed"] else "0",
             f"[bold red]{counts['failed']}[/]" if counts["failed"] else "0",
             str(counts["skipped"]), f"{p.duration:.1f}s", escape(detail),
-        )
-    return table
+        ))
+    title = (f"{report.command} {report.cluster}: summary"
+             + (" (dry run: nothing written)" if report.dry_run else ""))
+    return fitted_table(title, ("phase", "ok", "changed", "failed", "skipped", "time"),
+                        "detail", rows, width)
 
 
-def problems_table(report: RunReport) -> Table | None:
+def problems_table(report: RunReport, width: int = DEFAULT_WIDTH) -> Table | None:
     """Every failed host with its reason (and hosts skipped because of it)."""
-    rows = [(p, h, o) for p in report.phases for h, o in p.hosts.items()
+    rows = [(escape(p.title), escape(h), f"[{_STYLE[o.status]}]{o.status}[/]", escape(o.message))
+            for p in report.phases for h, o in p.hosts.items()
             if o.status == "failed" or (o.status == "skipped" and not p.skipped_reason)]
     if not rows:
         return None
-    table = Table(title="what went wrong")
-    for col in ("phase", "host", "status", "reason"):
-        table.add_column(col, overflow="fold")
-    for p, h, o in rows:
-        table.add_row(escape(p.title), escape(h), f"[{_STYLE[o.status]}]{o.status}[/]",
-                      escape(o.message))
-    return table
+    return fitted_table("what went wrong", ("phase", "host", "status"), "reason", rows, width)
+
+
+def checks_table(report: RunReport, width: int = DEFAULT_WIDTH) -> Table:
+    """`check`: one row per check and target, with its status and what was measured."""
+    rows = []
+    for phase in report.phases:
+        for o in phase.hosts.values():
+            colour = {"ok": "green", "failed": "bold red"}.get(o.status, "yellow")
+            rows.append((escape(phase.title), escape(o.host), f"[{colour}]{o.status}[/]",
+                         escape(o.message)))
+    return fitted_table(f"check {report.cluster}", ("check", "target", "status"), "detail", rows,
+                        width)
 
 
 def print_summary(report: RunReport, console: Console, *, table: bool = True) -> None:
     if table:
-        console.print(summary_table(report))
-        problems = problems_table(report)
+        console.print(summary_table(report, console.width))
+        problems = problems_table(report, console.width)
         if problems is not None:
             console.print(problems)
     for p in report.phases:
@@ -313,8 +352,10 @@ class LiveProgress:
     def __init__(self, report: RunReport, console: Console, enabled: bool) -> None:
         self.report = report
         self.enabled = enabled and console.is_terminal
-        self._live = Live(console=console, refresh_per_second=4, transient=True,
-                          get_renderable=lambda: progress_table(report)) if self.enabled else None
+        self._live = Live(
+            console=console, refresh_per_second=4, transient=True,
+            get_renderable=lambda: progress_table(report, console.width),
+        ) if self.enabled else None
 
     def __enter__(self) -> LiveProgress:
         if self._live:

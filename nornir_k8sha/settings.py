@@ -7,6 +7,7 @@ fields are errors (`extra="forbid"`), so a typo never silently falls back to a d
 from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -89,6 +90,9 @@ class KubernetesSettings(_Strict):
 class RegistrySettings(_Strict):
     """The Harbor registry every node trusts."""
 
+    engine: Literal["harbor", "distribution"] = Field(
+        "harbor", description="harbor: Harbor's offline installer, which must be unpacked in "
+        "/opt/harbor on the harbor host; distribution: Debian's docker-registry (the lab)")
     name: str = Field("harbor.k8sha.lab", description="DNS name of the registry")
     port: int = Field(C.REGISTRY_PORT, description="HTTPS port")
     harbor_version: str = Field("2.11.1", description="Harbor offline installer version")

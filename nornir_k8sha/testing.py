@@ -16,12 +16,15 @@ sysctl) for idempotence tests. No product module imports this one (a test keeps 
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shlex
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import httpx
 
 from nornir_k8sha.exceptions import CommandFailed
 from nornir_k8sha.transport import (
@@ -390,3 +393,42 @@ class SimulatedDebian:
                 self.sysctls[key.strip()] = value.strip()
                 out.append(f"{key.strip()} = {value.strip()}")
         return "\n".join(out) + "\n"
+
+
+# --- a registry's v2 API in memory -----------------------------------------------------------
+
+
+class FakeRegistry:
+    """The part of a Distribution registry's v2 API a push and a HEAD use, in memory, as an
+    `httpx.MockTransport` (`.transport`): blobs by digest, manifests by repository and tag.
+
+    `calls` records "METHOD path" of every request."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+        self.manifests: dict[str, bytes] = {}
+        self.calls: list[str] = []
+        self.transport = httpx.MockTransport(self._answer)
+
+    def _answer(self, request: httpx.Request) -> httpx.Response:
+        path, method = request.url.path, request.method
+        self.calls.append(f"{method} {path}")
+        if path == "/v2/":
+            return httpx.Response(200)
+        if "/manifests/" in path:
+            if method == "PUT":
+                self.manifests[path] = request.content
+                return httpx.Response(201)
+            if path not in self.manifests:
+                return httpx.Response(404)
+            digest = "sha256:" + hashlib.sha256(self.manifests[path]).hexdigest()
+            return httpx.Response(200, headers={"Docker-Content-Digest": digest})
+        if path.endswith("/blobs/uploads/") and method == "POST":
+            return httpx.Response(202, headers={"Location": "/v2/_uploads/1?state=x"})
+        if method == "PUT":
+            digest = request.url.params["digest"]
+            if "sha256:" + hashlib.sha256(request.content).hexdigest() != digest:
+                return httpx.Response(400, text="digest mismatch")
+            self.blobs[digest] = request.content
+            return httpx.Response(201)
+        return httpx.Response(200 if path.rsplit("/", 1)[-1] in self.blobs else 404)

@@ -11,7 +11,6 @@ import httpx
 import pytest
 from nornir.core.inventory import ConnectionOptions
 
-from nornir_k8sha import ociimage
 from nornir_k8sha.checkresult import CheckResult
 from nornir_k8sha.checks import CheckContext, bgp_sessions, run_checks
 from nornir_k8sha.checks.sweep import etcd_members, haproxy_backends, vip_and_ipvs
@@ -19,7 +18,7 @@ from nornir_k8sha.clients import parse_bgp_summary, parse_haproxy_csv
 from nornir_k8sha.inventory import open_nornir
 from nornir_k8sha.ociimage import probe_image
 from nornir_k8sha.tasks import apiserver, certificates, etcd, haproxy, harbor, keepalived
-from nornir_k8sha.testing import FakeFleet, install_fake
+from nornir_k8sha.testing import FakeFleet, FakeRegistry, install_fake
 from nornir_k8sha.topology import load_cluster_spec
 
 from .conftest import LAB_INVENTORY
@@ -332,41 +331,17 @@ def test_probe_image_is_deterministic_and_published_once(cx: CheckContext) -> No
     a, b = probe_image("lab", "amd64"), probe_image("lab", "amd64")
     assert a == b and a.digest.startswith("sha256:")
     assert probe_image("other", "amd64").digest != a.digest
-    manifests: dict[str, bytes] = {}
-    blobs: dict[str, bytes] = {}
-    calls: list[str] = []
-
-    def registry(request: httpx.Request) -> httpx.Response:
-        calls.append(f"{request.method} {request.url.path}")
-        path = request.url.path
-        if path == "/v2/":
-            return httpx.Response(200)
-        if "/manifests/" in path:
-            if request.method == "PUT":
-                manifests[path] = request.content
-                return httpx.Response(201)
-            if path in manifests:
-                return httpx.Response(200, headers={"Docker-Content-Digest":
-                                                    ociimage.digest(manifests[path])})
-            return httpx.Response(404)
-        if path.endswith("/blobs/uploads/"):
-            return httpx.Response(202, headers={"Location": "/v2/upload/1?state=x"})
-        if request.method == "PUT":
-            d = request.url.params["digest"]
-            assert ociimage.digest(request.content) == d
-            blobs[d] = request.content
-            return httpx.Response(201)
-        return httpx.Response(200 if path.rsplit("/", 1)[-1] in blobs else 404)
-
-    t = httpx.MockTransport(registry)
+    registry = FakeRegistry()
+    t = registry.transport
     nr = cx.nr.filter(name="harbor1")
     first = nr.run(task=harbor.publish_probe_image, spec=cx.spec, state_dir=cx.state_dir,
                    transport=t)["harbor1"][0]
-    assert first.changed and len(blobs) == 2 and len(manifests) == 1
-    calls.clear()
+    assert first.changed and len(registry.blobs) == 2 and len(registry.manifests) == 1
+    registry.calls.clear()
     again = nr.run(task=harbor.publish_probe_image, spec=cx.spec, state_dir=cx.state_dir,
                    transport=t)["harbor1"][0]
-    assert not again.changed and not any(c.startswith(("PUT", "POST")) for c in calls)
+    assert not again.changed
+    assert not any(c.startswith(("PUT", "POST")) for c in registry.calls)
 
 
 def test_certificate_check_fails_within_the_renewal_window(cx: CheckContext) -> None:

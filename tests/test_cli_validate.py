@@ -141,3 +141,48 @@ def test_real_entry_point_on_the_lab() -> None:
     for title in TABLE_TITLES:
         assert title in proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+#: Every command that reads an inventory, with the arguments it needs besides `-i DIR --json`.
+INVENTORY_COMMANDS = (["validate"], ["render", "-o", "{tmp}/out"], ["pki", "--state-dir",
+                      "{tmp}/state"], ["deploy", "--dry-run"], ["check"], ["reset", "--yes"])
+INVALID_KEYS = {"inventory", "valid", "errors", "warnings"}
+FINDING_KEYS = {"severity", "rule", "message", "where", "host", "field"}
+
+
+def test_every_command_prints_one_invalid_shape(make_inventory: InventoryFactory,
+                                                tmp_path: Path) -> None:
+    """Broken rules and unreadable YAML: exit 2, the same JSON keys from every command, the
+    findings as objects, and nothing written."""
+    broken = make_inventory(lambda h, g, d: h.pop("etcd3"))
+    unreadable = tmp_path / "unreadable"
+    unreadable.mkdir()
+    for name in ("hosts.yaml", "groups.yaml", "defaults.yaml"):
+        (unreadable / name).write_text((broken / name).read_text())
+    (unreadable / "hosts.yaml").write_text("lvs1: {\n")
+    for inv, rule in ((broken, None), (unreadable, "inventory")):
+        for command in INVENTORY_COMMANDS:
+            args = [a.format(tmp=tmp_path) for a in command]
+            result = runner.invoke(app, [*args, "-i", str(inv), "--json"])
+            assert result.exit_code == 2, (command, result.output)
+            doc = json.loads(result.stdout)
+            assert INVALID_KEYS <= set(doc), command
+            assert doc["valid"] is False and doc["inventory"] == str(inv), command
+            assert doc["errors"] and all(set(e) == FINDING_KEYS for e in doc["errors"]), command
+            if rule:
+                assert doc["errors"][0]["rule"] == rule, command
+            if rule or command != ["validate"]:  # validate's findings are its output
+                assert result.stderr.startswith("error:"), command
+    assert not (tmp_path / "out").exists() and not (tmp_path / "state").exists()
+
+
+def test_an_unknown_host_or_phase_is_invalid_input_in_the_same_shape(tmp_path: Path) -> None:
+    for args, option in ((["render", "-o", str(tmp_path / "out"), "--host", "nosuch"], "--host"),
+                         (["deploy", "--phase", "nosuch"], "--phase"),
+                         (["deploy", "--limit", "nosuch"], "--limit")):
+        result = runner.invoke(app, [*args, "-i", str(LAB_INVENTORY), "--json"])
+        assert result.exit_code == 2, result.output
+        doc = json.loads(result.stdout)
+        assert doc["valid"] is False and doc["errors"][0]["field"] == option
+        assert "nosuch" in doc["errors"][0]["message"] and "nosuch" in result.stderr
+    assert not (tmp_path / "out").exists()

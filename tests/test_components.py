@@ -13,14 +13,13 @@ import yaml
 from nornir_k8sha import constants as C
 from nornir_k8sha.deploy import DeployContext, run_stages
 from nornir_k8sha.inventory import open_nornir
-from nornir_k8sha.ociimage import probe_image
 from nornir_k8sha.phases.lb import LoadBalancers
 from nornir_k8sha.phases.registry import Registry
 from nornir_k8sha.pki import ClusterPKI
 from nornir_k8sha.report import RunReport
 from nornir_k8sha.tasks import kubeadm as K
 from nornir_k8sha.tasks import switch
-from nornir_k8sha.testing import FakeFleet, FakeUnit, install_fake
+from nornir_k8sha.testing import FakeFleet, FakeRegistry, FakeUnit, install_fake
 from nornir_k8sha.topology import load_cluster_spec
 
 from .conftest import LAB_INVENTORY
@@ -37,16 +36,13 @@ def deploy(inventory: Path, fleet: FakeFleet, phases: list, state_dir: Path,
     return run_stages(ctx, [phases])
 
 
+#: The registry's v2 API for the registry phase's probe-image push (one for the module, so a
+#: second deploy finds what the first pushed).
+REGISTRY = FakeRegistry()
+
+
 def registry_v2() -> httpx.MockTransport:
-    """A registry's v2 API that already holds whatever is asked for (the probe image)."""
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        if "/manifests/" in request.url.path and request.method == "HEAD":
-            image = probe_image(load_cluster_spec(LAB_INVENTORY).name)
-            return httpx.Response(200, headers={"Docker-Content-Digest": image.digest})
-        return httpx.Response(200)
-
-    return httpx.MockTransport(answer)
+    return REGISTRY.transport
 
 
 #: The units the lab's hosts have (installed but stopped, as the lab rootfs ships them).
@@ -293,16 +289,14 @@ def test_reset_cli_needs_yes_and_resets_workers_then_masters(fleet: FakeFleet,
         fleet.host(name).write(C.KUBELET_KUBECONFIG, "kubeconfig")
         fleet.host(name).on(r"^kubeadm reset -f", lambda h, *_: order.append(h.name) or "")
 
-    import nornir_k8sha.inventory as inventory
-
-    real_open = inventory.open_nornir
+    from nornir_k8sha.cli import deploy as cli_deploy
 
     def opener(directory: Path, **kw: object) -> object:
-        nr = real_open(directory, **kw)
+        nr = open_nornir(directory, **kw)
         install_fake(nr, fleet)
         return nr
 
-    monkeypatch.setattr(inventory, "open_nornir", opener)
+    monkeypatch.setattr(cli_deploy, "open_nornir", opener)
     monkeypatch.chdir(tmp_path)
     done = runner.invoke(app, ["reset", "-i", str(LAB_INVENTORY), "--yes", "--json"])
     assert done.exit_code == 0, done.output

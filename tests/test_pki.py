@@ -409,7 +409,8 @@ def test_cli_invalid_inventory_exits_2_and_writes_nothing(
                                       "--json"])
     assert result.exit_code == 2
     doc = json.loads(result.stdout)
-    assert doc["ok"] is False and doc["errors"]
+    assert doc["valid"] is False and doc["inventory"] == str(inv)
+    assert doc["errors"] and all(e["severity"] == "error" for e in doc["errors"])
     assert not state.exists()
     plain = CliRunner().invoke(app, ["pki", "-i", str(inv), "--state-dir", str(state)])
     assert plain.exit_code == 2 and "etcd" in plain.stderr

@@ -24,6 +24,7 @@ from nornir_k8sha import constants as C
 from nornir_k8sha.pki import ClusterPKI, bundle_for_host
 from nornir_k8sha.render import (
     COMPONENTS,
+    UNRENDERED_SECRET,
     RenderedFile,
     files_for_component,
     files_for_host,
@@ -660,8 +661,8 @@ def test_no_secret_is_rendered(rendered: tuple) -> None:
             assert not token.search(f.content), f"{host}:{f.path}"
             assert "BEGIN" not in f.content and "PRIVATE KEY" not in f.content
     harbor = yaml.safe_load(_one(spec, spec.role(C.ROLE_HARBOR)[0].name, C.HARBOR_YML).content)
-    assert harbor["harbor_admin_password"] == C.PLACEHOLDER_HARBOR_ADMIN_PASSWORD
-    assert harbor["database"]["password"] == C.PLACEHOLDER_HARBOR_DB_PASSWORD
+    assert harbor["harbor_admin_password"] == UNRENDERED_SECRET
+    assert harbor["database"]["password"] == UNRENDERED_SECRET
 
 
 # --- containerd, registry, Harbor -------------------------------------------------------------

@@ -17,14 +17,12 @@ from typing import Any
 import httpx
 from nornir.core import Nornir
 from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from nornir_k8sha import constants as C
 from nornir_k8sha.checkresult import CheckResult, skipped
 from nornir_k8sha.checks.summary import summarise
 from nornir_k8sha.clients import error_text
-from nornir_k8sha.report import HostOutcome, RunReport
+from nornir_k8sha.report import HostOutcome, RunReport, checks_table
 from nornir_k8sha.tasks import apiserver, certificates, etcd, frr, haproxy, harbor, keepalived
 from nornir_k8sha.topology import ClusterSpec, HostSpec
 
@@ -184,12 +182,5 @@ def _guarded(fn: Row, cx: CheckContext) -> list[CheckResult]:
 
 
 def show_checks(report: RunReport, console: Console) -> None:
-    table = Table(title=f"check {report.cluster}")
-    for col in ("check", "target", "status", "detail"):
-        table.add_column(col, overflow="fold")
-    for phase in report.phases:
-        for o in phase.hosts.values():
-            colour = {"ok": "green", "failed": "bold red"}.get(o.status, "yellow")
-            table.add_row(escape(phase.title), escape(o.host), f"[{colour}]{o.status}[/]",
-                          escape(o.message))
-    console.print(table)
+    """The check table (`report.checks_table`) on `console`, at its width."""
+    console.print(checks_table(report, console.width))

@@ -21,4 +21,4 @@ class Registry(NornirPhase):
         published = harbor.publish_probe_image(task, ctx.spec, ctx.state_dir,
                                                transport=ctx.http)
         return Result(host=task.host, changed=configured.changed or published.changed,
-                      result=f"{configured.result}; {published.result}")
+                      diff=configured.diff, result=f"{configured.result}; {published.result}")

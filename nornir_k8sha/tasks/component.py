@@ -39,7 +39,9 @@ def apply_component(
     touched: dict[str, bool] = {}
     backups: dict[str, list[str]] = {}
     for f in files_for_component(spec, me, component):
-        r = H.file(task, path=f.path, content=f.content, mode=f.mode, validate=f.validate_cmd)
+        # a secret file shows only that it changed (None: hidden when the mode is private)
+        r = H.file(task, path=f.path, content=f.content, mode=f.mode, validate=f.validate_cmd,
+                   secret=f.secret or None)
         if r.changed:
             changed_files.append(f.path)
             if f.service:

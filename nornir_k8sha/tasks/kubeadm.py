@@ -33,6 +33,7 @@ from nornir_k8sha import constants as C
 from nornir_k8sha.clients import api_client, node_readiness
 from nornir_k8sha.exceptions import NodesNotReady
 from nornir_k8sha.render import files_for_component
+from nornir_k8sha.statefiles import write_private
 from nornir_k8sha.tasks import host as H
 from nornir_k8sha.tasks.component import upload_pki
 from nornir_k8sha.topology import ClusterSpec
@@ -127,7 +128,7 @@ def prepare_node(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None) 
 
     config_changed = False
     for f in files_for_component(spec, spec.host(task.host.name), "containerd"):
-        r = H.file(task, path=f.path, content=f.content, mode=f.mode)
+        r = H.file(task, path=f.path, content=f.content, mode=f.mode, secret=f.secret or None)
         step(r, f.path)
         config_changed |= bool(r.changed)
     step(H.service(task, name="containerd", restart_if_changed=config_changed), "containerd")
@@ -319,9 +320,7 @@ def fetch_admin_kubeconfig(
     target = state_dir / C.STATE_ADMIN_KUBECONFIG
     old = target.read_text() if target.exists() else None
     if old != text and not task.is_dry_run():
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        target.write_text(text)
-        target.chmod(0o600)
+        write_private(target, text)
     return Result(host=task.host, changed=False, result=str(target))
 
 

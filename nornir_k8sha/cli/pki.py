@@ -15,35 +15,12 @@ from rich.table import Table
 
 from nornir_k8sha import console
 from nornir_k8sha import constants as C
-from nornir_k8sha.exceptions import InventoryError, PKIError
+from nornir_k8sha.cli.common import InventoryOpt, JsonOpt, load_spec
+from nornir_k8sha.exceptions import PKIError
 from nornir_k8sha.pki import RENEW_BEFORE_DAYS, CertStatus, ClusterPKI
-from nornir_k8sha.topology import ClusterSpec, analyse
-
-EXIT_FAILED = 1
-EXIT_INVALID = 2
 
 _STYLE = {"created": "green", "reused": "dim", "regenerated": "yellow", "renewed": "cyan",
           "removed": "magenta"}
-
-
-def _load_spec(inventory: Path, as_json: bool) -> ClusterSpec:
-    """The validated spec, or exit 2 listing every error (stdout stays pure JSON with --json)."""
-    try:
-        analysis = analyse(inventory)
-    except InventoryError as exc:
-        errors: list[object] = [str(exc)]
-        messages = [str(exc)]
-    else:
-        if analysis.spec is not None and not analysis.errors:
-            return analysis.spec
-        errors = [f.as_dict() for f in analysis.errors]
-        messages = [str(f) for f in analysis.errors]
-    if as_json:
-        print(json.dumps({"ok": False, "valid": False, "errors": errors}))
-    for message in messages:
-        console.error(message)
-    console.error("invalid inventory: no certificate was written")
-    raise typer.Exit(EXIT_INVALID)
 
 
 def _expires(status: CertStatus) -> str:
@@ -76,14 +53,14 @@ def _show(statuses: list[CertStatus], state_dir: Path, elapsed: float) -> None:
 
 
 def pki(
-    inventory: Path = typer.Option(C.DEFAULT_INVENTORY, "--inventory", "-i",
-                                   help="inventory directory"),
+    inventory: Path = InventoryOpt,
     state_dir: Path = typer.Option(None, "--state-dir",
                                    help="cluster state dir (default .k8sha/<cluster>/)"),
-    as_json: bool = typer.Option(False, "--json", help="one JSON document on stdout"),
+    as_json: bool = JsonOpt,
 ) -> None:
     """Create or refresh the cluster's CAs and certificates (idempotent; nothing leaves here)."""
-    spec = _load_spec(inventory, as_json)
+    spec = load_spec(inventory, as_json=as_json,
+                     consequence="invalid inventory: no certificate was written")
     directory = state_dir if state_dir is not None else spec.state_dir
     start = time.perf_counter()
     try:
@@ -92,7 +69,7 @@ def pki(
         if as_json:
             print(json.dumps({"ok": False, "valid": True, "errors": [str(exc)]}))
         console.error(str(exc))
-        raise typer.Exit(EXIT_FAILED) from None
+        raise typer.Exit(C.EXIT_FAILED) from None
     elapsed = time.perf_counter() - start
     for s in statuses:
         if s.is_ca and s.reason:
@@ -107,7 +84,3 @@ def pki(
         }, indent=2))
     else:
         _show(statuses, directory, elapsed)
-
-
-def register(app: typer.Typer) -> None:
-    app.command("pki")(pki)

@@ -7,7 +7,7 @@ Thin: parses, calls `nornir_k8sha.lab`, renders with rich. Exit codes: 0 ok, 1 t
 from __future__ import annotations
 
 import json
-import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import typer
@@ -15,27 +15,19 @@ from rich.table import Table
 
 from nornir_k8sha import console
 from nornir_k8sha import constants as C
+from nornir_k8sha.cli.common import InventoryOpt, JsonOpt
 from nornir_k8sha.exceptions import InventoryError, K8shaError, LabError, NotRootError
-
-EXIT_FAILED = 1
-EXIT_INVALID = 2
-DEFAULT_INVENTORY = C.DEFAULT_INVENTORY
 
 lab_app = typer.Typer(no_args_is_help=True, help="The embedded lab: real hosts on this machine.")
 fault_app = typer.Typer(no_args_is_help=True, help="Break the lab on purpose (recorded in time).")
 lab_app.add_typer(fault_app, name="fault")
 
-InventoryOpt = typer.Option(
-    DEFAULT_INVENTORY, "--inventory", "-i", help="inventory directory (hosts/groups/defaults)"
-)
-
-
 def _log(message: str) -> None:
     console.err().print(f"[dim]lab:[/dim] {message}")
 
 
-def _lab(inventory: Path):  # noqa: ANN202 - imported lazily: `lab` pulls in paramiko
-    from nornir_k8sha.lab.lab import Lab, require_root
+def _lab(inventory: Path):  # noqa: ANN202
+    from nornir_k8sha.lab.lab import Lab, require_root  # lazy: paramiko, +60-80 ms at startup
 
     require_root("the lab")  # before anything else: the answer a non-root user needs first
     return Lab.from_inventory(inventory, log=_log)
@@ -47,13 +39,13 @@ def _run(action):  # noqa: ANN001, ANN202
         return action()
     except NotRootError as exc:
         console.error(str(exc))
-        raise typer.Exit(EXIT_INVALID) from None
+        raise typer.Exit(C.EXIT_INVALID) from None
     except InventoryError as exc:
         console.error(str(exc))
-        raise typer.Exit(EXIT_INVALID) from None
+        raise typer.Exit(C.EXIT_INVALID) from None
     except (LabError, K8shaError) as exc:
         console.error(str(exc))
-        raise typer.Exit(EXIT_FAILED) from None
+        raise typer.Exit(C.EXIT_FAILED) from None
 
 
 @lab_app.command()
@@ -81,7 +73,7 @@ def down(inventory: Path = InventoryOpt) -> None:
     report = _run(lab.down)
     if report.leftovers:
         console.error("lab down left: " + "; ".join(report.leftovers))
-        raise typer.Exit(EXIT_FAILED)
+        raise typer.Exit(C.EXIT_FAILED)
     console.out().print(f"[green]lab down[/green]: {len(report.stopped)} hosts stopped, "
                         f"nothing left ({report.seconds:.1f} s)")
 
@@ -89,7 +81,7 @@ def down(inventory: Path = InventoryOpt) -> None:
 @lab_app.command()
 def status(
     inventory: Path = InventoryOpt,
-    as_json: bool = typer.Option(False, "--json", help="one JSON document on stdout"),
+    as_json: bool = JsonOpt,
 ) -> None:
     """Each host: address, role, physical machine, state, memory (PSS of its processes)."""
     lab = _run(lambda: _lab(inventory))
@@ -112,11 +104,12 @@ def status(
         console.out().print(table)
         console.out().print(f"total memory: {total:.0f} MiB")
     if any(r.state != "running" for r in rows):
-        raise typer.Exit(EXIT_FAILED)
+        raise typer.Exit(C.EXIT_FAILED)
 
 
 def _faults(inventory: Path):  # noqa: ANN202
-    from nornir_k8sha.lab.faults import Faults
+    from nornir_k8sha.lab.faults import Faults  # lazy: the lab, like _lab
+
 
     return Faults(_run(lambda: _lab(inventory)))
 
@@ -208,10 +201,8 @@ def heal(inventory: Path = InventoryOpt) -> None:
 
 @fault_app.command("list")
 def list_faults(inventory: Path = InventoryOpt,
-                as_json: bool = typer.Option(False, "--json")) -> None:
+                as_json: bool = JsonOpt) -> None:
     """Faults applied since `lab up`, with their times."""
-    from dataclasses import asdict
-
     faults = _run(lambda: _faults(inventory).history())
     if as_json:
         print(json.dumps([asdict(f) for f in faults], indent=2))
@@ -224,12 +215,3 @@ def list_faults(inventory: Path = InventoryOpt,
                       f"{f.undone_wall:.3f}" if f.undone_wall else "[yellow]active[/]",
                       f.detail[:60])
     console.out().print(table)
-
-
-def register(app: typer.Typer) -> None:
-    """Add `lab` to the main CLI."""
-    app.add_typer(lab_app, name="lab")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(lab_app())

@@ -16,27 +16,9 @@ from rich.table import Table
 
 from nornir_k8sha import console
 from nornir_k8sha import constants as C
-from nornir_k8sha.exceptions import InventoryError
+from nornir_k8sha.cli.common import InventoryOpt, JsonOpt, bad_option, load_spec
 from nornir_k8sha.render import RenderedFile, components_for_host, render_all, write_tree
-from nornir_k8sha.topology import ClusterSpec, analyse
-
-EXIT_INVALID = 2
-
-
-def _load_spec(inventory: Path) -> ClusterSpec:
-    """The validated spec, or exit 2 naming every error."""
-    try:
-        analysis = analyse(inventory)
-    except InventoryError as exc:
-        console.error(str(exc))
-        raise typer.Exit(EXIT_INVALID) from None
-    if analysis.errors or analysis.spec is None:
-        for finding in analysis.errors:
-            console.error(str(finding))
-        console.error("invalid inventory: nothing was rendered")
-        raise typer.Exit(EXIT_INVALID)
-    return analysis.spec
-
+from nornir_k8sha.topology import ClusterSpec
 
 #: Above this many hosts the summary shows one row per role instead of one per host.
 MAX_HOST_ROWS = 40
@@ -74,22 +56,22 @@ def summary_table(spec: ClusterSpec, rendered: dict[str, list[RenderedFile]],
 
 
 def render(
-    inventory: Path = typer.Option(
-        C.DEFAULT_INVENTORY, "--inventory", "-i", help="inventory directory"),
+    inventory: Path = InventoryOpt,
     output: Path = typer.Option(
         None, "--output", "-o",
         help="directory to write <host>/<path> into (default: <state dir>/rendered)"),
     host: list[str] = typer.Option(None, "--host", "-H", help="only these hosts (repeatable)"),
-    as_json: bool = typer.Option(False, "--json", help="one JSON summary on stdout"),
+    as_json: bool = JsonOpt,
 ) -> None:
     """Render every config file for every host into a local directory; nothing leaves the
     machine."""
-    spec = _load_spec(inventory)
+    spec = load_spec(inventory, as_json=as_json,
+                     consequence="invalid inventory: nothing was rendered")
     unknown = [h for h in host or [] if h not in {x.name for x in spec.hosts}]
     if unknown:
-        console.error(f"unknown host(s): {', '.join(unknown)}")
-        raise typer.Exit(EXIT_INVALID)
-    out_dir = output if output is not None else spec.state_dir / "rendered"
+        bad_option("--host", f"unknown host(s): {', '.join(unknown)}", inventory=inventory,
+                   as_json=as_json)
+    out_dir = output if output is not None else spec.state_dir / C.STATE_RENDERED_DIR
     started = time.perf_counter()
     rendered = render_all(spec)
     if host:
@@ -112,7 +94,3 @@ def render(
     out.print(summary_table(spec, rendered, out_dir))
     out.print(f"{count} file(s) for {len(rendered)} host(s) in {elapsed:.2f} s → "
               f"{escape(str(out_dir))}/<host>/<path>; nothing was sent to any host")
-
-
-def register(app: typer.Typer) -> None:
-    app.command("render")(render)

@@ -1,0 +1,84 @@
+"""What every command shares: the common options, and the one way to load the inventory or
+exit 2 (one JSON error shape on stdout with --json, the messages on stderr).
+
+The invalid-input document, for every command (`validate` adds the topology to it):
+    {"inventory": "<dir>", "valid": false, "errors": [finding...], "warnings": [finding...]}
+where a finding is {"severity", "rule", "message", "where", "host", "field"}.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import NoReturn
+
+import typer
+
+from nornir_k8sha import console
+from nornir_k8sha import constants as C
+from nornir_k8sha.exceptions import InventoryError
+from nornir_k8sha.report import RunReport, print_summary
+from nornir_k8sha.topology import Analysis, ClusterSpec, Finding, analyse
+
+InventoryOpt = typer.Option(
+    C.DEFAULT_INVENTORY, "--inventory", "-i", help="inventory directory (hosts/groups/defaults)"
+)
+JsonOpt = typer.Option(False, "--json", help="one JSON document on stdout, nothing else there")
+ReportOpt = typer.Option(None, "--report", help="also write the JSON report here (0600)")
+
+
+def exit_invalid(inventory: Path, errors: list[Finding], *, as_json: bool,
+                 consequence: str = "", warnings: list[Finding] | None = None) -> NoReturn:
+    """Exit 2: every error on stderr; with --json the invalid-input document on stdout."""
+    if as_json:
+        print(json.dumps(console.findings_document(str(inventory), errors, warnings or []),
+                         indent=2))
+    for finding in errors:
+        console.error(str(finding))
+    if consequence:
+        console.error(consequence)
+    raise typer.Exit(C.EXIT_INVALID)
+
+
+def bad_option(option: str, message: str, *, inventory: Path, as_json: bool) -> NoReturn:
+    """An option naming something the inventory does not have (a host, a phase): exit 2."""
+    exit_invalid(inventory, [Finding("error", "option", message, field=option)],
+                 as_json=as_json)
+
+
+def load_analysis(inventory: Path, *, as_json: bool) -> Analysis:
+    """Every finding of the inventory; exit 2 when it cannot even be read."""
+    try:
+        return analyse(inventory)
+    except InventoryError as exc:
+        exit_invalid(inventory, [Finding("error", "inventory", str(exc))], as_json=as_json)
+
+
+def load_spec(inventory: Path, *, as_json: bool,
+              consequence: str = "invalid inventory: nothing was touched") -> ClusterSpec:
+    """The validated spec, or exit 2 naming every error — before anything is touched."""
+    analysis = load_analysis(inventory, as_json=as_json)
+    if analysis.errors or analysis.spec is None:
+        exit_invalid(inventory, analysis.errors, as_json=as_json, consequence=consequence,
+                     warnings=analysis.warnings)
+    return analysis.spec
+
+
+def finish(report: RunReport, spec: ClusterSpec, as_json: bool, report_file: Path | None,
+           *, table: bool = True) -> NoReturn:
+    """Save the report (state dir, and `--report`), print it (JSON or tables), exit with its
+    code. Reports are written 0600: they name every host and what changed on it."""
+    # to the millisecond: two runs in one second must not overwrite each other's report
+    stamp = (time.strftime("%Y%m%d-%H%M%S", time.localtime(report.started))
+             + f"-{int(report.started * 1000) % 1000:03d}")
+    saved = spec.state_dir / C.STATE_REPORTS_DIR / f"{report.command}-{stamp}.json"
+    report.write_json(saved)
+    if report_file:
+        report.write_json(report_file)
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print_summary(report, console.out(), table=table)
+        console.out().print(f"[dim]report: {saved}[/]")
+    raise typer.Exit(report.exit_code)
