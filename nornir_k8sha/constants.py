@@ -73,6 +73,8 @@ FRR_CONF = "/etc/frr/frr.conf"
 FRR_DAEMONS = "/etc/frr/daemons"
 KUBERNETES_SYSCTL = "/etc/sysctl.d/99-kubernetes.conf"
 KUBERNETES_MODULES = "/etc/modules-load.d/k8s.conf"
+#: Where a node learns the registry's name when DNS does not know it.
+ETC_HOSTS = "/etc/hosts"
 
 # --- local state -------------------------------------------------------------------------------
 #: The cluster state dir is `<STATE_ROOT>/<cluster name>/` relative to the working directory.

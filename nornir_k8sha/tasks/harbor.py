@@ -147,12 +147,12 @@ def trust_registry(
     registry = spec.settings.registry.name
     harbor = spec.role(C.ROLE_HARBOR)[0]
     line = f"{harbor.address} {registry} {HOSTS_MARK}"
-    hosts = (H.connect(task).get("/etc/hosts") or b"").decode()
+    hosts = (H.connect(task).get(C.ETC_HOSTS) or b"").decode()
     if line not in hosts.splitlines():
         kept = [ln for ln in hosts.splitlines() if not ln.endswith(HOSTS_MARK)]
-        if H.file(task, path="/etc/hosts", content="\n".join([*kept, line]) + "\n",
+        if H.file(task, path=C.ETC_HOSTS, content="\n".join([*kept, line]) + "\n",
                   backup=False).changed:
-            changed.append("/etc/hosts")
+            changed.append(C.ETC_HOSTS)
     return Result(host=task.host, changed=bool(changed), result=", ".join(changed) or "trusted")
 
 
