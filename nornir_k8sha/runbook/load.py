@@ -199,7 +199,7 @@ class LoadProbe:
 
     def _record(self, sample: Sample) -> None:
         with self._lock:
-            if self._closed:
+            if self._closed or len(self._samples) >= self.max_samples:
                 return
             self._samples.append(sample)
             if len(self._samples) >= self.max_samples:
@@ -210,7 +210,7 @@ class LoadProbe:
         start = time.monotonic()
         try:
             resp = send()
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # noqa: BLE001 - any error is a failed request; the load goes on
             self._record(Sample(kind, start, time.monotonic(), False, None, error_text(exc), seq))
             return None
         ok = resp.status_code == ok_status
