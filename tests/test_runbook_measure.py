@@ -110,6 +110,10 @@ def test_writes_acknowledged_during_the_outage_and_takeover() -> None:
     refuse = Expectation(None, "majority lost", api_must_serve=False, writes_must_be_refused=True)
     assert shortfalls(refuse, fig) == [
         "1 writes acknowledged during the outage, where every write must be refused"]
+    # an expected outage must still end: the API comes back when the members return
+    gone = figures(samples[:30] + reads(every(3, 6), ok=False), fault_at=2.0, lifted_at=4.0,
+                   acknowledged=0, lost=0)
+    assert shortfalls(refuse, gone) == ["the API never recovered"]
 
 
 def test_shortfalls_compare_with_the_bound() -> None:

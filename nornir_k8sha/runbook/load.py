@@ -145,7 +145,8 @@ class LoadProbe:
 
         A write is lost when the API says 404 (a quorum read: authoritative) or the object
         carries another sequence number; one still unreadable when `timeout` runs out (the API
-        not back) counts as lost too, since it cannot be shown to be there.
+        not back) counts as lost too, since it cannot be shown to be there. The whole audit
+        takes at most `timeout` plus one request.
         """
         wanted = self.acknowledged
         if not wanted:
@@ -280,8 +281,8 @@ class LoadProbe:
 
     def _read_back(self, client: httpx.Client, name: str, seq: int, deadline: float) -> bool:
         """True when the ConfigMap is there with its sequence number; retries errors until
-        `deadline`."""
-        while True:
+        `deadline` (past it, nothing more is asked: the audit stays bounded)."""
+        while time.monotonic() < deadline:
             try:
                 resp = client.get(self._configmap_url(name))
             except httpx.HTTPError:
@@ -294,6 +295,5 @@ class LoadProbe:
                 except ValueError:  # not JSON: not our ConfigMap
                     return False
                 return data.get("seq") == str(seq)
-            if time.monotonic() >= deadline:
-                return False
             time.sleep(min(self.read_interval * 3, max(0.0, deadline - time.monotonic())))
+        return False
