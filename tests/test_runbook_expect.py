@@ -40,10 +40,12 @@ def test_lab_bounds(lab: ClusterSpec) -> None:
     majority = expectation("etcd-majority", lab)
     assert (majority.downtime_s, majority.api_must_serve, majority.writes_must_be_refused) == (
         None, False, True)
-    lease = expectation("lease", lab)
-    assert lease.takeover_s == pytest.approx(15 + 2 + 0.5)
+    lease = expectation("lease", lab, lease="kube-scheduler")
+    assert lease.takeover_s == pytest.approx(15 + 2 + 1 + SLACK)  # + one look at the holder
     assert lease.downtime_s == pytest.approx(SLACK)
+    assert "kube-scheduler moves" in lease.explanation
     assert "Kubernetes' leader-election defaults" in lease.explanation
+    assert expectation("lease", lab, poll=2).takeover_s == pytest.approx(19 + SLACK)
     assert expectation("none", lab).downtime_s == 0.0
 
 
@@ -105,4 +107,4 @@ def test_bad_kind_and_parameters_are_named(lab: ClusterSpec) -> None:
         expectation("machine", lab)
     with pytest.raises(ValueError, match="takes no parameter machine"):
         expectation("vrrp", lab, machine="pm1")
-    assert PARAMS["lease"] == {"poll"}
+    assert PARAMS["lease"] == {"lease", "poll"}

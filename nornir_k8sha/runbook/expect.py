@@ -41,6 +41,8 @@ from nornir_k8sha.topology import ClusterSpec, MachineLoss
 #: The kinds a runbook case's `expect.kind` may name.
 KINDS: tuple[str, ...] = ("vrrp", "haproxy", "apiserver", "etcd-leader", "etcd-majority",
                           "lease", "machine", "none")
+#: Seconds between the runbook's looks at a lease holder (verify-ha's wait: check_interval 1).
+LEASE_POLL_S = 1.0
 #: Which kind bounds the loss of a host of each role (roles not listed do not carry the API).
 ROLE_KINDS: dict[str, str] = {C.ROLE_LVS: "vrrp", C.ROLE_HAPROXY: "haproxy",
                               C.ROLE_MASTERS: "apiserver", C.ROLE_ETCD: "etcd-leader"}
@@ -120,16 +122,17 @@ def _etcd_majority(spec: ClusterSpec, read_interval: float) -> Expectation:
                        api_must_serve=False, writes_must_be_refused=True)
 
 
-def _lease(spec: ClusterSpec, read_interval: float, poll: float = 0.5) -> Expectation:
+def _lease(spec: ClusterSpec, read_interval: float, lease: str = "the lease",
+           poll: float = LEASE_POLL_S) -> Expectation:
     pad, pad_why = slack(read_interval)
-    takeover = C.KUBE_LEASE_DURATION_S + C.KUBE_LEASE_RETRY_PERIOD_S + poll
+    takeover = C.KUBE_LEASE_DURATION_S + C.KUBE_LEASE_RETRY_PERIOD_S + poll + pad
     return Expectation(
         round(pad, 3),
-        f"the apiservers are not touched: no outage beyond the {pad_why}; the lease moves "
+        f"the apiservers are not touched: no outage beyond the {pad_why}; {lease} moves "
         f"within lease duration {_num(C.KUBE_LEASE_DURATION_S)} s + retry period "
-        f"{_num(C.KUBE_LEASE_RETRY_PERIOD_S)} s + holder polling {_num(poll)} s = "
-        f"{_num(takeover)} s (Kubernetes' leader-election defaults, kept by kubeadm; renew "
-        f"deadline {_num(C.KUBE_LEASE_RENEW_DEADLINE_S)} s)",
+        f"{_num(C.KUBE_LEASE_RETRY_PERIOD_S)} s (Kubernetes' leader-election defaults, kept by "
+        f"kubeadm; renew deadline {_num(C.KUBE_LEASE_RENEW_DEADLINE_S)} s) + {_num(poll)} s "
+        f"between looks at the holder + {_num(pad)} s slack = {_num(takeover)} s",
         takeover_s=round(takeover, 3))
 
 
@@ -168,7 +171,7 @@ _BUILDERS: dict[str, Callable[..., Expectation]] = {
 }
 #: The parameters each kind takes beyond `read_interval` (the loader checks them up front).
 PARAMS: dict[str, frozenset[str]] = {k: frozenset() for k in KINDS} | {
-    "lease": frozenset({"poll"}), "machine": frozenset({"machine"})}
+    "lease": frozenset({"lease", "poll"}), "machine": frozenset({"machine"})}
 
 
 def expectation(kind: str, spec: ClusterSpec, **params: Any) -> Expectation:
