@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
 from nornir_k8sha.runbook.expect import KINDS, PARAMS, expectation
 from nornir_k8sha.topology import ClusterSpec, load_cluster_spec
 
-from .conftest import LAB_INVENTORY
+from .conftest import LAB_INVENTORY, REPO
 
 SLACK = 2 * 0.07 + 0.1  # two fresh-read intervals + one read's round trip
 
@@ -108,3 +109,16 @@ def test_bad_kind_and_parameters_are_named(lab: ClusterSpec) -> None:
     with pytest.raises(ValueError, match="takes no parameter machine"):
         expectation("vrrp", lab, machine="pm1")
     assert PARAMS["lease"] == {"lease", "poll"}
+
+
+def test_docs_table_of_lab_bounds_is_what_expect_computes(lab: ClusterSpec) -> None:
+    text = (REPO / "docs" / "verify.md").read_text()
+    rows = dict(re.findall(r"^\| ((?:[a-z-]+)(?: pm\d)?) \| ([^|]+) \|$", text, re.M))
+    assert len(rows) == len(KINDS) + 2  # machine pm1..pm3
+    for label, documented in rows.items():
+        kind, _, machine = label.partition(" ")
+        exp = expectation(kind, lab, **({"machine": machine} if machine else {}))
+        want = "none" if exp.downtime_s is None else f"{exp.downtime_s:g} s"
+        if exp.takeover_s is not None:
+            want += f" (takeover {exp.takeover_s:g} s)"
+        assert documented.strip() == want, label
