@@ -157,6 +157,7 @@ def test_markdown_is_private_with_a_png_timeline_per_case(result: RunbookResult,
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     assert "| director-keepalived-stopped | <= 0.60 s |" in text
     assert "bound of director-keepalived-stopped = 0.601 s" in text
+    assert "2. 2.40 s: VIP on lvs2 (holder)" in text  # the timeline's numbered marks, whole
     pngs = sorted(out.parent.glob("*.png"))
     assert [p.name for p in pngs] == ["verify-01-director-keepalived-stopped.png",
                                       "verify-02-master-apiserver-stopped.png"]  # none without

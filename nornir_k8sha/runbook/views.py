@@ -256,16 +256,35 @@ def timeline_name(out: Path, index: int, case: CaseResult) -> Path:
     return out.with_name(f"{out.stem}-{index:02d}-{safe}.png")
 
 
-def _draw(case: CaseResult) -> bytes:
-    """The timeline of one case as PNG bytes: requests by kind (green answered, red failed,
-    a thin bar for how long each took), the downtime window shaded, fault/lift/holder marks."""
-    # lazy: matplotlib is heavy and only the Markdown report draws
-    from matplotlib.figure import Figure
+#: Colour and line style of each kind of mark on a timeline.
+MARK_STYLES = {"fault": ("tab:red", "--"), "lift": ("tab:green", "--"),
+               "holder": ("tab:blue", ":"), "step": ("0.45", ":"), "note": ("0.45", ":")}
+#: Marks listed by number beside a timeline (the rest are drawn, not listed).
+MAX_LISTED_MARKS = 14
+#: Characters of a mark's label beside a timeline (the Markdown lists them whole).
+MARK_LABEL_CHARS = 30
 
-    t0 = _origin(case)
-    fig = Figure(figsize=(10, 3.2), dpi=100)
-    ax = fig.add_subplot()
-    labelled: set[bool] = set()
+
+def _short(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _zoom(case: CaseResult, t0: float) -> tuple[float, float] | None:
+    """The part of the timeline worth a close look: the downtime (or the fault) +- 1 s."""
+    worst = max(gaps(case.samples), key=lambda g: g.length, default=None)
+    faults = [m.at for m in case.marks if m.kind == "fault"]
+    begin = [worst.begin] if worst is not None and case.figures and case.figures.downtime_s else []
+    end = [worst.end] if begin and worst is not None else []
+    if not begin and not faults:
+        return None
+    lo = min(begin + faults) - t0 - 1.0
+    hi = max(end + faults[:1]) - t0 + 1.0
+    return lo, hi
+
+
+def _plot_lanes(ax: Any, case: CaseResult, t0: float) -> None:
+    """Requests by kind: a tick where one was answered, a cross where one failed, a thin bar
+    for how long each took; the downtime shaded; numbered marks."""
     for lane, (kind, _) in enumerate(LANES):
         for ok, colour in ((True, "tab:green"), (False, "tab:red")):
             mine = [s for s in case.samples if s.kind == kind and s.ok is ok]
@@ -276,30 +295,51 @@ def _draw(case: CaseResult) -> bytes:
                       colors=colour, linewidth=1, alpha=0.5)
             ax.scatter([s.end - t0 for s in mine], y, s=14 if ok else 22, c=colour,
                        marker="|" if ok else "x", linewidths=1,
-                       label=None if ok in labelled else ("answered" if ok else "failed"))
-            labelled.add(ok)
+                       label="answered" if ok else "failed")
     worst = max(gaps(case.samples), key=lambda g: g.length, default=None)
     if case.figures is not None and worst is not None and case.figures.downtime_s > 0:
-        ax.axvspan(worst.begin - t0, worst.end - t0, color="tab:red", alpha=0.12,
+        ax.axvspan(worst.begin - t0, worst.end - t0, color="tab:red", alpha=0.15,
                    label=f"downtime {case.figures.downtime_s:.2f} s")
-    styles = {"fault": ("tab:red", "--"), "lift": ("tab:green", "--"),
-              "holder": ("tab:blue", ":"), "step": ("0.5", ":"), "note": ("0.5", ":")}
-    top = len(LANES) - 0.5
-    for m in case.marks:
-        colour, style = styles.get(m.kind, ("0.5", ":"))
+    for number, m in enumerate(case.marks, 1):
+        colour, style = MARK_STYLES.get(m.kind, MARK_STYLES["note"])
         ax.axvline(m.at - t0, color=colour, linestyle=style, linewidth=1.2)
-        ax.annotate(m.label, (m.at - t0, top), xytext=(3, -3), textcoords="offset points",
-                    rotation=90, va="top", ha="left", fontsize=7, color=colour,
-                    bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none",
-                          "alpha": 0.85})
+        ax.annotate(str(number), (m.at - t0, 1.0), xycoords=("data", "axes fraction"),
+                    xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
+                    fontsize=7, color=colour, annotation_clip=True)
     ax.set_yticks(range(len(LANES)), [label for _, label in LANES])
-    ax.set_ylim(-0.5, top)
-    ax.set_xlabel("seconds since the case started")
-    ax.set_title(f"{case.name}: {case.verdict}", fontsize=10, loc="left")
+    ax.set_ylim(-0.5, len(LANES) - 0.5)
     ax.grid(axis="x", alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=7, frameon=False)
-    fig.tight_layout()
+
+
+def _draw(case: CaseResult) -> bytes:
+    """The timeline of one case as PNG bytes: the whole case, and below it a close look at
+    the outage; the marks numbered and listed on the right."""
+    # lazy: matplotlib is heavy and only the Markdown report draws
+    from matplotlib.figure import Figure
+
+    t0 = _origin(case)
+    zoom = _zoom(case, t0)
+    fig = Figure(figsize=(10, 5.4 if zoom else 3.0), dpi=100, layout="constrained")
+    axes = fig.subplots(2 if zoom else 1, 1, squeeze=False)[:, 0]
+    for ax in axes:
+        _plot_lanes(ax, case, t0)
+    axes[0].set_title(f"{case.name}: {case.verdict}", fontsize=10, loc="left", pad=12)
+    if zoom:
+        axes[1].set_xlim(*zoom)
+        axes[1].set_title("around the outage", fontsize=8, loc="left", pad=10)
+    axes[-1].set_xlabel("seconds since the case started")
+    handles, labels = axes[0].get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    listed = [f"{n} {m.at - t0:6.2f} s {_short(m.label, MARK_LABEL_CHARS)}"
+              for n, m in enumerate(case.marks[:MAX_LISTED_MARKS], 1)]
+    if len(case.marks) > MAX_LISTED_MARKS:
+        listed.append(f"... {len(case.marks) - MAX_LISTED_MARKS} more")
+    axes[0].legend(unique.values(), unique.keys(), loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                   fontsize=7, frameon=False)
+    if listed:
+        axes[-1 if zoom else 0].text(1.01, 0.0 if zoom else -0.05, "\n".join(listed),
+                                      transform=axes[-1].transAxes, fontsize=7, va="bottom",
+                                      ha="left", family="monospace")
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
@@ -342,7 +382,10 @@ def markdown(result: RunbookResult, out: Path) -> str:
         if case.samples or case.marks:
             png = timeline_name(out, index, case)
             _write_private(png, _draw(case))
-            lines += ["", f"![timeline of {case.name}]({png.name})"]
+            t0 = _origin(case)
+            lines += ["", f"![timeline of {case.name}]({png.name})", ""]
+            lines += [f"{n}. {m.at - t0:.2f} s: {m.label} ({m.kind})"
+                      for n, m in enumerate(case.marks, 1)]
     text = "\n".join(lines) + "\n"
     _write_private(out, text.encode())
     return text
