@@ -27,11 +27,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from junitparser import Failure, JUnitXml
 
 from nornir_k8sha.pki import ClusterPKI
+from nornir_k8sha.runbook.expect import expectation
 from nornir_k8sha.runbook.load import LoadProbe
-from nornir_k8sha.runbook.measure import figures
-from nornir_k8sha.runbook.results import Sample
+from nornir_k8sha.runbook.measure import figures, shortfalls
+from nornir_k8sha.runbook.results import CaseResult, RunbookResult, Sample
+from nornir_k8sha.runbook.views import junit_xml
 from nornir_k8sha.topology import ClusterSpec, load_cluster_spec
 
 from .conftest import LAB_INVENTORY
@@ -250,6 +253,41 @@ def test_outage_shows_as_failures_inside_the_fault_window(api: FakeAPI, pki_dir:
     assert lost == 0
     assert probe.cleanup() >= acknowledged
     assert api.store == {}
+
+
+def test_an_outage_measured_beyond_a_tight_bound_fails_in_junit(api: FakeAPI, pki_dir: Path,
+                                                                tmp_path: Path) -> None:
+    """Probe -> figures -> expectation -> shortfalls -> JUnit, as a runbook run chains them:
+    an outage where the configuration promises none ("none": 0 s) fails the case, and the
+    failure says what was measured and what was expected."""
+    probe = probe_for(api, pki_dir)
+    with probe:
+        wait_for(lambda: api.count("ok") >= 20, "20 requests served")
+        api.mode = "down"
+        probe.mark("apiserver down", "fault")
+        wait_for(lambda: api.count("refused") >= 10, "10 requests refused")
+        api.mode = "up"
+        probe.mark("apiserver up", "lift")
+        served = api.count("ok")
+        wait_for(lambda: api.count("ok") >= served + 20, "20 requests served after the lift")
+    samples, marks = probe.stop()
+    acknowledged, lost = probe.audit_writes(timeout=5)
+    fig = figures(samples, fault_at=marks[0].at, lifted_at=marks[1].at,
+                  acknowledged=acknowledged, lost=lost, marks=marks)
+    expected = expectation("none", spec_for(api))
+    problems = shortfalls(expected, fig)
+    assert problems == [f"downtime {fig.downtime_s:.2f} s > bound 0.00 s"]
+    case = CaseResult("apiserver-down", "the apiserver refuses", verdict="failed",
+                      reason="; ".join(problems), expectation=expected, figures=fig,
+                      samples=samples, marks=marks)
+    report = tmp_path / "junit.xml"
+    report.write_text(junit_xml(RunbookResult("t", "t.yaml", "lab", cases=[case])))
+    (tc,) = next(iter(JUnitXml.fromfile(str(report))))
+    (failure,) = tc.result
+    assert isinstance(failure, Failure)
+    assert f"measured downtime {fig.downtime_s:.2f} s" in failure.message
+    assert "expected no failure" in failure.message
+    probe.cleanup()
 
 
 def test_fresh_reads_use_a_new_connection_each_the_keepalive_reader_one(
