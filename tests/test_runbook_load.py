@@ -33,7 +33,7 @@ from nornir_k8sha.pki import ClusterPKI
 from nornir_k8sha.runbook.expect import expectation
 from nornir_k8sha.runbook.load import LoadProbe
 from nornir_k8sha.runbook.measure import figures, shortfalls
-from nornir_k8sha.runbook.results import CaseResult, RunbookResult, Sample
+from nornir_k8sha.runbook.results import CaseResult, Mark, RunbookResult, Sample
 from nornir_k8sha.runbook.views import junit_xml
 from nornir_k8sha.topology import ClusterSpec, load_cluster_spec
 
@@ -222,18 +222,24 @@ def probe_for(api: FakeAPI, pki_dir: Path, **kw: Any) -> LoadProbe:
     return LoadProbe(spec_for(api), pki_dir, **kw)
 
 
-def test_outage_shows_as_failures_inside_the_fault_window(api: FakeAPI, pki_dir: Path) -> None:
-    probe = probe_for(api, pki_dir)
+def outage(api: FakeAPI, probe: LoadProbe, requests: int) -> tuple[list[Sample], list[Mark]]:
+    """Run the probe: `requests` served, the apiserver down for `requests` refused ones (the
+    fault mark after it went down), up again (the lift mark after) for `requests` more."""
     with probe:
-        wait_for(lambda: api.count("ok") >= 30, "30 requests served before the fault")
+        wait_for(lambda: api.count("ok") >= requests, "requests served before the fault")
         api.mode = "down"
         probe.mark("apiserver down", "fault")
-        wait_for(lambda: api.count("refused") >= 20, "20 requests refused")
+        wait_for(lambda: api.count("refused") >= requests, "requests refused")
         api.mode = "up"
         probe.mark("apiserver up", "lift")
         served = api.count("ok")
-        wait_for(lambda: api.count("ok") >= served + 30, "30 requests served after the lift")
-    samples, marks = probe.stop()
+        wait_for(lambda: api.count("ok") >= served + requests, "requests served after the lift")
+    return probe.stop()
+
+
+def test_outage_shows_as_failures_inside_the_fault_window(api: FakeAPI, pki_dir: Path) -> None:
+    probe = probe_for(api, pki_dir)
+    samples, marks = outage(api, probe, 30)
     fault, lift = (m.at for m in marks)
     assert [m.kind for m in marks] == ["fault", "lift"]
     assert {s.kind for s in samples} == {"read-fresh", "read-keepalive", "write"}
@@ -261,16 +267,7 @@ def test_an_outage_measured_beyond_a_tight_bound_fails_in_junit(api: FakeAPI, pk
     an outage where the configuration promises none ("none": 0 s) fails the case, and the
     failure says what was measured and what was expected."""
     probe = probe_for(api, pki_dir)
-    with probe:
-        wait_for(lambda: api.count("ok") >= 20, "20 requests served")
-        api.mode = "down"
-        probe.mark("apiserver down", "fault")
-        wait_for(lambda: api.count("refused") >= 10, "10 requests refused")
-        api.mode = "up"
-        probe.mark("apiserver up", "lift")
-        served = api.count("ok")
-        wait_for(lambda: api.count("ok") >= served + 20, "20 requests served after the lift")
-    samples, marks = probe.stop()
+    samples, marks = outage(api, probe, 15)
     acknowledged, lost = probe.audit_writes(timeout=5)
     fig = figures(samples, fault_at=marks[0].at, lifted_at=marks[1].at,
                   acknowledged=acknowledged, lost=lost, marks=marks)
