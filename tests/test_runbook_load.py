@@ -169,8 +169,13 @@ def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server_ctx(pki_dir: Path) -> ssl.SSLContext:
+    return server_context(pki_dir)
+
+
+def server_context(pki_dir: Path) -> ssl.SSLContext:
     """A server certificate for 127.0.0.1 from the cluster's Kubernetes CA; client certificates
-    of that CA required (the probe must present the admin certificate)."""
+    of that CA required (the probe must present the admin certificate). bench/probe_bench.py
+    uses it too."""
     spec = load_cluster_spec(LAB_INVENTORY)
     pki = ClusterPKI(spec, pki_dir)
     pki.ensure()
