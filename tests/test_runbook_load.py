@@ -417,6 +417,13 @@ def test_audit_is_bounded_when_the_api_stays_down(tmp_path: Path) -> None:
     assert set(asked) == {first}  # the first used up the timeout; no other was asked
 
 
+def test_bad_probe_settings_are_refused(tmp_path: Path) -> None:
+    spec = load_cluster_spec(LAB_INVENTORY)
+    for bad in ({"read_interval": 0}, {"max_seconds": -1}, {"request_timeout": 0}):
+        with pytest.raises(ValueError, match="must be > 0"):
+            LoadProbe(spec, tmp_path, **bad)  # type: ignore[arg-type]
+
+
 def test_mark_kinds_are_checked(tmp_path: Path) -> None:
     probe = mock_probe(tmp_path, lambda r: httpx.Response(200))
     with pytest.raises(ValueError, match="mark kind 'flt'"):

@@ -58,8 +58,9 @@ class LoadProbe:
                  request_timeout: float = C.PROBE_REQUEST_TIMEOUT_S,
                  max_samples: int = C.PROBE_MAX_SAMPLES,
                  max_inflight: int = C.PROBE_MAX_INFLIGHT) -> None:
-        if read_interval <= 0 or write_interval <= 0 or max_seconds <= 0 or max_samples <= 0:
-            raise ValueError("load probe intervals, max_seconds and max_samples must be > 0")
+        if min(read_interval, write_interval, max_seconds, max_samples, request_timeout) <= 0:
+            raise ValueError("load probe intervals, max_seconds, max_samples and "
+                             "request_timeout must be > 0")
         self.spec = spec
         self.state_dir = Path(state_dir)
         self.read_interval = read_interval
