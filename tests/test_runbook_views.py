@@ -111,8 +111,10 @@ def test_a_very_long_case_name_is_cut_never_wrapped(result: RunbookResult) -> No
 
 
 def test_json_document_is_whole_and_small(result: RunbookResult) -> None:
+    result.cases[0].steps[0].data = {"unit": Path("/etc/keepalived"), "hosts": {"lvs1"}}
     doc = as_json(result)
     text = json.dumps(doc)
+    assert doc["cases"][0]["steps"][0]["data"] == {"unit": "/etc/keepalived", "hosts": "{'lvs1'}"}
     assert doc["passed"] is False and doc["counts"] == {"passed": 1, "failed": 1,
                                                         "skipped": 1, "error": 1}
     first = doc["cases"][0]

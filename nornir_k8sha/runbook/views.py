@@ -8,6 +8,7 @@ seconds since the case started (time.monotonic() values mean nothing outside the
 from __future__ import annotations
 
 import io
+import json
 import os
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -183,8 +184,9 @@ def _case_dict(case: CaseResult) -> dict[str, Any]:
 
 def as_json(result: RunbookResult) -> dict[str, Any]:
     """The whole run as JSON-able data; samples summarised (per kind, per second, every
-    failure up to JSON_MAX_FAILED_SAMPLES), so a long run stays a small file."""
-    return {
+    failure up to JSON_MAX_FAILED_SAMPLES), so a long run stays a small file. Whatever a
+    step put in its data that JSON cannot hold (a Path, a set) becomes its text."""
+    doc = {
         "runbook": result.runbook, "path": result.path, "cluster": result.cluster,
         "passed": result.passed, "dry_run": result.dry_run,
         "started": (datetime.fromtimestamp(result.started_wall, UTC).isoformat()
@@ -193,6 +195,7 @@ def as_json(result: RunbookResult) -> dict[str, Any]:
         "counts": dict(Counter(c.verdict for c in result.cases)),
         "cases": [_case_dict(c) for c in result.cases],
     }
+    return json.loads(json.dumps(doc, default=str))
 
 
 # --- JUnit XML ----------------------------------------------------------------------------------
