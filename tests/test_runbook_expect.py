@@ -32,10 +32,11 @@ def test_lab_bounds(lab: ClusterSpec) -> None:
     assert "vrrp.advert_int 0.1 s" in vrrp.explanation and "256 - 100" in vrrp.explanation
     # TCP_CHECK: delay_loop 1 + (retry 1 + 1) x connect_timeout 1 + retry 1 x delay 1
     assert expectation("haproxy", lab).downtime_s == pytest.approx(4 + SLACK)
-    # HAProxy: 500 ms x fall 2 + timeout check 500 ms
+    # HAProxy: fall 2 x (inter 500 ms + timeout check 500 ms)
     api = expectation("apiserver", lab)
-    assert api.downtime_s == pytest.approx(1.5 + SLACK)
-    assert "haproxy.check_inter_ms 500 ms x haproxy.check_fall 2" in api.explanation
+    assert api.downtime_s == pytest.approx(2.0 + SLACK)
+    assert "haproxy.check_fall 2" in api.explanation
+    assert "haproxy.check_inter_ms 500 ms" in api.explanation
     # etcd: 2 x election timeout 1000 ms + 2 x heartbeat 100 ms
     assert expectation("etcd-leader", lab).downtime_s == pytest.approx(2.2 + SLACK)
     majority = expectation("etcd-majority", lab)
@@ -61,7 +62,7 @@ def test_every_kind_says_where_its_numbers_come_from(lab: ClusterSpec) -> None:
 
 def test_raising_haproxy_check_inter_grows_the_apiserver_bound(lab: ClusterSpec) -> None:
     slow = with_settings(lab, "haproxy", check_inter_ms=3000)
-    assert expectation("apiserver", slow).downtime_s == pytest.approx(3 * 2 + 3 + SLACK)
+    assert expectation("apiserver", slow).downtime_s == pytest.approx(2 * (3 + 3) + SLACK)
     assert expectation("apiserver", slow).downtime_s > expectation("apiserver", lab).downtime_s
     assert "3000 ms" in expectation("apiserver", slow).explanation
 
@@ -76,7 +77,9 @@ def test_settings_drive_the_other_bounds(lab: ClusterSpec) -> None:
     assert expectation("etcd-leader", etcd).downtime_s == pytest.approx(5.5 + SLACK)
     # a slower probe widens every bound by twice its interval
     assert expectation("apiserver", lab, read_interval=0.5).downtime_s == pytest.approx(
-        1.5 + 1.0 + 0.1)
+        2.0 + 1.0 + 0.1)
+    assert expectation("apiserver", with_settings(lab, "haproxy", check_fall=3)).downtime_s \
+        == pytest.approx(3.0 + SLACK)
 
 
 def test_machine_uses_validates_verdict_and_the_worst_role(lab: ClusterSpec) -> None:

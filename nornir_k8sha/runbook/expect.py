@@ -12,9 +12,12 @@ Sources of the formulas:
   failed connect (at most `connect_timeout`) is retried `retry` times, `delay_before_retry`
   apart, before IPVS drops it: delay_loop + (retry + 1) x connect_timeout + retry x
   delay_before_retry.
-- HAProxy (configuration manual, `inter`/`fall`/`timeout check`): a server is marked DOWN
-  after `fall` failed checks `inter` apart, the last one lasting up to `timeout check`
-  (our template sets `timeout check` to check_inter_ms).
+- HAProxy (configuration manual, `inter`/`fall`/`timeout check`; src/check.c schedules the
+  next check `inter` after the previous one *ended*): a server is marked DOWN after `fall`
+  failed checks, each starting `inter` after the last and failing within `timeout check`
+  (the connect is capped at min(inter, timeout connect)): fall x (inter + timeout check); our
+  template sets `timeout check` to check_inter_ms. A refused connect fails at once (fall x
+  inter); a power cut or a frozen apiserver takes the whole timeout.
 - etcd raft: a follower starts an election when it heard no heartbeat for a randomized
   election timeout in [election_timeout, 2 x election_timeout) (raft's
   resetRandomizedElectionTimeout); the vote and the new leader's first heartbeats take a
@@ -99,10 +102,13 @@ def _haproxy(spec: ClusterSpec, read_interval: float) -> Expectation:
 def _apiserver(spec: ClusterSpec, read_interval: float) -> Expectation:
     h = spec.settings.haproxy
     inter = h.check_inter_ms / 1000
-    core = inter * h.check_fall + inter  # the template's `timeout check` is check_inter_ms
-    return _bounded(core, "HAProxy marks a dead apiserver DOWN after haproxy.check_inter_ms "
-                    f"{h.check_inter_ms} ms x haproxy.check_fall {h.check_fall} + timeout check "
-                    f"{h.check_inter_ms} ms", read_interval)
+    timeout_check = inter  # the template's `timeout check` is check_inter_ms
+    core = h.check_fall * (inter + timeout_check)
+    return _bounded(core, f"HAProxy marks a dead apiserver DOWN after haproxy.check_fall "
+                    f"{h.check_fall} failed checks, each started haproxy.check_inter_ms "
+                    f"{h.check_inter_ms} ms after the previous one ended and failing within "
+                    f"timeout check {h.check_inter_ms} ms: {h.check_fall} x ({h.check_inter_ms} "
+                    f"+ {h.check_inter_ms}) ms", read_interval)
 
 
 def _etcd_leader(spec: ClusterSpec, read_interval: float) -> Expectation:
