@@ -175,5 +175,6 @@ def test_markdown_overwrites_a_readable_file_as_private(result: RunbookResult,
     out = tmp_path / "verify.md"
     out.write_text("old")
     out.chmod(0o644)
+    result.cases = result.cases[2:]  # no samples: nothing to draw
     markdown(result, out)
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
