@@ -151,3 +151,27 @@ CERT_RENEW_BEFORE_DAYS = 30
 #: Switch platforms we can configure (netmiko device types); FRR answers as cisco_ios.
 SWITCH_PLATFORMS: tuple[str, ...] = ("cisco_ios", "cisco_nxos", "arista_eos", "juniper_junos",
                                      "frr")
+
+# --- runbooks: the load probe through the VIP, and the bounds it is judged by -----------------
+#: Seconds between fresh-TLS reads (DESIGN.md's hand measurement read every ~70 ms).
+PROBE_READ_INTERVAL_S = 0.07
+#: Seconds between ConfigMap writes of the probe's writer.
+PROBE_WRITE_INTERVAL_S = 0.25
+#: Seconds one probe request may take: an outage shows as failures, not as a hang.
+PROBE_REQUEST_TIMEOUT_S = 1.0
+#: A probe never runs longer than this, nor keeps more samples than this.
+PROBE_MAX_SECONDS = 180.0
+PROBE_MAX_SAMPLES = 20000
+#: Fresh reads in flight at once: a read stuck on a dead path does not delay the next one.
+PROBE_MAX_INFLIGHT = 16
+#: A fresh-TLS read's own round trip, allowed on top of the sampling interval in every bound.
+PROBE_REQUEST_ALLOWANCE_S = 0.1
+#: Seconds the writes' read-back and the cleanup of the probe's ConfigMaps may take.
+PROBE_AUDIT_TIMEOUT_S = 30.0
+PROBE_CLEANUP_TIMEOUT_S = 15.0
+#: Kubernetes' leader-election defaults (--leader-elect-lease-duration/-renew-deadline/
+#: -retry-period of kube-controller-manager and kube-scheduler): kubeadm keeps them, our
+#: templates set none, and the lab's stand-in uses the same values.
+KUBE_LEASE_DURATION_S = 15.0
+KUBE_LEASE_RENEW_DEADLINE_S = 10.0
+KUBE_LEASE_RETRY_PERIOD_S = 2.0

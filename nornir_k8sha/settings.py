@@ -49,6 +49,10 @@ class LVSSettings(_Strict):
     scheduler: str = Field("wlc", description="IPVS scheduler")
     delay_loop: int = Field(1, description="seconds between keepalived health checks")
     connect_timeout: int = Field(1, description="TCP_CHECK connect timeout, seconds")
+    check_retry: int = Field(
+        1, ge=0, description="TCP_CHECK retries before a real server is removed"
+    )
+    delay_before_retry: int = Field(1, ge=0, description="seconds between TCP_CHECK retries")
     persistence_timeout: int = Field(0, description="IPVS persistence; 0 disables")
 
 

@@ -14,6 +14,7 @@ from nornir_k8sha.checkresult import CheckResult
 
 Verdict = Literal["passed", "failed", "error", "skipped"]
 SampleKind = Literal["read-fresh", "read-keepalive", "write"]
+MarkKind = Literal["fault", "lift", "holder", "step", "note"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,9 @@ class Expectation:
     explanation: str  # e.g. "VRRP master-down 3 x 0.1 s + skew 0.04 s, + HAProxy ... = 0.9 s"
     api_must_serve: bool = True  # False when the outage is the expected outcome
     writes_must_be_refused: bool = False  # etcd majority lost: no write may be acknowledged
+    # A leader/holder must change within this many seconds of the fault (first "holder" mark
+    # after the "fault" mark); None: no change is asked for (e.g. lease: 15 s + 2 s retry).
+    takeover_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,7 @@ class Mark:
 
     at: float  # time.monotonic()
     label: str
-    kind: Literal["fault", "lift", "holder", "step", "note"] = "note"
+    kind: MarkKind = "note"
 
 
 @dataclass
@@ -61,6 +65,7 @@ class Figures:
     writes_acknowledged: int
     writes_lost: int  # acknowledged, yet not read back after recovery
     writes_acknowledged_during_outage: int = 0
+    takeover_s: float | None = None  # fault applied -> first "holder" mark after it
 
 
 @dataclass

@@ -1,0 +1,112 @@
+"""The figures of one case from its load samples: pure functions, no I/O.
+
+Definitions (docs/verify.md repeats them for people):
+
+- a request "succeeded" at its end (that is when we know the API answered);
+- downtime: the longest gap between two consecutive successes (any kind) with at least one
+  failed request inside it, among the gaps that end after the fault was applied (with no fault
+  time: among all gaps). A gap without a failure in it is only the probe's sampling period, not
+  an outage, so a case where nothing failed has downtime 0. Failures before the first success
+  or after the last one make an open gap that starts at the first sample / ends at the last;
+- detect: fault applied -> start of the first failed request ending after it;
+- recover: fault lifted (or applied, when never lifted; with no fault time, the first failure)
+  -> the first success after the last failure (0 when the API came back before the lift or
+  nothing failed; None when it never came back);
+- writes acknowledged during the outage: 201s that ended between the first failure after the
+  fault and the last failure (the etcd-majority case wants none);
+- takeover: fault applied -> the first "holder" mark after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from nornir_k8sha.runbook.results import Expectation, Figures, Mark, Sample
+
+
+@dataclass(frozen=True)
+class Gap:
+    """An interval without a success; `closed` is False when no success ended it."""
+
+    begin: float
+    end: float
+    closed: bool = True
+
+    @property
+    def length(self) -> float:
+        return max(0.0, self.end - self.begin)
+
+
+def gaps(samples: Sequence[Sample]) -> list[Gap]:
+    """Gaps between consecutive successes that have a failed request inside them."""
+    if not samples:
+        return []
+    first = min(s.start for s in samples)
+    last = max(s.end for s in samples)
+    successes = sorted(s.end for s in samples if s.ok)
+    failures = [s for s in samples if not s.ok]
+    if not successes:
+        return [Gap(first, last, closed=False)] if failures else []
+    bounds = [Gap(first, successes[0])]
+    bounds += [Gap(a, b) for a, b in zip(successes, successes[1:], strict=False)]
+    bounds.append(Gap(successes[-1], last, closed=False))
+    return [g for g in bounds if any(f.start < g.end and f.end > g.begin for f in failures)]
+
+
+def figures(samples: Sequence[Sample], *, fault_at: float | None, lifted_at: float | None,
+            acknowledged: int, lost: int, marks: Sequence[Mark] | None = None) -> Figures:
+    """Requests, failures, downtime, detect/recover times and write figures of one case."""
+    failed = [s for s in samples if not s.ok]
+    window = [g for g in gaps(samples) if fault_at is None or g.end > fault_at]
+    worst = max(window, key=lambda g: g.length, default=None)
+    fig = Figures(requests=len(samples), failed=len(failed),
+                  downtime_s=worst.length if worst else 0.0, detect_s=None, recover_s=None,
+                  writes_acknowledged=acknowledged, writes_lost=lost)
+    since = fault_at if fault_at is not None else float("-inf")
+    after = sorted((s for s in failed if s.end > since), key=lambda s: s.end)
+    if fault_at is not None:
+        fig.takeover_s = _takeover(marks or (), fault_at)
+    if not after:
+        fig.recover_s = 0.0 if samples else None
+        return fig
+    onset = min(s.start for s in after)
+    fig.detect_s = None if fault_at is None else max(0.0, onset - fault_at)
+    last_failure = after[-1].end
+    back = min((s.end for s in samples if s.ok and s.end > last_failure), default=None)
+    reference = next(t for t in (lifted_at, fault_at, onset) if t is not None)
+    fig.recover_s = None if back is None else max(0.0, back - reference)
+    fig.writes_acknowledged_during_outage = sum(
+        1 for s in samples if s.kind == "write" and s.ok and onset <= s.end <= last_failure)
+    return fig
+
+
+def _takeover(marks: Sequence[Mark], fault_at: float) -> float | None:
+    holders = [m.at for m in marks if m.kind == "holder" and m.at >= fault_at]
+    return min(holders) - fault_at if holders else None
+
+
+def shortfalls(expected: Expectation, fig: Figures) -> list[str]:
+    """What the measurement broke of the expectation, one sentence each (empty: it held).
+
+    The measurement's share of a case's verdict; the engine adds the steady state.
+    """
+    out = []
+    if not fig.requests:
+        out.append("the load probe recorded no request")
+    if fig.writes_lost:
+        out.append(f"{fig.writes_lost} of {fig.writes_acknowledged} acknowledged writes lost")
+    if expected.writes_must_be_refused and fig.writes_acknowledged_during_outage:
+        out.append(f"{fig.writes_acknowledged_during_outage} writes acknowledged during the "
+                   "outage, where every write must be refused")
+    if fig.recover_s is None and fig.failed:  # even where an outage is expected
+        out.append("the API never recovered")
+    if (expected.api_must_serve and expected.downtime_s is not None
+            and fig.downtime_s > expected.downtime_s):
+        out.append(f"downtime {fig.downtime_s:.2f} s > bound {expected.downtime_s:.2f} s")
+    if expected.takeover_s is not None:
+        if fig.takeover_s is None:
+            out.append("no holder change seen")
+        elif fig.takeover_s > expected.takeover_s:
+            out.append(f"takeover {fig.takeover_s:.2f} s > bound {expected.takeover_s:.2f} s")
+    return out

@@ -1,0 +1,128 @@
+"""figures(): the numbers of a case from synthetic sample lists (no clock, no network)."""
+
+from __future__ import annotations
+
+import pytest
+
+from nornir_k8sha.runbook.measure import figures, gaps, shortfalls
+from nornir_k8sha.runbook.results import Expectation, Figures, Mark, Sample
+
+
+def reads(times: list[float], ok: bool = True, took: float = 0.02,
+          kind: str = "read-fresh") -> list[Sample]:
+    """One read per start time, each taking `took` seconds."""
+    return [Sample(kind, t, t + took, ok, 200 if ok else None, "" if ok else "refused")  # type: ignore[arg-type]
+            for t in times]
+
+
+def every(start: float, stop: float, step: float = 0.1) -> list[float]:
+    n = round((stop - start) / step)
+    return [round(start + i * step, 6) for i in range(n)]
+
+
+def outage_run() -> list[Sample]:
+    """Reads every 0.1 s from 0 to 10 s; those started in [2.0, 2.5) fail."""
+    return reads(every(0, 2.0)) + reads(every(2.0, 2.5), ok=False) + reads(every(2.5, 10))
+
+
+def test_outage_downtime_detect_recover() -> None:
+    fig = figures(outage_run(), fault_at=1.95, lifted_at=5.0, acknowledged=0, lost=0)
+    assert fig.requests == 100 and fig.failed == 5
+    # last success ends at 1.92, first success after ends at 2.52
+    assert fig.downtime_s == pytest.approx(0.6)
+    assert fig.detect_s == pytest.approx(0.05)
+    assert fig.recover_s == 0.0  # back before the fault was lifted
+    assert fig.takeover_s is None
+
+
+def test_recover_counts_from_the_lift_when_the_api_needs_it() -> None:
+    fig = figures(outage_run(), fault_at=1.95, lifted_at=2.3, acknowledged=0, lost=0)
+    assert fig.recover_s == pytest.approx(2.52 - 2.3)
+    fig = figures(outage_run(), fault_at=1.95, lifted_at=None, acknowledged=0, lost=0)
+    assert fig.recover_s == pytest.approx(2.52 - 1.95)
+
+
+def test_no_failures_means_no_downtime_whatever_the_sampling_period() -> None:
+    fig = figures(reads(every(0, 5, step=0.25)), fault_at=1.0, lifted_at=2.0, acknowledged=3,
+                  lost=0)
+    assert (fig.failed, fig.downtime_s, fig.detect_s, fig.recover_s) == (0, 0.0, None, 0.0)
+    assert fig.writes_acknowledged == 3
+
+
+def test_failures_before_the_fault_do_not_count_as_its_downtime() -> None:
+    samples = reads(every(0, 1)) + reads(every(1, 1.8), ok=False) + reads(every(1.8, 6))
+    fig = figures(samples, fault_at=3.0, lifted_at=4.0, acknowledged=0, lost=0)
+    assert fig.failed == 8  # still counted as failed requests
+    assert fig.downtime_s == 0.0 and fig.detect_s is None
+    # without a fault time the same run has its 0.9 s gap
+    assert figures(samples, fault_at=None, lifted_at=None, acknowledged=0,
+                   lost=0).downtime_s == pytest.approx(0.9)
+
+
+def test_longest_gap_wins_when_there_are_two_outages() -> None:
+    samples = (reads(every(0, 1)) + reads(every(1, 1.2), ok=False) + reads(every(1.2, 2))
+               + reads(every(2, 2.7), ok=False) + reads(every(2.7, 4)))
+    fig = figures(samples, fault_at=0.5, lifted_at=None, acknowledged=0, lost=0)
+    assert fig.downtime_s == pytest.approx(0.8)
+    assert fig.detect_s == pytest.approx(0.5)
+
+
+def test_never_recovered_is_an_open_gap_to_the_last_sample() -> None:
+    samples = reads(every(0, 2)) + reads(every(2, 4), ok=False)
+    fig = figures(samples, fault_at=2.0, lifted_at=3.0, acknowledged=4, lost=4)
+    assert fig.recover_s is None
+    assert fig.downtime_s == pytest.approx(4.0 - 0.1 + 0.02 - 1.92)
+    assert gaps(samples)[-1].closed is False
+    problems = shortfalls(Expectation(1.0, "x"), fig)
+    assert "the API never recovered" in problems
+    assert "4 of 4 acknowledged writes lost" in problems
+
+
+def test_empty_and_all_failed() -> None:
+    empty = figures([], fault_at=1.0, lifted_at=2.0, acknowledged=0, lost=0)
+    assert (empty.requests, empty.downtime_s, empty.recover_s) == (0, 0.0, None)
+    assert shortfalls(Expectation(1.0, "x"), empty) == ["the load probe recorded no request"]
+    dead = figures(reads(every(0, 1), ok=False), fault_at=0.0, lifted_at=None, acknowledged=0,
+                   lost=0)
+    assert dead.failed == 10 and dead.recover_s is None
+    assert dead.downtime_s == pytest.approx(0.92)
+
+
+def test_a_read_still_hanging_after_recovery_does_not_hide_the_outage() -> None:
+    """A request that timed out after later reads already succeeded still marks its gap."""
+    hang = Sample("read-keepalive", 1.95, 2.95, False, None, "timed out")
+    samples = reads(every(0, 2)) + reads(every(2.2, 4)) + [hang]
+    fig = figures(samples, fault_at=1.95, lifted_at=None, acknowledged=0, lost=0)
+    assert fig.downtime_s == pytest.approx(2.22 - 1.92)
+    # the last failure ends at 2.95: recovery is the first success after it
+    assert fig.recover_s == pytest.approx(3.02 - 1.95)
+
+
+def test_writes_acknowledged_during_the_outage_and_takeover() -> None:
+    writes = [Sample("write", 2.1, 2.2, True, 201, seq=1),
+              Sample("write", 5.0, 5.1, True, 201, seq=2)]
+    samples = reads(every(0, 2)) + reads(every(2, 3), ok=False) + reads(every(3, 6)) + writes
+    marks = [Mark(1.0, "lvs1", "holder"), Mark(2.0, "kill", "fault"),
+             Mark(2.4, "lvs2", "holder")]
+    fig = figures(samples, fault_at=2.0, lifted_at=4.0, acknowledged=2, lost=0, marks=marks)
+    assert fig.writes_acknowledged_during_outage == 1
+    assert fig.takeover_s == pytest.approx(0.4)
+    refuse = Expectation(None, "majority lost", api_must_serve=False, writes_must_be_refused=True)
+    assert shortfalls(refuse, fig) == [
+        "1 writes acknowledged during the outage, where every write must be refused"]
+    # an expected outage must still end: the API comes back when the members return
+    gone = figures(samples[:30] + reads(every(3, 6), ok=False), fault_at=2.0, lifted_at=4.0,
+                   acknowledged=0, lost=0)
+    assert shortfalls(refuse, gone) == ["the API never recovered"]
+
+
+def test_shortfalls_compare_with_the_bound() -> None:
+    fig = Figures(requests=100, failed=5, downtime_s=0.6, detect_s=0.0, recover_s=0.0,
+                  writes_acknowledged=10, writes_lost=0)
+    assert shortfalls(Expectation(0.7, "ok"), fig) == []
+    assert shortfalls(Expectation(0.5, "tight"), fig) == ["downtime 0.60 s > bound 0.50 s"]
+    assert shortfalls(Expectation(None, "down", api_must_serve=False), fig) == []
+    lease = Expectation(0.24, "lease", takeover_s=17.5)
+    assert shortfalls(lease, fig)[-1] == "no holder change seen"
+    fig.takeover_s = 18.0
+    assert shortfalls(lease, fig)[-1] == "takeover 18.00 s > bound 17.50 s"
