@@ -77,9 +77,10 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def _cert(cn: str, key: ec.EllipticCurvePrivateKey, ca: tuple[x509.Certificate, Any] | None,
-          *, ips: tuple[str, ...] = (), server: bool = False) -> x509.Certificate:
+          *, ips: tuple[str, ...] = (), server: bool = False, org: str = "") -> x509.Certificate:
     now = datetime.now(UTC)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    subject = x509.Name(([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org)] if org else [])
+                        + [x509.NameAttribute(NameOID.COMMON_NAME, cn)])
     builder = (x509.CertificateBuilder().subject_name(subject)
                .issuer_name(ca[0].subject if ca else subject).public_key(key.public_key())
                .serial_number(x509.random_serial_number())
@@ -533,7 +534,8 @@ def test_kubeadm_init_token_join_reset(etcd: EtcdServer, tmp_path: Path, procs: 
                                                 None)
     akey = _key()
     admin = (tmp_path / "admin.crt", tmp_path / "admin.key")
-    _write_pair(_cert("kubernetes-admin", akey, (ca, ca_key)), akey, *admin)
+    _write_pair(_cert("kubernetes-admin", akey, (ca, ca_key), org="system:masters"), akey,
+                *admin)
     base1 = f"https://127.0.0.1:{port1}"
     wait_for(lambda: _nodes(base1, m1, admin).get("master1") == "True", 10, "master1 Ready")
     for name in ("kube-controller-manager", "kube-scheduler"):
