@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
@@ -175,18 +176,19 @@ class EtcdWatch:
                     if "error" in msg:
                         raise WatchClosed(str(msg["error"].get("message", msg["error"])))
                     yield msg.get("result", {})
-        except (OSError, ValueError, http.client.HTTPException) as exc:
+        except (OSError, ValueError, AttributeError, http.client.HTTPException) as exc:
             raise WatchClosed(str(exc)) from None
+        finally:
+            self.conn.close()  # the reading thread closes; close() only cuts the socket
 
     def close(self) -> None:
         """Ends the stream; a thread blocked in `messages()` sees WatchClosed."""
-        if self.conn is not None and self.conn.sock is not None:
+        sock = self.conn.sock if self.conn is not None else None
+        if sock is not None:
             try:
-                self.conn.sock.shutdown(2)
+                sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        if self.conn is not None:
-            self.conn.close()
 
 
 def watch_events(store: Store, r: Resource, namespace: str | None, since: int,

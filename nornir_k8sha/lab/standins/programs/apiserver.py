@@ -264,7 +264,8 @@ class Handler(BaseHTTPRequestHandler):
         if req.verb not in r.verbs or (req.sub and r is not NODES and r is not NAMESPACES):
             raise ao.ApiError(405, "MethodNotAllowed", f"{req.verb} is not supported on "
                                                        f"{r.group_resource}")
-        self.authorize(req, name, groups)
+        if req.verb != "create":  # a create is authorized once its body names the object
+            self.authorize(req, name, groups)
         getattr(self, "do_" + req.verb)(req, name, groups)
 
     def authorize(self, req: Request, user: str, groups: set[str], name: str = "") -> None:

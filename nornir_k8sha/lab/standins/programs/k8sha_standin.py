@@ -599,14 +599,15 @@ class KubeClient:
         if cert:
             self.ctx.load_cert_chain(str(host_path(cert)), str(host_path(key or cert)))
 
-    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    def request(self, method: str, path: str, body: Any = None,
+                content_type: str = "application/json") -> tuple[int, Any]:
         headers = {"Accept": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         data = None
         if body is not None:
             data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
+            headers["Content-Type"] = content_type
         req = urllib.request.Request(self.server + path, data=data, method=method,
                                      headers=headers)
         try:
@@ -654,7 +655,7 @@ def token_secret(token_id: str, secret: str, ttl: int, description: str) -> dict
     """A bootstrap-token Secret as kubeadm creates it (kube-system/bootstrap-token-<id>)."""
     expires = datetime.fromtimestamp(time.time() + ttl, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return {"apiVersion": "v1", "kind": "Secret", "type": "bootstrap.kubernetes.io/token",
-            "metadata": {"name": f"bootstrap-token-{token_id}", "namespace": "kube-system"},
+            "metadata": object_metadata(f"bootstrap-token-{token_id}", "kube-system"),
             "stringData": {"token-id": token_id, "token-secret": secret, "expiration": expires,
                            "description": description,
                            "usage-bootstrap-authentication": "true",
