@@ -169,14 +169,19 @@ class EtcdServer:
 
     def stop(self, members: int | None = None) -> None:
         """Stop the first `members` members (all by default), by PID."""
-        for proc in self.procs[:members]:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        end(self.procs[:members])
+
+
+def end(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Terminate processes we started (by PID), killing those that linger."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 @pytest.fixture(scope="module")

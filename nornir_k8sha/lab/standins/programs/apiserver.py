@@ -60,7 +60,8 @@ class Request:
     @classmethod
     def parse(cls, method: str, raw: str) -> Request:
         url = urllib.parse.urlsplit(raw)
-        query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
+        query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query,
+                                                             keep_blank_values=True).items()}
         req = cls(method, url.path.rstrip("/") or "/", query)
         parts = req.path.strip("/").split("/")
         if parts[0] == "api" and len(parts) >= 3 and parts[1] == "v1":
