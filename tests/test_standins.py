@@ -657,6 +657,8 @@ def test_install_into_puts_programs_units_and_version(tmp_path: Path) -> None:
         program = re.search(r"/usr/(?:lib/k8sha-standins/\S+\.py|bin/kubelet)", text)[0]
         assert (tmp_path / program.lstrip("/")).exists(), program
     assert len(written) == len(set(written))
+    assert not (tmp_path / "usr/bin/kubectl").exists()  # kubectl is real: kubernetes-client
+    assert os.readlink(tmp_path / "root/.kube/config") == "/etc/kubernetes/admin.conf"
     env = {**os.environ, "K8SHA_STANDIN_ROOT": str(tmp_path)}
     version = subprocess.run([sys.executable, str(tmp_path / "usr/lib/k8sha-standins/kubeadm.py"),
                               "version", "-o", "short"], env=env, capture_output=True, text=True)
