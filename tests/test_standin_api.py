@@ -49,6 +49,7 @@ class Cluster:
     base: Path
     etcd: EtcdServer
     url: str
+    second: str  # another apiserver on the same etcd, as on the other masters
     ca: Path
     admin: Path
     node: Path
@@ -109,14 +110,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         skey = _key()
         _write_pair(_cert("kube-apiserver", skey, ca, ips=("127.0.0.1",), server=True), skey,
                     pki / "apiserver.crt", pki / "apiserver.key")
-        port = _free_port()
-        url = f"https://127.0.0.1:{port}"
+        ports = (_free_port(), _free_port())
+        url, second = (f"https://127.0.0.1:{p}" for p in ports)
         etcd_flags = [f"--etcd-servers={etcd.url}", f"--etcd-cafile={etcd.ca}",
                       f"--etcd-certfile={etcd.cert}", f"--etcd-keyfile={etcd.key}"]
-        spawn("apiserver", "apiserver.py", "--bind-address=127.0.0.1", f"--secure-port={port}",
-              *etcd_flags, f"--tls-cert-file={pki / 'apiserver.crt'}",
-              f"--tls-private-key-file={pki / 'apiserver.key'}",
-              f"--client-ca-file={pki / 'ca.crt'}", f"--k8sha-version={VERSION}")
+        for i, port in enumerate(ports):
+            spawn(f"apiserver{i}", "apiserver.py", "--bind-address=127.0.0.1",
+                  f"--secure-port={port}", *etcd_flags, f"--tls-cert-file={pki / 'apiserver.crt'}",
+                  f"--tls-private-key-file={pki / 'apiserver.key'}",
+                  f"--client-ca-file={pki / 'ca.crt'}", f"--k8sha-version={VERSION}")
         admin = _kubeconfig(base / "admin.conf", url, pki / "ca.crt",
                             *_client(pki, "admin", "kubernetes-admin", "kubeadm:cluster-admins",
                                      ca))
@@ -128,7 +130,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                               *_client(pki, "foreign", "kubernetes-admin", "system:masters",
                                        foreign_ca))
         anonymous = _kubeconfig(base / "anonymous.conf", url, pki / "ca.crt")
-        wait_for(lambda: https(f"{url}/readyz", pki / "ca.crt")[0] == 200, 15, "the apiserver")
+        for server in (url, second):
+            wait_for(lambda s=server: https(f"{s}/readyz", pki / "ca.crt")[0] == 200, 15,
+                     f"the apiserver at {server}")
         (base / "kubelet.yaml").write_text("nodeStatusUpdateFrequency: 1s\n")
         spawn("kubelet", "kubelet.py", f"--kubeconfig={node}", f"--config={base / 'kubelet.yaml'}",
               "--node-ip=127.0.0.1", "--hostname-override=node1",
@@ -136,7 +140,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         for component in ("kube-controller-manager", "kube-scheduler"):
             spawn(component, "leader.py", f"--component={component}", *etcd_flags,
                   f"--k8sha-identity=node1_{component}")
-        yield Cluster(base, etcd, url, pki / "ca.crt", admin, node, anonymous, foreign)
+        yield Cluster(base, etcd, url, second, pki / "ca.crt", admin, node, anonymous, foreign)
     finally:
         end(procs)
         etcd.stop()
@@ -269,12 +273,38 @@ def test_configmap_create_get_apply_conflict_delete(cluster: Cluster, version: s
         "found" in gone.stderr
 
 
+def test_what_one_apiserver_writes_the_other_serves_and_watches(cluster: Cluster) -> None:
+    """Every master's apiserver reads the same etcd: no state of its own."""
+    version = EDGE_VERSIONS[-1] if EDGE_VERSIONS else pytest.skip("no kubectl")
+    other = f"--server={cluster.second}"
+    cluster.ok(version, "create", "configmap", "shared", "--from-literal=where=first")
+    assert cluster.ok(version, other, "get", "cm", "shared", "-o", "jsonpath={.data.where}") \
+        == "first"
+    home = cluster.base / f"home-{version}"
+    env = {"HOME": str(home), "KUBECONFIG": str(cluster.admin), "PATH": "/usr/bin:/bin"}
+    with subprocess.Popen([KUBECTLS[version], other, "get", "cm", "shared", "-w", "-o",
+                           "jsonpath={.data.where}{\"\\n\"}"], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as watcher:
+        try:
+            assert watcher.stdout is not None
+            assert watcher.stdout.readline() == "first\n"
+            cluster.ok(version, "patch", "cm", "shared", "-p", '{"data":{"where":"changed"}}')
+            assert watcher.stdout.readline() == "changed\n"
+        finally:
+            watcher.terminate()
+    cluster.ok(version, other, "delete", "cm", "shared")
+
+
 @pytest.mark.parametrize("version", versions(edges_only=True))
 def test_invalid_configmaps_are_422_with_the_reason(cluster: Cluster, version: str) -> None:
     bad = cluster.kubectl(version, "create", "configmap", "Bad_Name", "--from-literal=k=v")
     assert bad.returncode == 1
     assert 'ConfigMap "Bad_Name" is invalid: metadata.name: Invalid value: "Bad_Name": a ' \
            "lowercase RFC 1123 subdomain" in bad.stderr
+    # kubectl words a 422 Invalid Status (and only that) as "The <Kind> <name> is invalid"
+    bad = cluster.kubectl(version, "create", "-f", "-", stdin=_manifest("Bad_Name", {}))
+    assert bad.returncode == 1 and bad.stderr.startswith(
+        'The ConfigMap "Bad_Name" is invalid: metadata.name: Invalid value: "Bad_Name"')
     big = _manifest("too-big", {"k": "x" * (1024 * 1024 + 1)})
     refused = cluster.kubectl(version, "create", "-f", "-", stdin=big)
     assert refused.returncode == 1 and "Too long: must have at most 1048576 bytes" in \

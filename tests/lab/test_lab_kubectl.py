@@ -107,6 +107,8 @@ def test_configmap_create_get_apply_conflict_delete(lab, k: Kubectl, version: st
     bad = k.run(version, "create", "configmap", "Bad_Name", "--from-literal=k=v")
     assert bad.returncode == 1 and 'ConfigMap "Bad_Name" is invalid: metadata.name: Invalid ' \
         'value: "Bad_Name": a lowercase RFC 1123 subdomain' in bad.stderr
+    bad = k.run(version, "create", "-f", "-", stdin=_manifest("Bad_Name", {}))  # 422 Invalid
+    assert bad.returncode == 1 and bad.stderr.startswith('The ConfigMap "Bad_Name" is invalid: ')
 
 
 @pytest.mark.parametrize("version", versions(edges_only=True))
