@@ -2,6 +2,8 @@
 
 The machine image ships kubectl 1.27-1.33 as `kubectl.1.27` ... `kubectl.1.33` beside the target
 of the `kubectl` on PATH; without them the plain `kubectl` is used, without any the tests skip.
+The kubectl of the lab's nodes (Debian's kubernetes-client, 1.20) is taken from the cached lab
+root filesystem when it has been built, as `lab-node`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from nornir_k8sha.lab import rootfs
 
 
 def _minor(version: str) -> tuple[int, ...]:
@@ -32,15 +36,23 @@ def kubectls() -> dict[str, str]:
 
 
 KUBECTLS = kubectls()
+LAB_NODE_KUBECTL = rootfs.rootfs_path() / "usr/bin/kubectl"
+#: every binary by name: the machine image's, and the lab nodes' when its rootfs is built
+BINARIES = {**KUBECTLS, **({"lab-node": str(LAB_NODE_KUBECTL)} if os.access(
+    LAB_NODE_KUBECTL, os.X_OK) else {})}
 NO_KUBECTL = "no kubectl binary on PATH (the machine image ships kubectl.1.27 ... kubectl.1.33)"
 #: The oldest and the newest: the versions every flow is proven with.
 EDGE_VERSIONS = sorted({next(iter(KUBECTLS), ""), next(reversed(KUBECTLS), "")},
                        key=_minor) if KUBECTLS else []
 
 
-def versions(edges_only: bool) -> list[object]:
-    """pytest parameters: one per kubectl version, or one skipped parameter with the reason."""
-    chosen = EDGE_VERSIONS if edges_only else list(KUBECTLS)
+def versions(edges_only: bool, lab_node: bool = False) -> list[object]:
+    """pytest parameters: one per kubectl version, or one skipped parameter with the reason.
+
+    `edges_only`: the oldest and newest of the machine image (plus the lab nodes' kubectl with
+    `lab_node`); otherwise every binary."""
+    chosen = EDGE_VERSIONS + ([n for n in BINARIES if n == "lab-node"] if lab_node else []) \
+        if edges_only else list(BINARIES)
     return list(chosen) or [pytest.param("", marks=pytest.mark.skip(reason=NO_KUBECTL))]
 
 
@@ -49,5 +61,5 @@ def kubectl(version: str, kubeconfig: Path, *args: str, home: Path, timeout: flo
     """One kubectl run with only `kubeconfig` (no ambient config); `home` keeps its cache."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
            "KUBECONFIG": str(kubeconfig)}
-    return subprocess.run([KUBECTLS[version], *args], env=env, capture_output=True, text=True,
+    return subprocess.run([BINARIES[version], *args], env=env, capture_output=True, text=True,
                           timeout=timeout, input=stdin)

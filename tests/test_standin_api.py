@@ -180,7 +180,7 @@ def test_readyz_and_livez_list_their_checks(cluster: Cluster) -> None:
 # --- nodes and leases ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("version", versions(edges_only=True))
+@pytest.mark.parametrize("version", versions(edges_only=True, lab_node=True))
 def test_nodes_table_wide_and_wait_for_ready(cluster: Cluster, version: str) -> None:
     out = cluster.ok(version, "wait", "--for=condition=Ready", "node", "--all", "--timeout=30s")
     assert out.strip() == "node/node1 condition met"
@@ -222,7 +222,7 @@ def test_leases_list_with_holders(cluster: Cluster, version: str) -> None:
 # --- configmaps ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("version", versions(edges_only=True))
+@pytest.mark.parametrize("version", versions(edges_only=True, lab_node=True))
 def test_configmap_create_get_apply_conflict_delete(cluster: Cluster, version: str) -> None:
     name = f"demo-{version.replace('.', '-') or 'x'}"
     assert cluster.ok(version, "create", "configmap", name, "--from-literal=k=v") == \
