@@ -512,7 +512,10 @@ class Handler(BaseHTTPRequestHandler):
             if not readable:
                 return False
             self.request.settimeout(0.1)
-            return self.request.recv(1) == b""
+            try:
+                return self.request.recv(1) == b""
+            finally:
+                self.request.settimeout(self.timeout)
         except (OSError, ValueError):
             return True
 

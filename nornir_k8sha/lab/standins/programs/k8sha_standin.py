@@ -21,6 +21,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import urllib.error
@@ -61,6 +62,9 @@ def _excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> Non
 
 
 sys.excepthook = _excepthook
+# ... and those of threads (the apiserver's watch pumps, its bootstrap thread)
+threading.excepthook = lambda args: _excepthook(args.exc_type, args.exc_value,  # type: ignore
+                                                args.exc_traceback)
 
 
 class Parser(argparse.ArgumentParser):
