@@ -397,3 +397,15 @@ def test_csr_is_kept_and_listed(cluster: Cluster) -> None:
     issued = json.loads(cluster.ok(version, "get", "csr", "worker9", "-o", "json"))
     cert = x509.load_pem_x509_certificate(base64.b64decode(issued["status"]["certificate"]))
     assert cert.subject.rfc4514_string() == "CN=system:node:worker9,O=system:nodes"
+
+
+def test_every_log_line_says_lab_standin(cluster: Cluster) -> None:
+    """Last in the file: after all the traffic above, every stand-in log line is marked."""
+    logs = {p.name: p.read_text() for p in cluster.base.glob("*.log")}
+    assert {"apiserver0.log", "apiserver1.log", "kubelet.log",
+            "kube-controller-manager.log"} <= set(logs)
+    unmarked = [(name, line) for name, text in logs.items() for line in text.splitlines()
+                if not line.startswith("[lab stand-in]")]
+    assert not unmarked, unmarked[:5]
+    code, headers, _ = https(f"{cluster.url}/api", cluster.ca)
+    assert code == 401 and headers["X-K8sha-Lab-Standin"] == "true"
