@@ -2,8 +2,8 @@
 
 The machine image ships kubectl 1.27-1.33 as `kubectl.1.27` ... `kubectl.1.33` beside the target
 of the `kubectl` on PATH; without them the plain `kubectl` is used, without any the tests skip.
-The kubectl of the lab's nodes (Debian's kubernetes-client, 1.20) is taken from the cached lab
-root filesystem when it has been built, as `lab-node`.
+The kubectl of the lab's nodes (Debian's kubernetes-client, 1.20) is taken from a cached lab
+root filesystem when one has been built (`lab up`), as `lab-node`.
 """
 
 from __future__ import annotations
@@ -36,10 +36,11 @@ def kubectls() -> dict[str, str]:
 
 
 KUBECTLS = kubectls()
-LAB_NODE_KUBECTL = rootfs.rootfs_path() / "usr/bin/kubectl"
-#: every binary by name: the machine image's, and the lab nodes' when its rootfs is built
-BINARIES = {**KUBECTLS, **({"lab-node": str(LAB_NODE_KUBECTL)} if os.access(
-    LAB_NODE_KUBECTL, os.X_OK) else {})}
+#: Debian's kubectl in a built lab rootfs (any: the package is the same in each)
+LAB_NODE_KUBECTL = next((p for p in sorted(rootfs.CACHE_ROOT.glob("rootfs-*/usr/bin/kubectl"))
+                         if os.access(p, os.X_OK)), None)
+#: every binary by name: the machine image's, and the lab nodes' when a lab rootfs is built
+BINARIES = {**KUBECTLS, **({"lab-node": str(LAB_NODE_KUBECTL)} if LAB_NODE_KUBECTL else {})}
 NO_KUBECTL = "no kubectl binary on PATH (the machine image ships kubectl.1.27 ... kubectl.1.33)"
 #: The oldest and the newest: the versions every flow is proven with.
 EDGE_VERSIONS = sorted({next(iter(KUBECTLS), ""), next(reversed(KUBECTLS), "")},
