@@ -207,6 +207,17 @@ def test_node_labels_survive_heartbeats_and_node_users_are_confined(cluster: Clu
 
 
 @pytest.mark.parametrize("version", versions(edges_only=True))
+def test_describe_and_get_all(cluster: Cluster, version: str) -> None:
+    node = cluster.ok(version, "describe", "node", "node1")
+    assert "Non-terminated Pods:          (0 in total)" in node and "Events:" in node
+    cluster.ok(version, "create", "configmap", "described", "--from-literal=k=v")
+    shown = cluster.ok(version, "describe", "cm", "described")
+    assert shown.splitlines()[0].split() == ["Name:", "described"] and "Events:  <none>" in shown
+    cluster.ok(version, "delete", "cm", "described")
+    assert "service/kubernetes" in cluster.ok(version, "get", "all", "-A")
+
+
+@pytest.mark.parametrize("version", versions(edges_only=True))
 def test_leases_list_with_holders(cluster: Cluster, version: str) -> None:
     def holders() -> dict[str, str]:
         out = cluster.ok(version, "-n", "kube-system", "get", "leases")

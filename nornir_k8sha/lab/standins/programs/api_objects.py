@@ -318,16 +318,24 @@ def label_matcher(selector: str) -> Any:
     return lambda labels: all(check(labels or {}) for check in checks)
 
 
+def _field(obj: Any, path: str) -> str:
+    for part in path.split("."):
+        obj = obj.get(part) if isinstance(obj, dict) else None
+    return "" if obj is None else str(obj)
+
+
 def field_matcher(selector: str) -> Any:
-    """A predicate over an object from a field selector (metadata.name/namespace, = or !=)."""
+    """A predicate over an object from a field selector (`a.b=v`, `a.b==v`, `a.b!=v`).
+
+    The real server allows a few fields per kind (metadata.name, metadata.namespace and e.g.
+    involvedObject.* for events); any dotted path of the object is accepted here.
+    """
     checks = []
     for term in _split_terms(selector or ""):
         neq = "!=" in term
-        field, value = (s.strip() for s in term.replace("==", "=").replace("!=", "=")
-                        .split("=", 1))
-        if field not in ("metadata.name", "metadata.namespace"):
-            raise ApiError(400, "BadRequest", f'"{field}" is not a known field selector: only '
-                                              '"metadata.name", "metadata.namespace"')
-        checks.append(lambda obj, f=field.split(".")[1], v=value, n=neq:
-                      ((obj.get("metadata") or {}).get(f, "") == v) != n)
+        field, sep, value = term.replace("==", "=").replace("!=", "=").partition("=")
+        if not sep or not field.strip():
+            raise ApiError(400, "BadRequest", f"invalid field selector {term!r}")
+        checks.append(lambda obj, f=field.strip(), v=value.strip(), n=neq:
+                      (_field(obj, f) == v) != n)
     return lambda obj: all(check(obj) for check in checks)

@@ -29,6 +29,7 @@ class Resource:
     prefix: str  # etcd key prefix, the real apiserver's
     short_names: tuple[str, ...] = ()
     subresources: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
 
     @property
     def api_version(self) -> str:
@@ -54,7 +55,12 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("", "v1", "configmaps", "ConfigMap", True, (*READ, *WRITE),
              "/registry/configmaps/", ("cm",)),
     Resource("", "v1", "services", "Service", True, READ, "/registry/services/specs/",
-             ("svc",)),
+             ("svc",), categories=("all",)),
+    # Nothing writes these here (the kubelet stand-in runs no pods): empty, but `kubectl
+    # describe` lists the events of what it shows and `describe node` the node's pods.
+    Resource("", "v1", "events", "Event", True, READ, "/registry/events/", ("ev",)),
+    Resource("", "v1", "pods", "Pod", True, READ, "/registry/pods/", ("po",),
+             categories=("all",)),
     Resource("coordination.k8s.io", "v1", "leases", "Lease", True, READ,
              "/registry/leases/"),
     Resource("certificates.k8s.io", "v1", "certificatesigningrequests",
@@ -115,6 +121,8 @@ def _entry(r: Resource) -> dict[str, Any]:
                              "namespaced": r.namespaced, "kind": r.kind, "verbs": list(r.verbs)}
     if r.short_names:
         entry["shortNames"] = list(r.short_names)
+    if r.categories:
+        entry["categories"] = list(r.categories)
     return entry
 
 
