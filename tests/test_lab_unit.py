@@ -66,26 +66,11 @@ def test_nspawn_command_has_the_measured_flags() -> None:
 
 def test_uml_command_boots_hostfs_with_systemd_on_a_tap(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(uml, "uml_binary", lambda: "/usr/bin/linux")
-    monkeypatch.setattr(uml.uml_fpu, "needs_filter", lambda: False)
     cmd = uml.uml_command("lvs1", Path("/x/root"), "k8t-lvs1", "02:88:0a:58:00:0b", Path("/u"))
     assert cmd[0] == "/usr/bin/linux"
     for arg in ("rootfstype=hostfs", "rootflags=/x/root", "init=/lib/systemd/systemd",
                 "vec0:transport=tap,ifname=k8t-lvs1,mac=02:88:0a:58:00:0b", "mem=256M"):
         assert arg in cmd
-    # on an AMX host the same command runs behind the seccomp wrapper (uml_fpu.py)
-    monkeypatch.setattr(uml.uml_fpu, "needs_filter", lambda: True)
-    wrapped = uml.uml_command("lvs1", Path("/x/root"), "k8t-lvs1", "02:88:0a:58:00:0b",
-                              Path("/u"))
-    assert wrapped[1].endswith("nornir_k8sha/lab/uml_fpu.py") and wrapped[2:] == cmd
-
-
-def test_uml_fpu_filter_only_on_amx_hosts(tmp_path: Path) -> None:
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("flags\t\t: fpu sse2 avx2 amx_bf16 amx_tile amx_int8\n")
-    assert uml.uml_fpu.needs_filter(cpuinfo)
-    cpuinfo.write_text("flags\t\t: fpu sse2 avx2 avx512f\n")
-    assert not uml.uml_fpu.needs_filter(cpuinfo)
-    assert len(uml.uml_fpu.program()) % 8 == 0  # whole BPF instructions
 
 
 def test_hosts_file_has_localhost_first_and_every_host() -> None:

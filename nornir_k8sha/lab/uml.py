@@ -9,11 +9,9 @@ bridge through a tap with the vector driver.
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 from nornir_k8sha.exceptions import LabError
-from nornir_k8sha.lab import uml_fpu
 
 UML_BINARY = "linux"
 MEMORY = "256M"
@@ -29,10 +27,8 @@ def uml_binary() -> str:
 
 
 def uml_command(host: str, root: Path, tap: str, mac: str, uml_dir: Path) -> list[str]:
-    # On AMX hosts UML 6.1 cannot pass its guests' FPU state: see uml_fpu.py.
-    wrapper = [sys.executable, str(Path(uml_fpu.__file__))] if uml_fpu.needs_filter() else []
     return [
-        *wrapper, uml_binary(), f"mem={MEMORY}", f"umid=k8sha-{host}", f"uml_dir={uml_dir}",
+        uml_binary(), f"mem={MEMORY}", f"umid=k8sha-{host}", f"uml_dir={uml_dir}",
         "root=/dev/root", "rootfstype=hostfs", f"rootflags={root}", "rw",
         "init=/lib/systemd/systemd", f"vec0:transport=tap,ifname={tap},mac={mac}",
         "con=null", "con0=null,fd:1", "quiet", "systemd.show_status=0",
