@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from nornir_k8sha.lab import standins
+from tests.kubectl_bins import EDGE_VERSIONS, kubectl
 
 PROGRAMS = Path(standins.__file__).parent / "programs"
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
@@ -495,6 +496,31 @@ def _nodes(base: str, m1: Path, admin: tuple[Path, Path]) -> dict[str, str]:
                                         if c["type"] == "Ready") for n in json.loads(body)["items"]}
 
 
+def _real_kubectl_sees_the_cluster(m1: Path, tmp_path: Path) -> None:
+    """Real kubectl with nothing but the admin.conf kubeadm wrote (O=kubeadm:cluster-admins)
+    reads what the kubeadm, kubelet and leader stand-ins wrote (skipped without kubectl)."""
+    for version in EDGE_VERSIONS:
+        def run(*args: str, v: str = version) -> str:
+            proc = kubectl(v, m1 / "etc/kubernetes/admin.conf", *args,
+                           home=tmp_path / f"home-{v}")
+            assert proc.returncode == 0 and proc.stderr == "", (args, proc.stderr)
+            return proc.stdout
+
+        rows = {r.split()[0]: r.split() for r in run("get", "nodes").splitlines()[1:]}
+        assert {n: r[1:3] for n, r in rows.items()} == {
+            "master1": ["Ready", "control-plane"], "master2": ["Ready", "control-plane"],
+            "worker1": ["Ready", "<none>"]}
+        leases = run("-n", "kube-system", "get", "leases", "-o", "name").split()
+        assert "lease.coordination.k8s.io/kube-controller-manager" in leases
+        cfg = run("-n", "kube-system", "get", "cm", "kubeadm-config", "-o",
+                  "jsonpath={.data.ClusterConfiguration}")
+        assert f"kubernetesVersion: v{VERSION}" in cfg
+        assert run("-n", "kube-public", "get", "cm", "cluster-info", "-o",
+                   "jsonpath={.metadata.creationTimestamp}")
+        csrs = run("get", "csr").splitlines()
+        assert csrs[0].split()[0] == "NAME" and any("Approved,Issued" in r for r in csrs[1:])
+
+
 def test_kubeadm_init_token_join_reset(etcd: EtcdServer, tmp_path: Path, procs: Procs) -> None:
     port1, port2 = _free_port(), _free_port()
     m1 = _master_root(tmp_path, "master1", etcd, None)
@@ -614,6 +640,7 @@ controlPlane:
     base2 = f"https://127.0.0.1:{port2}"
     assert https(base2 + "/readyz", m2 / "etc/kubernetes/pki/ca.crt")[::2] == (200, "ok")
     wait_for(lambda: _nodes(base2, m1, admin).get("master2") == "True", 10, "master2 Ready")
+    _real_kubectl_sees_the_cluster(m1, tmp_path)
     tc2 = run("kubeadm.py", "token", "create", "--print-join-command", root=m2)
     assert tc2.returncode == 0 and PRINT_JOIN_RE.match(tc2.stdout.rstrip("\n"))
 
