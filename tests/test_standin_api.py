@@ -11,8 +11,10 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import ssl
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -408,6 +410,45 @@ def test_csr_is_kept_and_listed(cluster: Cluster) -> None:
     issued = json.loads(cluster.ok(version, "get", "csr", "worker9", "-o", "json"))
     cert = x509.load_pem_x509_certificate(base64.b64decode(issued["status"]["certificate"]))
     assert cert.subject.rfc4514_string() == "CN=system:node:worker9,O=system:nodes"
+
+
+def _etcd_put(etcd: EtcdServer, key: str, value: dict) -> None:
+    ctx = ssl.create_default_context(cafile=str(etcd.ca))
+    ctx.load_cert_chain(str(etcd.cert), str(etcd.key))
+    body = json.dumps({"key": base64.b64encode(key.encode()).decode(),
+                       "value": base64.b64encode(json.dumps(value).encode()).decode()})
+    with urllib.request.urlopen(urllib.request.Request(etcd.urls[0] + "/v3/kv/put",
+                                                       data=body.encode()), context=ctx):
+        pass
+
+
+def test_objects_older_stand_ins_wrote_straight_to_etcd_are_served(cluster: Cluster) -> None:
+    """An earlier kubelet stand-in's Node (no uid, no creationTimestamp) and a ConfigMap put
+    into etcd by kubeadm: listed, readable, and completed on their next write."""
+    version = EDGE_VERSIONS[-1] if EDGE_VERSIONS else pytest.skip("no kubectl")
+    _etcd_put(cluster.etcd, "/registry/minions/old-node", {
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": "old-node"},
+        "status": {"conditions": [{"type": "Ready", "status": "True",
+                                   "lastHeartbeatTime": "2020-01-01T00:00:00Z"}]}})
+    _etcd_put(cluster.etcd, "/registry/configmaps/kube-system/old-cm",
+              {"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "old-cm", "namespace": "kube-system"}, "data": {"k": "v"}})
+    try:
+        rows = {r.split()[0]: r.split() for r in cluster.ok(version, "get", "nodes")
+                .splitlines()[1:]}
+        assert rows["old-node"][1:4] == ["NotReady", "<none>", "<unknown>"]  # stale heartbeat
+        uid = cluster.ok(version, "get", "node", "old-node", "-o", "jsonpath={.metadata.uid}")
+        assert uid == cluster.ok(version, "get", "node", "old-node", "-o",
+                                 "jsonpath={.metadata.uid}")  # stable without a write
+        cluster.ok(version, "label", "node", "old-node", "written=yes")
+        meta = json.loads(cluster.ok(version, "get", "node", "old-node", "-o", "json"))[
+            "metadata"]
+        assert meta["uid"] == uid and meta["creationTimestamp"]
+        assert cluster.ok(version, "-n", "kube-system", "get", "cm", "old-cm", "-o",
+                          "jsonpath={.data.k}") == "v"
+    finally:
+        cluster.ok(version, "delete", "node", "old-node")
+        cluster.ok(version, "-n", "kube-system", "delete", "cm", "old-cm")
 
 
 def test_every_log_line_says_lab_standin(cluster: Cluster) -> None:

@@ -105,9 +105,10 @@ class Store:
             if current is not None:
                 for field in ("uid", "creationTimestamp"):
                     meta[field] = current["metadata"].get(field, meta.get(field))
-            else:
-                meta.setdefault("uid", str(uuid.uuid4()))
-                meta.setdefault("creationTimestamp", sa.now_rfc3339())
+            # objects from older writers may lack them: a real object always has both
+            meta.setdefault("uid", str(uuid.uuid4()))
+            if not meta.get("creationTimestamp"):
+                meta["creationTimestamp"] = sa.now_rfc3339()
             ao.validate(r, new, current)
             if dry_run:
                 return self.view(r, new), current is None
