@@ -375,7 +375,9 @@ def test_apiserver_health_and_readyz_follows_etcd_quorum(tmp_path: Path, procs: 
         assert (code, body) == (200, "ok")
         assert headers["X-K8sha-Lab-Standin"] == "true"
         assert https(base + "/livez", pki / "ca.crt")[::2] == (200, "ok")
-        assert https(base + "/readyz", pki / "ca.crt")[::2] == (200, "ok")
+        # ready once its post-start hook has written the system namespaces (milliseconds)
+        wait_for(lambda: https(base + "/readyz", pki / "ca.crt")[::2] == (200, "ok"), 10,
+                 "/readyz")
         code, _, body = https(base + "/version", pki / "ca.crt")
         assert code == 200 and json.loads(body)["gitVersion"] == f"v{VERSION}"
         # no client certificate: nodes are not anonymous
@@ -638,7 +640,8 @@ controlPlane:
     assert good.returncode == 0, good.stderr + good.stdout
     assert "a new control plane instance was created" in good.stdout
     base2 = f"https://127.0.0.1:{port2}"
-    assert https(base2 + "/readyz", m2 / "etc/kubernetes/pki/ca.crt")[::2] == (200, "ok")
+    wait_for(lambda: https(base2 + "/readyz", m2 / "etc/kubernetes/pki/ca.crt")[::2] == (
+        200, "ok"), 10, "master2's /readyz")
     wait_for(lambda: _nodes(base2, m1, admin).get("master2") == "True", 10, "master2 Ready")
     _real_kubectl_sees_the_cluster(m1, tmp_path)
     tc2 = run("kubeadm.py", "token", "create", "--print-join-command", root=m2)
