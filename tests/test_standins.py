@@ -38,6 +38,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from nornir_k8sha.lab import standins
 from nornir_k8sha.tasks import kubeadm as K
+from tests.kubectl_bins import EDGE_VERSIONS, kubectl
 
 PROGRAMS = Path(standins.__file__).parent / "programs"
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
@@ -74,9 +75,10 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def _cert(cn: str, key: ec.EllipticCurvePrivateKey, ca: tuple[x509.Certificate, Any] | None,
-          *, ips: tuple[str, ...] = (), server: bool = False) -> x509.Certificate:
+          *, ips: tuple[str, ...] = (), server: bool = False, org: str = "") -> x509.Certificate:
     now = datetime.now(UTC)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    subject = x509.Name(([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org)] if org else [])
+                        + [x509.NameAttribute(NameOID.COMMON_NAME, cn)])
     builder = (x509.CertificateBuilder().subject_name(subject)
                .issuer_name(ca[0].subject if ca else subject).public_key(key.public_key())
                .serial_number(x509.random_serial_number())
@@ -165,14 +167,19 @@ class EtcdServer:
 
     def stop(self, members: int | None = None) -> None:
         """Stop the first `members` members (all by default), by PID."""
-        for proc in self.procs[:members]:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        end(self.procs[:members])
+
+
+def end(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Terminate processes we started (by PID), killing those that linger."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -365,7 +372,9 @@ def test_apiserver_health_and_readyz_follows_etcd_quorum(tmp_path: Path, procs: 
         assert (code, body) == (200, "ok")
         assert headers["X-K8sha-Lab-Standin"] == "true"
         assert https(base + "/livez", pki / "ca.crt")[::2] == (200, "ok")
-        assert https(base + "/readyz", pki / "ca.crt")[::2] == (200, "ok")
+        # ready once its post-start hook has written the system namespaces (milliseconds)
+        wait_for(lambda: https(base + "/readyz", pki / "ca.crt")[::2] == (200, "ok"), 10,
+                 "/readyz")
         code, _, body = https(base + "/version", pki / "ca.crt")
         assert code == 200 and json.loads(body)["gitVersion"] == f"v{VERSION}"
         # no client certificate: nodes are not anonymous
@@ -486,6 +495,31 @@ def _nodes(base: str, m1: Path, admin: tuple[Path, Path]) -> dict[str, str]:
                                         if c["type"] == "Ready") for n in json.loads(body)["items"]}
 
 
+def _real_kubectl_sees_the_cluster(m1: Path, tmp_path: Path) -> None:
+    """Real kubectl with nothing but the admin.conf kubeadm wrote (O=kubeadm:cluster-admins)
+    reads what the kubeadm, kubelet and leader stand-ins wrote (skipped without kubectl)."""
+    for version in EDGE_VERSIONS:
+        def run(*args: str, v: str = version) -> str:
+            proc = kubectl(v, m1 / "etc/kubernetes/admin.conf", *args,
+                           home=tmp_path / f"home-{v}")
+            assert proc.returncode == 0 and proc.stderr == "", (args, proc.stderr)
+            return proc.stdout
+
+        rows = {r.split()[0]: r.split() for r in run("get", "nodes").splitlines()[1:]}
+        assert {n: r[1:3] for n, r in rows.items()} == {
+            "master1": ["Ready", "control-plane"], "master2": ["Ready", "control-plane"],
+            "worker1": ["Ready", "<none>"]}
+        leases = run("-n", "kube-system", "get", "leases", "-o", "name").split()
+        assert "lease.coordination.k8s.io/kube-controller-manager" in leases
+        cfg = run("-n", "kube-system", "get", "cm", "kubeadm-config", "-o",
+                  "jsonpath={.data.ClusterConfiguration}")
+        assert f"kubernetesVersion: v{VERSION}" in cfg
+        assert run("-n", "kube-public", "get", "cm", "cluster-info", "-o",
+                   "jsonpath={.metadata.creationTimestamp}")
+        csrs = run("get", "csr").splitlines()
+        assert csrs[0].split()[0] == "NAME" and any("Approved,Issued" in r for r in csrs[1:])
+
+
 def test_kubeadm_init_token_join_reset(etcd: EtcdServer, tmp_path: Path, procs: Procs) -> None:
     port1, port2 = _free_port(), _free_port()
     m1 = _master_root(tmp_path, "master1", etcd, None)
@@ -530,7 +564,8 @@ def test_kubeadm_init_token_join_reset(etcd: EtcdServer, tmp_path: Path, procs: 
                                                 None)
     akey = _key()
     admin = (tmp_path / "admin.crt", tmp_path / "admin.key")
-    _write_pair(_cert("kubernetes-admin", akey, (ca, ca_key)), akey, *admin)
+    _write_pair(_cert("kubernetes-admin", akey, (ca, ca_key), org="system:masters"), akey,
+                *admin)
     base1 = f"https://127.0.0.1:{port1}"
     wait_for(lambda: _nodes(base1, m1, admin).get("master1") == "True", 10, "master1 Ready")
     for name in ("kube-controller-manager", "kube-scheduler"):
@@ -602,8 +637,10 @@ controlPlane:
     assert good.returncode == 0, good.stderr + good.stdout
     assert "a new control plane instance was created" in good.stdout
     base2 = f"https://127.0.0.1:{port2}"
-    assert https(base2 + "/readyz", m2 / "etc/kubernetes/pki/ca.crt")[::2] == (200, "ok")
+    wait_for(lambda: https(base2 + "/readyz", m2 / "etc/kubernetes/pki/ca.crt")[::2] == (
+        200, "ok"), 10, "master2's /readyz")
     wait_for(lambda: _nodes(base2, m1, admin).get("master2") == "True", 10, "master2 Ready")
+    _real_kubectl_sees_the_cluster(m1, tmp_path)
     tc2 = run("kubeadm.py", "token", "create", "--print-join-command", root=m2)
     assert tc2.returncode == 0 and PRINT_JOIN_RE.match(tc2.stdout.rstrip("\n"))
 
@@ -647,6 +684,8 @@ def test_install_into_puts_programs_units_and_version(tmp_path: Path) -> None:
         program = re.search(r"/usr/(?:lib/k8sha-standins/\S+\.py|bin/kubelet)", text)[0]
         assert (tmp_path / program.lstrip("/")).exists(), program
     assert len(written) == len(set(written))
+    assert not (tmp_path / "usr/bin/kubectl").exists()  # kubectl is real: kubernetes-client
+    assert os.readlink(tmp_path / "root/.kube/config") == "/etc/kubernetes/admin.conf"
     env = {**os.environ, "K8SHA_STANDIN_ROOT": str(tmp_path)}
     version = subprocess.run([sys.executable, str(tmp_path / "usr/lib/k8sha-standins/kubeadm.py"),
                               "version", "-o", "short"], env=env, capture_output=True, text=True)

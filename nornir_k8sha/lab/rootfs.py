@@ -31,12 +31,12 @@ MIRRORS: tuple[str, ...] = (
     "deb http://deb.debian.org/debian-security bookworm-security main",
 )
 #: Everything a lab host may run. The deploy enables what each role needs; nothing here runs
-#: by default except sshd (see DISABLED_SERVICES).
+#: by default except sshd (see DISABLED_SERVICES). `kubernetes-client` is Debian's real kubectl.
 PACKAGES: tuple[str, ...] = (
     "systemd", "systemd-sysv", "dbus", "openssh-server", "sudo", "python3", "iproute2",
     "iputils-ping", "procps", "kmod", "keepalived", "haproxy", "etcd-server", "etcd-client",
     "frr", "ipvsadm", "curl", "ca-certificates", "containerd", "docker-registry", "openssl",
-    "less", "nftables",
+    "less", "nftables", "kubernetes-client",
 )
 #: Services installed by the packages above that must stay off until a deploy enables them.
 DISABLED_SERVICES: tuple[str, ...] = (
@@ -60,7 +60,7 @@ MASKED_UNITS: tuple[str, ...] = (
     "ipvsadm.service",
 )
 #: Bump when the customisation below changes: it is part of the cache key.
-CUSTOMISATION_VERSION = 6
+CUSTOMISATION_VERSION = 7
 COMPLETE_MARK = ".k8sha-rootfs-complete"
 #: The switch operator account of the lab's FRR switches (login shell vtysh).
 SWITCH_USER = "netops"

@@ -3,7 +3,8 @@
 No kubeadm, kube-apiserver or kubelet binary or image can be had on this machine, so the lab's
 rootfs gets small pure-stdlib Python programs with the real command lines instead (see
 docs/standins.md): `kubeadm`, an apiserver, controller-manager/scheduler leader election and a
-kubelet that posts heartbeats, all keeping their state in the real external etcd.
+kubelet that posts heartbeats, all keeping their state in the real external etcd. kubectl is
+the real one (Debian's `kubernetes-client`), talking to the stand-in apiserver.
 
 The lab's rootfs builder calls `install_into(root)` once per tree; `content_hash()` belongs in its
 cache key so a change here rebuilds the tree. The deploy must never import this package.
@@ -25,7 +26,11 @@ LIB_DIR = "usr/lib/k8sha-standins"
 UNIT_DIR = "usr/lib/systemd/system"
 VERSION_FILE = "etc/k8sha-standins/version"
 #: command on PATH -> program in LIB_DIR
-COMMANDS = {"kubeadm": "kubeadm.py", "kubelet": "kubelet.py", "kubectl": "kubectl.py"}
+COMMANDS = {"kubeadm": "kubeadm.py", "kubelet": "kubelet.py"}
+#: kubectl is real (Debian's kubernetes-client); root's default kubeconfig is the admin.conf that
+#: kubeadm writes on masters, as `kubeadm init` tells the admin to set up (absent elsewhere).
+ROOT_KUBECONFIG = "root/.kube/config"
+ADMIN_CONF = "/etc/kubernetes/admin.conf"
 #: The systemd units (the lab's faults stop e.g. kube-apiserver.service on one master).
 UNIT_NAMES = ("kube-apiserver.service", "kube-controller-manager.service",
               "kube-scheduler.service", "kubelet.service")
@@ -37,7 +42,8 @@ exec /usr/bin/python3 /{lib}/{program} "$@"
 _README = """[lab stand-in] nornir-k8sha lab stand-ins
 
 These programs stand in for kubeadm, kube-apiserver, kube-controller-manager, kube-scheduler and
-the kubelet inside the nornir-k8sha lab, where no real Kubernetes binaries or images exist. They
+the kubelet inside the nornir-k8sha lab, where no real Kubernetes binaries or images exist.
+kubectl is the real one (Debian's kubernetes-client) and talks to the stand-in apiserver. They
 keep the real command lines and output shapes and their state in the real etcd, and every line
 and HTTP response they produce says it comes from a lab stand-in.
 """
@@ -87,6 +93,11 @@ def install_into(root: Path, kubernetes_version: str | None = None) -> list[Path
         put(f"usr/bin/{name}", _WRAPPER.format(name=name, lib=LIB_DIR, program=program)
             .encode(), 0o755)
     put(f"{LIB_DIR}/README", _README.encode(), 0o644)
+    link = root / ROOT_KUBECONFIG
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.unlink(missing_ok=True)
+    link.symlink_to(ADMIN_CONF)
+    written.append(link)
     version = (kubernetes_version or _default_version()).lstrip("v")
     put(VERSION_FILE, f"{version}\n".encode(), 0o644)
     return written

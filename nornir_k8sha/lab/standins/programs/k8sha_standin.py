@@ -21,10 +21,12 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import urllib.error
 import urllib.request
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -60,6 +62,9 @@ def _excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> Non
 
 
 sys.excepthook = _excepthook
+# ... and those of threads (the apiserver's watch pumps, its bootstrap thread)
+threading.excepthook = lambda args: _excepthook(args.exc_type, args.exc_value,  # type: ignore
+                                                args.exc_traceback)
 
 
 class Parser(argparse.ArgumentParser):
@@ -423,6 +428,62 @@ class Etcd:
         return bool(resp.get("succeeded")), int(resp.get("header", {}).get("revision", 0))
 
 
+    def range(self, key: str, *, prefix: bool = False, timeout: float | None = None
+              ) -> tuple[int, list[Kv]]:
+        """(store revision, key-values with their revisions) of a key or a prefix."""
+        body = {"key": _b64(key)}
+        if prefix:
+            body["range_end"] = _range_end(key)
+        resp = self.call("/v3/kv/range", body, timeout)
+        return (int(resp.get("header", {}).get("revision", 0)),
+                [Kv.of(kv) for kv in resp.get("kvs", [])])
+
+    def txn(self, key: str, mod_revision: int, value: Any = None, *, delete: bool = False
+            ) -> tuple[bool, int, Kv | None]:
+        """Put `value` (or delete) only if the key's mod revision is `mod_revision` (0: absent).
+
+        (succeeded, revision after the write, the current key-value when it failed): the
+        optimistic concurrency of the real apiserver's etcd3 store.
+        """
+        op: dict[str, Any] = ({"request_delete_range": {"key": _b64(key)}} if delete else
+                              {"request_put": {"key": _b64(key),
+                                               "value": _b64(json.dumps(value))}})
+        resp = self.call("/v3/kv/txn", {
+            "compare": [{"target": "MOD", "key": _b64(key), "result": "EQUAL",
+                         "mod_revision": str(mod_revision)}],
+            "success": [op], "failure": [{"request_range": {"key": _b64(key)}}]})
+        revision = int(resp.get("header", {}).get("revision", 0))
+        if resp.get("succeeded"):
+            return True, revision, None
+        kvs = (resp.get("responses") or [{}])[0].get("response_range", {}).get("kvs", [])
+        return False, revision, Kv.of(kvs[0]) if kvs else None
+
+
+class Kv:
+    """One etcd key-value with its revisions (the value decoded from JSON)."""
+
+    __slots__ = ("key", "value", "mod_revision", "create_revision")
+
+    def __init__(self, key: str, value: Any, mod_revision: int, create_revision: int) -> None:
+        self.key, self.value = key, value
+        self.mod_revision, self.create_revision = mod_revision, create_revision
+
+    @classmethod
+    def of(cls, kv: dict[str, Any]) -> Kv:
+        """From the gateway's JSON (base64 key/value, revisions as strings)."""
+        raw = base64.b64decode(kv.get("value", ""))
+        return cls(base64.b64decode(kv["key"]).decode(), json.loads(raw) if raw else None,
+                   int(kv.get("mod_revision", 0)), int(kv.get("create_revision", 0)))
+
+
+def object_metadata(name: str, namespace: str | None = None, **extra: Any) -> dict[str, Any]:
+    """metadata of a new object as the apiserver stores it: uid and creationTimestamp."""
+    meta: dict[str, Any] = {"name": name}
+    if namespace:
+        meta["namespace"] = namespace
+    return {**meta, "uid": str(uuid.uuid4()), "creationTimestamp": now_rfc3339(), **extra}
+
+
 def etcd_from_flags(flags: dict[str, str], timeout: float = 3.0) -> Etcd:
     """An Etcd from kube-apiserver style flags (--etcd-servers, --etcd-cafile, ...)."""
     return Etcd(flags["etcd-servers"].split(","), flags["etcd-cafile"], flags["etcd-certfile"],
@@ -542,14 +603,15 @@ class KubeClient:
         if cert:
             self.ctx.load_cert_chain(str(host_path(cert)), str(host_path(key or cert)))
 
-    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    def request(self, method: str, path: str, body: Any = None,
+                content_type: str = "application/json") -> tuple[int, Any]:
         headers = {"Accept": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         data = None
         if body is not None:
             data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
+            headers["Content-Type"] = content_type
         req = urllib.request.Request(self.server + path, data=data, method=method,
                                      headers=headers)
         try:
@@ -597,7 +659,7 @@ def token_secret(token_id: str, secret: str, ttl: int, description: str) -> dict
     """A bootstrap-token Secret as kubeadm creates it (kube-system/bootstrap-token-<id>)."""
     expires = datetime.fromtimestamp(time.time() + ttl, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return {"apiVersion": "v1", "kind": "Secret", "type": "bootstrap.kubernetes.io/token",
-            "metadata": {"name": f"bootstrap-token-{token_id}", "namespace": "kube-system"},
+            "metadata": object_metadata(f"bootstrap-token-{token_id}", "kube-system"),
             "stringData": {"token-id": token_id, "token-secret": secret, "expiration": expires,
                            "description": description,
                            "usage-bootstrap-authentication": "true",

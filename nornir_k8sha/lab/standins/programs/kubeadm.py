@@ -108,8 +108,9 @@ def cmd_init(args: argparse.Namespace) -> int:
                    **{k: v for k, v in cluster.items() if k not in ("apiVersion", "kind")},
                    "kubernetesVersion": f"v{version}", "controlPlaneEndpoint": endpoint,
                    "certificatesDir": pki}
-    etcd.put(sa.KUBEADM_CONFIG_KEY, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
-        "name": "kubeadm-config", "namespace": "kube-system"},
+    etcd.put(sa.KUBEADM_CONFIG_KEY, {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": sa.object_metadata("kubeadm-config", "kube-system"),
         "data": {"ClusterConfiguration": sa.yaml_dump(cluster_doc)}})
     cert_key = None
     if args.upload_certs:
@@ -124,8 +125,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     out(f"[bootstrap-token] Using token: {token}")
     out("[bootstrap-token] Configuring bootstrap tokens, cluster-info ConfigMap, RBAC Roles")
     out('[bootstrap-token] Creating the "cluster-info" ConfigMap in the "kube-public" namespace')
-    etcd.put(sa.CLUSTER_INFO_KEY, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
-        "name": "cluster-info", "namespace": "kube-public"}, "data": {
+    etcd.put(sa.CLUSTER_INFO_KEY, {"apiVersion": "v1", "kind": "ConfigMap", "metadata":
+             sa.object_metadata("cluster-info", "kube-public"), "data": {
         "kubeconfig": sa.yaml_dump({"apiVersion": "v1", "clusters": [{"cluster": {
             "certificate-authority-data": sa._b64(ca), "server": f"https://{endpoint}"},
             "name": ""}], "contexts": [], "current-context": "", "kind": "Config",

@@ -285,8 +285,8 @@ def upload_certs(etcd: sa.Etcd, key: str | None) -> str:
     out('[upload-certs] Storing the certificates in Secret "kubeadm-certs" in the "kube-system" '
         "Namespace")
     lease = etcd.grant(CERTS_TTL)
-    etcd.put(sa.CERTS_KEY, {"apiVersion": "v1", "kind": "Secret", "metadata": {
-        "name": "kubeadm-certs", "namespace": "kube-system"},
+    etcd.put(sa.CERTS_KEY, {"apiVersion": "v1", "kind": "Secret", "metadata":
+             sa.object_metadata("kubeadm-certs", "kube-system"),
         "stringData": {"k8sha-certificate-key-check": sa.certificate_key_check(key)}}, lease)
     out("[upload-certs] Using certificate key:")
     print(key, flush=True)  # verbatim: scripts read this line

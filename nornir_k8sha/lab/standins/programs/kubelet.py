@@ -1,9 +1,12 @@
 """Lab stand-in for the kubelet: registers its node and posts heartbeats, runs no pods.
 
 Talks to the apiserver named in its kubeconfig (the VIP) with the client certificate kubeadm
-gave it (signed locally on masters, through the CSR API on workers): PUT /api/v1/nodes/<name>
-every nodeStatusUpdateFrequency (10 s). The apiserver stamps the heartbeat with its own clock
-and reports the node Ready while the last one is younger than the grace period (40 s).
+gave it (signed locally on masters, through the CSR API on workers), like the real kubelet:
+POST /api/v1/nodes once (409 AlreadyExists is fine), then PATCH /api/v1/nodes/<name>/status
+every nodeStatusUpdateFrequency (10 s), registering again when the node was deleted. The
+apiserver stamps the heartbeat with its own clock and reports the node Ready while the last one
+is younger than the grace period (40 s). Labels are set at registration only, so labels an
+admin adds later stay.
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ import signal
 import socket
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import k8sha_standin as sa
 from leader import sa_duration
 
 NAME = "kubelet"
+MERGE_PATCH = "application/merge-patch+json"
 
 
 def node_object(name: str, address: str, labels: dict[str, str]) -> dict[str, Any]:
@@ -38,10 +43,40 @@ def node_object(name: str, address: str, labels: dict[str, str]) -> dict[str, An
                             "message": "kubelet is posting ready status (lab stand-in)",
                             "lastHeartbeatTime": now, "lastTransitionTime": now}],
             "nodeInfo": {"kubeletVersion": f"v{sa.version()}", "operatingSystem": "linux",
+                         "osImage": os_image(),
                          "architecture": "amd64", "kernelVersion": platform.release(),
                          "containerRuntimeVersion": "lab-standin://none"},
         },
     }
+
+
+def os_image() -> str:
+    """PRETTY_NAME of /etc/os-release, as the real kubelet reports it."""
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                return line.partition("=")[2].strip().strip('"')
+    except OSError:
+        pass
+    return "<unknown>"
+
+
+def post_status(client: sa.KubeClient, name: str, node: dict[str, Any], registered: bool
+                ) -> tuple[str, bool]:
+    """(problem or "", registered): register when needed, then patch the status."""
+    if not registered:
+        code, body = client.request("POST", "/api/v1/nodes", node)
+        if code not in (201, 409):
+            return f"registering: HTTP {code}: {_message(body)}", False
+    code, body = client.request("PATCH", f"/api/v1/nodes/{name}/status",
+                                {"status": node["status"]}, MERGE_PATCH)
+    if code == 404:  # deleted meanwhile: register again next time
+        return f'node "{name}" not found', False
+    return ("" if code == 200 else f"HTTP {code}: {_message(body)}"), True
+
+
+def _message(body: Any) -> str:
+    return str(body.get("message", body)) if isinstance(body, dict) else str(body)
 
 
 def options(argv: list[str]) -> argparse.Namespace:
@@ -78,13 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     sa.log(NAME, f"node {name} ({address}) posting status to {server} every {interval:g}s")
     healthy: bool | None = None
+    registered = False
     try:
         while True:
             started = time.monotonic()
             try:
-                code, body = client.request("PUT", f"/api/v1/nodes/{name}",
-                                            node_object(name, address, labels))
-                problem = "" if code == 200 else f"HTTP {code}: {body}"
+                problem, registered = post_status(client, name,
+                                                  node_object(name, address, labels), registered)
             except OSError as exc:
                 problem = str(getattr(exc, "reason", exc))
             if not problem and healthy is not True:

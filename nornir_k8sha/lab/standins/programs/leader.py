@@ -42,12 +42,12 @@ class Elector:
         self.lease = 0
         self.create_revision = 0
         self.acquired = ""
+        self.meta = sa.object_metadata(self.name, "kube-system")
         self.last_renew = 0.0
 
     def lease_object(self) -> dict[str, Any]:
         return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": self.name, "namespace": "kube-system",
-                             "annotations": {"k8sha.io/lab-standin": "true"}},
+                "metadata": {**self.meta, "annotations": {"k8sha.io/lab-standin": "true"}},
                 "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": self.ttl,
                          "acquireTime": self.acquired, "renewTime": sa.rfc3339_micro()}}
 
@@ -72,6 +72,7 @@ class Elector:
         if not self.lease or self.etcd.keepalive(self.lease) <= 0:
             self.lease = self.etcd.grant(self.ttl)
         self.acquired = sa.rfc3339_micro()
+        self.meta = sa.object_metadata(self.name, "kube-system")  # a new holder, a new object
         ok, revision = self.etcd.put_if(self.key, self.lease_object(), self.lease, 0)
         if ok:
             self.create_revision = revision
