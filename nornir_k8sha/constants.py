@@ -112,3 +112,13 @@ REGISTRY_USER = "docker-registry"
 DEFAULT_INVENTORY = Path("inventory/lab")
 #: The admin kubeconfig `deploy` fetches into the state dir (server = the VIP).
 STATE_ADMIN_KUBECONFIG = "admin.conf"
+
+# --- switches (tasks/switch) ----------------------------------------------------------------------
+#: Longest wait for one switch command (a config line, a commit, a checkpoint) before the session
+#: is given up and the change rolled back on a fresh one.
+SWITCH_COMMAND_TIMEOUT = 30.0
+#: After a switch change, how long the BGP sessions that were up may take to be Established again.
+SWITCH_POSTCHECK_TIMEOUT = 60.0
+SWITCH_POSTCHECK_POLL = 1.0
+#: Junos `commit confirmed N`: minutes after which the switch undoes an unconfirmed commit itself.
+SWITCH_COMMIT_CONFIRM_MINUTES = 5
