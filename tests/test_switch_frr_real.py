@@ -180,7 +180,6 @@ def fabric(tmp_path: Path) -> Iterator[Fabric]:
 def run(inv: Path, server: SSHTestServer, task: Any, spec: ClusterSpec, **kw: Any) -> Any:
     nr = open_nornir(inv).filter(name="switch1")
     host = nr.inventory.hosts["switch1"]
-    host.platform = "frr"
     host.hostname, host.port = "127.0.0.1", server.port
     host.username, host.password = "netops", server.password
     host.connection_options["netmiko"] = ConnectionOptions(
@@ -201,14 +200,16 @@ def wait_check(inv: Path, server: SSHTestServer, spec: ClusterSpec, bound: float
         time.sleep(1)
 
 
+@pytest.mark.parametrize("platform", ["frr", "cisco_ios"])  # the lab's FRR switches: cisco_ios
 def test_real_frr_switch_apply_check_and_rollback(fabric: Fabric, tmp_path: Path,
-                                                  make_inventory: InventoryFactory) -> None:
+                                                  make_inventory: InventoryFactory,
+                                                  platform: str) -> None:
     server = SSHTestServer(tmp_path / "ssh")
     server.shell = vtysh_shell(fabric.switch)
     server.start()
     try:
         def frr_platform(h: dict, g: dict, d: dict) -> None:
-            g["switches"]["platform"] = "frr"
+            g["switches"]["platform"] = platform
         inv = make_inventory(frr_platform)
         spec = load_cluster_spec(inv)
         before = fabric.vtysh("show running-config")
