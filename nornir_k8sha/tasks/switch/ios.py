@@ -20,7 +20,8 @@ from nornir_k8sha.tasks.switch.tree import Syntax
 #: `address-family ipv4` and `address-family ipv4 unicast` are one mode on IOS and FRR.
 IOS_ALIASES = ((re.compile(r"^address-family ipv4$"), "address-family ipv4 unicast"),)
 IOS_SYNTAX = Syntax(indent=1, single_valued=CISCO_SINGLE_VALUED, aliases=IOS_ALIASES,
-                    sections=CISCO_SECTIONS, keep_sections=(re.compile(r"^address-family "),))
+                    sections=CISCO_SECTIONS, keep_sections=(re.compile(r"^address-family "),),
+                    af_exit="exit-address-family")
 
 _IP = r"\d+\.\d+\.\d+\.\d+"
 _SUMMARY_ROW = re.compile(rf"^({_IP})\s+\d+\s+(\d+)\s+\d+\s+\d+\s+\d+\s+\d+\s+\d+\s+(\S+)\s+(\S+)")

@@ -121,7 +121,7 @@ def commands(edits: list[Edit], syntax: Syntax) -> list[str]:
         while common < min(len(mode), len(path)) and mode[common] == path[common]:
             common += 1
         for depth in range(len(mode), common, -1):
-            out.append(" " * (syntax.indent * depth) + syntax.exit())
+            out.append(" " * (syntax.indent * depth) + syntax.exit(mode[depth - 1]))
         for depth in range(common, len(path)):
             out.append(" " * (syntax.indent * depth) + path[depth])
         out.append(" " * (syntax.indent * len(path)) + line)
@@ -140,7 +140,7 @@ def commands(edits: list[Edit], syntax: Syntax) -> list[str]:
         else:
             emit_tree(e.path, Node(e.line, list(e.children)))
     for depth in range(len(mode), 0, -1):
-        out.append(" " * (syntax.indent * depth) + syntax.exit())
+        out.append(" " * (syntax.indent * depth) + syntax.exit(mode[depth - 1]))
     return out
 
 

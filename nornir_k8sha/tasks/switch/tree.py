@@ -44,6 +44,8 @@ class Syntax:
     #: Sections that cannot be negated as a whole (FRR has no `no address-family`): their
     #: children are negated one by one instead.
     keep_sections: tuple[re.Pattern[str], ...] = ()
+    #: How an address-family mode is left (IOS: `exit-address-family`; others take `exit`).
+    af_exit: str = "exit"
 
     def canon(self, line: str) -> str:
         """The line as the platform would print it: one spelling, single spaces."""
@@ -72,8 +74,9 @@ class Syntax:
             return "delete " + line.removeprefix("set ")
         return line[3:] if line.startswith("no ") else f"no {line}"
 
-    def exit(self) -> str:
-        return "exit"
+    def exit(self, section: str) -> str:
+        """The command that leaves the mode `section` opened."""
+        return self.af_exit if section.startswith("address-family") else "exit"
 
 
 def parse(text: str, syntax: Syntax) -> list[Node]:
