@@ -276,18 +276,19 @@ class Session:
                     raw, buf = buf[:cut].decode(), buf[cut + 1:]
                     if buf.startswith(b"\n") and raw is not None:
                         buf = buf[1:]
-                    self.send(raw + "\n")
                     line = raw.strip()
                     if line and self.dev.hang and re.search(self.dev.hang, line):
                         self.dev.hang = None
                         self.dev.received.append(line)
+                        self.send(raw + "\n")
                         while not self.chan.closed:  # stuck: never answers again
                             if self.chan.recv(4096) == b"":
                                 return
                     out = self.handle(line) if line else ""
                     if out is None:
                         return
-                    self.send((out + "\n" if out else "") + self.prompt())
+                    # echo, output and prompt in one write (as one TCP segment, no Nagle wait)
+                    self.send(raw + "\n" + (out + "\n" if out else "") + self.prompt())
         except (OSError, EOFError, paramiko.SSHException):
             return
 

@@ -256,6 +256,7 @@ class SSHTestServer:
                 conn, _ = self.sock.accept()
             except (TimeoutError, OSError):
                 continue
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle stalls
             self.spawn(self._serve, conn)
 
     def _serve(self, conn: socket.socket) -> None:
