@@ -127,6 +127,18 @@ def test_ios_spelling_of_the_address_family_is_the_same_section(
     assert the_plan.commands.count(" address-family ipv4") == 1
 
 
+@pytest.mark.parametrize("platform, secret", [("cisco_ios", "0822455D0A16544541"),
+                                              ("juniper_junos", "$9$Hk5FCA0hSyKMX7dws4JDi")])
+def test_secrets_of_the_running_config_never_reach_the_diff(make_inventory: InventoryFactory,
+                                                            platform: str, secret: str) -> None:
+    spec = spec_for(make_inventory, platform)
+    running = (FIXTURES / platform / "running-partial.txt").read_text()
+    assert secret in running
+    the_plan = switch.plan_for(switch.PLATFORMS[platform], running, spec, "switch1")
+    assert "<redacted>" in the_plan.diff  # the line is there, as context or changed
+    assert secret not in the_plan.diff + "\n".join(the_plan.commands + the_plan.restore)
+
+
 def test_in_sync_config_plans_nothing_and_shows_no_diff(make_inventory: InventoryFactory) -> None:
     spec = spec_for(make_inventory, "cisco_ios")
     applied = (FIXTURES / "frr" / "running-applied.txt").read_text()  # real FRR after our lines

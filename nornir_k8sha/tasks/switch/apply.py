@@ -23,6 +23,7 @@ from netmiko.exceptions import (
 
 from nornir_k8sha import constants as C
 from nornir_k8sha.tasks.switch.base import Attempt, Platform
+from nornir_k8sha.tasks.switch.tree import redact
 
 #: Errors a switch session raises that a rollback should answer (not bugs of ours).
 SWITCH_ERRORS = (NetmikoBaseException, ConfigInvalidException, ReadTimeout, OSError, EOFError,
@@ -86,7 +87,8 @@ def rollback(platform: Platform, conn: Any, run: Attempt, *, live: bool) -> str:
     except SWITCH_ERRORS as e:
         return f"{how}; could not re-read the config ({type(e).__name__})"
     if left:
-        return f"{how}; {len(left)} line(s) still differ from the config before: {left[:3]}"
+        shown = [redact(ln) for ln in left[:3]]
+        return f"{how}; {len(left)} line(s) still differ from the config before: {shown}"
     return f"{how}; config is as before the change"
 
 

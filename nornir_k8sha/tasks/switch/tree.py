@@ -19,6 +19,17 @@ NOISE = re.compile(r"^(Building configuration|Current configuration|!|#|end$|exi
                    r"|Command: |Time: |Running configuration last done)")
 
 
+#: Config lines that carry a secret: the keyword (and an IOS type digit) stay, the value goes.
+SECRET = re.compile(r"(?i)\b(password|secret|encrypted-password|authentication-key|"
+                    r"pre-shared-key|community|key-string|md5)(\s+\d)?(\s+)\S.*$")
+
+
+def redact(line: str) -> str:
+    """The line with any secret value replaced: diffs and messages show that it is there
+    (and changes), never what it is."""
+    return SECRET.sub(lambda m: f"{m.group(1)}{m.group(2) or ''}{m.group(3)}<redacted>", line)
+
+
 @dataclass
 class Node:
     """One config line and the lines nested under it."""
@@ -110,8 +121,8 @@ def walk(nodes: list[Node], depth: int = 0) -> Iterator[tuple[int, Node]]:
 
 
 def render(nodes: list[Node], syntax: Syntax) -> list[str]:
-    """The tree printed the way the platform prints it (for diffs)."""
-    return [" " * (syntax.indent * depth) + n.line for depth, n in walk(nodes)]
+    """The tree printed the way the platform prints it (for diffs), secrets redacted."""
+    return [" " * (syntax.indent * depth) + redact(n.line) for depth, n in walk(nodes)]
 
 
 def find(nodes: list[Node], line: str, syntax: Syntax) -> Node | None:
