@@ -153,7 +153,8 @@ def test_junos_plan_is_set_statements_and_its_inverse_deletes() -> None:
                     "neighbor 10.88.0.11\n", syntax, "s")
     assert the_plan.commands == ["set protocols bgp group G peer-as 65010",
                                  "set protocols bgp group G neighbor 10.88.0.11"]
-    assert the_plan.restore == ["delete protocols bgp group G neighbor 10.88.0.11",
+    # the inverse deletes what the statement created (G had no neighbour), not only its leaf
+    assert the_plan.restore == ["delete protocols bgp group G neighbor",
                                 "set protocols bgp group G peer-as 65099"]
 
 

@@ -93,9 +93,25 @@ def removals(current: list[Node], target: list[Node], syntax: Syntax,
             continue  # the target's value is set by an "add", which replaces this one
         if node.children and syntax.keeps(node.line):
             out += removals(node.children, [], syntax, (*path, node.line))
+        elif syntax.set_style:
+            line = container(node.line, target)
+            if not any(e.line == line for e in out):
+                out.append(Edit("remove", path, line))
         else:
             out.append(Edit("remove", path, node.line))
     return out
+
+
+def container(statement: str, target: list[Node]) -> str:
+    """Junos: the shortest head of a `set` statement that nothing in `target` shares, so that
+    deleting it also deletes what the statement created (a neighbour, a policy) and nothing
+    the target keeps."""
+    words = statement.split()
+    kept = [n.line.split() for n in target]
+    for end in range(2, len(words) + 1):
+        if not any(k[:end] == words[:end] for k in kept):
+            return " ".join(words[:end])
+    return statement
 
 
 def restore_edits(current: list[Node], target: list[Node], syntax: Syntax) -> list[Edit]:
