@@ -175,3 +175,16 @@ PROBE_CLEANUP_TIMEOUT_S = 15.0
 KUBE_LEASE_DURATION_S = 15.0
 KUBE_LEASE_RENEW_DEADLINE_S = 10.0
 KUBE_LEASE_RETRY_PERIOD_S = 2.0
+
+# --- switches (tasks/switch) ----------------------------------------------------------------------
+#: Longest wait for one switch command (a config line, a commit, a checkpoint) before the session
+#: is given up and the change rolled back on a fresh one.
+SWITCH_COMMAND_TIMEOUT = 30.0
+#: After a switch change, how long the BGP sessions that were up may take to be Established again.
+SWITCH_POSTCHECK_TIMEOUT = 60.0
+SWITCH_POSTCHECK_POLL = 1.0
+#: The range of a BGP AS number (4-octet ASNs, RFC 6793; 0 is reserved).
+BGP_ASN_MIN = 1
+BGP_ASN_MAX = 4294967295
+#: Junos `commit confirmed N`: minutes after which the switch undoes an unconfirmed commit itself.
+SWITCH_COMMIT_CONFIRM_MINUTES = 5

@@ -652,16 +652,32 @@ def _check_sizes(spec: ClusterSpec, out: _Findings) -> None:
 
 
 def _check_switches(spec: ClusterSpec, out: _Findings) -> None:
+    """Switch platform, addresses and ASNs: bad ones would reach a switch's config."""
+    net = spec.network if spec.role(C.ROLE_LVS) else None
+    lvs = {x.address for x in spec.role(C.ROLE_LVS)}
     for h in spec.role(C.ROLE_SWITCHES):
         if h.platform not in C.SWITCH_PLATFORMS:
             out.add("error", "switch-platform",
                     f"platform {h.platform!r} is not one of {', '.join(C.SWITCH_PLATFORMS)}",
                     host=h.name, field="platform", where=("hosts", h.name))
-        lvs = {x.address for x in spec.role(C.ROLE_LVS)}
+        if net is not None and h.address not in net:
+            out.add("error", "switch-subnet",
+                    f"switch {h.address} is not in {net}, the LVS directors' subnet: the "
+                    "directors peer with it directly", host=h.name, field="hostname",
+                    where=("hosts", h.name, "hostname"))
         for n in h.data.bgp_neighbors or []:
-            if n not in lvs:
+            if net is not None and n not in net:
+                out.add("error", "bgp-neighbor-subnet",
+                        f"BGP neighbour {n} is outside the host subnet {net}",
+                        host=h.name, field="bgp_neighbors")
+            elif n not in lvs:
                 out.add("error", "bgp-neighbor", f"BGP neighbour {n} is not an LVS director",
                         host=h.name, field="bgp_neighbors")
+    for name in ("lvs_asn", "switch_asn"):
+        asn = getattr(spec.settings.bgp, name)
+        if not C.BGP_ASN_MIN <= asn <= C.BGP_ASN_MAX:
+            out.add("error", "bgp-asn-range",
+                    f"ASN {asn} is outside {C.BGP_ASN_MIN}..{C.BGP_ASN_MAX}", field=f"bgp.{name}")
     if spec.settings.bgp.lvs_asn == spec.settings.bgp.switch_asn:
         out.add("warning", "bgp-asn", "LVS and switch ASNs are equal: iBGP, the switches will "
                 "not re-advertise the VIP to each other", field="bgp.lvs_asn")

@@ -1,5 +1,6 @@
 """A real SSH server on 127.0.0.1 for tests: paramiko's ServerInterface, exec through /bin/sh in a
-subprocess, SFTP on the local filesystem, and a stand-in `sudo` first on PATH.
+subprocess, SFTP on the local filesystem, and a stand-in `sudo` first on PATH. With `shell` set,
+interactive shell channels (with a pty) go to it: tests/fakeswitch.py's scripted switch CLIs.
 
 Every exec request's command line is recorded in `commands` (what went over the wire), so a test
 can prove a secret never appeared in argv. `delay` makes every new exec channel slow, like a
@@ -143,6 +144,15 @@ class _Interface(paramiko.ServerInterface):
             return paramiko.OPEN_SUCCEEDED
         return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
 
+    def check_channel_pty_request(self, channel: paramiko.Channel, *args: Any) -> bool:
+        return self.server.shell is not None
+
+    def check_channel_shell_request(self, channel: paramiko.Channel) -> bool:
+        if self.server.shell is None:
+            return False
+        self.server.spawn(self.server.shell, channel)
+        return True
+
     def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
         # Start only after paramiko has sent the request's success reply (see _after_request):
         # like OpenSSH, never let the channel close before the client saw the reply.
@@ -176,6 +186,8 @@ class SSHTestServer:
         self.delay = 0.0
         self.sudo_password = ""  # non-empty: the stand-in sudo asks for this password
         self.commands: list[str] = []
+        #: Interactive shells (a switch CLI, tests/fakeswitch.py): called with each shell channel.
+        self.shell: Any = None
         self.fakebin = directory / "bin"
         self.fakebin.mkdir(exist_ok=True)
         (self.fakebin / "sudo").write_text(FAKE_SUDO)
@@ -244,6 +256,7 @@ class SSHTestServer:
                 conn, _ = self.sock.accept()
             except (TimeoutError, OSError):
                 continue
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle stalls
             self.spawn(self._serve, conn)
 
     def _serve(self, conn: socket.socket) -> None:

@@ -18,7 +18,6 @@ from nornir_k8sha.phases.registry import Registry
 from nornir_k8sha.pki import ClusterPKI
 from nornir_k8sha.report import RunReport
 from nornir_k8sha.tasks import kubeadm as K
-from nornir_k8sha.tasks import switch
 from nornir_k8sha.testing import FakeFleet, FakeRegistry, FakeUnit, install_fake
 from nornir_k8sha.topology import load_cluster_spec
 
@@ -189,62 +188,6 @@ def test_discovery_hash_matches_openssl(tmp_path: Path) -> None:
     assert K.ca_cert_hash(ca.read_bytes()) == "sha256:" + der.stdout.split()[-1]
 
 
-# --- switches --------------------------------------------------------------------------------
-
-
-def test_switch_sends_only_missing_lines_with_their_context() -> None:
-    wanted = ["router bgp 65000", " neighbor 10.88.0.11 remote-as 65010",
-              " neighbor 10.88.0.12 remote-as 65010", "ip prefix-list VIP seq 5 permit 1/32"]
-    running = "router bgp 65000\n neighbor 10.88.0.11 remote-as 65010\n"
-    assert switch.missing_lines(wanted, running) == [
-        "router bgp 65000", " neighbor 10.88.0.12 remote-as 65010",
-        "ip prefix-list VIP seq 5 permit 1/32"]
-    assert switch.missing_lines(wanted, "\n".join(wanted)) == []
-
-
-class FakeNetmiko:
-    """Enough of netmiko's BaseConnection for the switch task."""
-
-    def __init__(self, running: str) -> None:
-        self.running = running
-        self.sent: list[list[str]] = []
-        self.exited = 0
-
-    def send_command(self, command: str, **_: object) -> str:
-        return self.running if command.startswith("show running") else ""
-
-    def send_config_set(self, lines: list[str], error_pattern: str = "") -> str:
-        assert error_pattern  # always with an error pattern (DESIGN.md 5)
-        self.sent.append(lines)
-        self.running += "\n".join(lines) + "\n"
-        return "ok"
-
-    def exit_config_mode(self) -> str:
-        self.exited += 1
-        return ""
-
-
-def test_switch_task_is_idempotent_and_dry_run_sends_nothing(tmp_path: Path) -> None:
-    spec = load_cluster_spec(LAB_INVENTORY)
-    nr = open_nornir(LAB_INVENTORY).filter(name="switch1")
-    fake = FakeNetmiko("hostname switch1\n")
-
-    class Plugin:
-        connection = fake
-
-        def close(self) -> None:
-            pass
-
-    nr.inventory.hosts["switch1"].connections["netmiko"] = Plugin()
-    dry = nr.run(task=switch.configure, spec=spec, dry_run=True)["switch1"][0]
-    assert dry.changed and "+router bgp 65000" in dry.diff and fake.sent == []
-    first = nr.run(task=switch.configure, spec=spec)["switch1"][0]
-    assert first.changed and fake.sent and fake.exited == 1
-    assert any("10.88.0.11" in line and "65010" in line for line in fake.sent[0])
-    second = nr.run(task=switch.configure, spec=spec)["switch1"][0]
-    assert not second.changed and len(fake.sent) == 1
-
-
 # --- read-only check tasks and reset ---------------------------------------------------------
 
 
@@ -326,21 +269,3 @@ def test_kubernetes_packages_follow_the_install_guide_and_pin_the_version(
     host.write(K.KUBERNETES_KEYRING, b"keyring")  # what the gpg pipeline wrote on a real host
     second = nr.run(task=K.kubernetes_packages, spec=spec)["worker1"][0]
     assert not second.changed, second.result
-
-
-def test_an_frr_switch_is_driven_by_netmiko_as_cisco_ios(monkeypatch: pytest.MonkeyPatch) -> None:
-    from nornir.core.inventory import Host
-
-    nr = open_nornir(LAB_INVENTORY).filter(name="switch1")
-    host = nr.inventory.hosts["switch1"]
-    host.platform = "frr"
-    opened: dict[str, object] = {}
-
-    def fake_open(self: Host, connection: str, configuration: object, **kw: object) -> None:
-        opened.update(kw, connection=connection)
-        self.connections[connection] = type("P", (), {"connection": FakeNetmiko("")})()
-
-    monkeypatch.setattr(Host, "open_connection", fake_open)
-    result = nr.run(task=switch.check, spec=load_cluster_spec(LAB_INVENTORY))["switch1"][0]
-    assert not result.failed, result.exception
-    assert opened == {"connection": "netmiko", "platform": "cisco_ios"}

@@ -1,0 +1,138 @@
+"""Apply a plan to one switch: load -> commit -> post-check -> confirm and save, or roll back.
+
+The post-check is the one that matters to the cluster: every BGP session that was Established
+before the change must be Established again within a bounded time. Any failure on the way (a
+refused line, a timeout half-way, a failed commit, the post-check) rolls the switch back to the
+config read before the change, and the result reports both what failed and how the rollback
+went. A session that timed out is not trusted again: the rollback runs on a fresh one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from netmiko.exceptions import (
+    ConfigInvalidException,
+    NetmikoBaseException,
+    NetmikoTimeoutException,
+    ReadTimeout,
+)
+
+from nornir_k8sha import constants as C
+from nornir_k8sha.tasks.switch.base import Attempt, Platform
+from nornir_k8sha.tasks.switch.tree import redact
+
+#: Errors a switch session raises that a rollback should answer (not bugs of ours).
+SWITCH_ERRORS = (NetmikoBaseException, ConfigInvalidException, ReadTimeout, OSError, EOFError,
+                 ValueError)
+
+
+#: Errors after which a session is not used again.
+TIMEOUTS = (ReadTimeout, NetmikoTimeoutException, OSError, EOFError)
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    #: The switch's config is the intended one (False after a rollback).
+    applied: bool
+    message: str
+    rolled_back: bool = False
+    output: str = ""
+
+
+def leave_config_mode(conn: Any) -> str:
+    """`exit_config_mode()` for a `finally`: never masks the error that is propagating."""
+    try:
+        return conn.exit_config_mode()
+    except SWITCH_ERRORS as e:
+        return f"(could not leave config mode: {type(e).__name__})"
+
+
+def established(platform: Platform, conn: Any) -> set[str]:
+    return {n.address for n in platform.neighbors(conn) if n.established}
+
+
+def wait_sessions(platform: Platform, conn: Any, wanted: set[str], timeout: float,
+                  poll: float = C.SWITCH_POSTCHECK_POLL) -> set[str]:
+    """The sessions of `wanted` still not Established when `timeout` runs out (empty: all up)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        missing = wanted - established(platform, conn)
+        if not missing or time.monotonic() >= deadline:
+            return missing
+        time.sleep(poll)
+
+
+def rollback(platform: Platform, conn: Any, run: Attempt, *, live: bool) -> str:
+    """Undo the change; say how, and whether the switch now reads as before."""
+    try:
+        if live and not platform.differences(conn, run.plan.running, run.timeout):
+            how = "nothing had reached the running config"
+        elif not live:
+            platform.discard(conn, run)
+            how = "candidate discarded"
+        else:
+            how = f"rolled back by {platform.rollback_mechanism}: " + platform.rollback(conn, run)
+    except SWITCH_ERRORS as e:
+        return f"ROLLBACK FAILED ({type(e).__name__}: {first_line(e)})"
+    finally:
+        leave_config_mode(conn)
+    try:
+        left = platform.differences(conn, run.plan.running, run.timeout)
+        platform.forget(conn, run)
+    except SWITCH_ERRORS as e:
+        return f"{how}; could not re-read the config ({type(e).__name__})"
+    if left:
+        shown = [redact(ln) for ln in left[:3]]
+        return f"{how}; {len(left)} line(s) still differ from the config before: {shown}"
+    return f"{how}; config is as before the change"
+
+
+def first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:200]
+
+
+def apply(platform: Platform, conn: Any, run: Attempt, reconnect: Callable[[], Any], *,
+          postcheck_timeout: float = C.SWITCH_POSTCHECK_TIMEOUT) -> Outcome:
+    """Send the plan and keep it only when the BGP sessions that were up come back up."""
+    before = established(platform, conn)
+    platform.prepare(conn, run)
+    step = "load"
+    output = ""
+    stuck = False
+    try:
+        try:
+            output = platform.load(conn, run)
+            step = "commit"
+            output += platform.commit(conn, run)
+        except TIMEOUTS:
+            stuck = True
+            raise
+        finally:
+            if not stuck:  # a stuck session would only time out again: it is dropped instead
+                leave_config_mode(conn)
+    except SWITCH_ERRORS as e:
+        failed = f"{step} failed ({type(e).__name__}: {first_line(e)})"
+        live = platform.live_on_load or step == "commit"
+        if stuck:
+            conn = reconnect()  # the old session may still be stuck mid-command
+            platform.after_reconnect(conn, run)
+        done = rollback(platform, conn, run, live=live)
+        return Outcome(False, False, f"{failed}; {done}", rolled_back=True, output=output)
+    missing = wait_sessions(platform, conn, before, postcheck_timeout)
+    if missing:
+        failed = (f"post-check failed: BGP session(s) {', '.join(sorted(missing))} not "
+                  f"Established again within {postcheck_timeout:g}s")
+        done = rollback(platform, conn, run, live=True)
+        return Outcome(False, False, f"{failed}; {done}", rolled_back=True, output=output)
+    try:
+        saved = platform.finish(conn, run)
+    finally:
+        leave_config_mode(conn)
+    up = f"{len(before)} session(s) Established again" if before else "no session was up before"
+    return Outcome(True, True, "; ".join(x for x in (f"applied, {up}", saved) if x),
+                   output=output)

@@ -1,0 +1,45 @@
+"""FRR switches (vtysh as the login shell; netmiko drives it as cisco_ios): JSON output.
+
+Rollback: the explicit inverse through vtysh, like IOS (FRR has no checkpoint or candidate
+config on the CLI). Save: `write memory` (integrated frr.conf).
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+from typing import Any
+
+from nornir_k8sha.tasks.switch.base import Platform
+from nornir_k8sha.tasks.switch.ios import IOS_SYNTAX
+from nornir_k8sha.tasks.switch.state import Neighbor, VipRoute, as_int
+
+
+def parse_summary(doc: dict[str, Any]) -> list[Neighbor]:
+    """`show bgp ipv4 unicast summary json` (older FRR wrap it in `ipv4Unicast`)."""
+    doc = doc.get("ipv4Unicast", doc)
+    return [Neighbor(addr, p.get("state", "?"), as_int(p.get("pfxRcd")))
+            for addr, p in (doc.get("peers") or {}).items()]
+
+
+def parse_route(doc: dict[str, Any], vip: IPv4Address) -> VipRoute:
+    """`show ip route <vip>/32 json`: the selected route, its FIB-installed next hops."""
+    routes = doc.get(f"{vip}/32") or []
+    best = next((r for r in routes if r.get("selected")), routes[0] if routes else None)
+    if best is None:
+        return VipRoute()
+    hops = [h["ip"] for h in best.get("nexthops", []) if h.get("ip") and h.get("active", True)]
+    installed = bool(best.get("installed")) and any(h.get("fib") for h in best.get("nexthops", []))
+    return VipRoute(present=True, installed=installed, protocol=best.get("protocol", ""),
+                    next_hops=hops)
+
+
+class FRR(Platform):
+    name = "frr"
+    device_type = "cisco_ios"
+    syntax = IOS_SYNTAX
+    rollback_mechanism = "explicit inverse through vtysh (no ...)"
+
+    summary_command = "show bgp ipv4 unicast summary json"
+    route_command = "show ip route {vip}/32 json"
+    parse_summary = staticmethod(parse_summary)
+    parse_route = staticmethod(parse_route)

@@ -1,0 +1,249 @@
+"""switch.configure / switch.check against a real FRR, with real BGP sessions, no lab.
+
+Two private network namespaces joined by a veth pair: one holds the "switch" (zebra + bgpd, the
+state a lab switch is in before a deploy), the other two "directors" (bgpd on 10.88.0.11 and
+10.88.0.12, each announcing the VIP /32). netmiko reaches the switch's real vtysh through the
+test SSH server (a pty per shell), as it reaches a lab switch whose login shell is vtysh.
+Root and FRR's daemons are needed; the test skips without them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paramiko
+import pytest
+from nornir.core.inventory import ConnectionOptions
+
+from nornir_k8sha.inventory import open_nornir
+from nornir_k8sha.tasks import switch
+from nornir_k8sha.topology import ClusterSpec, load_cluster_spec
+
+from .conftest import InventoryFactory, is_root
+from .sshserver import SSHTestServer
+
+FRR = Path("/usr/lib/frr")
+VTYSH = shutil.which("vtysh")
+pytestmark = pytest.mark.skipif(
+    not (is_root() and VTYSH and (FRR / "bgpd").exists() and (FRR / "zebra").exists()
+         and shutil.which("ip")), reason="needs root, FRR's zebra/bgpd/vtysh and ip")
+
+DIRECTOR_CONF = """hostname {name}
+router bgp 65010
+ bgp router-id {address}
+ no bgp ebgp-requires-policy
+ no bgp network import-check
+ neighbor 10.88.0.71 remote-as 65000
+ neighbor 10.88.0.71 update-source {address}
+ neighbor 10.88.0.71 timers connect 1
+ address-family ipv4 unicast
+  network 10.88.0.100/32
+ exit-address-family
+"""
+
+
+def sh(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, capture_output=True)
+
+
+class Fabric:
+    """The namespaces, the daemons (children of this test, ended by their own PIDs)."""
+
+    def __init__(self, tag: str, tmp: Path) -> None:
+        self.tag, self.tmp = tag, tmp
+        self.switch_ns, self.lvs_ns = f"{tag}-sw", f"{tag}-lvs"
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.instances: list[str] = []
+
+    def instance(self, name: str) -> str:
+        inst = f"{self.tag}{name}"
+        for d in (Path("/etc/frr") / inst, Path("/var/run/frr") / inst):
+            d.mkdir(parents=True, exist_ok=True)
+            shutil.chown(d, "frr", "frr")
+        self.instances.append(inst)
+        return inst
+
+    def daemon(self, ns: str, binary: str, inst: str, conf: str, *extra: str) -> None:
+        path = Path("/etc/frr") / inst / f"{binary}.conf"
+        path.write_text(conf)
+        shutil.chown(path, "frr", "frr")
+        self.procs.append(subprocess.Popen(
+            ["ip", "netns", "exec", ns, str(FRR / binary), "-N", inst, "-f", str(path),
+             "-A", "127.0.0.1", "-P", "0", *extra],
+            stdout=subprocess.DEVNULL, stderr=(self.tmp / f"{inst}-{binary}.log").open("wb")))
+
+    def up(self) -> Fabric:
+        sh("ip", "netns", "add", self.switch_ns)
+        sh("ip", "netns", "add", self.lvs_ns)
+        sh("ip", "-n", self.switch_ns, "link", "add", "eth0", "type", "veth", "peer", "name",
+           "eth0", "netns", self.lvs_ns)
+        sh("ip", "-n", self.switch_ns, "addr", "add", "10.88.0.71/24", "dev", "eth0")
+        for a in ("10.88.0.11/24", "10.88.0.12/24"):
+            sh("ip", "-n", self.lvs_ns, "addr", "add", a, "dev", "eth0")
+        for ns in (self.switch_ns, self.lvs_ns):
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+            sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        self.switch = self.instance("sw")
+        self.daemon(self.switch_ns, "zebra", self.switch, "hostname switch1\n")
+        time.sleep(0.5)  # zebra's API socket before bgpd connects to it
+        self.daemon(self.switch_ns, "bgpd", self.switch, "hostname switch1\n",
+                    "-l", "10.88.0.71")
+        for i, address in ((1, "10.88.0.11"), (2, "10.88.0.12")):
+            inst = self.instance(f"lvs{i}")
+            self.daemon(self.lvs_ns, "bgpd", inst,
+                        DIRECTOR_CONF.format(name=f"lvs{i}", address=address),
+                        "-Z", "-l", address)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            out = self.vtysh("show bgp summary")
+            if "not running" not in out and "failed" not in out.lower():
+                return self
+            time.sleep(0.2)
+        raise RuntimeError(f"FRR did not start: {out}")
+
+    def vtysh(self, *commands: str) -> str:
+        args = [str(VTYSH), "-N", self.switch]
+        for c in commands:
+            args += ["-c", c]
+        r = subprocess.run(args, capture_output=True, text=True)
+        return r.stdout + r.stderr
+
+    def down(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=5)
+        for ns in (self.switch_ns, self.lvs_ns):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        for inst in self.instances:
+            shutil.rmtree(Path("/etc/frr") / inst, ignore_errors=True)
+            shutil.rmtree(Path("/var/run/frr") / inst, ignore_errors=True)
+
+
+def vtysh_shell(instance: str) -> Any:
+    """An SSH shell handler: the switch's real vtysh on a pty (its login shell in the lab)."""
+
+    def serve(chan: paramiko.Channel) -> None:
+        master, slave = os.openpty()
+        proc = subprocess.Popen([str(VTYSH), "-N", instance], stdin=slave, stdout=slave,
+                                stderr=slave, start_new_session=True,
+                                env={"PATH": "/usr/bin:/bin", "TERM": "dumb",
+                                     "VTYSH_PAGER": "cat"})
+        os.close(slave)
+
+        def out() -> None:
+            try:
+                while data := os.read(master, 65536):
+                    chan.sendall(data)
+            except (OSError, EOFError, paramiko.SSHException):
+                pass
+
+        pump = threading.Thread(target=out, daemon=True)
+        pump.start()
+        try:
+            while proc.poll() is None and (data := chan.recv(65536)):
+                os.write(master, data)
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+            proc.wait(timeout=10)
+            os.close(master)
+            pump.join(timeout=5)
+            try:
+                chan.close()
+            except (OSError, EOFError, paramiko.SSHException):
+                pass  # the client is gone already
+
+    return serve
+
+
+@pytest.fixture
+def fabric(tmp_path: Path) -> Iterator[Fabric]:
+    f = Fabric(f"k8t{os.getpid() % 100000}", tmp_path)
+    try:
+        yield f.up()
+    finally:
+        f.down()
+
+
+def run(inv: Path, server: SSHTestServer, task: Any, spec: ClusterSpec, **kw: Any) -> Any:
+    nr = open_nornir(inv).filter(name="switch1")
+    host = nr.inventory.hosts["switch1"]
+    host.hostname, host.port = "127.0.0.1", server.port
+    host.username, host.password = "netops", server.password
+    host.connection_options["netmiko"] = ConnectionOptions(
+        extras={"use_keys": False, "allow_agent": False})
+    try:
+        return nr.run(task=task, spec=spec, **kw)["switch1"][0]
+    finally:
+        nr.close_connections()
+
+
+def wait_check(inv: Path, server: SSHTestServer, spec: ClusterSpec, bound: float = 60) -> Any:
+    """switch.check until it is ok, or the last result when `bound` seconds have passed."""
+    deadline = time.monotonic() + bound
+    while True:
+        result = run(inv, server, switch.check, spec)
+        if result.result["ok"] or time.monotonic() > deadline:
+            return result
+        time.sleep(1)
+
+
+@pytest.mark.parametrize("platform", ["frr", "cisco_ios"])  # the lab's FRR switches: cisco_ios
+def test_real_frr_switch_apply_check_and_rollback(fabric: Fabric, tmp_path: Path,
+                                                  make_inventory: InventoryFactory,
+                                                  platform: str) -> None:
+    server = SSHTestServer(tmp_path / "ssh")
+    server.shell = vtysh_shell(fabric.switch)
+    server.start()
+    try:
+        def frr_platform(h: dict, g: dict, d: dict) -> None:
+            g["switches"]["platform"] = platform
+        inv = make_inventory(frr_platform)
+        spec = load_cluster_spec(inv)
+        before = fabric.vtysh("show running-config")
+
+        dry = run(inv, server, switch.configure, spec, dry_run=True)
+        assert dry.changed and "+router bgp 65000" in dry.diff
+        assert fabric.vtysh("show running-config") == before
+
+        applied = run(inv, server, switch.configure, spec, postcheck_timeout=5)
+        assert applied.changed and not applied.failed, applied.result
+        assert "saved (write memory)" in applied.result
+        ok = wait_check(inv, server, spec)
+        assert ok.result["ok"], ok.result
+        hops = ok.result["vip_route"]["next_hops"]  # one or both (multipath): both announce it
+        assert hops and set(hops) <= {"10.88.0.11", "10.88.0.12"}
+        assert ok.result["vip_route"]["installed"]
+        assert {n["address"]: (n["state"], n["prefixes_received"])
+                for n in ok.result["neighbors"]} == {"10.88.0.11": ("Established", 1),
+                                                     "10.88.0.12": ("Established", 1)}
+
+        again = run(inv, server, switch.configure, spec)
+        assert not again.changed and again.result == "in sync"
+
+        good = fabric.vtysh("show running-config")
+        bad = load_cluster_spec(make_inventory(lambda h, g, d: (
+            frr_platform(h, g, d), d["data"]["bgp"].update(lvs_asn=65011))))
+        broken = run(inv, server, switch.configure, bad, postcheck_timeout=5)
+        assert broken.failed and not broken.changed
+        assert "post-check failed: BGP session(s) 10.88.0.11, 10.88.0.12" in broken.result
+        assert "config is as before the change" in broken.result, broken.result
+        assert fabric.vtysh("show running-config") == good
+        assert wait_check(inv, server, spec).result["ok"]  # the sessions came back
+    finally:
+        server.stop()

@@ -1,0 +1,272 @@
+"""Switch planning without a switch: golden renders per platform, plans (commands, dry-run diff,
+rollback) from recorded running configs, the parsers of each platform's BGP output, and the
+check's verdict.
+
+Fixtures under tests/fixtures/switch/<platform>/: `running-*.txt` are running configs (FRR's were
+recorded from a real FRR 8.4.4 vtysh, the others written in their platform's `show running-config`
+/ `display set` shape, with the noise a switch prints); `*.json`/`*.txt` are BGP and route outputs.
+Golden files are rewritten with K8SHA_UPDATE_GOLDEN=1 (then read the diff before committing).
+"""
+
+from __future__ import annotations
+
+import os
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nornir_k8sha.inventory import open_nornir
+from nornir_k8sha.tasks import switch
+from nornir_k8sha.tasks.switch import eos, frr, ios, junos, nxos, state
+from nornir_k8sha.tasks.switch.plan import plan, restore_commands
+from nornir_k8sha.tasks.switch.state import FilterState, Neighbor, VipRoute, verdict
+from nornir_k8sha.topology import ClusterSpec, load_cluster_spec
+
+from .conftest import LAB_INVENTORY, InventoryFactory
+from .fakeswitch import FakeSwitch, Session
+
+FIXTURES = Path(__file__).parent / "fixtures" / "switch"
+PLATFORMS = ["frr", "cisco_ios", "cisco_nxos", "arista_eos", "juniper_junos"]
+VIP = IPv4Address("10.88.0.100")
+
+
+def golden(path: Path, text: str) -> None:
+    if os.environ.get("K8SHA_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert path.exists(), f"{path} missing: run with K8SHA_UPDATE_GOLDEN=1"
+    assert text == path.read_text(), f"{path} differs (K8SHA_UPDATE_GOLDEN=1 rewrites it)"
+
+
+def spec_for(make_inventory: InventoryFactory, platform: str) -> ClusterSpec:
+    def set_platform(hosts: dict, groups: dict, defaults: dict) -> None:
+        groups["switches"]["platform"] = platform
+    return load_cluster_spec(make_inventory(set_platform))
+
+
+def feed(dev: FakeSwitch, lines: list[str]) -> None:
+    """Type lines into the scripted switch's CLI (in process, no SSH) as netmiko would."""
+    s = Session(dev, None)  # type: ignore[arg-type]
+    junos_ = dev.platform == "juniper_junos"
+    for line in ["configure private" if junos_ else "configure terminal", *lines,
+                 *(["commit"] if junos_ else []), "exit configuration-mode" if junos_ else "end"]:
+        out = s.handle(line.strip())
+        assert out is None or not out.startswith(("%", "syntax error")), (line, out)
+
+
+# --- golden renders --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_rendered_intent_per_platform_is_golden(make_inventory: InventoryFactory,
+                                                platform: str) -> None:
+    spec = spec_for(make_inventory, platform)
+    for name in ("switch1", "switch2"):
+        golden(FIXTURES / platform / f"intent-{name}.txt", switch.intent(spec, name))
+
+
+# --- plans from recorded running configs -------------------------------------------------------
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_plan_from_a_partial_config_is_golden_and_round_trips(make_inventory: InventoryFactory,
+                                                              platform: str) -> None:
+    """Sending the plan's commands to a switch model makes a second plan empty; sending the
+    rollback commands after that gives the config back, line for line."""
+    spec = spec_for(make_inventory, platform)
+    p = switch.PLATFORMS[platform]
+    running = (FIXTURES / platform / "running-partial.txt").read_text()
+    the_plan = switch.plan_for(p, running, spec, "switch1")
+    golden(FIXTURES / platform / "partial.commands", "\n".join(the_plan.commands) + "\n")
+    golden(FIXTURES / platform / "partial.diff", the_plan.diff)
+    golden(FIXTURES / platform / "partial.rollback", "\n".join(the_plan.restore) + "\n")
+
+    dev = FakeSwitch(platform, running_text=running)
+    before = dev.config_lines()
+    feed(dev, the_plan.commands)
+    after = dev.config_text()
+    assert not switch.plan_for(p, after, spec, "switch1").changed
+    feed(dev, restore_commands(after, p.parse(running), p.syntax))
+    assert dev.config_lines() == before
+
+
+def test_a_changed_value_replaces_its_line_and_the_rollback_restores_it(
+        make_inventory: InventoryFactory) -> None:
+    spec = spec_for(make_inventory, "frr")
+    running = (FIXTURES / "frr" / "running-partial.txt").read_text()  # real FRR 8.4.4
+    the_plan = switch.plan_for(switch.PLATFORMS["frr"], running, spec, "switch1")
+    assert "- neighbor 10.88.0.11 description old-lvs1\n" in the_plan.diff
+    assert "+ neighbor 10.88.0.11 description k8sha-lvs1\n" in the_plan.diff
+    assert " neighbor 10.88.0.11 timers 10 30\n" in the_plan.diff  # not ours: left alone
+    assert " neighbor 10.88.0.11 description old-lvs1" in the_plan.restore
+    assert not any("timers" in c for c in the_plan.commands + the_plan.restore)
+
+
+def test_nested_nxos_lines_are_sent_inside_their_parents(make_inventory: InventoryFactory) -> None:
+    """neighbor 10.88.0.11 exists with only the inbound route-map: the outbound one and the
+    maximum-prefix go inside router bgp / neighbor / address-family, nothing else of it."""
+    spec = spec_for(make_inventory, "cisco_nxos")
+    running = (FIXTURES / "cisco_nxos" / "running-partial.txt").read_text()
+    cmds = switch.plan_for(switch.PLATFORMS["cisco_nxos"], running, spec, "switch1").commands
+    start = cmds.index("router bgp 65000")
+    assert cmds[start:start + 6] == [
+        "router bgp 65000", "  neighbor 10.88.0.11", "    description k8sha-lvs1",
+        "    address-family ipv4 unicast", "      route-map K8SHA-DENY out",
+        "      maximum-prefix 10"]
+    assert "      route-map K8SHA-VIP-IN in" not in cmds[start:start + 8]  # already there
+    assert "feature bgp" not in cmds and "    remote-as 65010" in cmds  # only for 10.88.0.12
+
+
+def test_ios_spelling_of_the_address_family_is_the_same_section(
+        make_inventory: InventoryFactory) -> None:
+    spec = spec_for(make_inventory, "cisco_ios")
+    running = (FIXTURES / "cisco_ios" / "running-partial.txt").read_text()
+    the_plan = switch.plan_for(switch.PLATFORMS["cisco_ios"], running, spec, "switch1")
+    assert " address-family ipv4 unicast" not in the_plan.commands  # entered as `ipv4`
+    assert the_plan.commands.count(" address-family ipv4") == 1
+
+
+@pytest.mark.parametrize("platform, secret", [("cisco_ios", "0822455D0A16544541"),
+                                              ("juniper_junos", "$9$Hk5FCA0hSyKMX7dws4JDi")])
+def test_secrets_of_the_running_config_never_reach_the_diff(make_inventory: InventoryFactory,
+                                                            platform: str, secret: str) -> None:
+    spec = spec_for(make_inventory, platform)
+    running = (FIXTURES / platform / "running-partial.txt").read_text()
+    assert secret in running
+    the_plan = switch.plan_for(switch.PLATFORMS[platform], running, spec, "switch1")
+    assert "<redacted>" in the_plan.diff  # the line is there, as context or changed
+    assert secret not in the_plan.diff + "\n".join(the_plan.commands + the_plan.restore)
+
+
+def test_in_sync_config_plans_nothing_and_shows_no_diff(make_inventory: InventoryFactory) -> None:
+    spec = spec_for(make_inventory, "cisco_ios")
+    applied = (FIXTURES / "frr" / "running-applied.txt").read_text()  # real FRR after our lines
+    the_plan = switch.plan_for(switch.PLATFORMS["cisco_ios"], applied, spec, "switch1")
+    assert (the_plan.changed, the_plan.commands, the_plan.diff) == (False, [], "")
+
+
+def test_junos_plan_is_set_statements_and_its_inverse_deletes() -> None:
+    syntax = junos.JUNOS_SYNTAX
+    the_plan = plan("set system host-name s\nset protocols bgp group G peer-as 65099\n",
+                    "set protocols bgp group G peer-as 65010\nset protocols bgp group G "
+                    "neighbor 10.88.0.11\n", syntax, "s")
+    assert the_plan.commands == ["set protocols bgp group G peer-as 65010",
+                                 "set protocols bgp group G neighbor 10.88.0.11"]
+    # the inverse deletes what the statement created (G had no neighbour), not only its leaf
+    assert the_plan.restore == ["delete protocols bgp group G neighbor",
+                                "set protocols bgp group G peer-as 65099"]
+
+
+# --- parsers of BGP state ----------------------------------------------------------------------
+
+STATE = {
+    "frr": (frr.parse_summary, frr.parse_route, "bgp-summary.json", "vip-route.json"),
+    "cisco_ios": (ios.parse_summary, ios.parse_route, "bgp-summary.txt", "vip-route.txt"),
+    "cisco_nxos": (nxos.parse_summary, nxos.parse_route, "bgp-summary.json", "vip-route.json"),
+    "arista_eos": (eos.parse_summary, eos.parse_route, "bgp-summary.json", "vip-route.json"),
+    "juniper_junos": (junos.parse_summary, junos.parse_route, "bgp-summary.json",
+                      "vip-route.json"),
+}
+
+
+def _read(platform: str, name: str) -> Any:
+    text = (FIXTURES / platform / name).read_text()
+    return state.loads(text) if name.endswith(".json") else text
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_bgp_state_parsers(platform: str) -> None:
+    summary, route, s_file, r_file = STATE[platform]
+    neighbors = summary(_read(platform, s_file))
+    assert neighbors[0] == Neighbor("10.88.0.11", "Established", 1)
+    assert neighbors[1].address == "10.88.0.12" and not neighbors[1].established
+    vip = route(_read(platform, r_file), VIP)
+    assert (vip.present, vip.installed, vip.next_hops) == (True, True, ["10.88.0.11"])
+    assert vip.protocol.lower() in ("bgp", "ebgp")
+    assert route({} if r_file.endswith(".json") else "% Network not in table", VIP) == VipRoute()
+
+
+def test_real_frr_output_of_a_session_that_is_not_up() -> None:
+    doc = _read("frr", "bgp-summary-idle.json")
+    assert frr.parse_summary(doc) == [Neighbor("10.88.0.11", "Active", 0)]
+    text = _read("frr", "ios-bgp-summary-idle.txt")
+    assert ios.parse_summary(text) == [Neighbor("10.88.0.11", "Active", None)]
+    assert frr.parse_summary(state.loads("")) == []
+
+
+# --- the check's verdict -------------------------------------------------------------------------
+
+PEERS = ["10.88.0.11", "10.88.0.12"]
+UP = [Neighbor(p, "Established", 1) for p in PEERS]
+ROUTE = VipRoute(True, True, "bgp", ["10.88.0.11"])
+GOOD_FILTER = FilterState(True, "only 10.88.0.100/32 accepted")
+
+
+def test_verdict_all_good() -> None:
+    v = verdict(UP, ROUTE, GOOD_FILTER, PEERS, VIP, True)
+    assert v["ok"] and v["message"] == ("2/2 neighbour(s) Established, VIP 10.88.0.100/32 via "
+                                         "10.88.0.11")
+    assert v["neighbors"][0] == {"address": "10.88.0.11", "state": "Established",
+                                 "prefixes_received": 1}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"neighbors": [UP[0], Neighbor("10.88.0.12", "Active")]}, "neighbour 10.88.0.12 Active"),
+    ({"neighbors": UP[:1]}, "neighbour 10.88.0.12 not configured"),
+    ({"route": VipRoute()}, "VIP 10.88.0.100/32 not received"),
+    ({"route": VipRoute(True, False, "bgp", ["10.88.0.11"])}, "received but not installed"),
+    ({"route": VipRoute(True, True, "bgp", ["10.88.0.99"])}, "via 10.88.0.99, not an LVS"),
+    ({"neighbors": [Neighbor("10.88.0.11", "Established", 3), UP[1]]},
+     "more than the VIP accepted from 10.88.0.11"),
+    ({"filt": FilterState(False, "prefix-list K8SHA-VIP permits 0.0.0.0/0")}, "0.0.0.0/0"),
+])
+def test_verdict_names_what_is_wrong(change: dict[str, Any], message: str) -> None:
+    args = {"neighbors": UP, "route": ROUTE, "filt": GOOD_FILTER} | change
+    v = verdict(args["neighbors"], args["route"], args["filt"], PEERS, VIP, True)
+    assert not v["ok"] and message in v["message"], v["message"]
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_filter_state_from_the_running_config(make_inventory: InventoryFactory,
+                                              platform: str) -> None:
+    spec = spec_for(make_inventory, platform)
+    p = switch.PLATFORMS[platform]
+    intent = switch.intent(spec, "switch1")
+    assert p.filter_state(p.parse(intent), VIP, PEERS).ok
+    wide = intent.replace("10.88.0.100/32", "0.0.0.0/0")
+    bad = p.filter_state(p.parse(wide), VIP, PEERS)
+    assert not bad.ok and "0.0.0.0/0" in bad.message
+    partial = p.parse((FIXTURES / platform / "running-partial.txt").read_text())
+    if platform not in ("frr", "juniper_junos"):
+        assert p.filter_state(partial, VIP, PEERS).message == (
+            "no inbound K8SHA-VIP-IN on 10.88.0.12")
+
+
+# --- connection ------------------------------------------------------------------------------
+
+
+class FakeNetmiko:
+    """Enough of netmiko's BaseConnection for a read-only check."""
+
+    def send_command(self, command: str, **_: object) -> str:
+        return ""
+
+
+def test_an_frr_switch_is_driven_by_netmiko_as_cisco_ios(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nornir.core.inventory import Host
+
+    nr = open_nornir(LAB_INVENTORY).filter(name="switch1")
+    host = nr.inventory.hosts["switch1"]
+    host.platform = "frr"
+    opened: dict[str, object] = {}
+
+    def fake_open(self: Host, connection: str, configuration: object, **kw: object) -> None:
+        opened.update(kw, connection=connection)
+        self.connections[connection] = type("P", (), {"connection": FakeNetmiko()})()
+
+    monkeypatch.setattr(Host, "open_connection", fake_open)
+    result = nr.run(task=switch.check, spec=load_cluster_spec(LAB_INVENTORY))["switch1"][0]
+    assert not result.failed, result.exception
+    assert opened == {"connection": "netmiko", "platform": "cisco_ios"}
+    assert not result.result["ok"]  # a switch that says nothing proves nothing
