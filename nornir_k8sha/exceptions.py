@@ -72,3 +72,13 @@ class CommandFailed(K8shaError):
 
 class DeployError(K8shaError):
     """A phase of a deploy failed."""
+
+
+class RunbookError(K8shaError):
+    """A runbook cannot be run: bad YAML, unknown task, selector or field (file:line), a
+    lab-only fault on a real inventory, or a non-lab inventory without --yes. Nothing was
+    touched on any host."""
+
+
+class OperationLocked(K8shaError):
+    """Another operation (deploy, runbook) holds the cluster's operation lock."""

@@ -1,1 +1,2 @@
-"""YAML runbooks: steady state, method, rollbacks that always run; load probe; expectations computed from the settings; reports. `verify` is runbooks/verify-ha.yaml."""
+"""YAML runbooks: steady state, method, rollbacks that always run; the load probe; expectations
+computed from the settings; reports. `verify` is the built-in runbooks/verify-ha.yaml."""
