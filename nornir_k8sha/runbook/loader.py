@@ -27,6 +27,7 @@ from nornir_k8sha.exceptions import RunbookError
 from nornir_k8sha.inventory import load_yaml_with_lines
 from nornir_k8sha.runbook import seams, selectors
 from nornir_k8sha.runbook.model import (
+    STEP_KINDS,
     AnyStep,
     Case,
     LabStep,
@@ -38,6 +39,10 @@ from nornir_k8sha.runbook.model import (
 )
 from nornir_k8sha.topology import ClusterSpec
 
+#: Built-in runbooks: inside the installed package (the wheel force-includes the top-level
+#: runbooks/ folder there), else the source checkout's runbooks/ folder.
+BUILTIN_DIRS = (Path(__file__).resolve().parent.parent / "runbooks",
+                Path(__file__).resolve().parent.parent.parent / "runbooks")
 TASK_PACKAGE = "nornir_k8sha.tasks"
 CHECK_PREFIX = "check:"
 #: The variable a `for_each` case gets for each of its items.
@@ -71,6 +76,27 @@ class LoadedRunbook:
             else:
                 out.append((i, case))
         return out
+
+
+def builtin_runbooks() -> list[Path]:
+    """The runbooks shipped with the package (verify-ha, haproxy-maintenance...)."""
+    for directory in BUILTIN_DIRS:
+        if directory.is_dir():
+            return sorted(directory.glob("*.yaml"))
+    return []
+
+
+def find_runbook(name: str | Path) -> Path:
+    """A runbook file: a path as given, else a built-in by name (`verify-ha`)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    for candidate in builtin_runbooks():
+        if candidate.stem == str(name) or candidate.name == str(name):
+            return candidate
+    known = ", ".join(p.stem for p in builtin_runbooks()) or "none found"
+    raise RunbookError(f"{name}: no such runbook file, and no built-in runbook of that name "
+                       f"(built-in: {known})")
 
 
 def line_of(data: Any, key_lines: dict[int, dict[Any, int]], loc: Loc) -> int:
@@ -112,9 +138,10 @@ def load(path: Path | str, variables: dict[str, Any] | None = None) -> LoadedRun
     try:
         runbook = Runbook.model_validate(data)
     except ValidationError as exc:
+        located = [(_untag(err["loc"]), err) for err in exc.errors()]
         raise RunbookError("\n".join(
-            f"{path}:{line_of(data, key_lines, err['loc'])}: {_dotted(err['loc'])}: "
-            f"{_message(err)}" for err in exc.errors())) from None
+            f"{path}:{line_of(data, key_lines, loc)}: {_dotted(loc)}: {_message(err)}"
+            for loc, err in located)) from None
     loaded = LoadedRunbook(path, runbook, data, key_lines)
     problems = list(_check_names(loaded))
     if problems:
@@ -348,13 +375,18 @@ def _subst_value(value: Any, values: dict[str, Any], loc: Loc) -> tuple[Any, lis
 # --- messages -----------------------------------------------------------------------------
 
 
+def _untag(loc: Loc) -> Loc:
+    """pydantic's loc without the step-kind tag it puts after a step's index."""
+    return tuple(p for i, p in enumerate(loc)
+                 if not (i >= 2 and p in STEP_KINDS and isinstance(loc[i - 1], int)
+                         and loc[i - 2] in ("method", "rollbacks")))
+
+
 def _dotted(loc: Loc) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("task", "probe", "wait", "pause", "lab") and out.endswith("]"):
-            out += f".{part}"
         else:
             out += f".{part}" if out else str(part)
     return out or "(top level)"
