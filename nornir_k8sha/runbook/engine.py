@@ -398,7 +398,9 @@ class _Runner:
             raise StepTimeout("the case's max_time is spent")
         if isinstance(step, PauseStep):
             _sleep(min(step.pause, left))
-            return StepResult(label, True, f"paused {min(step.pause, left):g}s")
+            if step.pause > left:
+                raise StepTimeout("the case's max_time is spent")
+            return StepResult(label, True, f"paused {step.pause:g}s")
         if isinstance(step, WaitStep):
             return self._wait(step, label, deadline)
         if isinstance(step, ProbeStep):
@@ -576,7 +578,8 @@ def _expectations(expects: list[Expect], targets: list[CheckResult],
         want = _fill_fault(getattr(e, e.operator), tokens)
         misses = [f"{t.target}: {e.field} = {_get(t, e.field)!r}, expected {e.operator} "
                   f"{want!r}" for t in targets if not _holds(e.operator, _get(t, e.field), want)]
-        if (e.on == "all" and misses) or (e.on == "any" and len(misses) == len(targets)):
+        if (e.match == "all" and misses) or (e.match == "any"
+                                              and len(misses) == len(targets)):
             problems += misses
     return not problems, "; ".join(problems)
 

@@ -47,8 +47,9 @@ class Expect(_Strict):
     range: tuple[float, float] | None = None
     regex: str | None = None
     not_regex: str | None = None
-    #: Which targets must satisfy it: every one, or at least one.
-    on: Literal["all", "any"] = "all"
+    #: Which targets must satisfy it: every one, or at least one (not `on`: YAML reads it
+    #: as a boolean).
+    match: Literal["all", "any"] = "all"
 
     @model_validator(mode="after")
     def _one_operator(self) -> Expect:
