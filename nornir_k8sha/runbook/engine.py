@@ -122,18 +122,7 @@ def run(loaded: LoadedRunbook, spec: ClusterSpec, nr: Nornir,
     runbook does not fit the inventory, a case name is unknown, or a disruptive runbook meets
     a non-lab inventory without `yes`; OperationLocked when a deploy holds the cluster."""
     opts = options or RunOptions()
-    check_against(loaded, spec, set(opts.cases) if opts.cases else None)
-    cases = [c for _, c in loaded.cases(spec)]
-    if opts.cases:
-        unknown = sorted(set(opts.cases) - {c.name for c in cases})
-        if unknown:
-            raise RunbookError(f"{loaded.path}: no case named {', '.join(unknown)} (cases: "
-                               f"{', '.join(c.name for c in cases)})")
-        cases = [c for c in cases if c.name in opts.cases]
-    if loaded.runbook.disruptive and not is_lab(spec) and not opts.yes and not opts.dry_run:
-        raise RunbookError(f"{loaded.path}: this runbook breaks things on purpose and cluster "
-                           f"{spec.name!r} is not the lab ({C.LAB_CLUSTER_NAME!r}): refused; "
-                           "pass --yes to run it anyway")
+    cases = prepare(loaded, spec, opts)
     result = RunbookResult(loaded.runbook.title, str(loaded.path), spec.name,
                            started_wall=time.time(), dry_run=opts.dry_run)
     start = time.monotonic()
@@ -159,6 +148,23 @@ def run(loaded: LoadedRunbook, spec: ClusterSpec, nr: Nornir,
             result.interrupted = result.interrupted or runner.interrupted
     result.duration = time.monotonic() - start
     return result
+
+
+def prepare(loaded: LoadedRunbook, spec: ClusterSpec, opts: RunOptions) -> list[Case]:
+    """The cases to run, after every up-front check (RunbookError: nothing may run)."""
+    check_against(loaded, spec, set(opts.cases) if opts.cases else None)
+    cases = [c for _, c in loaded.cases(spec)]
+    if opts.cases:
+        unknown = sorted(set(opts.cases) - {c.name for c in cases})
+        if unknown:
+            raise RunbookError(f"{loaded.path}: no case named {', '.join(unknown)} (cases: "
+                               f"{', '.join(c.name for c in cases)})")
+        cases = [c for c in cases if c.name in opts.cases]
+    if loaded.runbook.disruptive and not is_lab(spec) and not opts.yes and not opts.dry_run:
+        raise RunbookError(f"{loaded.path}: this runbook breaks things on purpose and cluster "
+                           f"{spec.name!r} is not the lab ({C.LAB_CLUSTER_NAME!r}): refused; "
+                           "pass --yes to run it anyway")
+    return cases
 
 
 # --- dry run --------------------------------------------------------------------------------
