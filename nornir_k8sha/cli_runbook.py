@@ -175,7 +175,8 @@ def _instruments() -> engine.Instruments:
     from nornir_k8sha.runbook import expect, load, measure  # lazy: real runs only
 
     return engine.Instruments(load_probe=lambda spec, state_dir: load.LoadProbe(spec, state_dir),
-                              figures=measure.figures, expectation=expect.expectation)
+                              figures=measure.figures, expectation=expect.expectation,
+                              shortfalls=measure.shortfalls)
 
 
 def _render(result: RunbookResult, *, as_json: bool, junit: Path | None,

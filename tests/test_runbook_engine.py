@@ -322,14 +322,22 @@ class FakeLoad:
 
 
 def _instruments(load: FakeLoad, downtime: float, bound: float | None) -> Instruments:
-    def figures(samples, *, fault_at, lifted_at, acknowledged, lost) -> Figures:  # noqa: ANN001
+    def figures(samples, *, fault_at, lifted_at, acknowledged, lost, marks) -> Figures:  # noqa: ANN001
         assert fault_at is not None and lifted_at is not None and fault_at <= lifted_at
+        assert [m.kind for m in marks] == ["fault", "lift"]
         return Figures(100, 3, downtime, 0.1, 0.5, acknowledged, lost)
 
     def expectation(kind: str, spec, **params) -> Expectation:  # noqa: ANN001
         return Expectation(bound, f"{kind} {params}")
 
-    return Instruments(lambda spec, state_dir: load, figures, expectation)
+    def shortfalls(exp: Expectation, fig: Figures) -> list[str]:
+        out = [f"{fig.writes_lost} acknowledged write(s) lost"] if fig.writes_lost else []
+        if exp.downtime_s is not None and fig.downtime_s > exp.downtime_s:
+            out.append(f"downtime {fig.downtime_s:.2f}s > bound {exp.downtime_s:.2f}s "
+                       f"({exp.explanation})")
+        return out
+
+    return Instruments(lambda spec, state_dir: load, figures, expectation, shortfalls)
 
 
 @pytest.mark.parametrize("downtime,bound,lost,verdict,why", [
@@ -362,3 +370,45 @@ def test_the_load_probe_stops_even_when_the_case_is_interrupted(tmp_path, spec, 
         tmp_path, instruments=_instruments(load, 0.1, 1.0)))
     assert result.interrupted and "stop" in load.calls and "cleanup" in load.calls
     assert "audit" not in load.calls  # an interrupted case is not measured
+
+
+def test_a_vip_holder_change_is_marked_on_the_timeline(tmp_path, spec, nr, fleet,
+                                                       monkeypatch) -> None:
+    monkeypatch.setattr("nornir_k8sha.tasks.keepalived.check_vip_tcp",
+                        lambda spec: CheckResult("VIP", "ok", "tcp ok"))
+    holder = {"name": "lvs1"}
+
+    def addr(name: str):  # noqa: ANN202
+        def reply(host, command, stdin):  # noqa: ANN001, ANN202
+            if holder["name"] != name:
+                return ""
+            return (f"2: eth0 inet {spec.vip}/32 scope global eth0\n"
+                    f"TCP  {spec.vip}:6443 wlc\n  -> 10.88.0.21:6443 Route 1 0 0\n")
+        return reply
+
+    for name in ("lvs1", "lvs2"):
+        fleet.host(name).on(r"^ip -o -4 addr", addr(name))
+    fleet.host("lvs1").on(r"systemctl stop keepalived",
+                          lambda h, c, s: holder.update(name="lvs2") or "")
+    path = tmp_path / "vip.yaml"
+    path.write_text(textwrap.dedent("""\
+        title: vip
+        method:
+          - task: faults.stop_service
+            hosts: vip-holder
+            args: {unit: keepalived}
+            fault: true
+          - wait: {probe: check:vip, hosts: vip-holder, max_time: 5, check_interval: 0.05,
+                   expect: [{field: target, not_equal: "@fault"}]}
+        rollbacks:
+          - task: faults.start_service
+            hosts: "@fault"
+            args: {unit: keepalived}
+            lift: true
+        """))
+    result = engine.run(loader.load(path), spec, nr, _opts(tmp_path))
+    case = result.cases[0]
+    assert case.verdict == "passed", case.reason
+    assert [(m.kind, m.label) for m in case.marks if m.kind != "fault"] == [
+        ("holder", "vip-holder: lvs2"), ("lift", "lifted: task faults.start_service on @fault")]
+    assert fleet.host("lvs1").commands()[-1] == "systemctl start keepalived"

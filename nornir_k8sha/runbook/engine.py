@@ -91,8 +91,10 @@ class Instruments:
     so the engine runs (and is tested) without it."""
 
     load_probe: Callable[[ClusterSpec, Path], LoadProbe]
-    figures: Callable[..., Figures]
-    expectation: Callable[..., Expectation]
+    figures: Callable[..., Figures]  # measure.figures(samples, fault_at=, lifted_at=, ...)
+    expectation: Callable[..., Expectation]  # expect.expectation(kind, spec, **params)
+    #: measure.shortfalls(expected, figures): what the measurement broke, one line each.
+    shortfalls: Callable[[Expectation, Figures], list[str]]
 
 
 @dataclass
@@ -258,7 +260,7 @@ class _Runner:
     fault_hosts: list[str] = field(default_factory=list)
     marks: list[Mark] = field(default_factory=list)
     load: LoadProbe | None = None
-    holder: tuple[str, ...] | None = None
+    holders: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def cx(self) -> CheckContext:
@@ -270,7 +272,7 @@ class _Runner:
     # -- one case --
     def case(self, case: Case) -> tuple[CaseResult, str]:
         """Run one case; returns its result and, when later cases must not run, why."""
-        self.fault_hosts, self.marks, self.load, self.holder = [], [], None, None
+        self.fault_hosts, self.marks, self.load, self.holders = [], [], None, {}
         cr = CaseResult(case.name, case.title or case.name, started=time.monotonic())
         say = lambda text: _say(self.opts, f"{case.name}: {text}")  # noqa: E731
         if time.monotonic() >= self.deadline:
@@ -326,7 +328,8 @@ class _Runner:
             problems.append("interrupted while waiting for the steady state")
         finally:
             self._stop_load(cr)
-        problems += _judge(cr.expectation, cr.figures)
+        if instruments is not None and cr.expectation is not None and cr.figures is not None:
+            problems += instruments.shortfalls(cr.expectation, cr.figures)
         cr.verdict = "error" if self.interrupted else ("failed" if problems else "passed")
         cr.reason = "; ".join(problems)
         cr.duration = time.monotonic() - cr.started
@@ -359,7 +362,8 @@ class _Runner:
                 acked, lost = load.audit_writes()
                 cr.figures = self.opts.instruments.figures(
                     cr.samples, fault_at=_first(cr.marks, "fault"),
-                    lifted_at=_first(cr.marks, "lift"), acknowledged=acked, lost=lost)
+                    lifted_at=_first(cr.marks, "lift"), acknowledged=acked, lost=lost,
+                    marks=cr.marks)
         finally:
             with contextlib.suppress(Exception):
                 load.cleanup()
@@ -470,6 +474,8 @@ class _Runner:
             return False, str(exc), []
         except selectors.SelectorError as exc:
             return False, str(exc), []
+        except Exception as exc:  # noqa: BLE001 - a probe that breaks does not hold
+            return False, f"{type(exc).__name__}: {error_text(exc)}", []
         ok, why = _tolerates(probe.tolerance, found)
         if ok:
             ok, why = _expectations(probe.expect, found, self.tokens())
@@ -481,9 +487,7 @@ class _Runner:
                  if probe.hosts is not None else None)
         if probe.probe.startswith(CHECK_PREFIX):
             found = fn(self.cx)
-            if probe.probe == f"{CHECK_PREFIX}vip":
-                self._observe("vip-holder", [r.target for r in found
-                                             if r.values.get("holds_vip")])
+            self._observe_row(probe.probe[len(CHECK_PREFIX):], found)
             return [r for r in found if (hosts is None or r.target in hosts)
                     and (probe.targets is None or r.target in probe.targets)]
         if hosts is None:
@@ -530,31 +534,26 @@ class _Runner:
             self.marks.append(Mark(time.monotonic(), label, kind))  # type: ignore[arg-type]
 
     def _observe(self, term: str, hosts: list[str]) -> None:
-        if term != "vip-holder":
-            return
+        """A holder (VIP, etcd leader, lease) seen now: a "holder" mark when it changed."""
         now = tuple(hosts)
-        if self.holder is not None and now != self.holder:
-            self.mark(f"VIP holder: {', '.join(now) or 'none'}", "holder")
-        self.holder = now
+        before = self.holders.get(term)
+        if before is not None and now != before:
+            self.mark(f"{term}: {', '.join(now) or 'none'}", "holder")
+        self.holders[term] = now
+
+    def _observe_row(self, row: str, found: list[CheckResult]) -> None:
+        if row == "vip":
+            self._observe("vip-holder", [r.target for r in found if r.values.get("holds_vip")])
+        elif row == "etcd":
+            self._observe("etcd-leader", [r.target for r in found if r.values.get("is_leader")])
+        elif row == "leases":
+            for r in found:
+                if "holder" in r.values:
+                    self._observe(f"lease-holder:{r.target}",
+                                  selectors.holder_hosts(self.spec, r.values["holder"]))
 
 
 # --- judging ------------------------------------------------------------------------------
-
-
-def _judge(exp: Expectation | None, fig: Figures | None) -> list[str]:
-    if fig is None:
-        return []
-    problems = []
-    if fig.writes_lost:
-        problems.append(f"{fig.writes_lost} acknowledged write(s) lost")
-    if exp is not None:
-        if exp.api_must_serve and exp.downtime_s is not None and fig.downtime_s > exp.downtime_s:
-            problems.append(f"downtime {fig.downtime_s:.2f}s > bound {exp.downtime_s:.2f}s "
-                            f"({exp.explanation})")
-        if exp.writes_must_be_refused and fig.writes_acknowledged_during_outage:
-            problems.append(f"{fig.writes_acknowledged_during_outage} write(s) acknowledged "
-                            "while they had to be refused")
-    return problems
 
 
 def _tolerates(tol: Tolerance, found: list[CheckResult]) -> tuple[bool, str]:
