@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.console import Console
 from rich.markup import escape
+from rich.status import Status
 
 from nornir_k8sha import console
 from nornir_k8sha import constants as C
@@ -23,7 +25,7 @@ from nornir_k8sha.exceptions import OperationLocked, RunbookError
 from nornir_k8sha.inventory import open_nornir
 from nornir_k8sha.report import EXIT_FAILED, EXIT_INVALID, EXIT_OK
 from nornir_k8sha.runbook import engine, loader
-from nornir_k8sha.runbook.results import RunbookResult
+from nornir_k8sha.runbook.results import CaseResult, RunbookResult
 
 VERIFY_RUNBOOK = "verify-ha"
 
@@ -148,11 +150,10 @@ def run_file(file: str | Path, inventory: Path, *, dry_run: bool, as_json: bool,
     """Load, check against the inventory, run; render; exit 0/1/2."""
     loaded = _load(file, variables)
     spec = load_valid_spec(inventory, as_json)
-    err = console.err()
-    options = engine.RunOptions(
-        yes=yes, dry_run=dry_run, cases=cases or None,
-        progress=lambda line: err.print(f"[dim]{escape(line)}[/]"),
-        command=f"runbook run {loaded.path.name}")
+    live = LiveLine(console.err())
+    options = engine.RunOptions(yes=yes, dry_run=dry_run, cases=cases or None,
+                                progress=live.step, on_case=live.case,
+                                command=f"runbook run {loaded.path.name}")
     nr = open_nornir(inventory)
     try:
         engine.prepare(loaded, spec, options)  # refusals first: nothing loaded, nothing run
@@ -164,9 +165,40 @@ def run_file(file: str | Path, inventory: Path, *, dry_run: bool, as_json: bool,
         console.error("nothing was touched on any host")
         raise typer.Exit(EXIT_INVALID) from None
     finally:
+        live.stop()
         nr.close_connections(on_good=True, on_failed=True)
     _render(result, as_json=as_json, junit=junit, markdown=markdown)
     raise typer.Exit(EXIT_OK if result.passed and not result.interrupted else EXIT_FAILED)
+
+
+class LiveLine:
+    """One live line on stderr (rich status) with the running case and step; a line per
+    finished case stays. Without a terminal, every step is a plain line."""
+
+    COLOURS = {"passed": "green", "failed": "bold red", "error": "bold red"}
+
+    def __init__(self, err: Console) -> None:
+        self.err = err
+        self.status: Status | None = err.status("starting") if err.is_terminal else None
+        if self.status is not None:
+            self.status.start()
+
+    def step(self, line: str) -> None:
+        if self.status is not None:
+            self.status.update(escape(line))
+        else:
+            self.err.print(f"[dim]{escape(line)}[/]")
+
+    def case(self, case: CaseResult) -> None:
+        colour = self.COLOURS.get(case.verdict, "yellow")
+        why = f": {case.reason}" if case.reason else ""
+        self.err.print(f"[{colour}]{case.verdict}[/] {escape(case.name)} "
+                       f"({case.duration:.1f}s){escape(why)}")
+
+    def stop(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
 
 
 def _instruments() -> engine.Instruments:

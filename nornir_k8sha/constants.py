@@ -131,6 +131,8 @@ RUNBOOK_PAUSE_MAX_S = 600.0
 RUNBOOK_RECOVERY_MAX_S = 180.0
 #: Faults that heal themselves on the host even when we lose it: the timer's default delay.
 FAULT_SELF_HEAL_S = 120
+#: How long a fault that may cut our own connection (link down) waits for its answer.
+FAULT_CUT_TIMEOUT_S = 3.0
 #: The nftables table of the partition fault, and the prefix of our transient systemd units.
 FAULT_NFT_TABLE = "k8sha_fault"
 FAULT_UNIT_PREFIX = "k8sha-fault"

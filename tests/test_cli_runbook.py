@@ -129,3 +129,28 @@ def test_bad_var_exits_2(app) -> None:
     result = runner.invoke(app, ["runbook", "validate", "haproxy-maintenance", "--var",
                                  "node=haproxy2"])
     assert result.exit_code == 0
+
+
+@pytest.mark.parametrize("unit,code", [("haproxy", 0), ("broken", 1)])
+def test_run_exits_0_when_every_case_passed_and_1_when_one_failed(
+        app, fleet, monkeypatch, tmp_path, unit: str, code: int) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli_runbook, "_instruments", lambda: None)
+    rendered = []
+    monkeypatch.setattr(cli_runbook, "_render", lambda result, **kw: rendered.append(result))
+    fleet.host("haproxy1").on(r"systemctl stop broken", exit_code=5, stderr="Unit broken not "
+                              "found.")
+    path = tmp_path / "rb.yaml"
+    path.write_text("title: t\nvariables: {unit: x}\nmethod:\n"
+                    "  - task: faults.stop_service\n    hosts: haproxy1\n"
+                    "    args: {unit: \"${unit}\"}\n    fault: true\nrollbacks:\n"
+                    "  - task: faults.start_service\n    hosts: '@fault'\n"
+                    "    args: {unit: \"${unit}\"}\n")
+    result = runner.invoke(app, ["runbook", "run", str(path), "-i", str(LAB_INVENTORY),
+                                 "--var", f"unit={unit}"])
+    assert result.exit_code == code, result.output
+    (case,) = rendered[0].cases
+    assert case.name == "rb" and case.verdict == ("passed" if code == 0 else "failed")
+    assert f"{case.verdict} rb" in result.output  # the line each finished case leaves
+    assert fleet.host("haproxy1").commands() == [f"systemctl stop {unit}",
+                                                 f"systemctl start {unit}"]

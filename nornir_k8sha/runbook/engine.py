@@ -106,6 +106,7 @@ class RunOptions:
     transport: httpx.BaseTransport | None = None  # HTTP seam of the checks
     instruments: Instruments | None = None
     progress: Callable[[str], None] | None = None  # one line per step
+    on_case: Callable[[CaseResult], None] | None = None  # each case as it finishes
     command: str = "runbook"  # what the operation lock says
 
 
@@ -148,6 +149,8 @@ def run(loaded: LoadedRunbook, spec: ClusterSpec, nr: Nornir,
                                        reason="interrupted (Ctrl-C / SIGTERM)"), "interrupted"
             result.cases.append(cr)
             result.interrupted = result.interrupted or runner.interrupted
+            if opts.on_case:
+                opts.on_case(cr)
     result.duration = time.monotonic() - start
     return result
 

@@ -33,8 +33,6 @@ from nornir_k8sha.topology import ClusterSpec
 from nornir_k8sha.transport import CONNECTION_NAME, TIMEOUT_EXIT_CODE
 
 _NAME = re.compile(r"^[A-Za-z0-9@._:+-]+$")
-#: How long we wait for the answer to a command that may cut our own connection.
-CUT_TIMEOUT_S = 10.0
 PARTITION_UNIT = f"{C.FAULT_UNIT_PREFIX}-partition"
 REBOOT_UNIT = f"{C.FAULT_UNIT_PREFIX}-reboot"
 
@@ -141,7 +139,7 @@ def _disarm(unit: str) -> str:
 def _cutting(task: Task, command: str) -> str:
     """Run a command that may cut our connection: losing the answer is the expected case."""
     try:
-        H.connect(task).run(command, timeout=CUT_TIMEOUT_S)
+        H.connect(task).run(command, timeout=C.FAULT_CUT_TIMEOUT_S)
     except (CommandFailed, ConnectionFailed, OSError, EOFError) as exc:
         if isinstance(exc, CommandFailed) and exc.exit_code not in (TIMEOUT_EXIT_CODE, -1):
             raise
