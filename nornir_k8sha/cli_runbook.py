@@ -24,8 +24,9 @@ from nornir_k8sha.cli_deploy import load_valid_spec
 from nornir_k8sha.exceptions import OperationLocked, RunbookError
 from nornir_k8sha.inventory import open_nornir
 from nornir_k8sha.report import EXIT_FAILED, EXIT_INVALID, EXIT_OK
-from nornir_k8sha.runbook import engine, loader
+from nornir_k8sha.runbook import engine, loader, seams
 from nornir_k8sha.runbook.results import CaseResult, RunbookResult
+from nornir_k8sha.topology import ClusterSpec
 
 VERIFY_RUNBOOK = "verify-ha"
 
@@ -85,6 +86,8 @@ def validate(
     loaded = _load(file, _variables(var))
     if inventory is not None:
         spec = load_valid_spec(inventory, False)
+        if engine.is_lab(spec):
+            register_lab_faults(spec)
         try:
             loader.check_against(loaded, spec)
         except RunbookError as exc:
@@ -154,6 +157,8 @@ def run_file(file: str | Path, inventory: Path, *, dry_run: bool, as_json: bool,
     options = engine.RunOptions(yes=yes, dry_run=dry_run, cases=cases or None,
                                 progress=live.step, on_case=live.case,
                                 command=f"runbook run {loaded.path.name}")
+    if engine.is_lab(spec):
+        register_lab_faults(spec)
     nr = open_nornir(inventory)
     try:
         engine.prepare(loaded, spec, options)  # refusals first: nothing loaded, nothing run
@@ -199,6 +204,45 @@ class LiveLine:
         if self.status is not None:
             self.status.stop()
             self.status = None
+
+
+def register_lab_faults(spec: ClusterSpec, faults: Any = None) -> None:
+    """The lab's power cuts as the runbook lab steps `power_off` / `power_on` (a whole
+    physical machine at once when the hosts are exactly its hosts). Only for the lab's own
+    inventory; `faults` is the test seam (default: the lab's Faults)."""
+    if faults is None:
+        from nornir_k8sha.lab.faults import Faults  # lazy: the lab (root, namespaces)
+        from nornir_k8sha.lab.lab import Lab  # lazy: only for the lab's own inventory
+
+        faults = Faults(Lab(spec))
+
+    def power_off(spec: ClusterSpec, hosts: list[str]) -> str:
+        machines = _whole_machines(spec, hosts)
+        for m in machines:
+            faults.kill_machine(m)
+        for h in ([] if machines else hosts):
+            faults.kill_host(h)
+        return f"power cut: {', '.join(machines or hosts)}"
+
+    def power_on(spec: ClusterSpec, hosts: list[str], wait: bool = True) -> str:
+        machines = _whole_machines(spec, hosts)
+        for m in machines:
+            faults.restore_machine(m, wait=wait)
+        for h in ([] if machines else hosts):
+            faults.restore_host(h, wait=wait)
+        return f"powered on: {', '.join(machines or hosts)}"
+
+    seams.register("power_off", power_off)
+    seams.register("power_on", power_on)
+
+
+def _whole_machines(spec: ClusterSpec, hosts: list[str]) -> list[str]:
+    """The machines whose hosts are exactly `hosts` (together), else []."""
+    machines = sorted({spec.host(h).machine for h in hosts})
+    if not machines:
+        return []
+    every = {h.name for m in machines for h in spec.machines[m]}
+    return machines if every == set(hosts) and len(spec.machines[machines[0]]) > 1 else []
 
 
 def _instruments() -> engine.Instruments:

@@ -11,12 +11,23 @@ from typer.testing import CliRunner
 
 from nornir_k8sha import cli_runbook
 from nornir_k8sha.inventory import open_nornir
+from nornir_k8sha.runbook import seams
 from nornir_k8sha.runbook.lock import operation_lock
+from nornir_k8sha.topology import load_cluster_spec
 from nornir_k8sha.transport import FakeFleet, install_fake
 
 from .conftest import LAB_INVENTORY
 
 runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _no_lab_faults_left_behind():  # noqa: ANN202
+    """The cli registers the lab's power cuts for the lab inventory: not beyond a test."""
+    before = set(seams.names())
+    yield
+    for name in set(seams.names()) - before:
+        seams.unregister(name)
 
 
 @pytest.fixture
@@ -154,3 +165,29 @@ def test_run_exits_0_when_every_case_passed_and_1_when_one_failed(
     assert f"{case.verdict} rb" in result.output  # the line each finished case leaves
     assert fleet.host("haproxy1").commands() == [f"systemctl stop {unit}",
                                                  f"systemctl start {unit}"]
+
+
+class FakeLabFaults:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return lambda *args, **kw: self.calls.append((name, *args, *kw.values()))
+
+
+def test_the_lab_power_cuts_reach_runbooks_through_the_seam() -> None:
+    spec = load_cluster_spec(LAB_INVENTORY)
+    fake = FakeLabFaults()
+    cli_runbook.register_lab_faults(spec, fake)
+    pm1 = [h.name for h in spec.machines["pm1"]]
+    assert seams.apply("power_off", spec, pm1) == "power cut: pm1"
+    assert seams.apply("power_off", spec, ["lvs2"]) == "power cut: lvs2"
+    seams.apply("power_on", spec, pm1)
+    assert fake.calls == [("kill_machine", "pm1"), ("kill_host", "lvs2"),
+                          ("restore_machine", "pm1", True)]
+
+
+def test_validate_with_the_lab_inventory_accepts_the_lab_cases(app) -> None:
+    result = runner.invoke(app, ["runbook", "validate", "verify-ha", "-i", str(LAB_INVENTORY)])
+    assert result.exit_code == 0, result.output
+    assert "machine-pm3" in result.output
