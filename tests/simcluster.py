@@ -35,6 +35,7 @@ class SimCluster:
     powered_off: set[str] = field(default_factory=set)
     etcd_leader: str | None = None
     lease_holders: dict[str, str] = field(default_factory=dict)
+    weights: dict[str, int] = field(default_factory=dict)  # IPVS real server -> weight (1)
     log: list[str] = field(default_factory=list)
 
     # --- the model ------------------------------------------------------------------------
@@ -123,6 +124,12 @@ class SimCluster:
             return ""
         if "ipvsadm -Ln" in command and command.startswith("ip -o -4 addr"):
             return self._director(name)
+        if command.startswith("ipvsadm -Ln"):
+            return self._director(name).split("\n", 1)[1] if self.vip_holder() == name else ""
+        m = re.fullmatch(r"ipvsadm -e -t \S+ -r (\S+):\d+ -g -w (\d+)", command)
+        if m:
+            self.weights[m.group(1)] = int(m.group(2))
+            return ""
         if command.startswith("vtysh"):
             return self._bgp(name)
         return ""  # timers, `true`, anything else: fine
@@ -131,7 +138,7 @@ class SimCluster:
         vip, port = self.spec.vip, self.spec.settings.apiserver_port
         if self.vip_holder() != name:
             return "1: lo    inet 127.0.0.1/8 scope host lo\n"
-        rows = "".join(f"  -> {h.address}:{port} Route 1 0 0\n"
+        rows = "".join(f"  -> {h.address}:{port} Route {self.weights.get(str(h.address), 1)} 0 0\n"
                        for h in self.spec.role(C.ROLE_HAPROXY) if self.up(h.name, "haproxy"))
         return (f"2: eth0    inet {vip}/32 scope global eth0\nTCP  {vip}:{port} wlc\n"
                 "  -> RemoteAddress:Port Forward Weight ActiveConn InActConn\n" + rows)
@@ -217,4 +224,4 @@ class SimCluster:
     def healthy(self) -> bool:
         """Everything restored: what every case must leave behind."""
         return not (self.stopped or self.frozen or self.links_down or self.partitioned
-                    or self.powered_off)
+                    or self.powered_off or any(w != 1 for w in self.weights.values()))

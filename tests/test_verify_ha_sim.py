@@ -36,13 +36,16 @@ def sim(monkeypatch: pytest.MonkeyPatch) -> SimCluster:
     seams.unregister("power_on")
 
 
-def _run(sim: SimCluster, tmp_path: Path, cases: list[str], **variables):  # noqa: ANN202
+def _run(sim: SimCluster, tmp_path: Path, cases: list[str] | None, runbook: str = "verify-ha",
+         **variables):  # noqa: ANN001, ANN202
     state = tmp_path / "state"
     state.mkdir()
     (state / "admin.conf").write_text("apiVersion: v1\n")  # a control plane exists
     nr = open_nornir(LAB_INVENTORY)
     install_fake(nr, sim.fleet())
-    loaded = loader.load(loader.find_runbook("verify-ha"), {"hold": 0.01, **variables})
+    if runbook == "verify-ha":
+        variables = {"hold": 0.01, **variables}
+    loaded = loader.load(loader.find_runbook(runbook), variables)
     return engine.run(loaded, sim.spec, nr, RunOptions(
         cases=cases, state_dir=state, transport=sim.transport()))
 
@@ -64,3 +67,17 @@ def test_a_fault_the_cluster_does_not_survive_fails_its_case(sim, tmp_path, monk
     (cr,) = result.cases
     assert cr.verdict == "failed" and "did not hold within 0.5s" in cr.reason
     assert sim.healthy()  # the rollback still restarted keepalived
+
+
+def test_haproxy_maintenance_drains_stops_starts_and_re_adds(sim, tmp_path) -> None:
+    result = _run(sim, tmp_path, None, "haproxy-maintenance", node="haproxy2",
+                  settle=0.01)
+    (cr,) = result.cases
+    assert cr.verdict == "passed", cr.reason
+    assert sim.healthy()
+    drained = [line for line in sim.log if "ipvsadm -e" in line]
+    # drain, re-add, and the rollbacks' re-add (they always run)
+    assert drained == [f"lvs{i}: ipvsadm -e -t {sim.spec.vip}:6443 -r 10.88.0.22:6443 -g -w {w}"
+                       for w in (0, 1, 1) for i in (1, 2)]
+    stop = sim.log.index("haproxy2: systemctl stop haproxy")
+    assert stop > sim.log.index(drained[1])  # drained everywhere before the stop
