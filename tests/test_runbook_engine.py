@@ -412,3 +412,14 @@ def test_a_vip_holder_change_is_marked_on_the_timeline(tmp_path, spec, nr, fleet
     assert [(m.kind, m.label) for m in case.marks if m.kind != "fault"] == [
         ("holder", "vip-holder: lvs2"), ("lift", "lifted: task faults.start_service on @fault")]
     assert fleet.host("lvs1").commands()[-1] == "systemctl start keepalived"
+
+
+def test_an_optional_step_that_fails_does_not_stop_the_case(tmp_path, spec, nr, fleet) -> None:
+    HEALTH["haproxy2"] = "failed"
+    wait = (f"- wait: {{probe: '{HERE}:healthy', hosts: haproxy2, max_time: 0.1, "
+            "check_interval: 0.05}\n  optional: true\n- pause: 0.01")
+    result = engine.run(_runbook(tmp_path, wait, steady=False), spec, nr, _opts(tmp_path))
+    case = result.cases[0]
+    assert case.verdict == "passed", case.reason
+    assert not case.steps[1].ok and "(optional: going on)" in case.steps[1].message
+    assert len(case.steps) == 3

@@ -91,7 +91,13 @@ class ProbeSpec(_Strict):
     name: str | None = None
 
 
-class _HostStep(_Strict):
+class _Optional(_Strict):
+    #: A failure of this step is recorded but neither stops the method nor fails the case
+    #: (pyATS Blitz's `continue`).
+    optional: bool = False
+
+
+class _HostStep(_Optional):
     """A step that acts on hosts: a task or a lab fault."""
 
     hosts: str
@@ -110,7 +116,7 @@ class TaskStep(_HostStep):
     expect: list[Expect] = Field(default_factory=list)
 
 
-class ProbeStep(ProbeSpec):
+class ProbeStep(ProbeSpec, _Optional):
     pass
 
 
@@ -120,7 +126,7 @@ class WaitSpec(ProbeSpec):
     check_interval: float = Field(1.0, gt=0)
 
 
-class WaitStep(_Strict):
+class WaitStep(_Optional):
     wait: WaitSpec
     name: str | None = None
 
