@@ -423,3 +423,34 @@ def test_an_optional_step_that_fails_does_not_stop_the_case(tmp_path, spec, nr, 
     assert case.verdict == "passed", case.reason
     assert not case.steps[1].ok and "(optional: going on)" in case.steps[1].message
     assert len(case.steps) == 3
+
+
+def test_a_rollback_of_a_fault_that_never_ran_is_a_no_op(tmp_path, spec, nr, fleet) -> None:
+    path = tmp_path / "nofault.yaml"
+    path.write_text(textwrap.dedent("""\
+        title: nobody holds the VIP
+        method:
+          - task: faults.stop_service
+            hosts: vip-holder
+            args: {unit: keepalived}
+            fault: true
+        rollbacks:
+          - task: faults.start_service
+            hosts: "@fault"
+            args: {unit: keepalived}
+        """))
+    result = engine.run(loader.load(path), spec, nr, _opts(tmp_path))
+    case = result.cases[0]
+    assert case.verdict == "failed" and "'vip-holder' matches no host now" in case.reason
+    assert "rollback" not in case.reason
+    assert case.rollbacks[0].ok and "nothing to undo" in case.rollbacks[0].message
+    assert not any("systemctl" in c for h in fleet.hosts.values() for c in h.commands())
+
+
+def test_a_fault_that_half_failed_is_still_undone(tmp_path, spec, nr, fleet) -> None:
+    fleet.host("haproxy1").on(r"systemctl stop haproxy", exit_code=5, stderr="no such unit")
+    result = engine.run(_runbook(tmp_path, "- pause: 0.01"), spec, nr,
+                        _opts(tmp_path, cases=["first"]))
+    assert result.cases[0].verdict == "failed" and "no such unit" in result.cases[0].reason
+    assert fleet.host("haproxy1").commands() == ["systemctl stop haproxy",
+                                                 "systemctl start haproxy"]

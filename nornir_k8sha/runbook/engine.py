@@ -196,8 +196,10 @@ def _dry_hosts(step: AnyStep, spec: ClusterSpec) -> tuple[list[str], str]:
     static = selectors.static_hosts(selectors.parse(selector), spec)
     if static is None:
         return [], f"would run on {selector} (resolved at run time)"
-    picked = selectors.narrow(static, getattr(step, "pick", "all")) \
-        if getattr(step, "pick", "all") != "any" else static
+    pick = getattr(step, "pick", "all")
+    if pick == "any":
+        return static, f"would run on one of {', '.join(static)}"
+    picked = selectors.narrow(static, pick)
     return picked, f"would run on {', '.join(picked)}"
 
 
@@ -423,6 +425,8 @@ class _Runner:
             ok, why, found = self.probe(step, min(deadline, time.monotonic() + step.timeout))
             return StepResult(label, ok, why, data={"results": [r.as_dict() for r in found]})
         assert isinstance(step, TaskStep | LabStep)
+        if not self.fault_hosts and all(t.kind == "fault" for t in selectors.parse(step.hosts)):
+            return StepResult(label, True, "nothing to undo: no fault step ran")
         hosts = bounded(lambda: self.resolver().resolve(step.hosts, step.pick),
                         min(left, step.timeout), f"{label}: selector")
         timeout = min(deadline - time.monotonic(), step.timeout)
