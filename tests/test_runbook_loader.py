@@ -76,6 +76,9 @@ def test_a_good_runbook_loads_with_variables_substituted(tmp_path: Path, spec) -
     # unknown module
     (GOOD.replace("faults.stop_service", "nosuch.thing"), 8,
      ["no module nornir_k8sha.tasks.nosuch"]),
+    # an unknown package of anyone's task
+    (GOOD.replace("faults.stop_service", "no_such_pkg.mod:task"), 8,
+     ["unknown task 'no_such_pkg.mod:task': no module no_such_pkg.mod"]),
     # not a Nornir task
     (GOOD.replace("faults.stop_service", "faults._safe"), 8, ["is not a Nornir task"]),
     # unknown check row

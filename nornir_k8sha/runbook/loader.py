@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import importlib.util
 import inspect
 import re
 from collections.abc import Callable, Iterator
@@ -227,10 +228,9 @@ def resolve_task(name: str) -> Callable[..., Any]:
         module_name = f"{TASK_PACKAGE}.{sub}"
     else:
         module_name, attr = TASK_PACKAGE, name
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError:
-        raise ValueError(f"unknown task {name!r}: no module {module_name}") from None
+    if not _module_exists(module_name):
+        raise ValueError(f"unknown task {name!r}: no module {module_name}")
+    module = importlib.import_module(module_name)  # a module that exists but breaks: raises
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ValueError(f"unknown task {name!r}: {module_name} has no function {attr!r}")
@@ -238,6 +238,16 @@ def resolve_task(name: str) -> Callable[..., Any]:
     if not params or params[0] != "task":
         raise ValueError(f"{name!r} is not a Nornir task (its first parameter must be `task`)")
     return fn
+
+
+def _module_exists(dotted: str) -> bool:
+    """Whether a module can be found, parents first (find_spec imports the parents; a missing
+    parent would raise): a name typed in a runbook, so no ImportError is caught for it."""
+    parts = dotted.split(".")
+    if not all(p.isidentifier() for p in parts):
+        return False
+    return all(importlib.util.find_spec(".".join(parts[:i])) is not None
+               for i in range(1, len(parts) + 1))
 
 
 def resolve_probe(name: str) -> Row | Callable[..., Any]:
