@@ -111,7 +111,8 @@ def list_runbooks() -> None:
         except RunbookError as exc:
             console.error(str(exc))
             continue
-        names = [c.name for _, c in loaded.cases()]
+        names = [c.name + (f" (for each {c.for_each})" if c.for_each else "")
+                 for _, c in loaded.cases()]
         out.print(f"[bold]{escape(path.stem)}[/]  {escape(loaded.runbook.title)}  "
                   f"[dim]({len(names)} case(s): {escape(', '.join(names))})[/]")
 
