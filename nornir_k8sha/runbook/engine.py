@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import re
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,7 +34,7 @@ from nornir_k8sha.checkresult import CheckResult
 from nornir_k8sha.checks.sweep import CheckContext
 from nornir_k8sha.clients import error_text
 from nornir_k8sha.exceptions import RunbookError
-from nornir_k8sha.runbook import seams, selectors
+from nornir_k8sha.runbook import assertions, seams, selectors
 from nornir_k8sha.runbook.loader import (
     CHECK_PREFIX,
     LoadedRunbook,
@@ -47,15 +46,11 @@ from nornir_k8sha.runbook.lock import operation_lock
 from nornir_k8sha.runbook.model import (
     AnyStep,
     Case,
-    Expect,
     LabStep,
-    MaxFailed,
-    MinOk,
     PauseStep,
     ProbeSpec,
     ProbeStep,
     TaskStep,
-    Tolerance,
     WaitStep,
     step_label,
 )
@@ -450,8 +445,8 @@ class _Runner:
         failed = [f"{n}: {_result_error(r)}" for n, r in results.items() if r.failed]
         if failed:
             return StepResult(label, False, "; ".join(failed), hosts=hosts)
-        targets = [_target(n, r) for n, r in results.items()]
-        ok, why = _expectations(step.expect, targets, self.tokens())
+        targets = [assertions.task_target(n, r) for n, r in results.items()]
+        ok, why = assertions.expectations(step.expect, targets, self.tokens())
         said = "; ".join(f"{n}: {r.result}" for n, r in results.items()
                          if isinstance(r.result, str) and r.result)
         return StepResult(label, ok, why or said, hosts=hosts,
@@ -486,9 +481,9 @@ class _Runner:
             return False, str(exc), []
         except Exception as exc:  # noqa: BLE001 - a probe that breaks does not hold
             return False, f"{type(exc).__name__}: {error_text(exc)}", []
-        ok, why = _tolerates(probe.tolerance, found)
+        ok, why = assertions.tolerates(probe.tolerance, found)
         if ok:
-            ok, why = _expectations(probe.expect, found, self.tokens())
+            ok, why = assertions.expectations(probe.expect, found, self.tokens())
         return ok, why, found
 
     def _probe_results(self, probe: ProbeSpec) -> list[CheckResult]:
@@ -503,7 +498,7 @@ class _Runner:
         if hosts is None:
             raise selectors.SelectorError(f"probe {probe.probe}: give `hosts`")
         results = self.run_task(fn, hosts, self._args(probe.args))
-        return [_as_check(n, r) for n, r in results.items()]
+        return [assertions.as_check(n, r) for n, r in results.items()]
 
     # -- plumbing --
     def run_task(self, fn: Callable[..., Any], hosts: list[str],
@@ -561,100 +556,6 @@ class _Runner:
                 if "holder" in r.values:
                     self._observe(f"lease-holder:{r.target}",
                                   selectors.holder_hosts(self.spec, r.values["holder"]))
-
-
-# --- judging ------------------------------------------------------------------------------
-
-
-def _tolerates(tol: Tolerance, found: list[CheckResult]) -> tuple[bool, str]:
-    if not found:
-        return False, "no target answered"
-    bad = [r for r in found if r.status == "failed"]
-    if tol == "any":
-        return True, ""
-    if isinstance(tol, MinOk):
-        good = len(found) - len(bad)
-        return (good >= tol.min_ok,
-                "" if good >= tol.min_ok else f"{good} ok < {tol.min_ok}: {_list(bad)}")
-    if isinstance(tol, MaxFailed):
-        return (len(bad) <= tol.max_failed,
-                "" if len(bad) <= tol.max_failed else f"{len(bad)} failed: {_list(bad)}")
-    return not bad, _list(bad)
-
-
-def _list(results: list[CheckResult]) -> str:
-    return "; ".join(f"{r.target}: {r.message}" for r in results)
-
-
-def _expectations(expects: list[Expect], targets: list[CheckResult],
-                  tokens: dict[str, str]) -> tuple[bool, str]:
-    problems = []
-    for e in expects:
-        want = _fill_fault(getattr(e, e.operator), tokens)
-        misses = [f"{t.target}: {e.field} = {_get(t, e.field)!r}, expected {e.operator} "
-                  f"{want!r}" for t in targets if not _holds(e.operator, _get(t, e.field), want)]
-        if (e.match == "all" and misses) or (e.match == "any"
-                                              and len(misses) == len(targets)):
-            problems += misses
-    return not problems, "; ".join(problems)
-
-
-_MISSING = object()
-
-
-def _get(target: CheckResult, path: str) -> Any:
-    node: Any = target
-    for part in path.split("."):
-        if isinstance(node, dict):
-            node = node.get(part, _MISSING)
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            node = getattr(node, part, _MISSING)
-        if node is _MISSING:
-            return None
-    return node
-
-
-def _holds(op: str, value: Any, want: Any) -> bool:
-    try:
-        if op == "equal":
-            return bool(value == want)
-        if op == "not_equal":
-            return bool(value != want)
-        if op in ("contains", "not_contains"):
-            inside = want in value if value is not None else False
-            return inside if op == "contains" else not inside
-        if op == "range":
-            return value is not None and want[0] <= float(value) <= want[1]
-        found = value is not None and re.search(str(want), str(value)) is not None
-        return found if op == "regex" else not found
-    except (TypeError, ValueError):
-        return False
-
-
-def _fill_fault(value: Any, tokens: dict[str, str]) -> Any:
-    """`@fault.address` / `@fault` in an expected value -> the first fault host's."""
-    if isinstance(value, str):
-        for token, text in tokens.items():
-            value = value.replace(token, text)
-    return value
-
-
-def _target(name: str, r: Result) -> CheckResult:
-    """What a task step's expectations read: its CheckResult, else {result, changed, failed}."""
-    if isinstance(r.result, CheckResult):
-        return r.result
-    return CheckResult(name, "failed" if r.failed else "ok", str(r.result)[:200],
-                       {"result": r.result, "changed": r.changed, "failed": r.failed})
-
-
-def _as_check(name: str, r: Result) -> CheckResult:
-    if isinstance(r.result, CheckResult):
-        return r.result
-    if r.exception is not None:
-        return CheckResult(name, "failed", error_text(r.exception))
-    return replace(_target(name, r), status="failed" if r.failed else "ok")
 
 
 def _result_error(r: Result) -> str:
