@@ -133,6 +133,28 @@ STATE_SECRETS_DIR = "secrets"
 #: Files in the state dir that hold a secret are created with this mode (never chmod-ed later).
 SECRET_FILE_MODE = 0o600
 STATE_RENDERED_DIR = "rendered"
+#: The cluster's operation lock (fcntl): deploy and runbooks never run beside each other.
+STATE_OPERATION_LOCK = "operation.lock"
+
+# --- runbooks ------------------------------------------------------------------------------------
+#: The cluster name of the embedded lab's inventory (inventory/lab): runbooks that break things
+#: run there without --yes, and lab-only faults (power cuts) are allowed there only.
+LAB_CLUSTER_NAME = "lab"
+#: Bounds of a runbook run (seconds): a step, a case, a pause, the wait for steady state after.
+RUNBOOK_STEP_TIMEOUT_S = 120.0
+RUNBOOK_CASE_MAX_S = 600.0
+RUNBOOK_MAX_S = 3600.0
+RUNBOOK_PAUSE_MAX_S = 600.0
+RUNBOOK_RECOVERY_MAX_S = 180.0
+#: Faults that heal themselves on the host even when we lose it: the timer's default delay.
+FAULT_SELF_HEAL_S = 120
+#: How long a fault that may cut our own connection (link down) waits for its answer.
+FAULT_CUT_TIMEOUT_S = 3.0
+#: The nftables table of the partition fault, and the prefix of our transient systemd units.
+FAULT_NFT_TABLE = "k8sha_fault"
+FAULT_UNIT_PREFIX = "k8sha-fault"
+#: kubeadm's static pod manifests (the apiserver, controller-manager, scheduler of a master).
+K8S_MANIFESTS_DIR = "/etc/kubernetes/manifests"
 
 #: The registry probe image `deploy` publishes and `check` pulls on every node (ociimage.py).
 PROBE_IMAGE_REPOSITORY = "library/k8sha-probe"

@@ -6,6 +6,8 @@
     ├── PKIError               a certificate or key cannot be made or read
     ├── LabError               the embedded lab cannot be built, reached or torn down
     │   └── NotRootError       the lab needs root
+    ├── RunbookError           a runbook cannot run (file:line), or is refused; nothing done
+    ├── OperationLocked        another operation (deploy, runbook) holds the cluster
     ├── ConnectionFailed       a host cannot be reached over SSH
     ├── CommandFailed          a command on a host exited non-zero (host, command, code, stderr)
     └── DeployError            a phase of a deploy failed
@@ -46,6 +48,16 @@ class LabError(K8shaError):
 
 class NotRootError(LabError):
     """The lab manipulates namespaces, bridges and mounts: it must run as root."""
+
+
+class RunbookError(K8shaError):
+    """A runbook cannot be run: bad YAML, unknown task, selector or field (file:line), a
+    lab-only fault on a real inventory, or a non-lab inventory without --yes. Nothing was
+    touched on any host."""
+
+
+class OperationLocked(K8shaError):
+    """Another operation (deploy, runbook) holds the cluster's operation lock."""
 
 
 class ConnectionFailed(K8shaError):

@@ -111,8 +111,16 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 
 
 def _load_yaml(path: Path) -> tuple[Any, dict[int, dict[Any, int]]]:
+    return load_yaml_with_lines(path, InventoryError)
+
+
+def load_yaml_with_lines(path: Path, error: type[Exception] = InventoryError
+                         ) -> tuple[Any, dict[int, dict[Any, int]]]:
+    """YAML data (duplicate keys refused) and, per mapping (by `id`), the line of each key.
+
+    Every problem raises `error` naming `file:line` (runbooks use this reader too)."""
     if not path.is_file():
-        raise InventoryError(f"{path}: file not found")
+        raise error(f"{path}: file not found")
     text = path.read_text()
     loader = _StrictLoader(text)
     loader.key_lines = {}  # type: ignore[attr-defined]
@@ -122,7 +130,7 @@ def _load_yaml(path: Path) -> tuple[Any, dict[int, dict[Any, int]]]:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
-        raise InventoryError(f"{where}: invalid YAML: {problem}") from None
+        raise error(f"{where}: invalid YAML: {problem}") from None
     finally:
         loader.dispose()
     return data, loader.key_lines  # type: ignore[attr-defined]

@@ -14,7 +14,7 @@ import typer
 
 from nornir_k8sha import console
 from nornir_k8sha import constants as C
-from nornir_k8sha.cli import check, deploy, lab, pki, render
+from nornir_k8sha.cli import check, deploy, lab, pki, render, runbook
 from nornir_k8sha.cli.common import InventoryOpt, JsonOpt, load_analysis
 from nornir_k8sha.exceptions import InventoryError, K8shaError
 
@@ -55,6 +55,8 @@ app.add_typer(lab.lab_app, name="lab")
 app.command()(deploy.deploy)
 app.command()(check.check)
 app.command()(deploy.reset)
+app.add_typer(runbook.runbook_app, name="runbook")
+app.command("verify")(runbook.verify)
 
 
 def main() -> None:

@@ -111,6 +111,7 @@ class RunbookResult:
     started_wall: float = 0.0  # time.time()
     duration: float = 0.0
     dry_run: bool = False
+    interrupted: bool = False  # Ctrl-C / SIGTERM: rollbacks ran, later cases were skipped
 
     @property
     def passed(self) -> bool:

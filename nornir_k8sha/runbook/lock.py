@@ -1,0 +1,54 @@
+"""The cluster's operation lock: a runbook never runs beside a deploy (or another runbook).
+
+`.k8sha/<cluster>/operation.lock`, held with fcntl.flock for the whole operation; the file
+says who holds it (pid, command, since) so the refusal can name them. The kernel drops the lock
+when the holder dies, so a crashed run never leaves the cluster locked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from nornir_k8sha import constants as C
+from nornir_k8sha.exceptions import OperationLocked
+
+
+@contextlib.contextmanager
+def operation_lock(state_dir: Path, command: str) -> Iterator[Path]:
+    """Hold the cluster's operation lock, or raise OperationLocked naming the holder."""
+    path = Path(state_dir) / C.STATE_OPERATION_LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+            raise OperationLocked(f"{path}: another operation runs on this cluster "
+                                  f"({describe(holder)}); try again when it ends") from None
+        info = {"pid": os.getpid(), "command": command, "since": time.time()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        try:
+            yield path
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def describe(holder: str) -> str:
+    """`pid 123, runbook verify-ha.yaml, since 12:01:02 UTC` from the lock file's text."""
+    try:
+        info = json.loads(holder)
+        since = time.strftime("%H:%M:%S UTC", time.gmtime(float(info["since"])))
+        return f"pid {info['pid']}, {info['command']}, since {since}"
+    except (ValueError, KeyError, TypeError):
+        return "holder unknown"
