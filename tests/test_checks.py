@@ -367,6 +367,8 @@ def test_summary_says_what_redundancy_is_left(cx: CheckContext) -> None:
         "vip": [r("lvs1", holds_vip=True, routes=["x"]), r("lvs2", "failed"),
                 r(f"VIP {cx.spec.vip}:6443")],
         "haproxy": [r("haproxy1"), r("haproxy2", "failed")],
+        "switches": [r("switch1", vip_route={"next_hops": [str(cx.spec.host("lvs1").address)]}),
+                     r("switch2", vip_route={"next_hops": [str(cx.spec.host("lvs2").address)]})],
         "apiserver": [r("master1"), r("master2"), r("master3"),
                       r(f"VIP {cx.spec.api_endpoint}")],
     }
@@ -375,6 +377,9 @@ def test_summary_says_what_redundancy_is_left(cx: CheckContext) -> None:
     assert out["etcd"].message.startswith("2/3 healthy, tolerates 0 more failure(s)")
     assert out["LVS directors"].message == "1 of 2 directors answering; VIP held by lvs1"
     assert out["HAProxy"].message == "1 of 2 serving; 1 down"
+    # switch2 still routes the VIP to the director that lost it
+    assert out["switches"].status == "failed"
+    assert out["switches"].message == "1 of 2 switches route the VIP /32 to its holder lvs1"
     rows["etcd"][1] = r("etcd2", "failed", healthy=False)
     rows["apiserver"][-1] = r(f"VIP {cx.spec.api_endpoint}", "failed")
     out = {s.target: s for s in summarise(cx.spec, rows)}

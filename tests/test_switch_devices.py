@@ -98,11 +98,11 @@ def test_apply_saves_and_a_second_run_sends_nothing(make_inventory: InventoryFac
     assert [c for c in rig.device.received[sent:]
             if not c.startswith(("show ", "terminal", "set cli"))] == []
     check = rig.run(switch.check)
-    assert check.result["ok"], check.result
-    assert {n["address"]: n["state"] for n in check.result["neighbors"]} == {
+    assert check.result.ok, check.result
+    assert {n["address"]: n["state"] for n in check.result.values["neighbors"]} == {
         a: "Established" for a in LVS}
-    assert check.result["vip_route"]["present"] and sorted(
-        check.result["vip_route"]["next_hops"]) == sorted(LVS)
+    assert check.result.values["vip_route"]["present"] and sorted(
+        check.result.values["vip_route"]["next_hops"]) == sorted(LVS)
 
 
 @pytest.mark.parametrize("platform", PLATFORMS)

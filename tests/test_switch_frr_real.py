@@ -198,7 +198,7 @@ def wait_check(inv: Path, server: SSHTestServer, spec: ClusterSpec, bound: float
     deadline = time.monotonic() + bound
     while True:
         result = run(inv, server, switch.check, spec)
-        if result.result["ok"] or time.monotonic() > deadline:
+        if result.result.ok or time.monotonic() > deadline:
             return result
         time.sleep(1)
 
@@ -225,12 +225,13 @@ def test_real_frr_switch_apply_check_and_rollback(fabric: Fabric, tmp_path: Path
         assert applied.changed and not applied.failed, applied.result
         assert "saved (write memory)" in applied.result
         ok = wait_check(inv, server, spec)
-        assert ok.result["ok"], ok.result
-        hops = ok.result["vip_route"]["next_hops"]  # one or both (multipath): both announce it
+        assert ok.result.ok, ok.result
+        # one or both next hops (multipath): both directors announce it
+        hops = ok.result.values["vip_route"]["next_hops"]
         assert hops and set(hops) <= {"10.88.0.11", "10.88.0.12"}
-        assert ok.result["vip_route"]["installed"]
+        assert ok.result.values["vip_route"]["installed"]
         assert {n["address"]: (n["state"], n["prefixes_received"])
-                for n in ok.result["neighbors"]} == {"10.88.0.11": ("Established", 1),
+                for n in ok.result.values["neighbors"]} == {"10.88.0.11": ("Established", 1),
                                                      "10.88.0.12": ("Established", 1)}
 
         again = run(inv, server, switch.configure, spec)
@@ -244,6 +245,6 @@ def test_real_frr_switch_apply_check_and_rollback(fabric: Fabric, tmp_path: Path
         assert "post-check failed: BGP session(s) 10.88.0.11, 10.88.0.12" in broken.result
         assert "config is as before the change" in broken.result, broken.result
         assert fabric.vtysh("show running-config") == good
-        assert wait_check(inv, server, spec).result["ok"]  # the sessions came back
+        assert wait_check(inv, server, spec).result.ok  # the sessions came back
     finally:
         server.stop()

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from nornir_k8sha import constants as C
 from nornir_k8sha.inventory import open_nornir
 from nornir_k8sha.tasks import switch
 from nornir_k8sha.tasks.switch import eos, frr, ios, junos, nxos, state
@@ -267,6 +268,7 @@ def test_an_frr_switch_is_driven_by_netmiko_as_cisco_ios(monkeypatch: pytest.Mon
 
     monkeypatch.setattr(Host, "open_connection", fake_open)
     result = nr.run(task=switch.check, spec=load_cluster_spec(LAB_INVENTORY))["switch1"][0]
-    assert not result.failed, result.exception
-    assert opened == {"connection": "netmiko", "platform": "cisco_ios"}
-    assert not result.result["ok"]  # a switch that says nothing proves nothing
+    assert result.exception is None, result.exception
+    assert opened["connection"] == "netmiko" and opened["platform"] == "cisco_ios"
+    assert opened["extras"]["conn_timeout"] == C.CHECK_TIMEOUT_S  # a check is bounded
+    assert not result.result.ok  # a switch that says nothing proves nothing

@@ -53,6 +53,7 @@ def summarise(spec: ClusterSpec, rows: dict[str, list[CheckResult]]) -> list[Che
 
     directors = _by_target(rows, "vip")
     names = [h.name for h in spec.role(C.ROLE_LVS)]
+    holder = None
     if any(n in directors for n in names):
         holders = [n for n in names if n in directors and directors[n].values.get("holds_vip")]
         answering = sum(1 for n in names if n in directors
@@ -63,6 +64,17 @@ def summarise(spec: ClusterSpec, rows: dict[str, list[CheckResult]]) -> list[Che
             f"{answering} of {len(names)} directors answering; VIP held by "
             + (holder or f"{len(holders)} directors"),
             {"answering": answering, "directors": len(names), "holder": holder}))
+
+    switches = _by_target(rows, "switches")
+    names = [h.name for h in spec.role(C.ROLE_SWITCHES)]
+    if any(n in switches for n in names) and holder:
+        holder_ip = str(spec.host(holder).address)
+        routed = [n for n in names if n in switches and holder_ip in
+                  (switches[n].values.get("vip_route") or {}).get("next_hops", [])]
+        out.append(CheckResult(
+            "switches", "ok" if len(routed) == len(names) else "failed",
+            f"{len(routed)} of {len(names)} switches route the VIP /32 to its holder {holder}",
+            {"routed": len(routed), "switches": len(names)}))
 
     for row, role, label in (("haproxy", C.ROLE_HAPROXY, "HAProxy"),
                              ("apiserver", C.ROLE_MASTERS, "masters (apiserver)")):

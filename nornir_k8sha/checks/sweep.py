@@ -23,7 +23,16 @@ from nornir_k8sha.checkresult import CheckResult, skipped
 from nornir_k8sha.checks.summary import summarise
 from nornir_k8sha.clients import error_text
 from nornir_k8sha.report import HostOutcome, RunReport, checks_table
-from nornir_k8sha.tasks import apiserver, certificates, etcd, frr, haproxy, harbor, keepalived
+from nornir_k8sha.tasks import (
+    apiserver,
+    certificates,
+    etcd,
+    frr,
+    haproxy,
+    harbor,
+    keepalived,
+    switch,
+)
 from nornir_k8sha.topology import ClusterSpec, HostSpec
 
 
@@ -95,6 +104,15 @@ def bgp_sessions(cx: CheckContext) -> list[CheckResult]:
     return list(cx.run(frr.check, speakers).values())
 
 
+def switch_sessions(cx: CheckContext) -> list[CheckResult]:
+    """Every switch's side of BGP: neighbours Established, the VIP /32 installed via a
+    director, a prefix filter that takes nothing else (over the switch's own CLI)."""
+    switches = cx.spec.role(C.ROLE_SWITCHES)
+    if not switches:
+        return [skipped("-", "no switches in the inventory")]
+    return list(cx.run(switch.check, switches).values())
+
+
 def _control_plane_skip(cx: CheckContext) -> list[CheckResult] | None:
     if apiserver.has_control_plane(cx.state_dir):
         return None
@@ -137,6 +155,7 @@ CHECKS: list[SweepRow] = [
     ("vip", "VIP and IPVS", vip_and_ipvs),
     ("haproxy", "HAProxy backends", haproxy_backends),
     ("bgp", "BGP to the switches", bgp_sessions),
+    ("switches", "switches (their side)", switch_sessions),
     ("apiserver", "kube-apiserver", apiservers),
     ("nodes", "nodes", nodes),
     ("leases", "leader leases", leases),

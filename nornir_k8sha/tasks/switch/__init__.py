@@ -26,6 +26,7 @@ from typing import Any
 from nornir.core.task import Result, Task
 
 from nornir_k8sha import constants as C
+from nornir_k8sha.checkresult import failed, passed
 from nornir_k8sha.render import files_for_component
 from nornir_k8sha.tasks import host as H
 from nornir_k8sha.tasks.switch.apply import apply
@@ -52,10 +53,10 @@ def platform_of(task: Task) -> Platform:
     return PLATFORMS[task.host.platform or "cisco_ios"]
 
 
-def _netmiko(task: Task, *, fresh: bool = False) -> Any:
+def _netmiko(task: Task, *, fresh: bool = False, conn_timeout: float | None = None) -> Any:
     """The host's netmiko connection, opened with the device type netmiko knows the platform
     by (an `frr` switch is driven as `cisco_ios`). `fresh`: drop the old session first (it
-    timed out and may still be stuck mid-command)."""
+    timed out and may still be stuck mid-command). `conn_timeout` bounds opening it (checks)."""
     host = task.host
     if fresh and "netmiko" in host.connections:
         # No graceful logout: it would wait on the stuck session. Drop the transport.
@@ -64,9 +65,14 @@ def _netmiko(task: Task, *, fresh: bool = False) -> Any:
             old.connection.paramiko_cleanup()
         except Exception:  # noqa: BLE001 - a dead session may fail to close; it is gone anyway
             pass
-    if "netmiko" not in host.connections and host.platform in NETMIKO_DEVICE_TYPE:
-        host.open_connection("netmiko", task.nornir.config,
-                             platform=NETMIKO_DEVICE_TYPE[host.platform])
+    if "netmiko" not in host.connections and (host.platform in NETMIKO_DEVICE_TYPE
+                                              or conn_timeout is not None):
+        extras = dict(host.get_connection_parameters("netmiko").extras or {})
+        if conn_timeout is not None:
+            extras.update(conn_timeout=conn_timeout, auth_timeout=conn_timeout,
+                          banner_timeout=conn_timeout)
+        host.open_connection("netmiko", task.nornir.config, extras=extras,
+                             platform=NETMIKO_DEVICE_TYPE.get(host.platform, host.platform))
     return host.get_connection("netmiko", task.nornir.config)
 
 
@@ -111,13 +117,18 @@ def configure(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None,
 def check(task: Task, spec: ClusterSpec) -> Result:
     """BGP as this switch sees it (read-only): each expected neighbour Established with its
     prefix count, the VIP /32 received and installed via a director, and a filter that takes
-    nothing but the VIP. `result` is the structured dict of state.verdict (`ok`, `message`)."""
+    nothing but the VIP. `result` is a CheckResult whose values are state.verdict's dict
+    (neighbors, vip_route, filter, platform); opening the session is bounded by
+    CHECK_TIMEOUT_S."""
+    start = time.monotonic()
     platform = platform_of(task)
-    conn = _netmiko(task)
+    conn = _netmiko(task, conn_timeout=C.CHECK_TIMEOUT_S)
     peers = [str(p.address) for p in spec.switch_peers(spec.host(task.host.name))]
     running = platform.parse(platform.running(conn))
     data = verdict(platform.neighbors(conn), platform.vip_route(conn, spec.vip),
                    platform.filter_state(running, spec.vip, peers), peers, spec.vip,
                    spec.settings.bgp.announce_vip)
     data["platform"] = platform.name
-    return Result(host=task.host, result=data)
+    ok, message = data.pop("ok"), data.pop("message")
+    res = (passed if ok else failed)(task.host.name, message, start, **data)
+    return Result(host=task.host, result=res, failed=not res.ok)
