@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from nornir_k8sha.cli import runbook as cli_runbook
 from nornir_k8sha.cli.app import app as command_line
 from nornir_k8sha.inventory import open_nornir
+from nornir_k8sha.oplock import operation_lock
 from nornir_k8sha.runbook import seams
-from nornir_k8sha.runbook.lock import operation_lock
 from nornir_k8sha.testing import FakeFleet, install_fake
 from nornir_k8sha.topology import load_cluster_spec
 
@@ -119,13 +119,13 @@ def test_an_invalid_inventory_exits_2(app, fleet, make_inventory) -> None:
     assert all(not h.calls for h in fleet.hosts.values())
 
 
-def test_the_cluster_busy_with_a_deploy_exits_2(app, fleet, monkeypatch, tmp_path) -> None:
+def test_the_cluster_busy_with_a_deploy_exits_1_naming_it(app, fleet, monkeypatch, tmp_path) -> None:
     monkeypatch.chdir(tmp_path)  # the state dir .k8sha/lab/ lives under the working dir
     monkeypatch.setattr(cli_runbook, "_instruments", lambda: None)
     with operation_lock(Path(".k8sha/lab"), "deploy"):
         result = runner.invoke(app, ["verify", "-i", str(LAB_INVENTORY), "--case",
                                      "haproxy-stopped"])
-    assert result.exit_code == 2 and "deploy" in result.output
+    assert result.exit_code == 1 and "deploy" in result.output
     assert all(not h.calls for h in fleet.hosts.values())
 
 

@@ -19,9 +19,9 @@ from nornir.core.task import Result, Task
 from nornir_k8sha.checkresult import CheckResult
 from nornir_k8sha.exceptions import OperationLocked, RunbookError
 from nornir_k8sha.inventory import open_nornir
+from nornir_k8sha.oplock import operation_lock
 from nornir_k8sha.runbook import engine, loader
 from nornir_k8sha.runbook.engine import Instruments, RunOptions
-from nornir_k8sha.runbook.lock import operation_lock
 from nornir_k8sha.runbook.results import Expectation, Figures, Mark
 from nornir_k8sha.testing import FakeFleet, install_fake
 from nornir_k8sha.topology import load_cluster_spec

@@ -32,7 +32,7 @@ from nornir_k8sha.tasks.host import HIDDEN
 from nornir_k8sha.testing import FakeFleet, FakeRegistry, FakeUnit, install_fake
 from nornir_k8sha.topology import load_cluster_spec
 
-from .conftest import InventoryFactory
+from .conftest import LAB_INVENTORY, InventoryFactory
 from .test_components import UNITS
 
 VRRP_PASSWORD = "Vr9pPw7x"  # VRRPv2 uses the first 8 characters only
@@ -259,3 +259,17 @@ def test_admin_kubeconfig_is_written_0600(make_inventory: InventoryFactory, tmp_
     target = state / C.STATE_ADMIN_KUBECONFIG
     assert mode(target) == 0o600
     assert target.read_text() == f"server: https://{spec.api_endpoint}\n"
+
+
+def test_a_second_deploy_beside_a_running_one_exits_1_naming_the_holder(
+        deployer: Deployer) -> None:
+    """One operation at a time on a cluster: the second deploy (or reset) names the holder,
+    exits 1 and touches nothing; a dry run needs no lock."""
+    from nornir_k8sha.oplock import operation_lock
+
+    with operation_lock(C.STATE_ROOT / "lab", "runbook run verify-ha.yaml"):
+        code, _ = deployer(LAB_INVENTORY, "--phase", "lb")
+        assert code == 1 and "runbook run verify-ha.yaml" in deployer.outputs[-1]  # stderr
+        assert all(not h.calls for h in deployer.fleet.hosts.values())
+        code, _ = deployer(LAB_INVENTORY, "--phase", "lb", "--dry-run")
+        assert code == 0

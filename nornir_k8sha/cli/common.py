@@ -8,8 +8,10 @@ where a finding is {"severity", "rule", "message", "where", "host", "field"}.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -17,7 +19,8 @@ import typer
 
 from nornir_k8sha import console
 from nornir_k8sha import constants as C
-from nornir_k8sha.exceptions import InventoryError
+from nornir_k8sha.exceptions import InventoryError, OperationLocked
+from nornir_k8sha.oplock import operation_lock
 from nornir_k8sha.report import RunReport, print_summary
 from nornir_k8sha.topology import Analysis, ClusterSpec, Finding, analyse
 
@@ -82,3 +85,18 @@ def finish(report: RunReport, spec: ClusterSpec, as_json: bool, report_file: Pat
         print_summary(report, console.out(), table=table)
         console.out().print(f"[dim]report: {saved}[/]")
     raise typer.Exit(report.exit_code)
+
+
+@contextlib.contextmanager
+def one_operation(spec: ClusterSpec, command: str, *, dry_run: bool) -> Iterator[None]:
+    """Hold the cluster's operation lock for a command that changes hosts (deploy, reset,
+    runbooks): a second one exits 1 naming the holder. A dry run changes nothing: no lock."""
+    if dry_run:
+        yield
+        return
+    try:
+        with operation_lock(spec.state_dir, command):
+            yield
+    except OperationLocked as exc:
+        console.error(str(exc))
+        raise typer.Exit(C.EXIT_FAILED) from None

@@ -17,6 +17,7 @@ from nornir_k8sha.cli.common import (
     bad_option,
     finish,
     load_spec,
+    one_operation,
 )
 from nornir_k8sha.deploy import DeployContext, run_stages
 from nornir_k8sha.inventory import open_nornir
@@ -51,7 +52,8 @@ def deploy(
     report = RunReport("deploy", spec.name, dry_run=dry_run)
     ctx = DeployContext(spec, open_nornir(inventory), report, dry_run=dry_run, limit=limit_set,
                         state_dir=spec.state_dir)
-    with LiveProgress(report, console.out(), enabled=not as_json):
+    with one_operation(spec, "deploy", dry_run=dry_run), \
+            LiveProgress(report, console.out(), enabled=not as_json):
         run_stages(ctx, default_stages(), only=set(phase) if phase else None)
     if not as_json and not dry_run and report.exit_code == 0:
         report.notes.extend(next_steps(spec, inventory))
@@ -116,6 +118,7 @@ def reset(
     report = RunReport("reset", spec.name, dry_run=dry_run)
     ctx = DeployContext(spec, open_nornir(inventory), report, dry_run=dry_run,
                         state_dir=spec.state_dir)
-    with LiveProgress(report, console.out(), enabled=not as_json):
+    with one_operation(spec, "reset", dry_run=dry_run), \
+            LiveProgress(report, console.out(), enabled=not as_json):
         run_stages(ctx, reset_stages())
     finish(report, spec, as_json, None)

@@ -1,8 +1,8 @@
 """`runbook validate|list|run` and `verify` (= `runbook run` of the built-in verify-ha).
 
-Exit codes: 0 every case passed, 1 a case failed (or the run was interrupted), 2 invalid
-runbook or inventory, a refused run (non-lab without --yes, lab fault on a real inventory) or
-the cluster busy with another operation — in every exit-2 case nothing was done on any host.
+Exit codes: 0 every case passed, 1 a case failed (or the run was interrupted, or the cluster is
+busy with another operation), 2 invalid runbook or inventory or a refused run (non-lab without
+--yes, lab fault on a real inventory); when refused or busy, nothing was done on any host.
 """
 
 from __future__ import annotations
@@ -164,10 +164,14 @@ def run_file(file: str | Path, inventory: Path, *, dry_run: bool, as_json: bool,
         if not dry_run:
             options.instruments = _instruments()
         result = engine.run(loaded, spec, nr, options)
-    except (RunbookError, OperationLocked) as exc:
+    except RunbookError as exc:
         console.error(str(exc))
         console.error("nothing was touched on any host")
         raise typer.Exit(C.EXIT_INVALID) from None
+    except OperationLocked as exc:  # busy, not invalid: the same exit as a second deploy
+        console.error(str(exc))
+        console.error("nothing was touched on any host")
+        raise typer.Exit(C.EXIT_FAILED) from None
     finally:
         live.stop()
         nr.close_connections(on_good=True, on_failed=True)

@@ -34,6 +34,7 @@ from nornir_k8sha.checkresult import CheckResult
 from nornir_k8sha.checks.sweep import CheckContext
 from nornir_k8sha.clients import error_text
 from nornir_k8sha.exceptions import RunbookError
+from nornir_k8sha.oplock import operation_lock
 from nornir_k8sha.runbook import assertions, seams, selectors
 from nornir_k8sha.runbook.loader import (
     CHECK_PREFIX,
@@ -42,7 +43,6 @@ from nornir_k8sha.runbook.loader import (
     resolve_probe,
     resolve_task,
 )
-from nornir_k8sha.runbook.lock import operation_lock
 from nornir_k8sha.runbook.model import (
     AnyStep,
     Case,
