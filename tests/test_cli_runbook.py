@@ -119,7 +119,8 @@ def test_an_invalid_inventory_exits_2(app, fleet, make_inventory) -> None:
     assert all(not h.calls for h in fleet.hosts.values())
 
 
-def test_the_cluster_busy_with_a_deploy_exits_1_naming_it(app, fleet, monkeypatch, tmp_path) -> None:
+def test_the_cluster_busy_with_a_deploy_exits_1_naming_it(app, fleet, monkeypatch,
+                                                           tmp_path) -> None:
     monkeypatch.chdir(tmp_path)  # the state dir .k8sha/lab/ lives under the working dir
     monkeypatch.setattr(cli_runbook, "_instruments", lambda: None)
     with operation_lock(Path(".k8sha/lab"), "deploy"):

@@ -271,5 +271,5 @@ def test_a_second_deploy_beside_a_running_one_exits_1_naming_the_holder(
         code, _ = deployer(LAB_INVENTORY, "--phase", "lb")
         assert code == 1 and "runbook run verify-ha.yaml" in deployer.outputs[-1]  # stderr
         assert all(not h.calls for h in deployer.fleet.hosts.values())
-        code, _ = deployer(LAB_INVENTORY, "--phase", "lb", "--dry-run")
+        code, _ = deployer(LAB_INVENTORY, "--phase", "pki", "--phase", "lb", "--dry-run")
         assert code == 0
