@@ -63,6 +63,11 @@ def _resolve(module: str, node: ast.ImportFrom) -> str:
     return ".".join([*base, *(node.module.split(".") if node.module else [])])
 
 
+def _is_module(name: str) -> bool:
+    path = PACKAGE.parent / Path(*name.split("."))
+    return path.with_suffix(".py").exists() or path.is_dir()
+
+
 def _imports(module: str, path: Path) -> list[tuple[str, int, bool, str]]:
     """(imported module, line, inside a function, source line) for our own imports."""
     tree = ast.parse(path.read_text(), str(path))
@@ -79,12 +84,11 @@ def _imports(module: str, path: Path) -> list[tuple[str, int, bool, str]]:
                 names = [a.name for a in child.names]
             elif isinstance(child, ast.ImportFrom):
                 target = _resolve(module, child)
-                names = [target]
-                # `from nornir_k8sha.tasks import host`: the submodule is what is imported
-                names += [f"{target}.{a.name}" for a in child.names
-                          if (PACKAGE.parent / Path(*f"{target}.{a.name}".split("."))).with_suffix(
-                              ".py").exists()
-                          or (PACKAGE.parent / Path(*f"{target}.{a.name}".split("."))).is_dir()]
+                # `from nornir_k8sha.tasks import host`: the submodule is what is imported;
+                # the package itself only when a name is not a submodule of it
+                subs = [f"{target}.{a.name}" for a in child.names if _is_module(
+                    f"{target}.{a.name}")]
+                names = subs + ([target] if len(subs) < len(child.names) else [])
             for name in names:
                 if name.startswith("nornir_k8sha") and not tc:
                     found.append((name, child.lineno, in_function,
