@@ -147,12 +147,12 @@ def run_stages(ctx: DeployContext, stages: Sequence[Stage], *, only: set[str] | 
     started = time.monotonic()
     ctx.nr.data.dry_run = ctx.dry_run  # tasks read it through task.is_dry_run()
     ctx.report.dry_run = ctx.dry_run
-    for stage in stages:
+    for number, stage in enumerate(stages, 1):
         phases = [p for p in stage if only is None or p.name in only]
         if not phases:
             continue
         with ThreadPoolExecutor(max_workers=len(phases)) as pool:
-            for future in [pool.submit(_run_phase, ctx, p) for p in phases]:
+            for future in [pool.submit(_run_phase, ctx, p, number, started) for p in phases]:
                 future.result()
     ctx.report.duration = time.monotonic() - started
     return ctx.report
@@ -182,10 +182,11 @@ def _dependency_problem(ctx: DeployContext, phase: Phase) -> str | None:
     return None
 
 
-def _run_phase(ctx: DeployContext, phase: Phase) -> None:
+def _run_phase(ctx: DeployContext, phase: Phase, stage: int, run_started: float) -> None:
     hosts = phase.hosts(ctx)
     report = ctx.report.add_phase(phase.name, phase.title, hosts)
     start = time.monotonic()
+    report.stage, report.started = stage, start - run_started
     reason = _dependency_problem(ctx, phase) or phase.should_run(ctx)
     if reason is None and not hosts and not getattr(phase, "runs_without_hosts", False):
         reason = "no hosts"
