@@ -23,6 +23,7 @@ import httpx
 from nornir.core import Nornir
 from nornir.core.task import AggregatedResult, Result, Task
 
+from nornir_k8sha import budget
 from nornir_k8sha.report import HostOutcome, RunReport, outcomes_from_nornir
 from nornir_k8sha.topology import ClusterSpec, hosts_in_roles
 
@@ -147,14 +148,17 @@ def run_stages(ctx: DeployContext, stages: Sequence[Stage], *, only: set[str] | 
     started = time.monotonic()
     ctx.nr.data.dry_run = ctx.dry_run  # tasks read it through task.is_dry_run()
     ctx.report.dry_run = ctx.dry_run
-    for number, stage in enumerate(stages, 1):
-        phases = [p for p in stage if only is None or p.name in only]
-        if not phases:
-            continue
-        with ThreadPoolExecutor(max_workers=len(phases)) as pool:
-            for future in [pool.submit(_run_phase, ctx, p, number, started) for p in phases]:
-                future.result()
+    with budget.measured(ctx.nr, ctx.spec.settings.ssh.max_connections) as resources:
+        for number, stage in enumerate(stages, 1):
+            phases = [p for p in stage if only is None or p.name in only]
+            if not phases:
+                continue
+            with ThreadPoolExecutor(max_workers=len(phases)) as pool:
+                for future in [pool.submit(_run_phase, ctx, p, number, started)
+                               for p in phases]:
+                    future.result()
     ctx.report.duration = time.monotonic() - started
+    ctx.report.resources = resources
     return ctx.report
 
 

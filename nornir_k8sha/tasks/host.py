@@ -35,6 +35,7 @@ from nornir.core.inventory import Host
 from nornir.core.task import Result, Task
 
 from nornir_k8sha import constants as C
+from nornir_k8sha.budget import BUDGET, Budgeted
 from nornir_k8sha.exceptions import CommandFailed, ConnectionFailed
 from nornir_k8sha.transport import CONNECTION_NAME, CommandResult, Transport
 
@@ -76,7 +77,10 @@ def honour_dry_run(task: Task, dry_run: bool | None) -> None:
 
 def open_connection(host: Host, config: Config, *,
                     connect_timeout: float | None = None) -> Transport:
-    """`connect` for code outside a task: same locking, same host naming."""
+    """`connect` for code outside a task: same locking, same host naming, same budget.
+
+    Opening holds a slot of the connection budget (`budget.BUDGET`) and one of the target
+    address's handshake places; the connection returned holds a slot for each operation."""
     try:
         if CONNECTION_NAME in host.connections:
             conn: Transport = host.get_connection(CONNECTION_NAME, config)
@@ -84,11 +88,16 @@ def open_connection(host: Host, config: Config, *,
             with _open_guard:
                 lock = _open_locks.setdefault(id(host), threading.Lock())
             with lock:
-                if connect_timeout is not None and CONNECTION_NAME not in host.connections:
-                    extras = dict(host.get_connection_parameters(CONNECTION_NAME).extras or {})
-                    extras["connect_timeout"] = connect_timeout
-                    host.open_connection(CONNECTION_NAME, config, extras=extras)
+                if CONNECTION_NAME not in host.connections:
+                    params = host.get_connection_parameters(CONNECTION_NAME)
+                    extras = None
+                    if connect_timeout is not None:
+                        extras = dict(params.extras or {})
+                        extras["connect_timeout"] = connect_timeout
+                    with BUDGET.opening(f"{params.hostname}:{params.port or C.SSH_PORT}"):
+                        host.open_connection(CONNECTION_NAME, config, extras=extras)
                 conn = host.get_connection(CONNECTION_NAME, config)
+                BUDGET.opened(conn)
     except ConnectionFailed as exc:
         if exc.host == host.name:
             raise
@@ -96,7 +105,7 @@ def open_connection(host: Host, config: Config, *,
     if getattr(conn, "host", None) != host.name:
         with contextlib.suppress(AttributeError):
             conn.host = host.name  # the plugin only knows the address
-    return conn
+    return Budgeted(conn)
 
 
 # --- commands -------------------------------------------------------------------------------
