@@ -41,8 +41,8 @@ class DeployContext:
     dry_run: bool = False
     limit: frozenset[str] | None = None
     state_dir: Path = Path()
-    #: Where the deploy's own HTTP calls go (registry push): None for the network,
-    #: httpx.MockTransport in tests.
+    #: Where the deploy's own HTTP calls go (registry push, the waits for etcd, the API and
+    #: the nodes, the post-checks): None for the network, httpx.MockTransport in tests.
     http: httpx.BaseTransport | None = None
     shared: dict[str, Any] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)

@@ -80,7 +80,8 @@ def etcd_members(cx: CheckContext) -> list[CheckResult]:
 
 def vip_and_ipvs(cx: CheckContext) -> list[CheckResult]:
     directors = cx.run(keepalived.check, cx.spec.role(C.ROLE_LVS))
-    return [*keepalived.assess(directors), keepalived.check_vip_tcp(cx.spec)]
+    return [*keepalived.assess(directors),
+            keepalived.check_vip_tcp(cx.spec, transport=cx.transport)]
 
 
 def haproxy_backends(cx: CheckContext) -> list[CheckResult]:

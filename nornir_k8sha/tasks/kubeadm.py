@@ -263,14 +263,15 @@ def join_node(task: Task, spec: ClusterSpec, material: JoinMaterial | None,
                   result="kubeadm join" + (" --control-plane" if control_plane else ""))
 
 
-def wait_for_api(spec: ClusterSpec, state_dir: Path, timeout: float = 90.0) -> None:
+def wait_for_api(spec: ClusterSpec, state_dir: Path, timeout: float = 90.0, *,
+                 transport: httpx.BaseTransport | None = None) -> None:
     """Poll /readyz through the VIP (TLS with our cluster CA) until an apiserver answers 200:
     joins go through the VIP, and HAProxy needs `rise` good checks before it sends traffic.
-    Asks at least once, however short the timeout."""
+    Asks at least once, however short the timeout. `transport` is the test seam."""
     url = f"https://{spec.api_endpoint}/readyz"
     deadline = time.monotonic() + timeout
     last = "no answer"
-    with api_client(spec, state_dir) as client:
+    with api_client(spec, state_dir, transport) as client:
         while True:
             try:
                 resp = client.get(url)
@@ -285,14 +286,15 @@ def wait_for_api(spec: ClusterSpec, state_dir: Path, timeout: float = 90.0) -> N
     raise TimeoutError(f"the API at {url} is not ready after {timeout:.0f}s ({last})")
 
 
-def wait_for_nodes(spec: ClusterSpec, state_dir: Path, timeout: float = 90.0) -> None:
+def wait_for_nodes(spec: ClusterSpec, state_dir: Path, timeout: float = 90.0, *,
+                   transport: httpx.BaseTransport | None = None) -> None:
     """Poll the node list through the VIP until every master and worker is a Ready node (a
     joined kubelet needs a moment for its first status update). Asks at least once; raises
-    `NodesNotReady` naming the hosts that are not Ready nodes."""
+    `NodesNotReady` naming the hosts that are not Ready nodes. `transport`: the test seam."""
     wanted = {h.name for h in spec.kubernetes_nodes()}
     missing = wanted
     deadline = time.monotonic() + timeout
-    with api_client(spec, state_dir) as client:
+    with api_client(spec, state_dir, transport) as client:
         while True:
             try:
                 items = client.get(f"https://{spec.api_endpoint}/api/v1/nodes").json()
