@@ -448,7 +448,7 @@ def service(task: Task, *, unit: str | None = None, name: str | None = None,
             state: str | None = "started", reload_if_changed: bool = False,
             restart_if_changed: bool = False, wait_active: bool = True,
             rollback: Sequence[str] = (), timeout: float = 30.0,
-            dry_run: bool | None = None) -> Result:
+            known: Mapping[str, str] | None = None, dry_run: bool | None = None) -> Result:
     """Bring a systemd unit to `enabled` and `state`, acting only when needed.
 
     state: "started" | "stopped" | "restarted" (always) | "reloaded" (always) | None (leave).
@@ -461,6 +461,9 @@ def service(task: Task, *, unit: str | None = None, name: str | None = None,
 
     `name` is an alias of `unit` for direct calls (`service(task, name="etcd")`): through
     `task.run()` use `unit`, since Nornir's run() takes `name` as the task's own name.
+    `known`: the unit's properties as the caller read them moments ago in a batch of its own
+    (`UNIT_PROBE` + `parse_unit`), saving a round trip; trust them only while nothing has
+    changed on the host since.
     """
     name = unit or name
     if not name:
@@ -468,7 +471,7 @@ def service(task: Task, *, unit: str | None = None, name: str | None = None,
     if state not in SERVICE_STATES:
         raise ValueError(f"service {name}: state must be one of {SERVICE_STATES}, not {state!r}")
     conn = connect(task)
-    unit = _unit(conn, name)
+    unit = dict(known) if known is not None else _unit(conn, name)
     pre: list[str] = []
     if unit.get("NeedDaemonReload") == "yes" or unit.get("LoadState") == "not-found":
         pre.append("systemctl daemon-reload")
@@ -498,11 +501,19 @@ def service(task: Task, *, unit: str | None = None, name: str | None = None,
                   result=", ".join(todo) or f"{name} unchanged")
 
 
+#: What `service` reads of a unit; `UNIT_PROBE.format(unit=...)` in a caller's own batch.
+UNIT_PROBE = "systemctl show -p LoadState,ActiveState,UnitFileState,NeedDaemonReload {unit}"
+
+
 def _unit(conn: Transport, name: str) -> dict[str, str]:
-    r = conn.run("systemctl show -p LoadState,ActiveState,UnitFileState,NeedDaemonReload "
-                 + shlex.quote(name), sudo=False, check=False)
+    r = conn.run(UNIT_PROBE.format(unit=shlex.quote(name)), sudo=False, check=False)
+    return parse_unit(r.stdout)
+
+
+def parse_unit(stdout: str) -> dict[str, str]:
+    """`systemctl show -p ...` output -> {property: value}."""
     props = {}
-    for line in r.stdout.splitlines():
+    for line in stdout.splitlines():
         key, sep, value = line.partition("=")
         if sep:
             props[key] = value.strip()

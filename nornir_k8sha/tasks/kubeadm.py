@@ -96,8 +96,18 @@ def _version(spec: ClusterSpec) -> str:
     return spec.settings.kubernetes.version
 
 
+#: What a node is asked before anything changes, in one exec channel (a process start on the
+#: host is the cost of a step: DESIGN.md 5): its swap devices, its kubeadm version.
+_SWAPS = "swapon --noheadings --show=NAME"
+_KUBEADM_VERSION = "kubeadm version -o short"
+#: Loads the modules now (the modules-load.d file does it at boot); harmless when loaded.
+_NODE_UNITS = ("containerd", "kubelet")
+_MODPROBE = ("for m in " + " ".join(KUBERNETES_MODULES) + "; do modprobe $m 2>/dev/null || "
+             "true; done")
+
+
 def installed_kubeadm_version(task: Task) -> str | None:
-    res = H.connect(task).run("kubeadm version -o short", check=False)
+    res = H.connect(task).run(_KUBEADM_VERSION, check=False)
     return res.stdout.strip() if res.exit_code == 0 else None
 
 
@@ -114,16 +124,24 @@ def prepare_node(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None) 
             diffs.append(result.diff)
 
     conn = H.connect(task)
-    swaps = conn.run("swapon --noheadings --show=NAME", check=False).stdout.split()
+    # one round trip for the probes and the module load (skipped in a dry run); the units'
+    # states are trusted later only while nothing has changed on the host
+    probes = [_SWAPS, _KUBEADM_VERSION, *(H.UNIT_PROBE.format(unit=u) for u in _NODE_UNITS)]
+    probed = conn.run_batch(probes + ([] if task.is_dry_run() else [_MODPROBE]),
+                            stop_on_error=False, check=False)
+    swapon, version = probed[0], probed[1]
+    units = {u: H.parse_unit(r.stdout) for u, r in zip(_NODE_UNITS, probed[2:], strict=False)}
+
+    def known(unit: str) -> dict[str, str] | None:
+        return None if changed else units.get(unit)
+
+    swaps = swapon.stdout.split()
     if swaps:
         if not task.is_dry_run():
             conn.run("swapoff -a && sed -ri '/\\sswap\\s/s/^#?/#/' /etc/fstab")
         changed.append("swap off")
     step(H.file(task, path=C.KUBERNETES_MODULES,
                 content="".join(f"{m}\n" for m in KUBERNETES_MODULES)), "kernel modules")
-    if not task.is_dry_run():
-        conn.run("for m in " + " ".join(KUBERNETES_MODULES) + "; do modprobe $m 2>/dev/null || "
-                 "true; done", check=False)
     step(H.sysctl(task, settings=KUBERNETES_SYSCTLS, path=C.KUBERNETES_SYSCTL), "sysctls")
 
     config_changed = False
@@ -131,11 +149,13 @@ def prepare_node(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None) 
         r = H.file(task, path=f.path, content=f.content, mode=f.mode, secret=f.secret or None)
         step(r, f.path)
         config_changed |= bool(r.changed)
-    step(H.service(task, name="containerd", restart_if_changed=config_changed), "containerd")
+    step(H.service(task, name="containerd", restart_if_changed=config_changed,
+                   known=known("containerd")), "containerd")
     want = f"v{_version(spec)}"
-    if installed_kubeadm_version(task) != want:
+    if (version.stdout.strip() if version.exit_code == 0 else None) != want:
         step(kubernetes_packages(task, spec), "kubernetes packages")
-    step(H.service(task, name="kubelet", enabled=True, state=None), "kubelet enabled")
+    step(H.service(task, name="kubelet", enabled=True, state=None, known=known("kubelet")),
+         "kubelet enabled")
     return Result(host=task.host, changed=bool(changed), diff="\n".join(diffs),
                   result=", ".join(changed) or "ready")
 
