@@ -119,6 +119,8 @@ class FakeHost:
     gauge: Gauge | None = None
     #: Round trips to the host: exec channels (a batch is one) and file operations.
     round_trips: int = 0
+    #: Seconds slept for the latency model so far.
+    slept: float = 0.0
     connected: bool = False
     _rules: list[_Rule] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -174,7 +176,10 @@ class FakeHost:
             if first:
                 BUDGET.opened(self)
             if self.latency is not None:
-                time.sleep(cost + (self.latency.connect if first else 0.0))
+                cost += self.latency.connect if first else 0.0
+                with self._lock:
+                    self.slept += cost
+                time.sleep(cost)
             yield
 
     def _cost(self, kind: str, commands: int = 1) -> float:
