@@ -126,6 +126,9 @@ class SimulatedCluster:
         self.lock = threading.Lock()
         nodes = [h.name for h in spec.kubernetes_nodes()]
         self.kubeadm.install(fleet, nodes)
+        for name in nodes:  # `rm -f` is part of the command's own round trip, not another one
+            fleet.host(name).on(r"^rm -f ", lambda h, c, s: h.files.pop(c.split()[-1], None)
+                                and "")
         version = spec.settings.kubernetes.version
         vip, port = str(spec.vip), spec.settings.apiserver_port
         haproxies = [h.address for h in spec.role(C.ROLE_HAPROXY)]
