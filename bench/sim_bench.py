@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -191,6 +192,21 @@ class SimulatedCluster:
         return httpx.Response(200, json={"members": [{"name": m.name} for m in members]})
 
 
+def refuse_network() -> None:
+    """Any connect beyond loopback fails loudly (as tests/conftest.py does for unit tests): the
+    simulation must be answered by its fakes, never by a real host."""
+    real = socket.socket.connect
+
+    def connect(self: socket.socket, address: Any) -> None:
+        host = str(address[0] if isinstance(address, tuple) else address)
+        if self.family in (socket.AF_INET, socket.AF_INET6) and not host.startswith(
+                ("127.", "::1", "localhost")):
+            raise RuntimeError(f"the simulation tried to connect to {address}")
+        real(self, address)
+
+    socket.socket.connect = connect  # type: ignore[method-assign]
+
+
 def install_switches(nr: Any, spec: ClusterSpec, latency: LatencyModel | None) -> None:
     for switch in spec.role(C.ROLE_SWITCHES):
         host = nr.inventory.hosts[switch.name]
@@ -244,6 +260,7 @@ def main() -> None:
     parser.add_argument("--no-latency", action="store_true", help="no sleeps: engine only")
     args = parser.parse_args()
     latency = None if args.no_latency else LatencyModel()
+    refuse_network()
     work = Path(tempfile.mkdtemp(prefix="k8sha-sim-"))
     cwd = Path.cwd()
     try:

@@ -17,7 +17,7 @@ from nornir.core.task import Result, Task
 from pydantic import ValidationError
 
 from nornir_k8sha import constants as C
-from nornir_k8sha.budget import BUDGET, ConnectionBudget
+from nornir_k8sha.budget import BUDGET, ConnectionBudget, measured
 from nornir_k8sha.deploy import DeployContext, NornirPhase, run_stages
 from nornir_k8sha.inventory import open_nornir
 from nornir_k8sha.report import RunReport
@@ -137,3 +137,19 @@ def test_a_budget_below_ten_is_refused_naming_the_field() -> None:
     with pytest.raises(ValidationError) as err:
         ClusterSettings(vip="10.0.0.100", ssh={"max_connections": 4})
     assert "ssh.max_connections" in str(err.value).replace("\n", ".")
+
+
+def test_a_run_inside_a_run_adds_to_its_figures() -> None:
+    """The post-checks run `check` inside the deploy: the deploy's peaks stay the deploy's."""
+    budget = ConnectionBudget(limit=50)
+    with measured(None, 50, budget) as outer:
+        with budget.working():
+            budget.opened(holder := Gauge())
+        with measured(None, 50, budget) as inner:  # does not reset the outer run's peaks
+            pass
+    assert inner["peak_connections"] == 1 and inner["peak_open_connections"] == 1
+    assert outer["peak_connections"] == 1 and outer["peak_open_connections"] == 1
+    budget.closed(holder)
+    with measured(None, 50, budget) as fresh:
+        pass
+    assert fresh["peak_connections"] == 0 and fresh["peak_open_connections"] == 0
