@@ -1,7 +1,7 @@
 """A no-op re-run costs as few round trips as it can (issue 12.3): a node's preparation asks
-its probes (swap, kubeadm version, the containerd and kubelet units) and loads its modules in
-one exec channel, and trusts those unit states while nothing has changed — counted on the fake
-fleet, never timed. Behaviour stays the same: a drifted host is still put right."""
+its probes (swap, kubeadm version, the containerd and kubelet units, the live sysctls) and loads
+its modules in one exec channel, and trusts what it read while nothing has changed — counted on
+the fake fleet, never timed. Behaviour stays the same: a drifted host is still put right."""
 
 from __future__ import annotations
 
@@ -49,19 +49,20 @@ def prepare(nr: Nornir, spec: ClusterSpec) -> bool:
     return bool(result[0].changed)
 
 
-def test_a_prepared_node_costs_two_exec_channels_and_its_file_reads(
+def test_a_prepared_node_costs_one_exec_channel_and_its_file_reads(
         node: tuple[Nornir, FakeHost], spec: ClusterSpec) -> None:
     nr, host = node
     assert prepare(nr, spec)
     before, commands = host.round_trips, len(host.commands())
     assert not prepare(nr, spec)
     files = 2 + len(files_for_component(spec, spec.host(NODE), "containerd"))  # + modules, sysctl
-    # a get and a stat per managed file; one batch of probes, one of live sysctl values
-    assert host.round_trips - before == 2 * files + 2
+    # a get and a stat per managed file; one batch for everything the node is asked
+    assert host.round_trips - before == 2 * files + 1
     again = host.commands()[commands:]
     assert not any(c.startswith(("systemctl start", "systemctl restart", "systemctl enable",
                                  "apt-get")) for c in again)
     assert sum(c.startswith("systemctl show") for c in again) == 2  # inside the probe batch
+    assert sum(c.startswith("sysctl -n") for c in again) == 3
     unit = host.debian.units["containerd"]
     assert unit.active and unit.starts == 1 and unit.restarts == 0
 
@@ -71,8 +72,10 @@ def test_drift_is_still_put_right_after_the_batched_probes(
     nr, host = node
     prepare(nr, spec)
     host.debian.units["kubelet"].enabled = False  # someone disabled it: nothing else changed
+    host.debian.sysctls["net.ipv4.ip_forward"] = "0"  # and turned forwarding off at runtime
     assert prepare(nr, spec)
     assert host.debian.units["kubelet"].enabled
+    assert host.debian.sysctls["net.ipv4.ip_forward"] == "1"
     config = next(f.path for f in files_for_component(spec, spec.host(NODE), "containerd")
                   if f.path.endswith("config.toml"))
     host.write(config, "# edited by hand\n")

@@ -124,16 +124,21 @@ def prepare_node(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None) 
             diffs.append(result.diff)
 
     conn = H.connect(task)
-    # one round trip for the probes and the module load (skipped in a dry run); the units'
-    # states are trusted later only while nothing has changed on the host
-    probes = [_SWAPS, _KUBEADM_VERSION, *(H.UNIT_PROBE.format(unit=u) for u in _NODE_UNITS)]
-    probed = conn.run_batch(probes + ([] if task.is_dry_run() else [_MODPROBE]),
+    # one round trip for the probes, the module load (not in a dry run) and then the live
+    # sysctls (br_netfilter's keys exist once it is loaded); what was read is trusted later
+    # only while nothing has changed on the host
+    units = [H.UNIT_PROBE.format(unit=u) for u in _NODE_UNITS]
+    sysctls = H.sysctl_probes(KUBERNETES_SYSCTLS)
+    probed = conn.run_batch([_SWAPS, _KUBEADM_VERSION, *units,
+                             *([] if task.is_dry_run() else [_MODPROBE]), *sysctls],
                             stop_on_error=False, check=False)
     swapon, version = probed[0], probed[1]
-    units = {u: H.parse_unit(r.stdout) for u, r in zip(_NODE_UNITS, probed[2:], strict=False)}
+    unit_states = {u: H.parse_unit(r.stdout)
+                   for u, r in zip(_NODE_UNITS, probed[2:2 + len(units)], strict=True)}
+    live_sysctls = probed[len(probed) - len(sysctls):]
 
     def known(unit: str) -> dict[str, str] | None:
-        return None if changed else units.get(unit)
+        return None if changed else unit_states.get(unit)
 
     swaps = swapon.stdout.split()
     if swaps:
@@ -142,7 +147,8 @@ def prepare_node(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None) 
         changed.append("swap off")
     step(H.file(task, path=C.KUBERNETES_MODULES,
                 content="".join(f"{m}\n" for m in KUBERNETES_MODULES)), "kernel modules")
-    step(H.sysctl(task, settings=KUBERNETES_SYSCTLS, path=C.KUBERNETES_SYSCTL), "sysctls")
+    step(H.sysctl(task, settings=KUBERNETES_SYSCTLS, path=C.KUBERNETES_SYSCTL,
+                  known=None if changed else live_sysctls), "sysctls")
 
     config_changed = False
     for f in files_for_component(spec, spec.host(task.host.name), "containerd"):
