@@ -7,8 +7,10 @@ docker-registry, as in the lab), puts a `FakeFleet(debian=True, latency=LatencyM
 place of SSH (SimulatedDebian hosts: dpkg/apt, systemd, sysctl, files) and fake netmiko
 connections on the switches, and answers every HTTP call (etcd, the API through the VIP,
 HAProxy's stats, the registry) with one `httpx.MockTransport` through the deploy's own seam
-(`DeployContext.http`, `run_checks(transport=)`): a healthy, Ready cluster. Nothing leaves
-this process. Then, timed: a fresh deploy (every real phase), a no-op re-run, and `check`.
+(`DeployContext.http`, `run_checks(transport=)`): a healthy, Ready cluster; the VIP's raw
+TCP probe is replaced as the unit tests replace it. Nothing leaves this process (a connect
+beyond loopback raises). Then, timed: a fresh deploy (every real phase), a no-op re-run,
+and `check`.
 
 The latency model sleeps what each call costs on the lab (DESIGN.md 5, docs/benchmarks.md):
 connect 0.2 s, an exec channel 0.12 s (+5 ms per command of a batch), an SFTP operation
@@ -45,6 +47,7 @@ from gen_inventory import write as write_inventory  # noqa: E402
 
 from nornir_k8sha import constants as C  # noqa: E402
 from nornir_k8sha.budget import peak_rss_mb  # noqa: E402
+from nornir_k8sha.checkresult import CheckResult  # noqa: E402
 from nornir_k8sha.checks import run_checks  # noqa: E402
 from nornir_k8sha.clients import parse_haproxy_csv  # noqa: E402, F401 (the format answered)
 from nornir_k8sha.deploy import DeployContext, run_stages  # noqa: E402
@@ -52,7 +55,7 @@ from nornir_k8sha.inventory import open_nornir  # noqa: E402
 from nornir_k8sha.ociimage import probe_image  # noqa: E402
 from nornir_k8sha.phases import default_stages  # noqa: E402
 from nornir_k8sha.report import RunReport, critical_path  # noqa: E402
-from nornir_k8sha.tasks import apiserver  # noqa: E402
+from nornir_k8sha.tasks import apiserver, keepalived  # noqa: E402
 from nornir_k8sha.tasks.harbor import probe_reference  # noqa: E402
 from nornir_k8sha.tasks.kubeadm import KUBERNETES_KEYRING  # noqa: E402
 from nornir_k8sha.testing import (  # noqa: E402
@@ -237,6 +240,10 @@ def run(hosts: int, connections: int, latency: LatencyModel | None, work: Path
     install_fake(nr, fleet)
     install_switches(nr, spec, latency)
     cluster = SimulatedCluster(spec, fleet)
+    # the VIP's TCP probe is a raw socket with no transport seam: answered here as the unit
+    # tests answer it (tests/test_checks.py), from the simulated cluster
+    keepalived.check_vip_tcp = lambda spec: CheckResult(  # type: ignore[assignment]
+        f"VIP {spec.vip}:{spec.settings.apiserver_port}", "ok", "TCP connect ok (simulated)")
 
     def deploy() -> RunReport:
         ctx = DeployContext(spec, nr, RunReport("deploy", spec.name), state_dir=state,

@@ -147,7 +147,7 @@ def test_vip_check_one_holder_with_dr_routes(cx: CheckContext, monkeypatch) -> N
     fleet.host("lvs1").on(r"^ip -o -4 addr", stdout=_director(True, vip))
     fleet.host("lvs2").on(r"^ip -o -4 addr", stdout=_director(False, vip))
     monkeypatch.setattr("nornir_k8sha.tasks.keepalived.check_vip_tcp",
-                        lambda spec, **_: CheckResult("VIP", "ok", "tcp ok"))
+                        lambda spec: CheckResult("VIP", "ok", "tcp ok"))
     out = {r.target: r for r in vip_and_ipvs(cx)}
     assert out["lvs1"].status == "ok" and out["lvs1"].values["routes"] == [
         "10.88.0.21:6443", "10.88.0.22:6443"]
@@ -166,7 +166,7 @@ def test_vip_check_fails_on_split_brain_no_holder_or_empty_ipvs(cx, monkeypatch,
     fleet.host("lvs1").on(r"^ip -o -4 addr", stdout=_director(*lvs1[:1], vip, lvs1[1]))
     fleet.host("lvs2").on(r"^ip -o -4 addr", stdout=_director(*lvs2[:1], vip, lvs2[1]))
     monkeypatch.setattr("nornir_k8sha.tasks.keepalived.check_vip_tcp",
-                        lambda spec, **_: CheckResult("VIP", "ok", "tcp ok"))
+                        lambda spec: CheckResult("VIP", "ok", "tcp ok"))
     out = {r.target: r for r in vip_and_ipvs(cx)}
     assert out["lvs1"].status == "failed" and why in out["lvs1"].message
 
@@ -178,7 +178,7 @@ def test_vip_check_reports_an_unreachable_director_by_name(cx, monkeypatch) -> N
     cx.nr.inventory.hosts["lvs2"].hostname = "127.0.0.1"
     cx.nr.inventory.hosts["lvs2"].port = 9  # discard: nothing listens
     monkeypatch.setattr("nornir_k8sha.tasks.keepalived.check_vip_tcp",
-                        lambda spec, **_: CheckResult("VIP", "ok", "tcp ok"))
+                        lambda spec: CheckResult("VIP", "ok", "tcp ok"))
     out = {r.target: r for r in vip_and_ipvs(cx)}
     assert out["lvs2"].status == "failed" and "lvs2" in out["lvs2"].message
     assert out["lvs1"].status == "ok"

@@ -1,5 +1,5 @@
-"""Every HTTP wait and probe of the deploy and `check` goes through the transport seam, so a
-simulated fleet (bench/sim_bench.py) and unit tests never reach the network."""
+"""The deploy's HTTP waits go through its transport seam (DeployContext.http), so a simulated
+fleet (bench/sim_bench.py) and unit tests never reach the network."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 
-from nornir_k8sha.tasks import etcd, keepalived
+from nornir_k8sha.tasks import etcd
 from nornir_k8sha.tasks import kubeadm as K
 from nornir_k8sha.topology import load_cluster_spec
 
@@ -38,13 +38,3 @@ def test_the_waits_ask_the_transport(tmp_path: Path) -> None:
     assert f"{spec.vip}/readyz" in seen and f"{spec.vip}/api/v1/nodes" in seen
     assert sum(s.endswith("/health") for s in seen) == 3
 
-
-def test_the_vip_tcp_probe_asks_the_transport() -> None:
-    spec = load_cluster_spec(LAB_INVENTORY)
-    assert keepalived.check_vip_tcp(spec, transport=answering([])).status == "ok"
-
-    def refuse(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("connection refused", request=request)
-
-    down = keepalived.check_vip_tcp(spec, transport=httpx.MockTransport(refuse))
-    assert down.status == "failed" and "connection refused" in down.message

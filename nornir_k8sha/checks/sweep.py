@@ -80,8 +80,7 @@ def etcd_members(cx: CheckContext) -> list[CheckResult]:
 
 def vip_and_ipvs(cx: CheckContext) -> list[CheckResult]:
     directors = cx.run(keepalived.check, cx.spec.role(C.ROLE_LVS))
-    return [*keepalived.assess(directors),
-            keepalived.check_vip_tcp(cx.spec, transport=cx.transport)]
+    return [*keepalived.assess(directors), keepalived.check_vip_tcp(cx.spec)]
 
 
 def haproxy_backends(cx: CheckContext) -> list[CheckResult]:
