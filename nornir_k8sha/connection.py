@@ -47,6 +47,7 @@ from typing import Any
 
 import paramiko
 
+from nornir_k8sha.budget import BUDGET
 from nornir_k8sha.exceptions import CommandFailed, ConnectionFailed
 from nornir_k8sha.transport import (
     BatchScript,
@@ -176,6 +177,7 @@ class SSHTransport:
                 self._sftp.close()
                 self._sftp = None
         self.client.close()
+        BUDGET.closed(self)
 
     # --- commands -----------------------------------------------------------------------
 

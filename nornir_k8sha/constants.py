@@ -169,6 +169,17 @@ CHECK_TIMEOUT_S = 2.0
 #: A certificate expiring within this many days is renewed by `pki`/`deploy`, and `check` fails.
 CERT_RENEW_BEFORE_DAYS = 30
 
+# --- SSH connection budget (budget.py; settings `ssh`) -------------------------------------------
+#: Default of `ssh.max_connections`: SSH connections opened or worked on at once.
+DEFAULT_MAX_SSH_CONNECTIONS = 100
+#: The least `ssh.max_connections` may be: a fresh etcd member's start blocks until its peers
+#: start too (up to 7 members), so fewer slots than members could wait on each other.
+MIN_MAX_SSH_CONNECTIONS = 10
+#: sshd's MaxStartups default is 10:30:100 (sshd_config(5)): with `start` = 10 unauthenticated
+#: connections pending, sshd drops new ones at random (30%, rising to all at 100). So at most
+#: this many handshakes to one address:port are in flight at once.
+SSHD_MAXSTARTUPS_START = 10
+
 # --- platforms -----------------------------------------------------------------------------------
 #: Switch platforms we can configure (netmiko device types); FRR answers as cisco_ios.
 SWITCH_PLATFORMS: tuple[str, ...] = ("cisco_ios", "cisco_nxos", "arista_eos", "juniper_junos",

@@ -23,6 +23,7 @@ import httpx
 from nornir.core import Nornir
 from nornir.core.task import AggregatedResult, Result, Task
 
+from nornir_k8sha import budget
 from nornir_k8sha.report import HostOutcome, RunReport, outcomes_from_nornir
 from nornir_k8sha.topology import ClusterSpec, hosts_in_roles
 
@@ -40,8 +41,8 @@ class DeployContext:
     dry_run: bool = False
     limit: frozenset[str] | None = None
     state_dir: Path = Path()
-    #: Where the deploy's own HTTP calls go (registry push): None for the network,
-    #: httpx.MockTransport in tests.
+    #: Where the deploy's own HTTP calls go (registry push, the waits for etcd, the API and
+    #: the nodes, the post-checks): None for the network, httpx.MockTransport in tests.
     http: httpx.BaseTransport | None = None
     shared: dict[str, Any] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -147,14 +148,17 @@ def run_stages(ctx: DeployContext, stages: Sequence[Stage], *, only: set[str] | 
     started = time.monotonic()
     ctx.nr.data.dry_run = ctx.dry_run  # tasks read it through task.is_dry_run()
     ctx.report.dry_run = ctx.dry_run
-    for stage in stages:
-        phases = [p for p in stage if only is None or p.name in only]
-        if not phases:
-            continue
-        with ThreadPoolExecutor(max_workers=len(phases)) as pool:
-            for future in [pool.submit(_run_phase, ctx, p) for p in phases]:
-                future.result()
+    with budget.measured(ctx.nr, ctx.spec.settings.ssh.max_connections) as resources:
+        for number, stage in enumerate(stages, 1):
+            phases = [p for p in stage if only is None or p.name in only]
+            if not phases:
+                continue
+            with ThreadPoolExecutor(max_workers=len(phases)) as pool:
+                for future in [pool.submit(_run_phase, ctx, p, number, started)
+                               for p in phases]:
+                    future.result()
     ctx.report.duration = time.monotonic() - started
+    ctx.report.resources = resources
     return ctx.report
 
 
@@ -182,10 +186,11 @@ def _dependency_problem(ctx: DeployContext, phase: Phase) -> str | None:
     return None
 
 
-def _run_phase(ctx: DeployContext, phase: Phase) -> None:
+def _run_phase(ctx: DeployContext, phase: Phase, stage: int, run_started: float) -> None:
     hosts = phase.hosts(ctx)
     report = ctx.report.add_phase(phase.name, phase.title, hosts)
     start = time.monotonic()
+    report.stage, report.started = stage, start - run_started
     reason = _dependency_problem(ctx, phase) or phase.should_run(ctx)
     if reason is None and not hosts and not getattr(phase, "runs_without_hosts", False):
         reason = "no hosts"

@@ -74,10 +74,24 @@ class PhaseReport:
     hosts: dict[str, HostOutcome] = field(default_factory=dict)
     duration: float = 0.0
     skipped_reason: str = ""
+    #: The stage it ran in (phases of one stage run at the same time, stages one after
+    #: another); None outside a staged run (the rows of `check`).
+    stage: int | None = None
+    #: Seconds from the start of the run to the start of this phase.
+    started: float = 0.0
+
+    @property
+    def ended(self) -> float:
+        return self.started + self.duration
 
     @property
     def failed_hosts(self) -> list[str]:
         return [h for h, o in self.hosts.items() if o.status == "failed"]
+
+    def slowest_host(self) -> HostOutcome | None:
+        """The host that took longest in this phase (hosts that ran only)."""
+        ran = [o for o in self.hosts.values() if o.status not in ("skipped", "pending")]
+        return max(ran, key=lambda o: o.duration, default=None)
 
     @property
     def changed(self) -> int:
@@ -100,6 +114,8 @@ class PhaseReport:
             "status": self.status,
             "duration_s": round(self.duration, 3),
             "skipped_reason": self.skipped_reason,
+            "stage": self.stage,
+            "started_s": round(self.started, 3),
             "hosts": {h: o.as_dict() for h, o in self.hosts.items()},
         }
 
@@ -115,6 +131,9 @@ class RunReport:
     started: float = field(default_factory=time.time)
     duration: float = 0.0
     notes: list[str] = field(default_factory=list)
+    #: What the run cost this machine: peak_connections (SSH connections opening or working at
+    #: once), peak_open_connections (held open, idle ones too), peak_rss_mb.
+    resources: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def phase(self, name: str) -> PhaseReport:
@@ -169,6 +188,8 @@ class RunReport:
             "changed": self.changed,
             "failed_hosts": self.failed_hosts,
             "notes": self.notes,
+            "resources": self.resources,
+            "critical_path": [step.as_dict() for step in critical_path(self)],
             "phases": [p.as_dict() for p in self.phases],
         }
 
@@ -176,6 +197,45 @@ class RunReport:
         """The JSON report at `path`, 0600 from its creation (it is an inventory of the
         cluster); an existing file is truncated and brought back to 0600."""
         write_private(path, json.dumps(self.as_dict(), indent=2) + "\n")
+
+
+@dataclass(frozen=True)
+class PathStep:
+    """One phase on the critical path, and the host that held it up longest."""
+
+    stage: int
+    phase: str
+    title: str
+    started: float
+    duration: float
+    slowest_host: str | None
+    slowest_host_s: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "phase": self.phase, "title": self.title,
+                "started_s": round(self.started, 3), "duration_s": round(self.duration, 3),
+                "slowest_host": self.slowest_host,
+                "slowest_host_s": None if self.slowest_host_s is None
+                else round(self.slowest_host_s, 3)}
+
+
+def critical_path(report: RunReport) -> list[PathStep]:
+    """The chain of phases that set the run's wall time: stages run one after another and a
+    stage lasts until its last phase ends, so the path is each stage's last-ending phase.
+    Stages where nothing ran (every phase skipped at once) are left out."""
+    stages: dict[int, list[PhaseReport]] = {}
+    for p in report.phases:
+        if p.stage is not None:
+            stages.setdefault(p.stage, []).append(p)
+    path = []
+    for stage in sorted(stages):
+        last = max(stages[stage], key=lambda p: (p.ended, p.duration))
+        if last.skipped_reason and last.duration == 0:
+            continue
+        slow = last.slowest_host()
+        path.append(PathStep(stage, last.name, last.title, last.started, last.duration,
+                             slow.host if slow else None, slow.duration if slow else None))
+    return path
 
 
 def outcomes_from_nornir(
@@ -322,12 +382,45 @@ def checks_table(report: RunReport, width: int = DEFAULT_WIDTH) -> Table:
                         width)
 
 
+def critical_path_table(report: RunReport, width: int = DEFAULT_WIDTH) -> Table | None:
+    """The phases that set the wall time, each with its share of it and the host that took
+    longest in it; the longest phase in bold. None when the run had no stages."""
+    path = critical_path(report)
+    if not path:
+        return None
+    longest = max(path, key=lambda s: s.duration)
+    total = report.duration or sum(s.duration for s in path) or 1.0
+    rows = []
+    for step in path:
+        title = f"[bold]{escape(step.title)}[/]" if step is longest else escape(step.title)
+        slow = (f"{escape(step.slowest_host)} {step.slowest_host_s:.1f}s"
+                if step.slowest_host is not None and step.slowest_host_s is not None else "")
+        rows.append((str(step.stage), title,
+                     f"{step.duration:.1f}s {100 * step.duration / total:.0f}%", slow))
+    on_path = sum(s.duration for s in path)
+    return fitted_table(f"critical path: {on_path:.1f}s of {report.duration:.1f}s",
+                        ("stage", "phase", "time"), "slowest host", rows, width)
+
+
+def resources_text(report: RunReport) -> str:
+    """"peak 12 SSH connections (15 open), 85 MB RSS", or "" when not measured."""
+    r = report.resources
+    if not r:
+        return ""
+    return (f"peak {int(r.get('peak_connections', 0))} SSH connections "
+            f"({int(r.get('peak_open_connections', 0))} open), "
+            f"{r.get('peak_rss_mb', 0):.0f} MB RSS")
+
+
 def print_summary(report: RunReport, console: Console, *, table: bool = True) -> None:
     if table:
         console.print(summary_table(report, console.width))
         problems = problems_table(report, console.width)
         if problems is not None:
             console.print(problems)
+        path = critical_path_table(report, console.width)
+        if path is not None:
+            console.print(path)
     for p in report.phases:
         for o in p.hosts.values():
             if o.diff and report.dry_run:
@@ -338,7 +431,7 @@ def print_summary(report: RunReport, console: Console, *, table: bool = True) ->
     console.print(
         f"[{colour}]{report.command} {'failed' if report.failed_hosts else 'ok'}[/] in "
         f"{report.duration:.1f}s: {c['ok']} ok, {c['changed']} changed, {c['failed']} failed, "
-        f"{c['skipped']} skipped"
+        f"{c['skipped']} skipped" + (f"; {resources_text(report)}" if report.resources else "")
     )
     if report.failed_hosts:
         console.print(f"[red]failed hosts:[/] {escape(', '.join(report.failed_hosts))}")

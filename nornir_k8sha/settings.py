@@ -102,6 +102,15 @@ class RegistrySettings(_Strict):
     harbor_version: str = Field("2.11.1", description="Harbor offline installer version")
 
 
+class SSHSettings(_Strict):
+    """How hard this machine works the hosts' sshd (the connection budget)."""
+
+    max_connections: int = Field(
+        C.DEFAULT_MAX_SSH_CONNECTIONS, ge=C.MIN_MAX_SSH_CONNECTIONS,
+        description="SSH connections opened or worked on at once (also Nornir's workers); "
+        "handshakes to one address never exceed sshd's MaxStartups start (10)")
+
+
 class ClusterSettings(_Strict):
     """Cluster-wide settings: the `data` of `defaults.yaml`."""
 
@@ -120,6 +129,7 @@ class ClusterSettings(_Strict):
     etcd: EtcdSettings = EtcdSettings()
     kubernetes: KubernetesSettings = KubernetesSettings()
     registry: RegistrySettings = RegistrySettings()
+    ssh: SSHSettings = SSHSettings()
 
 
 class HostData(_Strict):

@@ -16,16 +16,19 @@ sysctl) for idempotence tests. No product module imports this one (a test keeps 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import shlex
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
+from nornir_k8sha.budget import BUDGET
 from nornir_k8sha.exceptions import CommandFailed
 from nornir_k8sha.transport import (
     CONNECTION_NAME,
@@ -48,6 +51,40 @@ class Call:
 
 
 Handler = Callable[["FakeHost", str, "bytes | None"], Any]
+
+
+@dataclass(frozen=True)
+class LatencyModel:
+    """What a call costs on a real host, slept by a FakeHost so that a simulated fleet takes
+    the time a real one would. Defaults: the lab's measured SSH costs (DESIGN.md 5,
+    docs/benchmarks.md): connect (TCP, handshake, auth) 0.1-0.3 s, a new exec channel
+    0.1-0.15 s, each command of a batch a few ms, an SFTP operation ~0.05 s."""
+
+    connect: float = 0.2
+    exec: float = 0.12
+    per_command: float = 0.005
+    sftp: float = 0.05
+
+
+class Gauge:
+    """How many calls are in flight at once (across a fleet): the concurrency a connection
+    budget caps. `peak` is the most seen."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.now = 0
+        self.peak = 0
+
+    @contextlib.contextmanager
+    def inside(self) -> Iterator[None]:
+        with self._lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.now -= 1
 
 
 @dataclass
@@ -76,6 +113,15 @@ class FakeHost:
     owners: dict[str, str] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
     closed: bool = False
+    #: Sleep what each call would cost on a real host (None: answer at once).
+    latency: LatencyModel | None = None
+    #: Shared with the other hosts of a fleet: calls in flight at once.
+    gauge: Gauge | None = None
+    #: Round trips to the host: exec channels (a batch is one) and file operations.
+    round_trips: int = 0
+    #: Seconds slept for the latency model so far.
+    slept: float = 0.0
+    connected: bool = False
     _rules: list[_Rule] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -119,26 +165,56 @@ class FakeHost:
         """Every path that was written, renamed onto or removed."""
         return [c.path for c in self.calls if c.op in ("put", "rename", "remove")]
 
+    @contextlib.contextmanager
+    def _trip(self, cost: float = 0.0) -> Iterator[None]:
+        """One round trip: counted, measured by the fleet's gauge, slept per the latency
+        model (the first one also opens the simulated connection)."""
+        with self.gauge.inside() if self.gauge is not None else contextlib.nullcontext():
+            with self._lock:
+                self.round_trips += 1
+                first, self.connected = not self.connected, True
+            if first:
+                BUDGET.opened(self)
+            if self.latency is not None:
+                cost += self.latency.connect if first else 0.0
+                with self._lock:
+                    self.slept += cost
+                time.sleep(cost)
+            yield
+
+    def _cost(self, kind: str, commands: int = 1) -> float:
+        if self.latency is None:
+            return 0.0
+        if kind == "exec":
+            return self.latency.exec + self.latency.per_command * max(0, commands - 1)
+        return self.latency.sftp
+
     # -- the Transport protocol --
     def run(self, command: str, *, sudo: bool | None = None, stdin: bytes | str | None = None,
             timeout: float | None = None, check: bool = True) -> CommandResult:
-        data = stdin.encode() if isinstance(stdin, str) else stdin
-        with self._lock:
-            self.calls.append(Call("run", command=command, sudo=bool(sudo), stdin=data))
-        result = self._reply(command, data)
+        with self._trip(self._cost("exec")):
+            result = self._run_one(command, sudo, stdin)
         if check and result.exit_code != 0:
             raise CommandFailed(self.name, command, result.exit_code, result.stderr)
         return result
+
+    def _run_one(self, command: str, sudo: bool | None, stdin: bytes | str | None
+                 ) -> CommandResult:
+        data = stdin.encode() if isinstance(stdin, str) else stdin
+        with self._lock:
+            self.calls.append(Call("run", command=command, sudo=bool(sudo), stdin=data))
+        return self._reply(command, data)
 
     def run_batch(self, commands: Sequence[str], *, sudo: bool | None = None,
                   stop_on_error: bool = True, timeout: float | None = None,
                   check: bool = True) -> list[CommandResult]:
         results = []
-        for cmd in commands:
-            r = self.run(cmd, sudo=sudo, check=False)
-            results.append(r)
-            if stop_on_error and r.exit_code != 0:
-                break
+        with self._trip(self._cost("exec", len(commands))):
+            for cmd in commands:
+                r = self._run_one(cmd, sudo, None)
+                results.append(r)
+                if stop_on_error and r.exit_code != 0:
+                    break
         if check:
             raise_for_batch(self.name, results)
         return results
@@ -146,19 +222,19 @@ class FakeHost:
     def put(self, content: bytes | str, path: str, mode: int = 0o644, *,
             owner: str | None = None) -> None:
         data = content.encode() if isinstance(content, str) else content
-        with self._lock:
+        with self._trip(self._cost("sftp")), self._lock:
             self.calls.append(Call("put", path=path, mode=mode))
             self.files[path] = data
             self.modes[path] = mode
             self.owners[path] = _owner_group(owner or "root")
 
     def get(self, path: str) -> bytes | None:
-        with self._lock:
+        with self._trip(self._cost("sftp")), self._lock:
             self.calls.append(Call("get", path=path))
             return self.files.get(path)
 
     def stat(self, path: str) -> FileInfo | None:
-        with self._lock:
+        with self._trip(self._cost("sftp")), self._lock:
             self.calls.append(Call("stat", path=path))
             if path not in self.files:
                 return None
@@ -166,7 +242,7 @@ class FakeHost:
             return FileInfo(self.modes.get(path, 0o644), user, group)
 
     def rename(self, src: str, dst: str) -> None:
-        with self._lock:
+        with self._trip(self._cost("sftp")), self._lock:
             self.calls.append(Call("rename", command=src, path=dst))
             if src not in self.files:
                 raise FileNotFoundError(src)
@@ -175,13 +251,15 @@ class FakeHost:
             self.owners[dst] = self.owners.pop(src, "root:root")
 
     def remove(self, path: str) -> None:
-        with self._lock:
+        with self._trip(self._cost("sftp")), self._lock:
             self.calls.append(Call("remove", path=path))
             for d in (self.files, self.modes, self.owners):
                 d.pop(path, None)
 
     def close(self) -> None:
         self.closed = True
+        if self.connected:
+            BUDGET.closed(self)
 
     # -- internals --
     def _reply(self, command: str, stdin: bytes | None) -> CommandResult:
@@ -220,12 +298,17 @@ class FakeFleet:
     """A set of FakeHosts by name, created on first use.
 
     `handler` is every new host's handler; with `debian=True` each host gets its own
-    `SimulatedDebian` instead (reach it as `fleet.host(name).debian`).
+    `SimulatedDebian` instead (reach it as `fleet.host(name).debian`). With `latency`, every
+    call sleeps what it would cost on a real host (`LatencyModel`). `gauge.peak` is the most
+    calls that were in flight at once across the fleet.
     """
 
-    def __init__(self, handler: Handler | None = None, *, debian: bool = False) -> None:
+    def __init__(self, handler: Handler | None = None, *, debian: bool = False,
+                 latency: LatencyModel | None = None) -> None:
         self.handler = handler
         self.debian = debian
+        self.latency = latency
+        self.gauge = Gauge()
         self.hosts: dict[str, FakeHost] = {}
         self._lock = threading.Lock()
 
@@ -233,8 +316,13 @@ class FakeFleet:
         with self._lock:
             if name not in self.hosts:
                 handler = SimulatedDebian() if self.debian else self.handler
-                self.hosts[name] = FakeHost(name, handler=handler)
+                self.hosts[name] = FakeHost(name, handler=handler, latency=self.latency,
+                                            gauge=self.gauge)
             return self.hosts[name]
+
+    def round_trips(self) -> dict[str, int]:
+        """host -> round trips made to it so far."""
+        return {name: h.round_trips for name, h in self.hosts.items()}
 
     def __getitem__(self, name: str) -> FakeHost:
         return self.host(name)

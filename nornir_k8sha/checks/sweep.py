@@ -18,6 +18,7 @@ import httpx
 from nornir.core import Nornir
 from rich.console import Console
 
+from nornir_k8sha import budget
 from nornir_k8sha import constants as C
 from nornir_k8sha.checkresult import CheckResult, skipped
 from nornir_k8sha.checks.summary import summarise
@@ -172,7 +173,8 @@ def run_checks(spec: ClusterSpec, nr: Nornir, *, checks: list[SweepRow] | None =
     report = RunReport("check", spec.name)
     start = time.monotonic()
     rows = checks if checks is not None else CHECKS
-    with ThreadPoolExecutor(max_workers=len(rows) or 1) as pool:
+    with budget.measured(nr, spec.settings.ssh.max_connections) as resources, \
+            ThreadPoolExecutor(max_workers=len(rows) or 1) as pool:
         futures = [(name, title, pool.submit(_guarded, fn, cx)) for name, title, fn in rows]
         found = {name: fut.result() for name, _, fut in futures}
     if checks is None:  # the whole sweep: say first what it adds up to
@@ -180,6 +182,7 @@ def run_checks(spec: ClusterSpec, nr: Nornir, *, checks: list[SweepRow] | None =
     for name, title, _ in futures:
         _add_phase(report, name, title, found[name])
     report.duration = time.monotonic() - start
+    report.resources = resources
     return report
 
 

@@ -59,7 +59,7 @@ class ControlPlane(NornirPhase):
                 initialised.append(first)
         joiners = [h for h in ready if h not in initialised and outcomes[h].status != "failed"]
         if joiners and initialised and not ctx.dry_run:
-            K.wait_for_api(ctx.spec, ctx.state_dir)
+            K.wait_for_api(ctx.spec, ctx.state_dir, transport=ctx.http)
         for host in joiners:
             if not initialised and not ctx.dry_run:
                 outcomes[host].status = "failed"

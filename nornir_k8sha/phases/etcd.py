@@ -22,7 +22,7 @@ class EtcdPhase(NornirPhase):
         outcomes = super().run(ctx, hosts)
         if not ctx.dry_run and any(o.status != "failed" for o in outcomes):
             try:
-                etcd.wait_for_quorum(ctx.spec, ctx.state_dir)
+                etcd.wait_for_quorum(ctx.spec, ctx.state_dir, transport=ctx.http)
             except TimeoutError as exc:
                 for o in outcomes:
                     if o.status != "failed":

@@ -33,7 +33,7 @@ class Network(NornirPhase):
         directors = [o for o in outcomes if ctx.spec.host(o.host).has_role(C.ROLE_LVS)]
         if ctx.dry_run or ctx.limit is not None or any(o.status == "failed" for o in outcomes):
             return outcomes
-        cx = CheckContext(ctx.spec, ctx.nr, ctx.state_dir)
+        cx = CheckContext(ctx.spec, ctx.nr, ctx.state_dir, ctx.http)
         deadline = time.monotonic() + BGP_SETTLE_TIMEOUT
         while True:
             bad = {r.target: r.message for r in bgp_sessions(cx) if r.status == "failed"}

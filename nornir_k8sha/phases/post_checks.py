@@ -24,7 +24,7 @@ class PostChecks:
         return None
 
     def run(self, ctx: DeployContext, hosts: list[str]) -> list[HostOutcome]:
-        report = run_checks(ctx.spec, ctx.nr, state_dir=ctx.state_dir)
+        report = run_checks(ctx.spec, ctx.nr, state_dir=ctx.state_dir, transport=ctx.http)
         return [
             HostOutcome(f"{p.name}:{o.host}", o.status, o.duration, o.message)
             for p in report.phases

@@ -44,7 +44,7 @@ class Workers(NornirPhase):
             if not ctx.dry_run:
                 masters = ctx.shared.get("initialised_masters") or [
                     h.name for h in ctx.spec.role(C.ROLE_MASTERS)]
-                K.wait_for_api(ctx.spec, ctx.state_dir)
+                K.wait_for_api(ctx.spec, ctx.state_dir, transport=ctx.http)
                 material = ControlPlane._mint(ctx, masters, control_plane=False)
             res = run_task(ctx, todo, lambda t: K.join_node(t, ctx.spec, material,
                                                             control_plane=False), "join")
@@ -52,7 +52,7 @@ class Workers(NornirPhase):
                 fold_step(outcomes[h], res[h])
         if not ctx.dry_run and ctx.limit is None:
             try:
-                K.wait_for_nodes(ctx.spec, ctx.state_dir)
+                K.wait_for_nodes(ctx.spec, ctx.state_dir, transport=ctx.http)
             except NodesNotReady as exc:
                 for o in outcomes.values():
                     if o.status != "failed" and o.host in exc.missing:

@@ -41,13 +41,15 @@ def configure(
     return r
 
 
-def wait_for_quorum(spec: ClusterSpec, state_dir: Path, timeout: float = 60.0) -> int:
-    """Poll members' /health over mTLS until a quorum reports healthy; return the count."""
+def wait_for_quorum(spec: ClusterSpec, state_dir: Path, timeout: float = 60.0, *,
+                    transport: httpx.BaseTransport | None = None) -> int:
+    """Poll members' /health over mTLS until a quorum reports healthy; return the count.
+    `transport` is the test seam (httpx.MockTransport)."""
     members = spec.role(C.ROLE_ETCD)
     need = etcd_quorum(len(members))
     deadline = time.monotonic() + timeout
     healthy = 0
-    with etcd_http_client(spec, state_dir) as client:
+    with etcd_http_client(spec, state_dir, transport) as client:
         while time.monotonic() < deadline:
             healthy = 0
             for m in members:

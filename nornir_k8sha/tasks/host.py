@@ -35,6 +35,7 @@ from nornir.core.inventory import Host
 from nornir.core.task import Result, Task
 
 from nornir_k8sha import constants as C
+from nornir_k8sha.budget import BUDGET, Budgeted
 from nornir_k8sha.exceptions import CommandFailed, ConnectionFailed
 from nornir_k8sha.transport import CONNECTION_NAME, CommandResult, Transport
 
@@ -76,7 +77,10 @@ def honour_dry_run(task: Task, dry_run: bool | None) -> None:
 
 def open_connection(host: Host, config: Config, *,
                     connect_timeout: float | None = None) -> Transport:
-    """`connect` for code outside a task: same locking, same host naming."""
+    """`connect` for code outside a task: same locking, same host naming, same budget.
+
+    Opening holds a slot of the connection budget (`budget.BUDGET`) and one of the target
+    address's handshake places; the connection returned holds a slot for each operation."""
     try:
         if CONNECTION_NAME in host.connections:
             conn: Transport = host.get_connection(CONNECTION_NAME, config)
@@ -84,11 +88,16 @@ def open_connection(host: Host, config: Config, *,
             with _open_guard:
                 lock = _open_locks.setdefault(id(host), threading.Lock())
             with lock:
-                if connect_timeout is not None and CONNECTION_NAME not in host.connections:
-                    extras = dict(host.get_connection_parameters(CONNECTION_NAME).extras or {})
-                    extras["connect_timeout"] = connect_timeout
-                    host.open_connection(CONNECTION_NAME, config, extras=extras)
+                if CONNECTION_NAME not in host.connections:
+                    params = host.get_connection_parameters(CONNECTION_NAME)
+                    extras = None
+                    if connect_timeout is not None:
+                        extras = dict(params.extras or {})
+                        extras["connect_timeout"] = connect_timeout
+                    with BUDGET.opening(f"{params.hostname}:{params.port or C.SSH_PORT}"):
+                        host.open_connection(CONNECTION_NAME, config, extras=extras)
                 conn = host.get_connection(CONNECTION_NAME, config)
+                BUDGET.opened(conn)
     except ConnectionFailed as exc:
         if exc.host == host.name:
             raise
@@ -96,7 +105,7 @@ def open_connection(host: Host, config: Config, *,
     if getattr(conn, "host", None) != host.name:
         with contextlib.suppress(AttributeError):
             conn.host = host.name  # the plugin only knows the address
-    return conn
+    return Budgeted(conn)
 
 
 # --- commands -------------------------------------------------------------------------------
@@ -402,16 +411,19 @@ def restore_backup(task: Task, *, path: str, dry_run: bool | None = None) -> Res
 
 
 def sysctl(task: Task, *, settings: Mapping[str, Any], path: str,
-           dry_run: bool | None = None) -> Result:
+           known: Sequence[CommandResult] | None = None, dry_run: bool | None = None) -> Result:
     """Persist `settings` in the sysctl.d file `path` and apply them (`sysctl -p path`) when the
-    file changed or a running value differs from the wanted one."""
+    file changed or a running value differs from the wanted one.
+
+    `known`: the results of `sysctl_probes(settings)` the caller ran moments ago in a batch of
+    its own (one round trip fewer); trust them only while nothing has changed on the host."""
     body = "".join(f"{k} = {_sysctl_value(v)}\n" for k, v in settings.items())
     content = "# managed by nornir-k8sha\n" + body
     written = file(task, path=path, content=content, mode=0o644, dry_run=dry_run)
     conn = connect(task)
     keys = list(settings)
-    live = conn.run_batch([f"sysctl -n {shlex.quote(k)}" for k in keys], sudo=False,
-                          stop_on_error=False, check=False)
+    live = known if known is not None else conn.run_batch(
+        sysctl_probes(settings), sudo=False, stop_on_error=False, check=False)
     differs = [k for k, r in zip(keys, live, strict=False)
                if r.exit_code != 0 or r.stdout.split() != _sysctl_value(settings[k]).split()]
     if not written.changed and not differs:
@@ -423,6 +435,11 @@ def sysctl(task: Task, *, settings: Mapping[str, Any], path: str,
         return Result(host=task.host, changed=True, diff=diff, result=f"would apply {path}")
     conn.run(f"sysctl -p {shlex.quote(path)}")
     return Result(host=task.host, changed=True, diff=diff, result=f"applied {path}")
+
+
+def sysctl_probes(settings: Mapping[str, Any]) -> list[str]:
+    """The commands that read `settings`' running values, one per key, in order."""
+    return [f"sysctl -n {shlex.quote(k)}" for k in settings]
 
 
 def _sysctl_value(value: Any) -> str:
@@ -439,7 +456,7 @@ def service(task: Task, *, unit: str | None = None, name: str | None = None,
             state: str | None = "started", reload_if_changed: bool = False,
             restart_if_changed: bool = False, wait_active: bool = True,
             rollback: Sequence[str] = (), timeout: float = 30.0,
-            dry_run: bool | None = None) -> Result:
+            known: Mapping[str, str] | None = None, dry_run: bool | None = None) -> Result:
     """Bring a systemd unit to `enabled` and `state`, acting only when needed.
 
     state: "started" | "stopped" | "restarted" (always) | "reloaded" (always) | None (leave).
@@ -452,6 +469,9 @@ def service(task: Task, *, unit: str | None = None, name: str | None = None,
 
     `name` is an alias of `unit` for direct calls (`service(task, name="etcd")`): through
     `task.run()` use `unit`, since Nornir's run() takes `name` as the task's own name.
+    `known`: the unit's properties as the caller read them moments ago in a batch of its own
+    (`UNIT_PROBE` + `parse_unit`), saving a round trip; trust them only while nothing has
+    changed on the host since.
     """
     name = unit or name
     if not name:
@@ -459,7 +479,7 @@ def service(task: Task, *, unit: str | None = None, name: str | None = None,
     if state not in SERVICE_STATES:
         raise ValueError(f"service {name}: state must be one of {SERVICE_STATES}, not {state!r}")
     conn = connect(task)
-    unit = _unit(conn, name)
+    unit = dict(known) if known is not None else _unit(conn, name)
     pre: list[str] = []
     if unit.get("NeedDaemonReload") == "yes" or unit.get("LoadState") == "not-found":
         pre.append("systemctl daemon-reload")
@@ -489,11 +509,19 @@ def service(task: Task, *, unit: str | None = None, name: str | None = None,
                   result=", ".join(todo) or f"{name} unchanged")
 
 
+#: What `service` reads of a unit; `UNIT_PROBE.format(unit=...)` in a caller's own batch.
+UNIT_PROBE = "systemctl show -p LoadState,ActiveState,UnitFileState,NeedDaemonReload {unit}"
+
+
 def _unit(conn: Transport, name: str) -> dict[str, str]:
-    r = conn.run("systemctl show -p LoadState,ActiveState,UnitFileState,NeedDaemonReload "
-                 + shlex.quote(name), sudo=False, check=False)
+    r = conn.run(UNIT_PROBE.format(unit=shlex.quote(name)), sudo=False, check=False)
+    return parse_unit(r.stdout)
+
+
+def parse_unit(stdout: str) -> dict[str, str]:
+    """`systemctl show -p ...` output -> {property: value}."""
     props = {}
-    for line in r.stdout.splitlines():
+    for line in stdout.splitlines():
         key, sep, value = line.partition("=")
         if sep:
             props[key] = value.strip()

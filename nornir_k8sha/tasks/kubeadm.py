@@ -96,8 +96,18 @@ def _version(spec: ClusterSpec) -> str:
     return spec.settings.kubernetes.version
 
 
+#: What a node is asked before anything changes, in one exec channel (a process start on the
+#: host is the cost of a step: DESIGN.md 5): its swap devices, its kubeadm version.
+_SWAPS = "swapon --noheadings --show=NAME"
+_KUBEADM_VERSION = "kubeadm version -o short"
+#: Loads the modules now (the modules-load.d file does it at boot); harmless when loaded.
+_NODE_UNITS = ("containerd", "kubelet")
+_MODPROBE = ("for m in " + " ".join(KUBERNETES_MODULES) + "; do modprobe $m 2>/dev/null || "
+             "true; done")
+
+
 def installed_kubeadm_version(task: Task) -> str | None:
-    res = H.connect(task).run("kubeadm version -o short", check=False)
+    res = H.connect(task).run(_KUBEADM_VERSION, check=False)
     return res.stdout.strip() if res.exit_code == 0 else None
 
 
@@ -114,28 +124,44 @@ def prepare_node(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None) 
             diffs.append(result.diff)
 
     conn = H.connect(task)
-    swaps = conn.run("swapon --noheadings --show=NAME", check=False).stdout.split()
+    # one round trip for the probes, the module load (not in a dry run) and then the live
+    # sysctls (br_netfilter's keys exist once it is loaded); what was read is trusted later
+    # only while nothing has changed on the host
+    units = [H.UNIT_PROBE.format(unit=u) for u in _NODE_UNITS]
+    sysctls = H.sysctl_probes(KUBERNETES_SYSCTLS)
+    probed = conn.run_batch([_SWAPS, _KUBEADM_VERSION, *units,
+                             *([] if task.is_dry_run() else [_MODPROBE]), *sysctls],
+                            stop_on_error=False, check=False)
+    swapon, version = probed[0], probed[1]
+    unit_states = {u: H.parse_unit(r.stdout)
+                   for u, r in zip(_NODE_UNITS, probed[2:2 + len(units)], strict=True)}
+    live_sysctls = probed[len(probed) - len(sysctls):]
+
+    def known(unit: str) -> dict[str, str] | None:
+        return None if changed else unit_states.get(unit)
+
+    swaps = swapon.stdout.split()
     if swaps:
         if not task.is_dry_run():
             conn.run("swapoff -a && sed -ri '/\\sswap\\s/s/^#?/#/' /etc/fstab")
         changed.append("swap off")
     step(H.file(task, path=C.KUBERNETES_MODULES,
                 content="".join(f"{m}\n" for m in KUBERNETES_MODULES)), "kernel modules")
-    if not task.is_dry_run():
-        conn.run("for m in " + " ".join(KUBERNETES_MODULES) + "; do modprobe $m 2>/dev/null || "
-                 "true; done", check=False)
-    step(H.sysctl(task, settings=KUBERNETES_SYSCTLS, path=C.KUBERNETES_SYSCTL), "sysctls")
+    step(H.sysctl(task, settings=KUBERNETES_SYSCTLS, path=C.KUBERNETES_SYSCTL,
+                  known=None if changed else live_sysctls), "sysctls")
 
     config_changed = False
     for f in files_for_component(spec, spec.host(task.host.name), "containerd"):
         r = H.file(task, path=f.path, content=f.content, mode=f.mode, secret=f.secret or None)
         step(r, f.path)
         config_changed |= bool(r.changed)
-    step(H.service(task, name="containerd", restart_if_changed=config_changed), "containerd")
+    step(H.service(task, name="containerd", restart_if_changed=config_changed,
+                   known=known("containerd")), "containerd")
     want = f"v{_version(spec)}"
-    if installed_kubeadm_version(task) != want:
+    if (version.stdout.strip() if version.exit_code == 0 else None) != want:
         step(kubernetes_packages(task, spec), "kubernetes packages")
-    step(H.service(task, name="kubelet", enabled=True, state=None), "kubelet enabled")
+    step(H.service(task, name="kubelet", enabled=True, state=None, known=known("kubelet")),
+         "kubelet enabled")
     return Result(host=task.host, changed=bool(changed), diff="\n".join(diffs),
                   result=", ".join(changed) or "ready")
 
@@ -263,14 +289,15 @@ def join_node(task: Task, spec: ClusterSpec, material: JoinMaterial | None,
                   result="kubeadm join" + (" --control-plane" if control_plane else ""))
 
 
-def wait_for_api(spec: ClusterSpec, state_dir: Path, timeout: float = 90.0) -> None:
+def wait_for_api(spec: ClusterSpec, state_dir: Path, timeout: float = 90.0, *,
+                 transport: httpx.BaseTransport | None = None) -> None:
     """Poll /readyz through the VIP (TLS with our cluster CA) until an apiserver answers 200:
     joins go through the VIP, and HAProxy needs `rise` good checks before it sends traffic.
-    Asks at least once, however short the timeout."""
+    Asks at least once, however short the timeout. `transport` is the test seam."""
     url = f"https://{spec.api_endpoint}/readyz"
     deadline = time.monotonic() + timeout
     last = "no answer"
-    with api_client(spec, state_dir) as client:
+    with api_client(spec, state_dir, transport) as client:
         while True:
             try:
                 resp = client.get(url)
@@ -285,14 +312,15 @@ def wait_for_api(spec: ClusterSpec, state_dir: Path, timeout: float = 90.0) -> N
     raise TimeoutError(f"the API at {url} is not ready after {timeout:.0f}s ({last})")
 
 
-def wait_for_nodes(spec: ClusterSpec, state_dir: Path, timeout: float = 90.0) -> None:
+def wait_for_nodes(spec: ClusterSpec, state_dir: Path, timeout: float = 90.0, *,
+                   transport: httpx.BaseTransport | None = None) -> None:
     """Poll the node list through the VIP until every master and worker is a Ready node (a
     joined kubelet needs a moment for its first status update). Asks at least once; raises
-    `NodesNotReady` naming the hosts that are not Ready nodes."""
+    `NodesNotReady` naming the hosts that are not Ready nodes. `transport`: the test seam."""
     wanted = {h.name for h in spec.kubernetes_nodes()}
     missing = wanted
     deadline = time.monotonic() + timeout
-    with api_client(spec, state_dir) as client:
+    with api_client(spec, state_dir, transport) as client:
         while True:
             try:
                 items = client.get(f"https://{spec.api_endpoint}/api/v1/nodes").json()
