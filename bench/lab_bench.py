@@ -66,7 +66,8 @@ def main() -> int:
             rootfs.CACHE_ROOT = saved
             shutil.rmtree(cache, ignore_errors=True)
 
-    rootfs.ensure_rootfs()  # the cached rounds must not include a (re)build
+    # the cached rounds must not include a (re)build
+    rootfs.ensure_rootfs(uml_modules=lab.kernel.modules)
     memory: list[float] = []
     for _ in range(args.rounds):
         results["cached up, all hosts answer SSH"].append(_timed(lab.up))

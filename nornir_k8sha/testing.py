@@ -490,17 +490,21 @@ class FakeRegistry:
     """The part of a Distribution registry's v2 API a push and a HEAD use, in memory, as an
     `httpx.MockTransport` (`.transport`): blobs by digest, manifests by repository and tag.
 
-    `calls` records "METHOD path" of every request."""
+    `calls` records "METHOD path" of every request, `hosts` the host each went to. Like
+    docker-registry, upload locations are absolute URLs on the registry's own name."""
 
-    def __init__(self) -> None:
+    def __init__(self, own_name: str = "harbor.k8sha.lab") -> None:
         self.blobs: dict[str, bytes] = {}
         self.manifests: dict[str, bytes] = {}
         self.calls: list[str] = []
+        self.hosts: set[str] = set()
+        self.own_name = own_name
         self.transport = httpx.MockTransport(self._answer)
 
     def _answer(self, request: httpx.Request) -> httpx.Response:
         path, method = request.url.path, request.method
         self.calls.append(f"{method} {path}")
+        self.hosts.add(request.url.host)
         if path == "/v2/":
             return httpx.Response(200)
         if "/manifests/" in path:
@@ -512,7 +516,8 @@ class FakeRegistry:
             digest = "sha256:" + hashlib.sha256(self.manifests[path]).hexdigest()
             return httpx.Response(200, headers={"Docker-Content-Digest": digest})
         if path.endswith("/blobs/uploads/") and method == "POST":
-            return httpx.Response(202, headers={"Location": "/v2/_uploads/1?state=x"})
+            return httpx.Response(
+                202, headers={"Location": f"https://{self.own_name}/v2/_uploads/1?state=x"})
         if method == "PUT":
             digest = request.url.params["digest"]
             if "sha256:" + hashlib.sha256(request.content).hexdigest() != digest:

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 SYSTEM_PACKAGES=(
   haproxy keepalived frr etcd-server etcd-client openssl ca-certificates util-linux
   iproute2 nftables kmod procps psmisc
-  systemd-container mmdebstrap debian-archive-keyring user-mode-linux
+  systemd-container mmdebstrap debian-archive-keyring user-mode-linux patchelf
   openssh-client openssh-server
 )
 

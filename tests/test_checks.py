@@ -337,6 +337,8 @@ def test_probe_image_is_deterministic_and_published_once(cx: CheckContext) -> No
     first = nr.run(task=harbor.publish_probe_image, spec=cx.spec, state_dir=cx.state_dir,
                    transport=t)["harbor1"][0]
     assert first.changed and len(registry.blobs) == 2 and len(registry.manifests) == 1
+    # the registry names itself in upload URLs; the push stays on the address it reached
+    assert registry.hosts == {str(cx.spec.host("harbor1").address)}
     registry.calls.clear()
     again = nr.run(task=harbor.publish_probe_image, spec=cx.spec, state_dir=cx.state_dir,
                    transport=t)["harbor1"][0]

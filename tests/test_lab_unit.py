@@ -64,9 +64,9 @@ def test_nspawn_command_has_the_measured_flags() -> None:
     assert container.ENV["SYSTEMD_NSPAWN_API_VFS_WRITABLE"] == "network"
 
 
-def test_uml_command_boots_hostfs_with_systemd_on_a_tap(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(uml, "uml_binary", lambda: "/usr/bin/linux")
-    cmd = uml.uml_command("lvs1", Path("/x/root"), "k8t-lvs1", "02:88:0a:58:00:0b", Path("/u"))
+def test_uml_command_boots_hostfs_with_systemd_on_a_tap() -> None:
+    cmd = uml.uml_command(Path("/usr/bin/linux"), "lvs1", Path("/x/root"), "k8t-lvs1",
+                          "02:88:0a:58:00:0b", Path("/u"))
     assert cmd[0] == "/usr/bin/linux"
     for arg in ("rootfstype=hostfs", "rootflags=/x/root", "init=/lib/systemd/systemd",
                 "vec0:transport=tap,ifname=k8t-lvs1,mac=02:88:0a:58:00:0b", "mem=256M"):

@@ -19,6 +19,7 @@ REQUIRED: dict[str, str] = {
     "systemd-nspawn": "systemd-container",
     "mmdebstrap": "mmdebstrap",
     "linux": "user-mode-linux",
+    "patchelf": "patchelf",  # a newer UML kernel is patched onto its own libc (umlkernel.py)
     "ip": "iproute2",
     "nft": "nftables",
     "ssh-keygen": "openssh-client",

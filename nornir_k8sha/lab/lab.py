@@ -20,7 +20,7 @@ from pathlib import Path
 
 from nornir_k8sha import constants as C
 from nornir_k8sha.exceptions import LabError, NotRootError
-from nornir_k8sha.lab import container, network, overlay, procs, rootfs, ssh, uml
+from nornir_k8sha.lab import container, network, overlay, procs, rootfs, ssh, uml, umlkernel
 from nornir_k8sha.lab.hostpkgs import ensure_host_packages
 from nornir_k8sha.lab.state import KIND_NSPAWN, KIND_UML, HostRecord, LabState, StateStore
 from nornir_k8sha.topology import ClusterSpec, HostSpec, load_cluster_spec
@@ -88,6 +88,7 @@ class Lab:
         self.controller = network.controller_address(spec.network)
         self.prefix = spec.network.prefixlen
         self.log: Log = log or (lambda _msg: None)
+        self._kernel: umlkernel.UmlKernel | None = None
         taken = [h.name for h in spec.hosts if h.address == self.controller]
         if taken:
             raise LabError(f"host {taken[0]} uses {self.controller}, the lab controller's address")
@@ -97,6 +98,13 @@ class Lab:
         return cls(load_cluster_spec(inventory), **kwargs)  # type: ignore[arg-type]
 
     # --- naming ----------------------------------------------------------------------------
+
+    @property
+    def kernel(self) -> umlkernel.UmlKernel:
+        """The UML kernel of the directors: chosen (and fetched if needed) once per Lab."""
+        if self._kernel is None:
+            self._kernel = umlkernel.ensure_kernel(self.log)
+        return self._kernel
 
     @property
     def hosts(self) -> list[HostSpec]:
@@ -133,8 +141,9 @@ class Lab:
         report = UpReport()
         with self.store.locked():
             report.packages_installed = ensure_host_packages(self.log)
-            report.rootfs_built = not rootfs.is_cached()
-            tree = rootfs.ensure_rootfs(self.log)
+            modules = self.kernel.modules
+            report.rootfs_built = not rootfs.is_cached(uml_modules=modules)
+            tree = rootfs.ensure_rootfs(self.log, modules)
             state = self.store.load()
             if state and state.rootfs != str(tree):
                 self.log("the rootfs changed since this lab was built: rebuilding its hosts")
@@ -204,7 +213,7 @@ class Lab:
             overlay.write_uml_network(dirs.merged, host.address, self.prefix)
             shutil.rmtree(dirs.uml_dir, ignore_errors=True)
             dirs.uml_dir.mkdir(parents=True)
-            command = uml.uml_command(name, dirs.merged.resolve(), link,
+            command = uml.uml_command(self.kernel.binary, name, dirs.merged.resolve(), link,
                                       network.mac_for(host.address), dirs.uml_dir.resolve())
             env: dict[str, str] = {}
         else:
@@ -279,7 +288,8 @@ class Lab:
 
     def start_hosts(self, state: LabState, names: list[str], *, wait: bool = True,
                     timeout: float = SSH_TIMEOUT) -> None:
-        tree = Path(state.rootfs) if state.rootfs else rootfs.ensure_rootfs(self.log)
+        tree = Path(state.rootfs) if state.rootfs else rootfs.ensure_rootfs(
+            self.log, self.kernel.modules)
         pubkey = ssh.ensure_client_key(self.ssh)
         hosts_file = self._hosts_file()
         for name in names:

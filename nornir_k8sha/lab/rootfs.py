@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nornir_k8sha.exceptions import LabError
-from nornir_k8sha.lab import standins
+from nornir_k8sha.lab import standins, uml
 
 #: Where built trees live; outside the repo so every clone and every cluster shares them.
 CACHE_ROOT = Path(os.environ.get("K8SHA_LAB_CACHE", "/var/cache/nornir-k8sha"))
@@ -68,27 +68,33 @@ SWITCH_USER = "netops"
 Log = Callable[[str], None]
 
 
-def cache_key() -> str:
-    """Hash of what shapes the tree; a new list means a new tree."""
+def module_releases(uml_modules: Path) -> list[str]:
+    """The UML kernel releases whose modules go into the tree (`/lib/modules/<release>`)."""
+    return sorted(d.name for d in uml_modules.iterdir()) if uml_modules.is_dir() else []
+
+
+def cache_key(uml_modules: Path = uml.PACKAGED_MODULES) -> str:
+    """Hash of what shapes the tree; a new list (or UML kernel) means a new tree."""
     material = json.dumps(
         {"suite": SUITE, "mirrors": MIRRORS, "packages": sorted(PACKAGES),
          "disabled": sorted(DISABLED_SERVICES), "masked": sorted(MASKED_UNITS),
-         "v": CUSTOMISATION_VERSION, "standins": standins.content_hash()},
+         "v": CUSTOMISATION_VERSION, "standins": standins.content_hash(),
+         "uml_modules": module_releases(uml_modules)},
         sort_keys=True,
     )
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
-def rootfs_path() -> Path:
-    return CACHE_ROOT / f"rootfs-{cache_key()}"
+def rootfs_path(uml_modules: Path = uml.PACKAGED_MODULES) -> Path:
+    return CACHE_ROOT / f"rootfs-{cache_key(uml_modules)}"
 
 
-def is_cached(path: Path | None = None) -> bool:
-    path = path or rootfs_path()
+def is_cached(path: Path | None = None, uml_modules: Path = uml.PACKAGED_MODULES) -> bool:
+    path = path or rootfs_path(uml_modules)
     return (path / COMPLETE_MARK).is_file()
 
 
-def _customise(root: Path) -> None:
+def _customise(root: Path, uml_modules: Path) -> None:
     """Make the tree a good lab guest: services off, noisy units masked, no shared secrets."""
     systemctl = ["systemctl", f"--root={root}"]
     present = [u for u in DISABLED_SERVICES if _unit_exists(root, u)]
@@ -111,8 +117,7 @@ def _customise(root: Path) -> None:
         "UseDNS no\nPasswordAuthentication no\nPermitRootLogin prohibit-password\n"
         "HostKey /etc/ssh/ssh_host_ed25519_key\n"
     )
-    # UML's own kernel modules (ip_vs and friends), so `modprobe ip_vs` works in the directors.
-    uml_modules = Path("/usr/lib/uml/modules")
+    # The UML kernel's own modules (ip_vs and friends): `modprobe ip_vs` in the directors.
     if uml_modules.is_dir():
         for release in uml_modules.iterdir():
             target = root / "lib/modules" / release.name
@@ -133,9 +138,12 @@ def _unit_exists(root: Path, unit: str) -> bool:
     return any((root / d / unit).exists() for d in ("lib/systemd/system", "etc/systemd/system"))
 
 
-def ensure_rootfs(log: Log = print) -> Path:
-    """The cached tree, building it first when missing. Concurrent callers wait on a lock."""
-    path = rootfs_path()
+def ensure_rootfs(log: Log = print, uml_modules: Path = uml.PACKAGED_MODULES) -> Path:
+    """The cached tree, building it first when missing. Concurrent callers wait on a lock.
+
+    `uml_modules` is the chosen UML kernel's modules dir (see `umlkernel.py`).
+    """
+    path = rootfs_path(uml_modules)
     if is_cached(path):
         return path
     CACHE_ROOT.mkdir(parents=True, exist_ok=True)
@@ -147,7 +155,7 @@ def ensure_rootfs(log: Log = print) -> Path:
             shutil.rmtree(path)
         for stale in CACHE_ROOT.glob(".build-*"):
             shutil.rmtree(stale, ignore_errors=True)
-        tmp = CACHE_ROOT / f".build-{cache_key()}-{os.getpid()}"
+        tmp = CACHE_ROOT / f".build-{cache_key(uml_modules)}-{os.getpid()}"
         log(f"building the lab rootfs with mmdebstrap into {path} (once; ~30-60 s)")
         started = time.monotonic()
         cmd = [
@@ -161,7 +169,7 @@ def ensure_rootfs(log: Log = print) -> Path:
             tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
             raise LabError(f"mmdebstrap failed (exit {proc.returncode}):\n{tail}")
         try:
-            _customise(tmp)
+            _customise(tmp, uml_modules)
         except (OSError, subprocess.CalledProcessError) as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise LabError(f"customising the lab rootfs failed: {exc}") from exc

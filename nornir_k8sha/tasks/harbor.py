@@ -184,7 +184,7 @@ def publish_probe_image(task: Task, spec: ClusterSpec, state_dir: Path, *,
                 continue
             start = client.post(f"{base}/blobs/uploads/")
             _registry_ok(start, "start a blob upload")
-            location = httpx.URL(base).join(start.headers["Location"])
+            location = _upload_url(base, start.headers["Location"])
             done = client.put(location.copy_merge_params({"digest": blob_digest}), content=blob,
                               headers={"Content-Type": "application/octet-stream"})
             _registry_ok(done, f"upload blob {blob_digest}")
@@ -192,6 +192,13 @@ def publish_probe_image(task: Task, spec: ClusterSpec, state_dir: Path, *,
                          headers={"Content-Type": MEDIA_MANIFEST})
         _registry_ok(put, "push the probe manifest")
     return Result(host=task.host, changed=True, result=f"probe image {image.digest} pushed")
+
+
+def _upload_url(base: str, location: str) -> httpx.URL:
+    """The upload URL the registry gave, on the address we reached it by: a registry may answer
+    with an absolute URL on its own name (docker-registry does), which DNS here may not know."""
+    given = httpx.URL(base).join(location)
+    return httpx.URL(base).copy_with(path=given.path, query=given.query or None)
 
 
 def _wait_for_registry(client: httpx.Client, url: str, timeout: float = 15.0) -> None:

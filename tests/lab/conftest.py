@@ -1,8 +1,9 @@
 """The running lab, shared by every lab test of the session.
 
-`lab` brings the embedded lab up once (idempotent: a lab already running is kept), yields a
-`LabHandle` with the spec, the `Lab` and the fault API, and takes the lab down when the session
-ends. Lab tests need root; without it they are skipped with the reason.
+`lab` brings the embedded lab up once, fresh (a lab left running, perhaps deployed, is taken
+down first: the tests of an undeployed lab must not see an earlier deploy), yields a `LabHandle`
+with the spec, the `Lab` and the fault API, and takes the lab down when the session ends.
+Lab tests need root; without it they are skipped with the reason.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def lab() -> Iterator[LabHandle]:
     os.chdir(REPO)  # the inventory's key/known_hosts paths are relative to the repo root
     the_lab = Lab.from_inventory(LAB_INVENTORY)
     try:
+        the_lab.down()
         the_lab.up()
         yield LabHandle(lab=the_lab, faults=Faults(the_lab))
     finally:
