@@ -56,6 +56,11 @@ class RunbookError(K8shaError):
     touched on any host."""
 
 
+class SnapshotError(K8shaError):
+    """An etcd snapshot file that is missing, not a snapshot, or fails its checksum: bad input,
+    refused before any host is touched."""
+
+
 class OperationLocked(K8shaError):
     """Another operation (deploy, runbook) holds the cluster's operation lock."""
 
