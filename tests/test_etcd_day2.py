@@ -17,9 +17,11 @@ from nornir_k8sha import constants as C
 from nornir_k8sha.cli import app
 from nornir_k8sha.cli import etcd as cli_etcd
 from nornir_k8sha.inventory import open_nornir
+from nornir_k8sha.pki import ClusterPKI
+from nornir_k8sha.tasks import etcd
 from nornir_k8sha.tasks import etcd_backup as B
 from nornir_k8sha.tasks import etcd_restore as R
-from nornir_k8sha.testing import FakeFleet, install_fake
+from nornir_k8sha.testing import FakeFleet, FakeUnit, install_fake
 from nornir_k8sha.topology import load_cluster_spec
 
 from .conftest import LAB_INVENTORY
@@ -264,3 +266,26 @@ def test_a_member_reading_another_revision_stops_the_restore_before_any_stop(
     assert done.exit_code == 1 and "etcd3" in done.output and "revision 41" in done.output
     assert all("systemctl stop etcd" not in fleet.host(n).commands() for n in MEMBERS)
     assert waits == []
+
+
+# --- the members' snapshot timer ----------------------------------------------------------------
+
+
+def test_deploy_installs_and_starts_the_snapshot_timer_then_changes_nothing(
+        tmp_path: Path) -> None:
+    fleet = FakeFleet(debian=True)
+    fleet.host("etcd1").debian.units["etcd"] = FakeUnit()
+    ClusterPKI(SPEC, tmp_path).ensure()
+    nr = open_nornir(LAB_INVENTORY).filter(name="etcd1")
+    install_fake(nr, fleet)
+    first = nr.run(task=etcd.configure, spec=SPEC, state_dir=tmp_path)["etcd1"]
+    assert not first.failed, first[0].exception
+    host = fleet.host("etcd1")
+    timer = host.debian.units[C.ETCD_BACKUP_TIMER_UNIT]
+    assert timer.enabled and timer.active
+    assert host.modes[C.ETCD_BACKUP_SCRIPT] == 0o755
+    assert f"keep={SPEC.settings.etcd.backup_keep_on_host}\n" in host.read(C.ETCD_BACKUP_SCRIPT)
+    assert any(c.startswith("bash -n ") for c in host.commands())  # validated before the swap
+    again = nr.run(task=etcd.configure, spec=SPEC, state_dir=tmp_path)["etcd1"]
+    assert not again.failed and not again[0].changed, again[0].result
+    assert timer.starts == 1 and timer.restarts == 0

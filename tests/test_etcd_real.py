@@ -23,6 +23,7 @@ from nornir_k8sha import constants as C
 from nornir_k8sha.exceptions import SnapshotError
 from nornir_k8sha.inventory import open_nornir
 from nornir_k8sha.pki import ClusterPKI
+from nornir_k8sha.render import files_for_host
 from nornir_k8sha.tasks import etcd, etcd_backup, etcd_restore
 from nornir_k8sha.testing import FakeFleet, FakeHost, install_fake
 from nornir_k8sha.topology import ClusterSpec, HostSpec, load_cluster_spec
@@ -64,6 +65,7 @@ class LocalMember:
             C.ETCD_PKI_DIR: str(root / "pki"),
             "/var/tmp/": f"{root}/var/",
             spec.settings.etcd.data_dir: str(root / "data"),
+            C.ETCD_BACKUP_DIR: str(root / "backups"),
             f"https://127.0.0.1:{port}": f"https://{member.address}:{port}",
         }
         self.synced = (C.ETCD_SNAPSHOT_TMP, C.ETCD_RESTORE_TMP)
@@ -153,7 +155,8 @@ def cluster(make_inventory: InventoryFactory, tmp_path: Path, monkeypatch: pytes
     def edit(hosts: dict, groups: dict, defaults: dict) -> None:
         for name, address in ADDRESSES.items():
             hosts[name]["hostname"] = address
-        defaults["data"]["etcd"] = {"client_port": client, "peer_port": peer}
+        defaults["data"]["etcd"] = {"client_port": client, "peer_port": peer,
+                                    "backup_keep_on_host": 2}
 
     inventory = make_inventory(edit)
     monkeypatch.chdir(tmp_path)
@@ -220,3 +223,27 @@ def test_real_snapshot_status_rejects_a_file_that_is_not_a_snapshot(tmp_path: Pa
     assert res.returncode != 0
     with pytest.raises(SnapshotError, match="junk.db"):
         etcd_backup.parse_status(res.stdout, str(junk))
+
+
+def test_the_timer_script_snapshots_checks_and_keeps_the_newest(cluster: Any) -> None:
+    """The script the members' timer runs, rendered for etcd2 and run three times against the
+    real member: each snapshot passes `snapshot status` and its sha256; two are kept."""
+    spec, _, members = cluster
+    member = members["etcd2"]
+    (script,) = [f.content for f in files_for_host(spec, "etcd2")
+                 if f.path == C.ETCD_BACKUP_SCRIPT]
+    host = FakeHost("etcd2", handler=member)
+    runs = [member(host, script, None) for _ in range(3)]
+    assert [code for code, _, _ in runs] == [0, 0, 0], runs
+    assert "deleted" in runs[-1][1] and "(keeping 2)" in runs[-1][1]
+    backups = member.root / "backups"
+    kept = sorted(backups.glob("etcd-*-etcd2.db"))
+    assert len(kept) == 2 and oct(backups.stat().st_mode & 0o777) == "0o700"
+    for path in kept:
+        etcd_backup.parse_status(subprocess.run(
+            ["bash", "-c", etcd_backup.status_command(str(path))], capture_output=True,
+            text=True, check=True, env={"PATH": "/usr/bin:/bin"}).stdout, str(path))
+        check = subprocess.run(["sha256sum", "-c", f"{path.name}.sha256"], cwd=backups,
+                               capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+    assert not list(backups.glob(".incomplete-*"))
