@@ -61,6 +61,11 @@ class SnapshotError(K8shaError):
     refused before any host is touched."""
 
 
+class ReplaceRefused(K8shaError):
+    """An etcd member replace that would break the cluster or was not asked for (a healthy
+    member without --force): refused before anything was touched."""
+
+
 class OperationLocked(K8shaError):
     """Another operation (deploy, runbook) holds the cluster's operation lock."""
 

@@ -20,6 +20,7 @@ from nornir_k8sha.inventory import open_nornir
 from nornir_k8sha.pki import ClusterPKI
 from nornir_k8sha.tasks import etcd
 from nornir_k8sha.tasks import etcd_backup as B
+from nornir_k8sha.tasks import etcd_replace as X
 from nornir_k8sha.tasks import etcd_restore as R
 from nornir_k8sha.testing import FakeFleet, FakeUnit, install_fake
 from nornir_k8sha.topology import load_cluster_spec
@@ -289,3 +290,55 @@ def test_deploy_installs_and_starts_the_snapshot_timer_then_changes_nothing(
     again = nr.run(task=etcd.configure, spec=SPEC, state_dir=tmp_path)["etcd1"]
     assert not again.failed and not again[0].changed, again[0].result
     assert timer.starts == 1 and timer.restarts == 0
+
+
+# --- replace: the refusals (the sequence itself runs on real etcd in test_etcd_real.py) ---------
+
+
+def test_replace_refuses_an_unknown_member(cli: tuple) -> None:
+    runner, fleet = cli
+    done = runner.invoke(app, ["etcd", "replace", "etcd9", *inv()])
+    assert done.exit_code == 2 and "'etcd9' is not an etcd member" in done.output
+    assert untouched(fleet)
+
+
+def test_replace_without_quorum_says_restore(cli: tuple, monkeypatch: pytest.MonkeyPatch
+                                             ) -> None:
+    runner, fleet = cli
+    monkeypatch.setattr(cli_etcd, "HTTP_TRANSPORT", etcd_api({"etcd1"}, "etcd1"))
+    done = runner.invoke(app, ["etcd", "replace", "etcd2", *inv(), "--force"])
+    assert done.exit_code == 2 and "etcd restore" in done.output, done.output
+    assert untouched(fleet)
+
+
+def test_replace_refuses_a_healthy_member_without_force(cli: tuple) -> None:
+    runner, fleet = cli
+    done = runner.invoke(app, ["etcd", "replace", "etcd3", *inv()])
+    assert done.exit_code == 2 and "--force" in done.output and "etcd3" in done.output
+    assert untouched(fleet)
+
+
+def test_replace_prints_each_step_and_promotes_after_not_in_sync(
+        cli: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    runner, fleet = cli
+    monkeypatch.setattr(cli_etcd, "HTTP_TRANSPORT", etcd_api({"etcd1", "etcd2"}, "etcd1"))
+    monkeypatch.setattr(X.etcd, "wait_for_quorum", lambda *a, **k: 3)
+    monkeypatch.setattr(X.time, "sleep", lambda s: None)
+    helper = fleet.host("etcd1")
+    helper.on(r"member list", stdout=json.dumps({"members": [
+        {"ID": 11, "name": "etcd1", "peerURLs": []}, {"ID": 12, "name": "etcd2"},
+        {"ID": 255, "name": "etcd3", "peerURLs": []}]}))
+    helper.on(r"member add", stdout=json.dumps({"member": {"ID": 4096, "isLearner": True}}))
+    tries = iter([(1, "", "Error: etcdserver: can only promote a learner member which is in "
+                          "sync with leader"), (0, "promoted", "")])
+    helper.on(r"member promote", lambda *_: next(tries))
+    done = runner.invoke(app, ["etcd", "replace", "etcd3", *inv()])
+    assert done.exit_code == 0, done.output
+    assert "as a learner" in done.output and "ff -> 1000" in done.output
+    steps = [c.split(" member ")[1].split()[0] for c in helper.commands() if " member " in c]
+    assert steps == ["list", "remove", "add", "promote", "promote"]
+    assert any(" member remove ff" in c for c in helper.commands())
+    target = fleet.host("etcd3").commands()
+    assert target[0] == "systemctl stop etcd" and "before-replace-" in target[1]
+    assert '"existing"' in target[2] and target[3] == "systemctl start --no-block etcd"
+    assert '"new"/' in target[4].split("s/^")[1]  # the rendered config again

@@ -10,6 +10,8 @@ backup — and not the one written after it.
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import shutil
 import socket
 import subprocess
@@ -18,13 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 
 from nornir_k8sha import constants as C
 from nornir_k8sha.exceptions import SnapshotError
 from nornir_k8sha.inventory import open_nornir
 from nornir_k8sha.pki import ClusterPKI
 from nornir_k8sha.render import files_for_host
-from nornir_k8sha.tasks import etcd, etcd_backup, etcd_restore
+from nornir_k8sha.tasks import etcd, etcd_backup, etcd_replace, etcd_restore
 from nornir_k8sha.testing import FakeFleet, FakeHost, install_fake
 from nornir_k8sha.topology import ClusterSpec, HostSpec, load_cluster_spec
 
@@ -45,6 +49,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def loopback_source_san(cert_path: Path, pki: ClusterPKI) -> None:
+    """Re-sign a member's peer certificate with 127.0.0.1 added to its SANs: on loopback every
+    connection leaves from 127.0.0.1, and etcd checks a peer's source address against its
+    certificate. A test artefact: on real hosts the member's own address is the source."""
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.etcd_ca.key.read_bytes(), None)
+    ca = x509.load_pem_x509_certificate(pki.etcd_ca.cert.read_bytes())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    builder = (x509.CertificateBuilder().subject_name(cert.subject).issuer_name(ca.subject)
+               .public_key(cert.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(cert.not_valid_before_utc)
+               .not_valid_after(cert.not_valid_after_utc))
+    for ext in cert.extensions:
+        if not isinstance(ext.value, x509.SubjectAlternativeName):
+            builder = builder.add_extension(ext.value, ext.critical)
+    names = [*sans, x509.IPAddress(ipaddress.IPv4Address("127.0.0.1"))]
+    builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    cert_path.write_bytes(builder.sign(ca_key, hashes.SHA256()).public_bytes(
+        serialization.Encoding.PEM))
+
+
 class LocalMember:
     """One etcd member on this machine: its tmp root, its process, and a FakeHost handler
     that runs the member's commands here with its paths mapped."""
@@ -60,8 +85,12 @@ class LocalMember:
                           (pki.etcd_peer(member).cert, "peer.crt"),
                           (pki.etcd_peer(member).key, "peer.key")):
             shutil.copy(src, root / "pki" / name)
+        loopback_source_san(root / "pki" / "peer.crt", pki)
+        # the one line of etcd.conf.yml `etcd replace` edits; start() honours it
+        (root / "etcd.conf.yml").write_text('initial-cluster-state: "new"\n')
         port = spec.settings.etcd.client_port
         self.mapping = {
+            C.ETCD_CONF: str(root / "etcd.conf.yml"),
             C.ETCD_PKI_DIR: str(root / "pki"),
             "/var/tmp/": f"{root}/var/",
             spec.settings.etcd.data_dir: str(root / "data"),
@@ -77,6 +106,8 @@ class LocalMember:
 
     def start(self, token: str = "k8sha-etcd") -> None:
         s, m, pki = self.spec.settings.etcd, self.member, self.root / "pki"
+        conf = (self.root / "etcd.conf.yml").read_text()
+        state = "existing" if 'initial-cluster-state: "existing"' in conf else "new"
         client = f"https://{m.address}:{s.client_port}"
         peer = f"https://{m.address}:{s.peer_port}"
         log = (self.root / "etcd.log").open("ab")
@@ -85,7 +116,7 @@ class LocalMember:
             "--listen-client-urls", client, "--advertise-client-urls", client,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
             "--initial-cluster", self.spec.etcd_initial_cluster(),
-            "--initial-cluster-state", "new", "--initial-cluster-token", token,
+            "--initial-cluster-state", state, "--initial-cluster-token", token,
             "--cert-file", f"{pki}/server.crt", "--key-file", f"{pki}/server.key",
             "--trusted-ca-file", f"{pki}/ca.crt", "--client-cert-auth",
             "--peer-cert-file", f"{pki}/peer.crt", "--peer-key-file", f"{pki}/peer.key",
@@ -247,3 +278,32 @@ def test_the_timer_script_snapshots_checks_and_keeps_the_newest(cluster: Any) ->
                                capture_output=True, text=True)
         assert check.returncode == 0, check.stdout + check.stderr
     assert not list(backups.glob(".incomplete-*"))
+
+
+def test_replace_a_wiped_member_rejoins_as_a_learner_and_is_promoted(cluster: Any) -> None:
+    """`etcd replace etcd3` after etcd3 died and lost its data: a new member ID, the learner
+    step, promoted once in sync, the keys written before there, every member a voter."""
+    spec, nr, members = cluster
+    members["etcd1"].etcdctl("put", "/marker/replace", "kept")
+
+    def listed() -> dict[str, dict]:
+        doc = json.loads(members["etcd1"].etcdctl("member", "list", "-w", "json"))
+        return {m.get("name", ""): m for m in doc["members"]}
+
+    old_id = listed()["etcd3"]["ID"]
+    members["etcd3"].stop()
+    shutil.rmtree(members["etcd3"].root / "data")
+    said: list[str] = []
+    done = etcd_replace.replace(nr, spec, spec.state_dir, "etcd3", say=said.append,
+                                retry_every=0.2)
+    assert any("as a learner" in line for line in said), said
+    assert done.old_id == format(old_id, "x") and done.new_id != done.old_id
+    until_serving(members["etcd3"])
+    assert members["etcd3"].etcdctl("get", "/marker/replace", "--print-value-only"
+                                    ).strip() == "kept"
+    now = listed()
+    assert sorted(now) == ["etcd1", "etcd2", "etcd3"]
+    assert format(now["etcd3"]["ID"], "x") == done.new_id
+    assert not any(m.get("isLearner") for m in now.values())
+    assert (members["etcd3"].root / "etcd.conf.yml").read_text() == \
+        'initial-cluster-state: "new"\n'  # the rendered config again: deploy stays a no-op

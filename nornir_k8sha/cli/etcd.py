@@ -1,4 +1,4 @@
-"""`etcd backup|backups|restore`: day-2 care of the external etcd cluster.
+"""`etcd backup|backups|restore|replace`: day-2 care of the external etcd cluster.
 
 Exit codes: 0 done, 1 failed (no healthy member, a step on a host failed, the cluster is busy
 with another operation), 2 invalid input or a refused restore — then nothing was touched.
@@ -15,14 +15,21 @@ from rich.markup import escape
 
 from nornir_k8sha import console
 from nornir_k8sha import constants as C
-from nornir_k8sha.cli.common import InventoryOpt, JsonOpt, load_spec, one_operation
-from nornir_k8sha.exceptions import CommandFailed, SnapshotError
+from nornir_k8sha.cli.common import (
+    InventoryOpt,
+    JsonOpt,
+    bad_option,
+    load_spec,
+    one_operation,
+)
+from nornir_k8sha.exceptions import CommandFailed, ReplaceRefused, SnapshotError
 from nornir_k8sha.inventory import open_nornir
 from nornir_k8sha.tasks import etcd_backup as B
+from nornir_k8sha.tasks import etcd_replace as X
 from nornir_k8sha.tasks import etcd_restore as R
 
 etcd_app = typer.Typer(no_args_is_help=True,
-                       help="The external etcd cluster: snapshots, restore.")
+                       help="The external etcd cluster: snapshots, restore, member replace.")
 
 #: The test seam for the HTTP checks of the members (httpx.MockTransport); None in real use.
 HTTP_TRANSPORT: httpx.BaseTransport | None = None
@@ -107,3 +114,33 @@ def restore(
             raise typer.Exit(C.EXIT_FAILED) from None
     out.print(f"[green]restored[/]: new cluster token {escape(done.token)}; old data dirs "
               f"kept at {escape(done.aside)} on every member")
+
+
+@etcd_app.command("replace")
+def replace(
+    member: str = typer.Argument(..., help="the etcd member to replace (inventory name)"),
+    inventory: Path = InventoryOpt,
+    force: bool = typer.Option(False, "--force", help="replace a member that is healthy"),
+) -> None:
+    """Replace a dead or wiped member: remove it, set its data dir aside, add it back as a
+    learner, start it joining the existing cluster, promote it once it has caught up."""
+    spec = load_spec(inventory, as_json=False)
+    names = [m.name for m in spec.role(C.ROLE_ETCD)]
+    if member not in names:
+        bad_option("MEMBER", f"{member!r} is not an etcd member of {inventory} (members: "
+                   f"{', '.join(names)}); nothing was touched", inventory=inventory,
+                   as_json=False)
+    out = console.out()
+    with one_operation(spec, f"etcd replace {member}", dry_run=False):
+        try:
+            done = X.replace(open_nornir(inventory), spec, spec.state_dir, member, force=force,
+                             transport=HTTP_TRANSPORT,
+                             say=lambda line: out.print(f"- {escape(line)}"))
+        except ReplaceRefused as exc:
+            console.error(str(exc))
+            raise typer.Exit(C.EXIT_INVALID) from None
+        except (CommandFailed, TimeoutError) as exc:
+            console.error(f"etcd replace {member} failed: {exc}")
+            raise typer.Exit(C.EXIT_FAILED) from None
+    out.print(f"[green]replaced[/] {escape(done.member)}: member ID {done.old_id or '-'} -> "
+              f"{done.new_id}; old data dir kept at {escape(done.aside)}")
