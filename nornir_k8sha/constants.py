@@ -56,6 +56,19 @@ ETCD_CONF = "/etc/etcd/etcd.conf.yml"
 ETCD_UNIT = "/etc/systemd/system/etcd.service"
 ETCD_PKI_DIR = "/etc/etcd/pki"
 ETCD_DATA_DIR = "/var/lib/etcd"
+#: Where `etcd backup` has a member write its snapshot before it is copied here (then removed).
+ETCD_SNAPSHOT_TMP = "/var/tmp/k8sha-etcd-snapshot.db"
+#: Where `etcd restore` uploads the snapshot to every member (removed after the restore).
+ETCD_RESTORE_TMP = "/var/tmp/k8sha-etcd-restore.db"
+#: The members' scheduled snapshots (systemd timer) and the script the timer runs.
+ETCD_BACKUP_DIR = "/var/backups/etcd"
+ETCD_BACKUP_SCRIPT = "/usr/local/sbin/k8sha-etcd-backup"
+ETCD_BACKUP_SERVICE = "k8sha-etcd-backup"
+ETCD_BACKUP_UNIT = f"/etc/systemd/system/{ETCD_BACKUP_SERVICE}.service"
+ETCD_BACKUP_TIMER_UNIT = f"{ETCD_BACKUP_SERVICE}.timer"
+ETCD_BACKUP_TIMER = f"/etc/systemd/system/{ETCD_BACKUP_TIMER_UNIT}"
+#: etcdctl's --command-timeout for snapshot save (a large DB takes a while to stream).
+ETCDCTL_SNAPSHOT_TIMEOUT = "120s"
 KUBEADM_CONFIG = "/etc/kubernetes/kubeadm-config.yaml"
 KUBERNETES_PKI_DIR = "/etc/kubernetes/pki"
 KUBERNETES_ETCD_PKI_DIR = "/etc/kubernetes/pki/etcd-external"
@@ -128,6 +141,8 @@ STATE_ADMIN_KUBECONFIG = "admin.conf"
 #: Sub-folders of the state dir: the cluster PKI, saved reports, `render`'s default output.
 STATE_PKI_DIR = "pki"
 STATE_REPORTS_DIR = "reports"
+#: etcd snapshots taken by `etcd backup`, each with a JSON sidecar (sha256, revision, member).
+STATE_BACKUPS_DIR = "backups"
 #: Secrets generated once per cluster (Harbor's passwords), 0600 in `<state dir>/secrets/`.
 STATE_SECRETS_DIR = "secrets"
 #: Files in the state dir that hold a secret are created with this mode (never chmod-ed later).

@@ -56,6 +56,16 @@ class RunbookError(K8shaError):
     touched on any host."""
 
 
+class SnapshotError(K8shaError):
+    """An etcd snapshot file that is missing, not a snapshot, or fails its checksum: bad input,
+    refused before any host is touched."""
+
+
+class ReplaceRefused(K8shaError):
+    """An etcd member replace that would break the cluster or was not asked for (a healthy
+    member without --force): refused before anything was touched."""
+
+
 class OperationLocked(K8shaError):
     """Another operation (deploy, runbook) holds the cluster's operation lock."""
 

@@ -134,6 +134,13 @@ FILE_RULES: tuple[FileRule, ...] = (
              service="frr", when=ClusterSpec.announces_vip),
     FileRule("etcd", "etcd/etcd.conf.yml.j2", C.ETCD_CONF, service="etcd"),
     FileRule("etcd", "etcd/etcd.service.j2", C.ETCD_UNIT, service="etcd"),
+    # scheduled snapshots: the script, a oneshot unit and its timer (started by etcd.configure)
+    FileRule("etcd", "etcd/backup.sh.j2", C.ETCD_BACKUP_SCRIPT, mode=0o755,
+             validate_cmd="bash -n {path}"),
+    FileRule("etcd", "etcd/backup.service.j2", C.ETCD_BACKUP_UNIT,
+             service=C.ETCD_BACKUP_TIMER_UNIT),
+    FileRule("etcd", "etcd/backup.timer.j2", C.ETCD_BACKUP_TIMER,
+             service=C.ETCD_BACKUP_TIMER_UNIT),
     FileRule("containerd", "containerd/config.toml.j2", C.CONTAINERD_CONFIG,
              service="containerd"),
     # certs.d is read per pull: a changed hosts.toml needs no restart.

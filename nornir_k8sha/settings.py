@@ -75,6 +75,12 @@ class EtcdSettings(_Strict):
     snapshot_count: int = Field(10000, description="commits before a snapshot")
     quota_backend_bytes: int = Field(2 * 1024**3, description="backend size quota")
     cluster_token: str = Field("k8sha-etcd", description="initial-cluster-token")
+    backup_keep: int = Field(5, ge=1, description="snapshots `etcd backup` keeps in the state dir")
+    backup_interval: str = Field(
+        "30min", pattern=r"^[0-9]+(s|min|h|d)$",
+        description="systemd OnUnitActiveSec of the members' snapshot timer (e.g. 30min, 12h)")
+    backup_keep_on_host: int = Field(
+        5, ge=1, description="snapshots the timer keeps on each member")
 
 
 class KubernetesSettings(_Strict):

@@ -394,6 +394,8 @@ class SimulatedDebian:
         if "apt-get install" in command:
             return self._apt_install(command)
         if words[0] == "systemctl":
+            if words[1:2] == ["daemon-reload"]:
+                self._load_unit_files(host)
             return self._systemctl([w for w in shlex.split(command)[1:] if w != "--"])
         if words[0] == "journalctl":
             return (0, "fake journal line 1\nfake journal line 2\n", "")
@@ -408,6 +410,13 @@ class SimulatedDebian:
 
     def unit(self, name: str) -> FakeUnit:
         return self.units.setdefault(name, FakeUnit())
+
+    def _load_unit_files(self, host: FakeHost) -> None:
+        """daemon-reload finds the unit files written to /etc/systemd/system, as systemd does."""
+        for path in host.files:
+            folder, _, name = path.rpartition("/")
+            if folder == "/etc/systemd/system" and name.endswith((".service", ".timer")):
+                self.units.setdefault(name.removesuffix(".service"), FakeUnit())
 
     def _dpkg_query(self, command: str) -> Any:
         names = shlex.split(command)[4:]  # dpkg-query -W -f FORMAT NAMES

@@ -448,6 +448,27 @@ def test_units_pass_systemd_analyze(path: str, tmp_path: Path) -> None:
     assert res.returncode == 0 and "Unknown" not in res.stderr, res.stderr
 
 
+def test_etcd_snapshot_timer_and_unit_pass_systemd_analyze(tmp_path: Path) -> None:
+    """The members' snapshot timer, its oneshot unit and script, as systemd would load them
+    (the script's path is mapped into tmp: systemd-analyze checks ExecStart exists)."""
+    binary = _need("systemd-analyze")
+    spec = load_cluster_spec(LAB_INVENTORY)
+    host = spec.role(C.ROLE_ETCD)[0].name
+    script = tmp_path / "k8sha-etcd-backup"
+    script.write_text(_one(spec, host, C.ETCD_BACKUP_SCRIPT).content)
+    script.chmod(0o755)
+    assert _run(["bash", "-n", str(script)]).returncode == 0
+    for path in (C.ETCD_BACKUP_UNIT, C.ETCD_BACKUP_TIMER):
+        text = _one(spec, host, path).content.replace(C.ETCD_BACKUP_SCRIPT, str(script))
+        (tmp_path / Path(path).name).write_text(text)
+    timer = _one(spec, host, C.ETCD_BACKUP_TIMER).content
+    assert "OnUnitActiveSec=30min\n" in timer and "OnActiveSec=" in timer
+    res = _run([binary, "verify", *(str(tmp_path / Path(p).name)
+                                    for p in (C.ETCD_BACKUP_TIMER, C.ETCD_BACKUP_UNIT))])
+    assert res.returncode == 0 and "Unknown" not in res.stderr, res.stderr
+    assert "Failed to parse" not in res.stderr, res.stderr
+
+
 # --- etcd -------------------------------------------------------------------------------------
 
 #: Every key etcd 3.4's config file accepts (embed.Config / configYAML yaml tags). etcd ignores

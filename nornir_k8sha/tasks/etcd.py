@@ -34,7 +34,9 @@ def configure(
     certs = upload_pki(task, spec, state_dir, under=C.ETCD_PKI_DIR,
                        owner=f"{C.ETCD_USER}:{C.ETCD_USER}")
     # the data dir is made and chowned by the unit itself (ExecStartPre in etcd.service.j2)
-    r = apply_component(task, spec, "etcd", services={"etcd": "restart"})
+    # the snapshot timer is (re)started when its files change; etcd itself only by its own
+    r = apply_component(task, spec, "etcd", services={"etcd": "restart",
+                                                      C.ETCD_BACKUP_TIMER_UNIT: "restart"})
     if certs and not r.changed and not task.is_dry_run():
         H.service(task, name="etcd", state="restarted")
     r.changed = bool(r.changed or certs or pk.changed)

@@ -1,0 +1,140 @@
+"""Replace one etcd member in place: remove it, set its data dir aside, add it back as a LEARNER,
+start it joining the existing cluster, promote it once it has caught up.
+
+Why a learner: a new voting member counts towards quorum before it has any data; a learner does
+not, so the cluster keeps its quorum while the member catches up (etcd allows one learner at a
+time, and promotion fails until it is in sync — retried). A removed member ID can never rejoin,
+so the data dir must go: it is moved aside, never deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from nornir.core import Nornir
+from nornir.core.task import Task
+
+from nornir_k8sha import constants as C
+from nornir_k8sha.exceptions import CommandFailed, K8shaError, ReplaceRefused
+from nornir_k8sha.tasks import etcd
+from nornir_k8sha.tasks import host as H
+from nornir_k8sha.tasks.etcd_backup import etcdctl, member_checks
+from nornir_k8sha.topology import ClusterSpec, etcd_quorum
+
+#: etcd's answer while a learner is behind the leader: promotion is retried.
+NOT_IN_SYNC = "in sync with leader"
+#: etcd's answer to a membership change until every peer has been connected for 5 s
+#: (strict-reconfig-check), e.g. right after a member was removed: the add is retried.
+UNHEALTHY = "unhealthy cluster"
+#: The line of the rendered etcd.conf.yml a joining member must see as "existing".
+_STATE_NEW = 'initial-cluster-state: "new"'
+_STATE_EXISTING = 'initial-cluster-state: "existing"'
+
+
+@dataclass(frozen=True)
+class Replaced:
+    member: str
+    old_id: str
+    new_id: str
+    helper: str
+    aside: str
+
+
+Say = Callable[[str], None]
+
+
+def _run(nr: Nornir, host: str, commands: list[str], *, check: bool = True) -> list:
+    """Commands on one host as one batch; CommandFailed (naming the host) on a failure."""
+    def task(t: Task) -> list:
+        return H.connect(t).run_batch(commands, check=check)
+
+    multi = nr.filter(name=host).run(task=task, on_failed=True)[host]
+    if multi.failed:
+        exc = multi[0].exception
+        raise exc if isinstance(exc, K8shaError) else CommandFailed(host, commands[0], 1,
+                                                                      str(exc))
+    return multi[0].result
+
+
+def member_list(nr: Nornir, spec: ClusterSpec, helper: str) -> list[dict]:
+    out = _run(nr, helper, [etcdctl(spec, "member", "list", "-w", "json")])[0].stdout
+    return list(json.loads(out).get("members", []))
+
+
+def replace(nr: Nornir, spec: ClusterSpec, state_dir: Path, name: str, *, force: bool = False,
+            transport: httpx.BaseTransport | None = None, say: Say = print,
+            now: float | None = None, promote_timeout: float = 120.0,
+            quorum_timeout: float = 60.0, retry_every: float = 1.0) -> Replaced:
+    """Replace member `name` (an etcd member of the inventory). ReplaceRefused when the others
+    have no quorum (the answer is a restore) or `name` is healthy and not `force`."""
+    members = [m.name for m in spec.role(C.ROLE_ETCD)]
+    checks = member_checks(nr, spec, state_dir, transport)
+    others = sorted(n for n in members if n != name and checks.get(n)
+                    and checks[n].values.get("healthy"))
+    need = etcd_quorum(len(members))
+    if len(others) < need:
+        raise ReplaceRefused(
+            f"etcd: only {len(others)} other member(s) healthy ({', '.join(others) or 'none'}), "
+            f"quorum is {need}: a member cannot be replaced without quorum; use `etcd restore "
+            "--from SNAPSHOT` instead. Nothing was touched")
+    if checks.get(name) and checks[name].values.get("healthy") and not force:
+        raise ReplaceRefused(f"{name} is a healthy member: replace it anyway with --force. "
+                             "Nothing was touched")
+    leaders = [n for n in others if checks[n].values.get("is_leader")]
+    helper = (leaders or others)[0]
+    member = spec.host(name)
+    peer = f"https://{member.address}:{spec.settings.etcd.peer_port}"
+    listed = member_list(nr, spec, helper)
+    old = next((m for m in listed if m.get("name") == name or peer in m.get("peerURLs", [])),
+               None)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
+    data_dir = spec.settings.etcd.data_dir
+    aside = f"{data_dir}.before-replace-{stamp}"
+    conf = shlex.quote(C.ETCD_CONF)
+
+    say(f"stop etcd on {name} and move its data dir to {aside}")
+    _run(nr, name, ["systemctl stop etcd",
+                    f"if [ -e {shlex.quote(data_dir)} ]; then mv {shlex.quote(data_dir)} "
+                    f"{shlex.quote(aside)}; fi"])
+    old_id = ""
+    if old is not None:
+        old_id = format(int(old["ID"]), "x")
+        say(f"remove member {name} (ID {old_id}) via {helper}")
+        _run(nr, helper, [etcdctl(spec, "member", "remove", old_id)])
+    say(f"add {name} back as a learner (peer URL {peer}) via {helper}")
+    added = _retry(nr, helper, etcdctl(spec, "member", "add", name, f"--peer-urls={peer}",
+                                       "--learner", "-w", "json"),
+                   UNHEALTHY, quorum_timeout, retry_every)
+    new_id = format(int(json.loads(added)["member"]["ID"]), "x")
+    say(f"start {name} as learner {new_id} joining the existing cluster")
+    _run(nr, name, [f"sed -i 's/^{_STATE_NEW}$/{_STATE_EXISTING}/' {conf}",
+                    "systemctl start --no-block etcd"])
+    say(f"promote learner {new_id} once it has caught up")
+    _retry(nr, helper, etcdctl(spec, "member", "promote", new_id), NOT_IN_SYNC,
+           promote_timeout, retry_every)
+    # back to the rendered config (read only when the data dir is empty): deploy stays a no-op
+    _run(nr, name, [f"sed -i 's/^{_STATE_EXISTING}$/{_STATE_NEW}/' {conf}"])
+    healthy = etcd.wait_for_quorum(spec, state_dir, timeout=quorum_timeout)
+    say(f"{name} is a voting member again (ID {new_id}); {healthy}/{len(members)} healthy")
+    return Replaced(name, old_id, new_id, helper, aside)
+
+
+def _retry(nr: Nornir, host: str, command: str, while_says: str, timeout: float,
+           every: float) -> str:
+    """Run `command` on `host` until it succeeds, again while it fails saying `while_says`;
+    its stdout. CommandFailed on another error or after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        res = _run(nr, host, [command], check=False)[0]
+        if res.exit_code == 0:
+            return str(res.stdout)
+        if while_says not in res.stderr or time.monotonic() > deadline:
+            raise CommandFailed(host, command, res.exit_code,
+                                res.stderr.strip() or "no output")
+        time.sleep(every)
