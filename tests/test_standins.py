@@ -721,3 +721,30 @@ def test_reads_the_deploys_rendered_kubeadm_configs(tmp_path: Path) -> None:
     assert {"InitConfiguration", "ClusterConfiguration", "JoinConfiguration"} <= set(kinds)
     join = kinds["JoinConfiguration"]["discovery"]["bootstrapToken"]
     assert join["apiServerEndpoint"] == spec.api_endpoint
+
+
+def test_the_kubelet_stand_in_stops_and_starts_a_static_pod_with_its_manifest(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Moving kube-apiserver.yaml out of /etc/kubernetes/manifests stops the unit, putting it
+    back starts it (like a kubeadm master's kubelet); what did not change is left alone."""
+    monkeypatch.syspath_prepend(str(PROGRAMS))
+    monkeypatch.setenv("K8SHA_STANDIN_ROOT", str(tmp_path))
+    import kubelet
+    import services
+
+    calls: list[tuple[str, list[str]]] = []
+    monkeypatch.setattr(services, "start", lambda units: calls.append(("start", list(units))))
+    monkeypatch.setattr(services, "stop", lambda units: calls.append(("stop", list(units))))
+    manifests = tmp_path / "etc/kubernetes/manifests"
+    manifests.mkdir(parents=True)
+    for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler"):
+        (manifests / f"{name}.yaml").write_text("kind: Pod\n")
+    before = kubelet.manifests_present()
+    assert all(before.values())
+    (manifests / "kube-apiserver.yaml").rename(tmp_path / "kube-apiserver.yaml")
+    after = kubelet.manifests_present()
+    kubelet.reconcile_static_pods(before, after)
+    assert calls == [("stop", ["kube-apiserver.service"])]
+    (tmp_path / "kube-apiserver.yaml").rename(manifests / "kube-apiserver.yaml")
+    kubelet.reconcile_static_pods(after, kubelet.manifests_present())
+    assert calls[-1] == ("start", ["kube-apiserver.service"]) and len(calls) == 2

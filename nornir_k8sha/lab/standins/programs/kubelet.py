@@ -7,6 +7,11 @@ every nodeStatusUpdateFrequency (10 s), registering again when the node was dele
 apiserver stamps the heartbeat with its own clock and reports the node Ready while the last one
 is younger than the grace period (40 s). Labels are set at registration only, so labels an
 admin adds later stay.
+
+Static pods, as far as a stand-in can: the control-plane stand-ins are systemd units, and this
+kubelet stops a unit when its manifest leaves /etc/kubernetes/manifests and starts it again when
+the manifest comes back (checked every STATIC_POD_CHECK_S; the real kubelet's fileCheckFrequency
+is 20 s), so moving a manifest aside stops the component as it does on a kubeadm master.
 """
 
 from __future__ import annotations
@@ -15,12 +20,15 @@ import argparse
 import platform
 import signal
 import socket
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import k8sha_standin as sa
+import services
 from leader import sa_duration
 
 NAME = "kubelet"
@@ -95,6 +103,40 @@ def _interrupt(*_: Any) -> None:
 
 
 RETRY_AFTER_ERROR = 1.0
+#: Seconds between two looks at the static-pod manifests.
+STATIC_POD_CHECK_S = 1.0
+
+
+def manifests_present() -> dict[str, bool]:
+    """control-plane unit -> its manifest is in the kubelet's directory."""
+    return {unit: sa.host_path(f"{services.MANIFESTS}/{unit.removesuffix('.service')}.yaml"
+                               ).exists() for unit in services.CONTROL_PLANE_UNITS}
+
+
+def reconcile_static_pods(before: dict[str, bool], now: dict[str, bool]) -> None:
+    """Act on what changed since the last look only: kubeadm starts and stops the units
+    itself when it writes or removes manifests, and this must not fight it."""
+    for unit, present in now.items():
+        if before.get(unit) == present:
+            continue
+        if present:
+            sa.log(NAME, f"static pod manifest of {unit} is back: starting it")
+            services.start([unit])
+        else:
+            sa.log(NAME, f"static pod manifest of {unit} is gone: stopping it")
+            services.stop([unit])
+
+
+def watch_static_pods(stop: threading.Event) -> None:
+    seen = manifests_present()
+    while not stop.wait(STATIC_POD_CHECK_S):
+        now = manifests_present()
+        try:
+            reconcile_static_pods(seen, now)
+        except (OSError, subprocess.SubprocessError) as exc:  # say so, look again later
+            sa.log(NAME, f"static pods: {exc}")
+            continue
+        seen = now
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     sa.log(NAME, f"node {name} ({address}) posting status to {server} every {interval:g}s")
     healthy: bool | None = None
     registered = False
+    stopping = threading.Event()
+    threading.Thread(target=watch_static_pods, args=(stopping,), daemon=True).start()
     try:
         while True:
             started = time.monotonic()
@@ -132,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(max(0.0, wait - (time.monotonic() - started)))
     except KeyboardInterrupt:
         sa.log(NAME, "stopping")
+    finally:
+        stopping.set()
     return 0
 
 
