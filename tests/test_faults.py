@@ -156,3 +156,13 @@ def test_ipvs_drain_and_read_back(nr, fleet, spec) -> None:
     assert res.values == {"present": True, "weight": 0, "active": 2, "inactive": 5}
     res = _run(nr, "lvs1", ipvs.real_server, spec=spec, real_server="10.88.0.99").result
     assert res.values["present"] is False
+
+
+def test_ipvs_re_add_of_a_server_keepalived_took_out_is_left_to_keepalived(
+        nr, fleet, spec) -> None:  # noqa: ANN001
+    fleet.host("lvs2").on(r"^ipvsadm -e", exit_code=255, stderr="No such destination\n")
+    r = _run(nr, "lvs2", ipvs.set_weight, spec=spec, real_server="haproxy1", weight=1)
+    assert not r.changed and "keepalived re-adds it" in r.result
+    fleet.host("lvs1").on(r"^ipvsadm -e", exit_code=255, stderr="Memory allocation problem\n")
+    r = _run(nr, "lvs1", ipvs.set_weight, spec=spec, real_server="haproxy1", weight=1)
+    assert r.failed and "Memory allocation problem" in str(r.exception)

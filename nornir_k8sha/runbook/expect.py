@@ -111,13 +111,21 @@ def _apiserver(spec: ClusterSpec, read_interval: float) -> Expectation:
                     f"+ {h.check_inter_ms}) ms", read_interval)
 
 
-def _etcd_leader(spec: ClusterSpec, read_interval: float) -> Expectation:
+def _etcd_leader(spec: ClusterSpec, read_interval: float,
+                 client_timeout: float = 0.0) -> Expectation:
+    """`client_timeout`: a partitioned (not dead) leader answers nothing and resets nothing, so
+    an apiserver whose etcd client talks to it only moves on when its request times out: that
+    timeout is added (the lab's stand-in apiserver: --k8sha-etcd-timeout, 2 s)."""
     e = spec.settings.etcd
-    core = (2 * e.election_timeout_ms + 2 * e.heartbeat_interval_ms) / 1000
-    return _bounded(core, "a new etcd leader within the randomized election timeout, at most 2 "
-                    f"x etcd.election_timeout_ms {e.election_timeout_ms} ms, + 2 x "
-                    f"etcd.heartbeat_interval_ms {e.heartbeat_interval_ms} ms for the vote and "
-                    "the first heartbeat", read_interval)
+    core = (2 * e.election_timeout_ms + 2 * e.heartbeat_interval_ms) / 1000 + client_timeout
+    why = ("a new etcd leader within the randomized election timeout, at most 2 "
+           f"x etcd.election_timeout_ms {e.election_timeout_ms} ms, + 2 x "
+           f"etcd.heartbeat_interval_ms {e.heartbeat_interval_ms} ms for the vote and "
+           "the first heartbeat")
+    if client_timeout:
+        why += (f", + the apiservers' etcd request timeout {_num(client_timeout)} s (a "
+                "partitioned leader is silent: its clients find out by timing out)")
+    return _bounded(core, why, read_interval)
 
 
 def _etcd_majority(spec: ClusterSpec, read_interval: float) -> Expectation:
@@ -177,7 +185,8 @@ _BUILDERS: dict[str, Callable[..., Expectation]] = {
 }
 #: The parameters each kind takes beyond `read_interval` (the loader checks them up front).
 PARAMS: dict[str, frozenset[str]] = {k: frozenset() for k in KINDS} | {
-    "lease": frozenset({"lease", "poll"}), "machine": frozenset({"machine"})}
+    "lease": frozenset({"lease", "poll"}), "machine": frozenset({"machine"}),
+    "etcd-leader": frozenset({"client_timeout"})}
 
 
 def expectation(kind: str, spec: ClusterSpec, **params: Any) -> Expectation:

@@ -13,6 +13,7 @@ import time
 from nornir.core.task import Result, Task
 
 from nornir_k8sha.checkresult import failed, passed
+from nornir_k8sha.exceptions import CommandFailed
 from nornir_k8sha.tasks import host as H
 from nornir_k8sha.topology import ClusterSpec
 
@@ -43,7 +44,15 @@ def set_weight(task: Task, spec: ClusterSpec, real_server: str, weight: int) -> 
     cmd = f"ipvsadm -e -t {_service(spec)} -r {rs} -g -w {int(weight)}"
     if task.is_dry_run():
         return Result(host=task.host, changed=True, result=f"would run: {cmd}")
-    H.connect(task).run(cmd)
+    out = H.connect(task).run(cmd, check=False)
+    if out.exit_code != 0 and "No such destination" in out.stderr:
+        # keepalived took it out when its health check failed (HAProxy stopped) and puts it
+        # back itself, with its configured weight, once the check passes again
+        return Result(host=task.host, changed=False,
+                      result=f"{rs} not in the IPVS table: keepalived re-adds it when its "
+                             "check passes")
+    if out.exit_code != 0:
+        raise CommandFailed(task.host.name, cmd, out.exit_code, out.stderr)
     return Result(host=task.host, changed=True, result=f"{rs} weight {int(weight)}")
 
 
