@@ -60,6 +60,8 @@ def no_network_outside_loopback(request: pytest.FixtureRequest,
     (lab tests, marked `lab`, talk to the lab's own namespaces and are exempt)."""
     if request.node.get_closest_marker("lab"):
         return
+    # the commands' "is the lab up?" guard: unit tests talk to fakes, never to the lab
+    monkeypatch.setattr("nornir_k8sha.cli.common.lab_is_down", lambda spec: False)
     real_connect = socket.socket.connect
 
     def connect(self: socket.socket, address: object) -> None:

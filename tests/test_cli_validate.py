@@ -186,3 +186,20 @@ def test_an_unknown_host_or_phase_is_invalid_input_in_the_same_shape(tmp_path: P
         assert doc["valid"] is False and doc["errors"][0]["field"] == option
         assert "nosuch" in doc["errors"][0]["message"] and "nosuch" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_commands_that_reach_hosts_refuse_the_lab_inventory_while_the_lab_is_down(
+        monkeypatch) -> None:  # noqa: ANN001
+    """With the lab down, its 10.88.0.0/24 addresses would go out of this machine's default
+    route: check/deploy/verify refuse (exit 2, nothing sent); validate/render still work."""
+    from typer.testing import CliRunner
+
+    from nornir_k8sha.cli import common
+    from nornir_k8sha.cli.app import app
+
+    monkeypatch.setattr(common, "lab_is_down", lambda spec: True)
+    for args in (["check"], ["deploy", "--dry-run"], ["verify"]):
+        result = CliRunner().invoke(app, [*args, "-i", str(LAB_INVENTORY)])
+        assert result.exit_code == 2, (args, result.output)
+        assert "run `lab up` first" in result.output
+    assert CliRunner().invoke(app, ["validate", "-i", str(LAB_INVENTORY)]).exit_code == 0

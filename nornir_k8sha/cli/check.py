@@ -16,7 +16,7 @@ def check(
     report_file: Path = ReportOpt,
 ) -> None:
     """Prove the cluster: etcd, VIP/IPVS, HAProxy, apiservers, nodes, leases, registry, certs."""
-    spec = load_spec(inventory, as_json=as_json,
+    spec = load_spec(inventory, as_json=as_json, reaches_hosts=True,
                      consequence="invalid inventory: no host was contacted")
     report = run_checks(spec, open_nornir(inventory))
     if not as_json:

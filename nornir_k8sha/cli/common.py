@@ -20,6 +20,7 @@ import typer
 from nornir_k8sha import console
 from nornir_k8sha import constants as C
 from nornir_k8sha.exceptions import InventoryError, OperationLocked
+from nornir_k8sha.lab import network as lab_network
 from nornir_k8sha.oplock import operation_lock
 from nornir_k8sha.report import RunReport, print_summary
 from nornir_k8sha.topology import Analysis, ClusterSpec, Finding, analyse
@@ -59,13 +60,30 @@ def load_analysis(inventory: Path, *, as_json: bool) -> Analysis:
 
 
 def load_spec(inventory: Path, *, as_json: bool,
-              consequence: str = "invalid inventory: nothing was touched") -> ClusterSpec:
-    """The validated spec, or exit 2 naming every error — before anything is touched."""
+              consequence: str = "invalid inventory: nothing was touched",
+              reaches_hosts: bool = False) -> ClusterSpec:
+    """The validated spec, or exit 2 naming every error — before anything is touched.
+
+    `reaches_hosts`: the command talks to the hosts; on the lab's own inventory the lab must
+    then be up (see `lab_is_down`)."""
     analysis = load_analysis(inventory, as_json=as_json)
     if analysis.errors or analysis.spec is None:
         exit_invalid(inventory, analysis.errors, as_json=as_json, consequence=consequence,
                      warnings=analysis.warnings)
+    if reaches_hosts and lab_is_down(analysis.spec):
+        bridge = lab_network.bridge_name(analysis.spec.name)
+        exit_invalid(inventory, [Finding(
+            "error", "lab-down", f"the lab is not up (no bridge {bridge}): its addresses "
+            "would be sent to this machine's default route; run `lab up` first",
+            field="hostname")], as_json=as_json, consequence="nothing was sent to any host")
     return analysis.spec
+
+
+def lab_is_down(spec: ClusterSpec) -> bool:
+    """The lab's inventory while its bridge is missing: its private addresses exist only on
+    that bridge, so nothing may be sent to them now (a unit test's fake fleet replaces this)."""
+    return spec.name == C.LAB_CLUSTER_NAME and not lab_network.link_exists(
+        lab_network.bridge_name(spec.name))
 
 
 def finish(report: RunReport, spec: ClusterSpec, as_json: bool, report_file: Path | None,

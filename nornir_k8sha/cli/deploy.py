@@ -39,7 +39,7 @@ def deploy(
     report_file: Path = ReportOpt,
 ) -> None:
     """Deploy the whole topology: preflight, PKI, SLB + etcd + BGP, control plane, workers."""
-    spec = load_spec(inventory, as_json=as_json, consequence=NOTHING_TOUCHED)
+    spec = load_spec(inventory, as_json=as_json, reaches_hosts=True, consequence=NOTHING_TOUCHED)
     unknown = sorted(set(phase or ()) - set(phase_names()))
     if unknown:
         bad_option("--phase", f"unknown phase(s) {', '.join(unknown)}; known: "
@@ -110,7 +110,7 @@ def reset(
     as_json: bool = JsonOpt,
 ) -> None:
     """`kubeadm reset -f` on workers, then masters. etcd, HAProxy and LVS are left alone."""
-    spec = load_spec(inventory, as_json=as_json, consequence=NOTHING_TOUCHED)
+    spec = load_spec(inventory, as_json=as_json, reaches_hosts=True, consequence=NOTHING_TOUCHED)
     if not (yes or dry_run):
         bad_option("--yes", "reset removes the Kubernetes control plane and every node: pass it "
                    "(or --dry-run to see what it would do)", inventory=inventory,

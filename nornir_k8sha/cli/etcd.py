@@ -39,7 +39,7 @@ HTTP_TRANSPORT: httpx.BaseTransport | None = None
 def backup(inventory: Path = InventoryOpt, as_json: bool = JsonOpt) -> None:
     """Snapshot etcd on a healthy member (the leader if it can), check it with `etcdctl
     snapshot status`, keep it in the state dir with its checksum; keep `etcd.backup_keep`."""
-    spec = load_spec(inventory, as_json=as_json)
+    spec = load_spec(inventory, as_json=as_json, reaches_hosts=True)
     with one_operation(spec, "etcd backup", dry_run=False):
         try:
             taken, pruned = B.take_backup(open_nornir(inventory), spec, spec.state_dir,
@@ -86,7 +86,7 @@ def restore(
 ) -> None:
     """Restore every member from one snapshot into a new cluster (same names and URLs, a new
     cluster token), start them together, wait for quorum and the API through the VIP."""
-    spec = load_spec(inventory, as_json=False)
+    spec = load_spec(inventory, as_json=False, reaches_hosts=True)
     try:
         backup_, data = B.verify_local(source)
     except SnapshotError as exc:
@@ -124,7 +124,7 @@ def replace(
 ) -> None:
     """Replace a dead or wiped member: remove it, set its data dir aside, add it back as a
     learner, start it joining the existing cluster, promote it once it has caught up."""
-    spec = load_spec(inventory, as_json=False)
+    spec = load_spec(inventory, as_json=False, reaches_hosts=True)
     names = [m.name for m in spec.role(C.ROLE_ETCD)]
     if member not in names:
         bad_option("MEMBER", f"{member!r} is not an etcd member of {inventory} (members: "

@@ -151,7 +151,7 @@ def run_file(file: str | Path, inventory: Path, *, dry_run: bool, as_json: bool,
              variables: dict[str, Any]) -> None:
     """Load, check against the inventory, run; render; exit 0/1/2."""
     loaded = _load(file, variables)
-    spec = load_spec(inventory, as_json=as_json)
+    spec = load_spec(inventory, as_json=as_json, reaches_hosts=not dry_run)
     live = LiveLine(console.err())
     options = engine.RunOptions(yes=yes, dry_run=dry_run, cases=cases or None,
                                 progress=live.step, on_case=live.case,
