@@ -39,8 +39,8 @@ def tls_context(ca: Path, cert: Path | None = None, key: Path | None = None) -> 
     return ctx
 
 
-def _mtls_client(ca: Path, cert: Path, key: Path,
-                 transport: httpx.BaseTransport | None) -> httpx.Client:
+def _tls_client(ca: Path, cert: Path | None, key: Path | None,
+                transport: httpx.BaseTransport | None) -> httpx.Client:
     if transport is not None:  # the test seam (httpx.MockTransport): no TLS material is read
         return httpx.Client(transport=transport, timeout=HTTP_TIMEOUT)
     return httpx.Client(verify=tls_context(ca, cert, key), timeout=HTTP_TIMEOUT)
@@ -51,7 +51,7 @@ def etcd_http_client(spec: ClusterSpec, state_dir: Path,
     """httpx client for etcd's HTTP API with the health-check client certificate (mTLS)."""
     pki = ClusterPKI(spec, state_dir)
     client = pki.healthcheck_client
-    return _mtls_client(pki.etcd_ca.cert, client.cert, client.key, transport)
+    return _tls_client(pki.etcd_ca.cert, client.cert, client.key, transport)
 
 
 def api_client(spec: ClusterSpec, state_dir: Path,
@@ -59,16 +59,14 @@ def api_client(spec: ClusterSpec, state_dir: Path,
     """httpx client for the apiservers: the cluster CA, the admin client certificate."""
     pki = ClusterPKI(spec, state_dir)
     admin = pki.admin_client
-    return _mtls_client(pki.kubernetes_ca.cert, admin.cert, admin.key, transport)
+    return _tls_client(pki.kubernetes_ca.cert, admin.cert, admin.key, transport)
 
 
 def registry_client(spec: ClusterSpec, state_dir: Path,
                     transport: httpx.BaseTransport | None = None) -> httpx.Client:
     """httpx client for the registry's v2 API, trusting the cluster's registry CA."""
-    if transport is not None:
-        return httpx.Client(transport=transport, timeout=HTTP_TIMEOUT)
     pki = ClusterPKI(spec, state_dir)
-    return httpx.Client(verify=tls_context(pki.registry_ca.cert), timeout=HTTP_TIMEOUT)
+    return _tls_client(pki.registry_ca.cert, None, None, transport)
 
 
 def plain_client(transport: httpx.BaseTransport | None = None) -> httpx.Client:

@@ -228,6 +228,12 @@ class ClusterSpec:
         return f"{self.vip}:{self.settings.apiserver_port}"
 
     @property
+    def is_lab(self) -> bool:
+        """The embedded lab's own inventory (inventory/lab): disruptive runbooks need no
+        `--yes` there, lab-only faults are allowed, and its addresses exist only on its bridge."""
+        return self.name == C.LAB_CLUSTER_NAME
+
+    @property
     def state_dir(self) -> Path:
         return C.STATE_ROOT / self.name
 

@@ -82,7 +82,7 @@ def load_spec(inventory: Path, *, as_json: bool,
 def lab_is_down(spec: ClusterSpec) -> bool:
     """The lab's inventory while its bridge is missing: its private addresses exist only on
     that bridge, so nothing may be sent to them now (a unit test's fake fleet replaces this)."""
-    return spec.name == C.LAB_CLUSTER_NAME and not lab_network.link_exists(
+    return spec.is_lab and not lab_network.link_exists(
         lab_network.bridge_name(spec.name))
 
 

@@ -84,7 +84,7 @@ def validate(
     loaded = _load(file, _variables(var))
     if inventory is not None:
         spec = load_spec(inventory, as_json=False)
-        if engine.is_lab(spec):
+        if spec.is_lab:
             register_lab_faults(spec)
         try:
             loader.check_against(loaded, spec)
@@ -156,7 +156,7 @@ def run_file(file: str | Path, inventory: Path, *, dry_run: bool, as_json: bool,
     options = engine.RunOptions(yes=yes, dry_run=dry_run, cases=cases or None,
                                 progress=live.step, on_case=live.case,
                                 command=f"runbook run {loaded.path.name}")
-    if engine.is_lab(spec):
+    if spec.is_lab:
         register_lab_faults(spec)
     nr = open_nornir(inventory)
     try:

@@ -109,11 +109,6 @@ class StepTimeout(Exception):
     pass
 
 
-def is_lab(spec: ClusterSpec) -> bool:
-    """The rule for "this is the lab": the cluster is named like the lab's (inventory/lab)."""
-    return spec.name == C.LAB_CLUSTER_NAME
-
-
 def run(loaded: LoadedRunbook, spec: ClusterSpec, nr: Nornir,
         options: RunOptions | None = None) -> RunbookResult:
     """Run (or dry-run) a loaded runbook on a cluster. RunbookError (nothing done) when the
@@ -160,7 +155,7 @@ def prepare(loaded: LoadedRunbook, spec: ClusterSpec, opts: RunOptions) -> list[
             raise RunbookError(f"{loaded.path}: no case named {', '.join(unknown)} (cases: "
                                f"{', '.join(c.name for c in cases)})")
         cases = [c for c in cases if c.name in opts.cases]
-    if loaded.runbook.disruptive and not is_lab(spec) and not opts.yes and not opts.dry_run:
+    if loaded.runbook.disruptive and not spec.is_lab and not opts.yes and not opts.dry_run:
         raise RunbookError(f"{loaded.path}: this runbook breaks things on purpose and cluster "
                            f"{spec.name!r} is not the lab ({C.LAB_CLUSTER_NAME!r}): refused; "
                            "pass --yes to run it anyway")

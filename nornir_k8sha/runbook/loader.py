@@ -170,7 +170,7 @@ def check_against(loaded: LoadedRunbook, spec: ClusterSpec,
             if why:
                 problems.append(f"{loaded.where(sel_loc)}: {_dotted(sel_loc)}: {why}")
         if isinstance(step, LabStep):
-            if spec.name != C.LAB_CLUSTER_NAME:
+            if not spec.is_lab:
                 problems.append(f"{loaded.where(loc)}: {_dotted(loc)}: lab-only fault "
                                 f"{step.lab!r} on cluster {spec.name!r}: only the lab's "
                                 f"inventory (cluster {C.LAB_CLUSTER_NAME!r}) can have it")
