@@ -138,6 +138,17 @@ def test_bad_var_exits_2(app) -> None:
     assert result.exit_code == 0
 
 
+@pytest.mark.parametrize("bound,says", [
+    ("apiserver-stopped", "write CASE=SECONDS"), ("apiserver-stopped=soon", "write CASE=SECONDS"),
+    ("apiserver-stopped=-1", "write CASE=SECONDS"),
+    ("no-such-case=1", "--bound names no-such-case, which is not a case of this run")])
+def test_a_bad_bound_exits_2_before_anything_runs(app, fleet, bound: str, says: str) -> None:
+    result = runner.invoke(app, ["verify", "-i", str(LAB_INVENTORY), "--case",
+                                 "apiserver-stopped", "--bound", bound])
+    assert result.exit_code == 2 and says in result.output, result.output
+    assert all(not h.calls for h in fleet.hosts.values())
+
+
 @pytest.mark.parametrize("unit,code", [("haproxy", 0), ("broken", 1)])
 def test_run_exits_0_when_every_case_passed_and_1_when_one_failed(
         app, fleet, monkeypatch, tmp_path, unit: str, code: int) -> None:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from nornir.core.task import Result, Task
 
@@ -130,7 +131,7 @@ def test_a_passing_run_runs_method_then_rollbacks(tmp_path, spec, nr, fleet) -> 
                                                  "systemctl start haproxy"]
     first = result.cases[0]
     assert first.steps[0].hosts == ["haproxy1"] and first.rollbacks[0].hosts == ["haproxy1"]
-    assert [m.kind for m in first.marks] == ["fault", "lift"]
+    assert [m.kind for m in first.marks] == ["fault", "lift", "steady"]
     assert len(first.steady_before) == 2 and len(first.steady_after) == 2
     assert any("first: rollback: task faults.start_service" in p for p in progress)
     assert result.passed
@@ -275,6 +276,51 @@ def test_the_steady_state_must_come_back(tmp_path, spec, nr, fleet) -> None:
     assert first.rollbacks and first.rollbacks[0].ok
 
 
+def _continuous(tmp_path: Path, middle: str) -> Any:
+    """`first` with its steady state looked at every 0.05 s during the method too."""
+    loaded = _runbook(tmp_path, middle)
+    loaded.runbook.steady_state[0].continuous = 0.05
+    loaded.runbook.steady_state[0].name = "haproxy nodes healthy"
+    return loaded
+
+
+def heal(task: Task) -> Result:
+    HEALTH.clear()
+    return Result(host=task.host, result="healed")
+
+
+def test_a_continuous_steady_state_probe_that_deviates_fails_the_case(tmp_path, spec, nr,
+                                                                        fleet) -> None:
+    """The steady state holds before and after (a rollback heals it), but not in between:
+    only the continuous look sees it, and the case fails naming the probe."""
+    globals()["break_steady"] = lambda task: (HEALTH.update(haproxy2="failed")
+                                             or Result(host=task.host, result="broke"))
+    loaded = _continuous(tmp_path, f"- task: {HERE}:break_steady\n  hosts: haproxy1\n"
+                                   "- pause: 0.4")
+    loaded.runbook.cases[0].rollbacks.insert(0, loaded.runbook.cases[0].method[0].model_copy(
+        update={"task": f"{HERE}:heal", "hosts": "haproxy1", "fault": False, "args": {}}))
+    result = engine.run(loaded, spec, nr, _opts(tmp_path, cases=["first"]))
+    case = result.cases[0]
+    assert case.verdict == "failed"
+    assert case.reason.startswith("steady-state probe haproxy nodes healthy did not hold "
+                                  "during the method (")
+    assert "haproxy2: failed" in case.reason
+    assert case.deviations and all("haproxy nodes healthy" in d for d in case.deviations)
+    assert "deviation" in [m.kind for m in case.marks]
+    assert all(r.ok for r in case.steady_after)  # before and after alone would have passed
+
+
+def test_a_continuous_probe_that_holds_is_looked_at_during_the_method(tmp_path, spec, nr,
+                                                                      fleet) -> None:
+    loaded = _continuous(tmp_path, "- pause: 0.4")
+    result = engine.run(loaded, spec, nr, _opts(tmp_path, cases=["first"]))
+    case = result.cases[0]
+    assert case.verdict == "passed", case.reason
+    assert not case.deviations
+    # 2 haproxy hosts per look: before, after, and at least 4 looks during the 0.4 s pause
+    assert COUNT["probe"] >= 2 * (2 + 4)
+
+
 def test_a_deploy_holding_the_lock_keeps_the_runbook_out(tmp_path, spec, nr, fleet) -> None:
     state = tmp_path / "state"
     with operation_lock(state, "deploy"):
@@ -322,9 +368,10 @@ class FakeLoad:
 
 
 def _instruments(load: FakeLoad, downtime: float, bound: float | None) -> Instruments:
-    def figures(samples, *, fault_at, lifted_at, acknowledged, lost, marks) -> Figures:  # noqa: ANN001
+    def figures(samples, *, fault_at, lifted_at, acknowledged, lost, marks,  # noqa: ANN001
+                takeover_of) -> Figures:
         assert fault_at is not None and lifted_at is not None and fault_at <= lifted_at
-        assert [m.kind for m in marks] == ["fault", "lift"]
+        assert [m.kind for m in marks] == ["fault", "lift", "steady"]
         return Figures(100, 3, downtime, 0.1, 0.5, acknowledged, lost)
 
     def expectation(kind: str, spec, **params) -> Expectation:  # noqa: ANN001
@@ -357,8 +404,27 @@ def test_the_verdict_reads_figures_against_the_expectation(tmp_path, spec, nr, f
     case = result.cases[0]
     assert (case.verdict, case.reason) == (verdict, why)
     assert load.calls == ["start", "stop", "audit", "cleanup"]
-    assert [m.kind for m in case.marks] == ["fault", "lift"]
+    assert [m.kind for m in case.marks] == ["fault", "lift", "steady"]
     assert case.expectation is not None and case.figures.writes_acknowledged == 40
+
+
+def test_a_bound_set_by_the_user_replaces_the_computed_one(tmp_path, spec, nr, fleet) -> None:
+    loaded = _runbook(tmp_path, "- pause: 0.01", extra="load: true")
+    result = engine.run(loaded, spec, nr, _opts(
+        tmp_path, cases=["first"], bounds={"first": 0.3},
+        instruments=_instruments(FakeLoad(), 0.4, 0.9)))
+    case = result.cases[0]
+    assert case.verdict == "failed" and case.expectation.downtime_s == 0.3
+    assert case.reason.startswith("downtime 0.40s > bound 0.30s (bound set to 0.3 s by "
+                                  "--bound; computed from the configuration: none {})")
+    with pytest.raises(RunbookError, match="--bound names third, which is not a case"):
+        engine.run(loaded, spec, nr, _opts(tmp_path, bounds={"third": 1.0}))
+    # a case that expects an outage has no downtime bound to set: an error, nothing broken
+    result = engine.run(loaded, spec, nr, _opts(
+        tmp_path, cases=["first"], bounds={"first": 0.3},
+        instruments=_instruments(FakeLoad(), 0.4, None)))
+    assert result.cases[0].verdict == "error"
+    assert "expects an outage (no downtime bound to set)" in result.cases[0].reason
 
 
 def test_the_load_probe_stops_even_when_the_case_is_interrupted(tmp_path, spec, nr,
@@ -410,8 +476,66 @@ def test_a_vip_holder_change_is_marked_on_the_timeline(tmp_path, spec, nr, fleet
     case = result.cases[0]
     assert case.verdict == "passed", case.reason
     assert [(m.kind, m.label) for m in case.marks if m.kind != "fault"] == [
-        ("holder", "vip-holder: lvs2"), ("lift", "lifted: task faults.start_service on @fault")]
+        ("holder", "vip-holder: lvs2"), ("lift", "lifted: task faults.start_service on @fault"),
+        ("steady", "steady state holds again")]
     assert fleet.host("lvs1").commands()[-1] == "systemctl start keepalived"
+
+
+def test_the_lift_is_marked_when_the_undo_begins(tmp_path, spec, nr, fleet) -> None:
+    """Recovery counts from the lift, so a slow undo (a start that blocks until the service
+    is ready) must count in it: the "lift" mark comes before the undo runs."""
+    ran: list[float] = []
+
+    def slow_start(host, command, stdin) -> str:  # noqa: ANN001
+        ran.append(time.monotonic())
+        time.sleep(0.3)
+        return ""
+
+    fleet.host("haproxy1").on(r"systemctl start haproxy", slow_start)
+    result = engine.run(_runbook(tmp_path, "- pause: 0.01"), spec, nr,
+                        _opts(tmp_path, cases=["first"]))
+    marks = {m.kind: m.at for m in result.cases[0].marks}
+    assert marks["lift"] <= ran[0] and marks["steady"] - marks["lift"] >= 0.3
+
+
+def test_haproxy_taking_a_backend_out_is_marked_as_a_holder_change(tmp_path, spec, nr,
+                                                                    fleet) -> None:
+    """The apiserver kind's takeover is the first HAProxy marking the stopped apiserver DOWN:
+    the engine marks each change of the DOWN backends while it looks at check:haproxy."""
+    state = {"down": False}
+
+    def stats(request: httpx.Request) -> httpx.Response:
+        first = "DOWN" if state["down"] else "UP"
+        return httpx.Response(200, text=f"# pxname,svname,status\napiserver,master1,{first}\n"
+                              "apiserver,master2,UP\napiserver,master3,UP\n")
+
+    fleet.host("master1").on(r"^mv \S*manifests/kube-apiserver",
+                             lambda h, c, s: state.update(down=True) or "")
+    path = tmp_path / "api.yaml"
+    path.write_text(textwrap.dedent("""\
+        title: api
+        steady_state: [{probe: check:haproxy}]
+        method:
+          - task: faults.stop_static_pod
+            hosts: master1
+            args: {component: kube-apiserver}
+            fault: true
+          - wait: {probe: check:haproxy, max_time: 5, check_interval: 0.05,
+                   expect: [{field: values.down, contains: "@fault"}]}
+        rollbacks:
+          - task: faults.start_static_pod
+            hosts: "@fault"
+            args: {component: kube-apiserver}
+            lift: true
+        """))
+    fleet.host("master1").on(r"then mv \S*k8sha-fault", lambda h, c, s: state.update(down=False)
+                             or "")
+    result = engine.run(loader.load(path), spec, nr,
+                        _opts(tmp_path, transport=httpx.MockTransport(stats)))
+    case = result.cases[0]
+    assert case.verdict == "passed", case.reason
+    holders = [m.label for m in case.marks if m.kind == "holder"]
+    assert holders == ["haproxy-down: master1", "haproxy-down: none"]
 
 
 def test_an_optional_step_that_fails_does_not_stop_the_case(tmp_path, spec, nr, fleet) -> None:

@@ -65,6 +65,11 @@ def test_raising_haproxy_check_inter_grows_the_apiserver_bound(lab: ClusterSpec)
     assert expectation("apiserver", slow).downtime_s == pytest.approx(2 * (3 + 3) + SLACK)
     assert expectation("apiserver", slow).downtime_s > expectation("apiserver", lab).downtime_s
     assert "3000 ms" in expectation("apiserver", slow).explanation
+    # the takeout itself (first HAProxy showing it DOWN, looked at every 0.5 s) grows with it
+    assert expectation("apiserver", lab).takeover_s == pytest.approx(2.0 + 0.5 + SLACK)
+    assert expectation("apiserver", slow).takeover_s == pytest.approx(12.0 + 0.5 + SLACK)
+    assert expectation("apiserver", slow).takeover_of == "haproxy-down"
+    assert expectation("apiserver", lab, poll=2).takeover_s == pytest.approx(4.0 + SLACK)
 
 
 def test_settings_drive_the_other_bounds(lab: ClusterSpec) -> None:

@@ -101,6 +101,11 @@ def test_a_good_runbook_loads_with_variables_substituted(tmp_path: Path, spec) -
     (GOOD.replace("role:haproxy", "rack:7"), 9, ["method[0].hosts", "unknown selector kind"]),
     # @fault before any fault step
     (GOOD.replace("        fault: true\n", ""), 14, ["rollbacks[0].hosts", "@fault before"]),
+    # `continuous` belongs to steady-state probes only, and is a positive number of seconds
+    (GOOD.replace("check_interval: 0.5}", "check_interval: 0.5, continuous: 1}"), 12,
+     ["cases[0].method[1].wait.continuous", "unknown field"]),
+    (GOOD.replace("  - probe: check:etcd", "  - probe: check:etcd\n    continuous: 0"), 5,
+     ["steady_state[0].continuous", "greater than 0"]),
 ])
 def test_bad_runbooks_name_file_line_and_field(tmp_path: Path, bad: str, line: int,
                                                words: list[str]) -> None:

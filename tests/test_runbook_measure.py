@@ -35,6 +35,32 @@ def test_outage_downtime_detect_recover() -> None:
     assert fig.takeover_s is None
 
 
+def test_recovery_lasts_until_the_steady_state_holds_again() -> None:
+    """The API failed over long before the lift (its own recovery is 0), but the cluster was
+    whole again only when the sweep after the rollbacks passed, 4 s after the lift."""
+    marks = [Mark(1.95, "kill", "fault"), Mark(5.0, "start", "lift"),
+             Mark(9.0, "steady state holds again", "steady")]
+    fig = figures(outage_run(), fault_at=1.95, lifted_at=5.0, acknowledged=0, lost=0,
+                  marks=marks)
+    assert fig.api_recover_s == 0.0
+    assert fig.recover_s == pytest.approx(4.0)
+
+
+def test_recovery_of_an_outage_that_lasts_past_the_lift() -> None:
+    """etcd's majority stopped: requests fail until the members are back, which takes the
+    lifting step itself (a start that blocks until quorum) and more."""
+    samples = reads(every(0, 2)) + reads(every(2, 7), ok=False) + reads(every(7, 10))
+    marks = [Mark(2.0, "stop", "fault"), Mark(5.0, "start", "lift"),
+             Mark(7.5, "steady state holds again", "steady")]
+    fig = figures(samples, fault_at=2.0, lifted_at=5.0, acknowledged=0, lost=0, marks=marks)
+    assert fig.api_recover_s == pytest.approx(7.02 - 5.0)  # first success after the last failure
+    assert fig.recover_s == pytest.approx(2.5)  # the steady state came back later still
+    # with the steady state back at once, the API's return is the recovery
+    quick = [*marks[:2], Mark(5.5, "steady state holds again", "steady")]
+    assert figures(samples, fault_at=2.0, lifted_at=5.0, acknowledged=0, lost=0,
+                   marks=quick).recover_s == pytest.approx(2.02)
+
+
 def test_recover_counts_from_the_lift_when_the_api_needs_it() -> None:
     fig = figures(outage_run(), fault_at=1.95, lifted_at=2.3, acknowledged=0, lost=0)
     assert fig.recover_s == pytest.approx(2.52 - 2.3)
@@ -116,9 +142,23 @@ def test_writes_acknowledged_during_the_outage_and_takeover() -> None:
     assert shortfalls(refuse, gone) == ["the API never recovered"]
 
 
+def test_takeover_of_one_holder_ignores_the_others() -> None:
+    """An apiserver case's takeover is HAProxy marking it DOWN, not a lease that moved first."""
+    marks = [Mark(2.0, "stop", "fault"), Mark(2.5, "lease-holder:kube-scheduler: master2",
+                                               "holder"),
+             Mark(3.1, "haproxy-down: master1", "holder")]
+    samples = reads(every(0, 5))
+    assert figures(samples, fault_at=2.0, lifted_at=4.0, acknowledged=0, lost=0,
+                   marks=marks).takeover_s == pytest.approx(0.5)
+    assert figures(samples, fault_at=2.0, lifted_at=4.0, acknowledged=0, lost=0, marks=marks,
+                   takeover_of="haproxy-down").takeover_s == pytest.approx(1.1)
+    assert figures(samples, fault_at=2.0, lifted_at=4.0, acknowledged=0, lost=0, marks=marks,
+                   takeover_of="haproxy").takeover_s is None  # a term, not a prefix
+
+
 def test_shortfalls_compare_with_the_bound() -> None:
     fig = Figures(requests=100, failed=5, downtime_s=0.6, detect_s=0.0, recover_s=0.0,
-                  writes_acknowledged=10, writes_lost=0)
+                  writes_acknowledged=10, writes_lost=0, api_recover_s=0.0)
     assert shortfalls(Expectation(0.7, "ok"), fig) == []
     assert shortfalls(Expectation(0.5, "tight"), fig) == ["downtime 0.60 s > bound 0.50 s"]
     assert shortfalls(Expectation(None, "down", api_must_serve=False), fig) == []

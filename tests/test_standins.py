@@ -748,3 +748,47 @@ def test_the_kubelet_stand_in_stops_and_starts_a_static_pod_with_its_manifest(
     (tmp_path / "kube-apiserver.yaml").rename(manifests / "kube-apiserver.yaml")
     kubelet.reconcile_static_pods(after, kubelet.manifests_present())
     assert calls[-1] == ("start", ["kube-apiserver.service"]) and len(calls) == 2
+
+
+def test_etcd_client_moves_a_silent_member_to_the_back() -> None:
+    """A member that accepts connections but answers nothing (partitioned from its peers, its
+    reads waiting for a quorum) costs one timeout, not every request until the partition
+    heals: the next request tries the other members first (verify-ha's partition case)."""
+    import http.server
+    import threading
+
+    sys.path.insert(0, str(PROGRAMS))
+    try:
+        import k8sha_standin as sa
+    finally:
+        sys.path.remove(str(PROGRAMS))
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = b'{"kvs": []}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel completes connects; nobody ever reads
+    good = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=good.serve_forever, daemon=True).start()
+    try:
+        client = object.__new__(sa.Etcd)  # plain HTTP: no certificates needed for the order
+        mute, ok = (f"http://127.0.0.1:{silent.getsockname()[1]}",
+                    f"http://127.0.0.1:{good.server_address[1]}")
+        client.endpoints, client.timeout, client.ctx = [mute, ok], 0.3, None
+        with pytest.raises(sa.EtcdError, match="timed out"):
+            client.get("health")  # the whole timeout spent on the silent member
+        assert client.endpoints == [ok, mute]
+        assert client.get("health") is None  # answered by the other member at once
+    finally:
+        good.shutdown()
+        silent.close()

@@ -39,6 +39,8 @@ CaseOpt = typer.Option(None, "--case", help="run only this case (repeatable)")
 JunitOpt = typer.Option(None, "--junit", help="write JUnit XML here (one testcase per case)")
 MarkdownOpt = typer.Option(None, "--markdown", help="write a Markdown report (and timelines)")
 YesOpt = typer.Option(False, "--yes", help="run a disruptive runbook on a non-lab inventory")
+BoundOpt = typer.Option(None, "--bound", help="CASE=SECONDS: hold this case to your own bound "
+                                               "instead of the computed one (repeatable)")
 DryRunOpt = typer.Option(False, "--dry-run", help="resolve and show what would run; touch "
                                                   "nothing")
 
@@ -51,6 +53,22 @@ def _variables(pairs: list[str] | None) -> dict[str, Any]:
             console.error(f"--var {pair!r}: write NAME=VALUE")
             raise typer.Exit(C.EXIT_INVALID)
         out[name] = _scalar(value)
+    return out
+
+
+def _bounds(pairs: list[str] | None) -> dict[str, float]:
+    """`--bound CASE=SECONDS` -> {case: seconds}; a bad one exits 2 before anything runs."""
+    out: dict[str, float] = {}
+    for pair in pairs or []:
+        name, _, value = pair.partition("=")
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        if not name or not seconds >= 0 or seconds == float("inf"):
+            console.error(f"--bound {pair!r}: write CASE=SECONDS (SECONDS a number >= 0)")
+            raise typer.Exit(C.EXIT_INVALID)
+        out[name] = seconds
     return out
 
 
@@ -126,10 +144,12 @@ def run(
     yes: bool = YesOpt,
     case: list[str] = CaseOpt,
     var: list[str] = VarOpt,
+    bound: list[str] = BoundOpt,
 ) -> None:
     """Run a runbook: steady state, each case's method under load, rollbacks, verdicts."""
     run_file(file, inventory, dry_run=dry_run, as_json=as_json, junit=junit,
-             markdown=markdown, yes=yes, cases=case, variables=_variables(var))
+             markdown=markdown, yes=yes, cases=case, variables=_variables(var),
+             bounds=_bounds(bound))
 
 
 def verify(
@@ -140,22 +160,23 @@ def verify(
     as_json: bool = JsonOpt,
     yes: bool = YesOpt,
     dry_run: bool = DryRunOpt,
+    bound: list[str] = BoundOpt,
 ) -> None:
     """Prove the HA claims: every checklist case of runbooks/verify-ha.yaml, measured."""
     run_file(VERIFY_RUNBOOK, inventory, dry_run=dry_run, as_json=as_json, junit=junit,
-             markdown=markdown, yes=yes, cases=case, variables={})
+             markdown=markdown, yes=yes, cases=case, variables={}, bounds=_bounds(bound))
 
 
 def run_file(file: str | Path, inventory: Path, *, dry_run: bool, as_json: bool,
              junit: Path | None, markdown: Path | None, yes: bool, cases: list[str] | None,
-             variables: dict[str, Any]) -> None:
+             variables: dict[str, Any], bounds: dict[str, float] | None = None) -> None:
     """Load, check against the inventory, run; render; exit 0/1/2."""
     loaded = _load(file, variables)
     spec = load_spec(inventory, as_json=as_json, reaches_hosts=not dry_run)
     live = LiveLine(console.err())
     options = engine.RunOptions(yes=yes, dry_run=dry_run, cases=cases or None,
                                 progress=live.step, on_case=live.case,
-                                command=f"runbook run {loaded.path.name}")
+                                command=f"runbook run {loaded.path.name}", bounds=bounds or {})
     if spec.is_lab:
         register_lab_faults(spec)
     nr = open_nornir(inventory)

@@ -21,7 +21,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -50,11 +50,13 @@ from nornir_k8sha.runbook.model import (
     PauseStep,
     ProbeSpec,
     ProbeStep,
+    SteadyProbe,
     TaskStep,
     WaitStep,
     step_label,
 )
 from nornir_k8sha.runbook.results import (
+    HAPROXY_DOWN,
     CaseResult,
     Expectation,
     Figures,
@@ -68,6 +70,8 @@ from nornir_k8sha.topology import ClusterSpec
 STEADY_POLL_S = 2.0
 #: How long stopping the load probe may take.
 LOAD_STOP_S = 30.0
+#: How long the end of a method waits for a continuous probe's look in progress.
+WATCH_STOP_S = 2.0
 
 
 class LoadProbe(Protocol):
@@ -103,6 +107,8 @@ class RunOptions:
     progress: Callable[[str], None] | None = None  # one line per step
     on_case: Callable[[CaseResult], None] | None = None  # each case as it finishes
     command: str = "runbook"  # what the operation lock says
+    #: case name -> seconds: the user's bound instead of the computed one (--bound)
+    bounds: dict[str, float] = field(default_factory=dict)
 
 
 class StepTimeout(Exception):
@@ -155,6 +161,10 @@ def prepare(loaded: LoadedRunbook, spec: ClusterSpec, opts: RunOptions) -> list[
             raise RunbookError(f"{loaded.path}: no case named {', '.join(unknown)} (cases: "
                                f"{', '.join(c.name for c in cases)})")
         cases = [c for c in cases if c.name in opts.cases]
+    unbound = sorted(set(opts.bounds) - {c.name for c in cases})
+    if unbound:
+        raise RunbookError(f"{loaded.path}: --bound names {', '.join(unbound)}, which is not a "
+                           f"case of this run (cases: {', '.join(c.name for c in cases)})")
     if loaded.runbook.disruptive and not spec.is_lab and not opts.yes and not opts.dry_run:
         raise RunbookError(f"{loaded.path}: this runbook breaks things on purpose and cluster "
                            f"{spec.name!r} is not the lab ({C.LAB_CLUSTER_NAME!r}): refused; "
@@ -237,6 +247,19 @@ def bounded(fn: Callable[[], Any], timeout: float, label: str) -> Any:
     return box.get("value")
 
 
+def with_bound(exp: Expectation, seconds: float) -> Expectation:
+    """The user's bound (--bound CASE=SECONDS) instead of the computed one: for the downtime,
+    and for the takeover where the case bounds one (apiserver, lease). ValueError for a case
+    that expects an outage: it has no downtime bound to set."""
+    if not exp.api_must_serve or exp.downtime_s is None:
+        raise ValueError("--bound: this case expects an outage (no downtime bound to set): "
+                         f"{exp.explanation}")
+    return replace(exp, downtime_s=seconds,
+                   takeover_s=None if exp.takeover_s is None else seconds,
+                   explanation=f"bound set to {seconds:g} s by --bound; computed from the "
+                               f"configuration: {exp.explanation}")
+
+
 def _say(opts: RunOptions, text: str) -> None:
     if opts.progress:
         opts.progress(text)
@@ -256,6 +279,7 @@ class _Runner:
     marks: list[Mark] = field(default_factory=list)
     load: LoadProbe | None = None
     holders: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    observing: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def cx(self) -> CheckContext:
@@ -285,6 +309,8 @@ class _Runner:
             if instruments is not None:
                 cr.expectation = instruments.expectation(case.expect.kind, self.spec,
                                                          **case.expect.params)
+                if case.name in self.opts.bounds:
+                    cr.expectation = with_bound(cr.expectation, self.opts.bounds[case.name])
             if instruments is not None and case.load:
                 self.load = instruments.load_probe(self.spec, self.state_dir)
                 self.load.start()
@@ -294,7 +320,10 @@ class _Runner:
             return cr, ""
         case_deadline = min(time.monotonic() + case.max_time, self.deadline)
         failure = ""
+        watch = _Watch(self, [p for p in self.loaded.runbook.steady_state if p.continuous],
+                       cr.started)
         try:
+            watch.start()
             for step in case.method:
                 say(step_label(step))
                 sr = self.step(step, case_deadline)
@@ -310,17 +339,24 @@ class _Runner:
             failure = "interrupted (Ctrl-C / SIGTERM)"
             cr.steps.append(StepResult("interrupted", False, failure))
         finally:
+            watch.stop()
             self.rollbacks(case, cr, say)
         problems = [failure] if failure else []
+        cr.deviations = watch.lines()
+        problems += watch.problems()
         problems += [f"rollback {r.name!r} failed: {r.message}" for r in cr.rollbacks
                      if not r.ok]
         try:
             say("waiting for the steady state")
             back, cr.steady_after, why = self.await_steady()
-            if not back:
+            if back:
+                self.mark("steady state holds again", "steady")
+            else:
                 problems.append(f"steady state did not return within "
                                 f"{self.loaded.runbook.recovery_max_time:g}s: {why}")
             self._stop_load(cr, measure=not self.interrupted)
+            if not back and cr.figures is not None:
+                cr.figures.recover_s = None  # recovery includes the steady state
         except KeyboardInterrupt:
             self.interrupted = True
             problems.append("interrupted while waiting for the steady state")
@@ -361,7 +397,8 @@ class _Runner:
                 cr.figures = self.opts.instruments.figures(
                     cr.samples, fault_at=_first(cr.marks, "fault"),
                     lifted_at=_first(cr.marks, "lift"), acknowledged=acked, lost=lost,
-                    marks=cr.marks)
+                    marks=cr.marks,
+                    takeover_of=cr.expectation.takeover_of if cr.expectation else "")
         finally:
             with contextlib.suppress(Exception):
                 load.cleanup()
@@ -423,15 +460,13 @@ class _Runner:
         if step.fault:
             self.fault_hosts[:] = [h for h in hosts]
             self.mark(f"fault: {label} on {', '.join(hosts)}", "fault")
+        if step.lift:  # when the undo begins: recovery counts what the undo itself takes
+            self.mark(f"lifted: {label}", "lift")
         if isinstance(step, LabStep):
             text = bounded(lambda: seams.apply(step.lab, self.spec, hosts, **step.args),
                            timeout, label)
-            sr = StepResult(label, True, str(text), hosts=hosts)
-        else:
-            sr = self._task(step, label, hosts, timeout)
-        if step.lift:
-            self.mark(f"lifted: {label}", "lift")
-        return sr
+            return StepResult(label, True, str(text), hosts=hosts)
+        return self._task(step, label, hosts, timeout)
 
     def _task(self, step: TaskStep, label: str, hosts: list[str], timeout: float) -> StepResult:
         fn = resolve_task(step.task)
@@ -534,23 +569,94 @@ class _Runner:
             self.marks.append(Mark(time.monotonic(), label, kind))  # type: ignore[arg-type]
 
     def _observe(self, term: str, hosts: list[str]) -> None:
-        """A holder (VIP, etcd leader, lease) seen now: a "holder" mark when it changed."""
+        """A holder (VIP, etcd leader, lease) seen now: a "holder" mark when it changed.
+        Continuous steady-state probes observe from their own thread: one at a time."""
         now = tuple(hosts)
-        before = self.holders.get(term)
-        if before is not None and now != before:
-            self.mark(f"{term}: {', '.join(now) or 'none'}", "holder")
-        self.holders[term] = now
+        with self.observing:
+            before = self.holders.get(term)
+            if before is not None and now != before:
+                self.mark(f"{term}: {', '.join(now) or 'none'}", "holder")
+            self.holders[term] = now
 
     def _observe_row(self, row: str, found: list[CheckResult]) -> None:
         if row == "vip":
             self._observe("vip-holder", [r.target for r in found if r.values.get("holds_vip")])
         elif row == "etcd":
             self._observe("etcd-leader", [r.target for r in found if r.values.get("is_leader")])
+        elif row == "haproxy":  # the backends any HAProxy has DOWN: a takeout is a change
+            self._observe(HAPROXY_DOWN, sorted({d for r in found
+                                                for d in r.values.get("down", [])}))
         elif row == "leases":
             for r in found:
                 if "holder" in r.values:
                     self._observe(f"lease-holder:{r.target}",
                                   selectors.holder_hosts(self.spec, r.values["holder"]))
+
+
+class _Watch:
+    """The steady-state probes with `continuous: N`, each looked at every N s in a daemon
+    thread while a case's method runs. What did not hold is kept and marked on the timeline
+    ("deviation"); a look still running when the method ends is not counted (the rollbacks
+    may be what it sees)."""
+
+    def __init__(self, runner: _Runner, probes: list[SteadyProbe], origin: float) -> None:
+        self.runner, self.probes, self.origin = runner, probes, origin
+        self.looks = [0] * len(probes)
+        self.missed: list[tuple[int, float, str]] = []  # (probe index, seconds, why)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True,
+                                        name="runbook continuous steady state")
+
+    def start(self) -> None:
+        if self.probes:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(WATCH_STOP_S)
+
+    def _loop(self) -> None:
+        due = [time.monotonic()] * len(self.probes)
+        while not self._stop.is_set():
+            for i, probe in enumerate(self.probes):
+                now = time.monotonic()
+                if now < due[i] or self._stop.is_set():
+                    continue
+                due[i] = now + (probe.continuous or 1.0)
+                ok, why, _ = self.runner.probe(probe, now + probe.timeout)
+                with self._lock:
+                    if self._stop.is_set():
+                        return
+                    self.looks[i] += 1
+                    if not ok:
+                        self.missed.append((i, now - self.origin, why))
+                if not ok:
+                    self.runner.mark(f"steady state deviated: {_probe_name(probe)}",
+                                     "deviation")
+            self._stop.wait(max(0.0, min(due) - time.monotonic()))
+
+    def lines(self) -> list[str]:
+        with self._lock:
+            return [f"+{t:.1f} s {_probe_name(self.probes[i])}: {why}"
+                    for i, t, why in self.missed]
+
+    def problems(self) -> list[str]:
+        """One sentence per continuous probe that did not hold, naming it."""
+        with self._lock:
+            out = []
+            for i, probe in enumerate(self.probes):
+                mine = [(t, why) for j, t, why in self.missed if j == i]
+                if mine:
+                    out.append(f"steady-state probe {_probe_name(probe)} did not hold during "
+                               f"the method ({len(mine)} of {self.looks[i]} looks; first at "
+                               f"+{mine[0][0]:.1f} s: {mine[0][1]})")
+            return out
+
+
+def _probe_name(probe: ProbeSpec) -> str:
+    return probe.name or probe.probe + (f" on {probe.hosts}" if probe.hosts else "")
 
 
 def _result_error(r: Result) -> str:

@@ -35,10 +35,11 @@ round trip: 2 x read_interval + PROBE_REQUEST_ALLOWANCE_S.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from nornir_k8sha import constants as C
-from nornir_k8sha.runbook.results import Expectation
+from nornir_k8sha.runbook.results import HAPROXY_DOWN, Expectation
 from nornir_k8sha.topology import ClusterSpec, MachineLoss
 
 #: The kinds a runbook case's `expect.kind` may name.
@@ -46,6 +47,8 @@ KINDS: tuple[str, ...] = ("vrrp", "haproxy", "apiserver", "etcd-leader", "etcd-m
                           "lease", "machine", "none")
 #: Seconds between the runbook's looks at a lease holder (verify-ha's wait: check_interval 1).
 LEASE_POLL_S = 1.0
+#: Seconds between the runbook's looks at HAProxy's backends (verify-ha's wait: 0.5).
+HAPROXY_POLL_S = 0.5
 #: Which kind bounds the loss of a host of each role (roles not listed do not carry the API).
 ROLE_KINDS: dict[str, str] = {C.ROLE_LVS: "vrrp", C.ROLE_HAPROXY: "haproxy",
                               C.ROLE_MASTERS: "apiserver", C.ROLE_ETCD: "etcd-leader"}
@@ -99,16 +102,27 @@ def _haproxy(spec: ClusterSpec, read_interval: float) -> Expectation:
                     read_interval)
 
 
-def _apiserver(spec: ClusterSpec, read_interval: float) -> Expectation:
+def _apiserver(spec: ClusterSpec, read_interval: float,
+               poll: float = HAPROXY_POLL_S) -> Expectation:
+    """Also bounds the takeout itself: the first HAProxy's DOWN for it, as the runbook sees it
+    polling `check:haproxy` every `poll` s. A stopped apiserver refuses connections and
+    HAProxy redispatches them, so clients may see no failure at all: then this is the figure
+    that shows what the checks cost."""
     h = spec.settings.haproxy
     inter = h.check_inter_ms / 1000
     timeout_check = inter  # the template's `timeout check` is check_inter_ms
     core = h.check_fall * (inter + timeout_check)
-    return _bounded(core, f"HAProxy marks a dead apiserver DOWN after haproxy.check_fall "
-                    f"{h.check_fall} failed checks, each started haproxy.check_inter_ms "
-                    f"{h.check_inter_ms} ms after the previous one ended and failing within "
-                    f"timeout check {h.check_inter_ms} ms: {h.check_fall} x ({h.check_inter_ms} "
-                    f"+ {h.check_inter_ms}) ms", read_interval)
+    pad, _ = slack(read_interval)
+    takeover = core + poll + pad
+    exp = _bounded(core, f"HAProxy marks a dead apiserver DOWN after haproxy.check_fall "
+                   f"{h.check_fall} failed checks, each started haproxy.check_inter_ms "
+                   f"{h.check_inter_ms} ms after the previous one ended and failing within "
+                   f"timeout check {h.check_inter_ms} ms: {h.check_fall} x ({h.check_inter_ms} "
+                   f"+ {h.check_inter_ms}) ms", read_interval)
+    return replace(exp, explanation=f"{exp.explanation}; the first HAProxy shows it DOWN within "
+                   f"{_num(core)} s + {_num(poll)} s between looks at HAProxy + {_num(pad)} s "
+                   f"slack = {_num(takeover)} s", takeover_s=round(takeover, 3),
+                   takeover_of=HAPROXY_DOWN)
 
 
 def _etcd_leader(spec: ClusterSpec, read_interval: float,
@@ -147,7 +161,8 @@ def _lease(spec: ClusterSpec, read_interval: float, lease: str = "the lease",
         f"{_num(C.KUBE_LEASE_RETRY_PERIOD_S)} s (Kubernetes' leader-election defaults, kept by "
         f"kubeadm; renew deadline {_num(C.KUBE_LEASE_RENEW_DEADLINE_S)} s) + {_num(poll)} s "
         f"between looks at the holder + {_num(pad)} s slack = {_num(takeover)} s",
-        takeover_s=round(takeover, 3))
+        takeover_s=round(takeover, 3),
+        takeover_of="" if lease == "the lease" else f"lease-holder:{lease}")
 
 
 def _none(spec: ClusterSpec, read_interval: float) -> Expectation:
@@ -186,6 +201,7 @@ _BUILDERS: dict[str, Callable[..., Expectation]] = {
 #: The parameters each kind takes beyond `read_interval` (the loader checks them up front).
 PARAMS: dict[str, frozenset[str]] = {k: frozenset() for k in KINDS} | {
     "lease": frozenset({"lease", "poll"}), "machine": frozenset({"machine"}),
+    "apiserver": frozenset({"poll"}),
     "etcd-leader": frozenset({"client_timeout"})}
 
 

@@ -9,12 +9,17 @@ Definitions (docs/verify.md repeats them for people):
   an outage, so a case where nothing failed has downtime 0. Failures before the first success
   or after the last one make an open gap that starts at the first sample / ends at the last;
 - detect: fault applied -> start of the first failed request ending after it;
-- recover: fault lifted (or applied, when never lifted; with no fault time, the first failure)
-  -> the first success after the last failure (0 when the API came back before the lift or
-  nothing failed; None when it never came back);
+- recover: fault lifted (the lifting step began; when never lifted, the fault was applied;
+  with no fault time, the first failure) -> the later of two moments: the API is back for
+  good (the first success after the last failure; the lift itself when nothing failed after
+  it) and the steady state holds again (the "steady" mark the engine makes when the sweep
+  after the rollbacks passed; without one, the API alone). None when the API never came
+  back (the engine also makes it None when the steady state did not return). `api_recover_s`
+  is the first of the two alone: lift -> API back for good (0 when nothing failed after the lift);
 - writes acknowledged during the outage: 201s that ended between the first failure after the
   fault and the last failure (the etcd-majority case wants none);
-- takeover: fault applied -> the first "holder" mark after it.
+- takeover: fault applied -> the first "holder" mark after it (of the holder the expectation
+  names in `takeover_of`, e.g. HAProxy's DOWN backends or one lease; else of any).
 """
 
 from __future__ import annotations
@@ -55,7 +60,8 @@ def gaps(samples: Sequence[Sample]) -> list[Gap]:
 
 
 def figures(samples: Sequence[Sample], *, fault_at: float | None, lifted_at: float | None,
-            acknowledged: int, lost: int, marks: Sequence[Mark] | None = None) -> Figures:
+            acknowledged: int, lost: int, marks: Sequence[Mark] | None = None,
+            takeover_of: str = "") -> Figures:
     """Requests, failures, downtime, detect/recover times and write figures of one case."""
     failed = [s for s in samples if not s.ok]
     window = [g for g in gaps(samples) if fault_at is None or g.end > fault_at]
@@ -63,26 +69,37 @@ def figures(samples: Sequence[Sample], *, fault_at: float | None, lifted_at: flo
     fig = Figures(requests=len(samples), failed=len(failed),
                   downtime_s=worst.length if worst else 0.0, detect_s=None, recover_s=None,
                   writes_acknowledged=acknowledged, writes_lost=lost)
+    if not samples:
+        return fig
     since = fault_at if fault_at is not None else float("-inf")
     after = sorted((s for s in failed if s.end > since), key=lambda s: s.end)
     if fault_at is not None:
-        fig.takeover_s = _takeover(marks or (), fault_at)
-    if not after:
-        fig.recover_s = 0.0 if samples else None
+        fig.takeover_s = _takeover(marks or (), fault_at, takeover_of)
+    onset = min((s.start for s in after), default=None)
+    reference = next((t for t in (lifted_at, fault_at, onset) if t is not None), None)
+    if after:
+        assert onset is not None
+        fig.detect_s = None if fault_at is None else max(0.0, onset - fault_at)
+        last_failure = after[-1].end
+        fig.writes_acknowledged_during_outage = sum(
+            1 for s in samples if s.kind == "write" and s.ok and onset <= s.end <= last_failure)
+        api_back = min((s.end for s in samples if s.ok and s.end > last_failure), default=None)
+    else:
+        api_back = reference
+    if reference is None:  # nothing failed and no fault: nothing to recover from
+        fig.recover_s = fig.api_recover_s = 0.0
         return fig
-    onset = min(s.start for s in after)
-    fig.detect_s = None if fault_at is None else max(0.0, onset - fault_at)
-    last_failure = after[-1].end
-    back = min((s.end for s in samples if s.ok and s.end > last_failure), default=None)
-    reference = next(t for t in (lifted_at, fault_at, onset) if t is not None)
-    fig.recover_s = None if back is None else max(0.0, back - reference)
-    fig.writes_acknowledged_during_outage = sum(
-        1 for s in samples if s.kind == "write" and s.ok and onset <= s.end <= last_failure)
+    if api_back is None:
+        return fig
+    fig.api_recover_s = max(0.0, api_back - reference)
+    steady = [m.at for m in marks or () if m.kind == "steady" and m.at >= reference]
+    fig.recover_s = max(fig.api_recover_s, min(steady) - reference if steady else 0.0)
     return fig
 
 
-def _takeover(marks: Sequence[Mark], fault_at: float) -> float | None:
-    holders = [m.at for m in marks if m.kind == "holder" and m.at >= fault_at]
+def _takeover(marks: Sequence[Mark], fault_at: float, of: str = "") -> float | None:
+    holders = [m.at for m in marks if m.kind == "holder" and m.at >= fault_at
+               and m.label.startswith(f"{of}: " if of else "")]
     return min(holders) - fault_at if holders else None
 
 
@@ -99,7 +116,7 @@ def shortfalls(expected: Expectation, fig: Figures) -> list[str]:
     if expected.writes_must_be_refused and fig.writes_acknowledged_during_outage:
         out.append(f"{fig.writes_acknowledged_during_outage} writes acknowledged during the "
                    "outage, where every write must be refused")
-    if fig.recover_s is None and fig.failed:  # even where an outage is expected
+    if fig.api_recover_s is None and fig.failed:  # even where an outage is expected
         out.append("the API never recovered")
     if (expected.api_must_serve and expected.downtime_s is not None
             and fig.downtime_s > expected.downtime_s):

@@ -91,6 +91,15 @@ class ProbeSpec(_Strict):
     name: str | None = None
 
 
+class SteadyProbe(ProbeSpec):
+    """A probe of the steady state: checked before and after every case, and with
+    `continuous: N` also every N s while the case's method runs (Chaos Toolkit checks its
+    hypothesis only before and after; a maintenance runbook wants "the API serves" to hold
+    throughout). A continuous probe that does not hold fails the case, naming the probe."""
+
+    continuous: float | None = Field(None, gt=0, le=C.RUNBOOK_PAUSE_MAX_S)
+
+
 class _Optional(_Strict):
     #: A failure of this step is recorded but neither stops the method nor fails the case
     #: (pyATS Blitz's `continue`).
@@ -183,7 +192,7 @@ class Runbook(_Strict):
     title: str
     description: str = ""
     variables: dict[str, Any] = Field(default_factory=dict)
-    steady_state: list[ProbeSpec] = Field(default_factory=list)
+    steady_state: list[SteadyProbe] = Field(default_factory=list)
     #: How long the steady state may take to come back after a case's rollbacks.
     recovery_max_time: float = Field(C.RUNBOOK_RECOVERY_MAX_S, gt=0)
     max_time: float = Field(C.RUNBOOK_MAX_S, gt=0)

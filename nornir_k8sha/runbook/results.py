@@ -14,7 +14,10 @@ from nornir_k8sha.checkresult import CheckResult
 
 Verdict = Literal["passed", "failed", "error", "skipped"]
 SampleKind = Literal["read-fresh", "read-keepalive", "write"]
-MarkKind = Literal["fault", "lift", "holder", "step", "note"]
+#: The holder term of the backends any HAProxy has DOWN: the engine marks its changes, the
+#: apiserver kind's takeover is the first of them (runbook/expect.py).
+HAPROXY_DOWN = "haproxy-down"
+MarkKind = Literal["fault", "lift", "holder", "step", "steady", "deviation", "note"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,9 @@ class Expectation:
     # A leader/holder must change within this many seconds of the fault (first "holder" mark
     # after the "fault" mark); None: no change is asked for (e.g. lease: 15 s + 2 s retry).
     takeover_s: float | None = None
+    #: Whose change counts as the takeover: a holder term of the engine ("haproxy-down",
+    #: "lease-holder:kube-scheduler"); "" any holder change.
+    takeover_of: str = ""
 
 
 @dataclass(frozen=True)
@@ -61,11 +67,16 @@ class Figures:
     failed: int
     downtime_s: float  # longest gap between two successful requests around the fault
     detect_s: float | None  # fault applied -> first failed request (None: none failed)
-    recover_s: float | None  # fault lifted (or applied, when never lifted) -> steady success
+    #: fault lifted (or applied, when never lifted) -> the API back for good and the steady
+    #: state holding again, whichever is later (None: one of them never came back)
+    recover_s: float | None
     writes_acknowledged: int
     writes_lost: int  # acknowledged, yet not read back after recovery
     writes_acknowledged_during_outage: int = 0
     takeover_s: float | None = None  # fault applied -> first "holder" mark after it
+    #: fault lifted -> the first success after the last failure (0: nothing failed after the
+    #: lift; None: the API never came back)
+    api_recover_s: float | None = None
 
 
 @dataclass
@@ -94,6 +105,9 @@ class CaseResult:
     steady_after: list[CheckResult] = field(default_factory=list)
     steps: list[StepResult] = field(default_factory=list)
     rollbacks: list[StepResult] = field(default_factory=list)
+    #: Continuous steady-state probes that did not hold during the method, one line each:
+    #: "+3.2 s check:etcd: why" (seconds since the case started).
+    deviations: list[str] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
     marks: list[Mark] = field(default_factory=list)
     started: float = 0.0  # time.monotonic() at the case's start: timelines are relative to it

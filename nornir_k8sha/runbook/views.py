@@ -70,7 +70,7 @@ def recovery_text(fig: Figures | None) -> str:
     if fig is None:
         return "-"
     if fig.recover_s is None:
-        return "never" if fig.failed else "-"
+        return "never" if fig.requests else "-"
     return f"{fig.recover_s:.2f} s"
 
 
@@ -82,7 +82,8 @@ def measured_vs_expected(case: CaseResult) -> str:
         parts.append(f"measured downtime {fig.downtime_s:.2f} s, {fig.failed} of "
                      f"{fig.requests} requests failed, {fig.writes_lost} of "
                      f"{fig.writes_acknowledged} acknowledged writes lost, recovery "
-                     f"{recovery_text(fig)}")
+                     f"{recovery_text(fig)} (API back {_s(fig.api_recover_s, 'never')} after "
+                     "the lift)")
         if fig.takeover_s is not None:
             parts.append(f"takeover {fig.takeover_s:.2f} s")
     if exp is not None:
@@ -169,6 +170,7 @@ def _case_dict(case: CaseResult) -> dict[str, Any]:
         "figures": asdict(case.figures) if case.figures else None,
         "steady_before": [r.as_dict() for r in case.steady_before],
         "steady_after": [r.as_dict() for r in case.steady_after],
+        "deviations": list(case.deviations),
         "steps": [asdict(s) for s in case.steps],
         "rollbacks": [asdict(s) for s in case.rollbacks],
         "marks": [{"at_s": round(m.at - t0, 3), "label": m.label, "kind": m.kind}
@@ -238,6 +240,7 @@ def _details(case: CaseResult) -> str:
     for label, steps in (("step", case.steps), ("rollback", case.rollbacks)):
         lines += [f"{label} {s.name}: {'ok' if s.ok else 'FAILED'} {s.message}".rstrip()
                   for s in steps]
+    lines += [f"steady state during the method: {d}" for d in case.deviations]
     lines += [f"steady state after: {r}" for r in case.steady_after if not r.ok]
     return "\n".join(lines)
 
@@ -261,7 +264,8 @@ def timeline_name(out: Path, index: int, case: CaseResult) -> Path:
 
 #: Colour and line style of each kind of mark on a timeline.
 MARK_STYLES = {"fault": ("tab:red", "--"), "lift": ("tab:green", "--"),
-               "holder": ("tab:blue", ":"), "step": ("0.45", ":"), "note": ("0.45", ":")}
+               "holder": ("tab:blue", ":"), "steady": ("tab:olive", "-."),
+               "deviation": ("tab:orange", ":"), "step": ("0.45", ":"), "note": ("0.45", ":")}
 #: Marks listed by number beside a timeline (the rest are drawn, not listed).
 MAX_LISTED_MARKS = 14
 #: Characters of a mark's label beside a timeline (the Markdown lists them whole).
@@ -382,6 +386,8 @@ def markdown(result: RunbookResult, out: Path) -> str:
             lines += [f"- {label} `{s.name}` on {', '.join(s.hosts) or '-'}: "
                       f"{'ok' if s.ok else '**failed**'} ({s.duration:.1f} s)"
                       + (f" {s.message}" if s.message else "") for s in steps]
+        lines += [f"- steady state did not hold during the method: {d}"
+                  for d in case.deviations]
         if case.samples or case.marks:
             png = timeline_name(out, index, case)
             _write_private(png, _draw(case))

@@ -349,7 +349,11 @@ class Etcd:
         """POST to the first endpoint that answers, within `timeout` seconds in all.
 
         The endpoint that answered last is tried first next time: a dead member costs its
-        timeout once, not on every request.
+        timeout once, not on every request. An endpoint that did not answer at all (refused,
+        timed out) goes to the back: a member that is alive but silent (partitioned from its
+        peers, its reads waiting for a quorum) would otherwise keep every request of this
+        client waiting on it until the partition heals, where the real apiserver's etcd client
+        spreads its requests over the members (runbooks/verify-ha.yaml's partition case).
         """
         errors = []
         deadline = time.monotonic() + (timeout or self.timeout)
@@ -377,11 +381,17 @@ class Etcd:
             except (OSError, ValueError) as exc:
                 reason = getattr(exc, "reason", exc)
                 errors.append(f"{endpoint}: {reason}")
+                if isinstance(exc, OSError):
+                    self._demote(endpoint)
         raise EtcdError("; ".join(errors) or "no etcd endpoints")
 
     def _prefer(self, endpoint: str) -> None:
         if self.endpoints[0] != endpoint:
             self.endpoints = [endpoint] + [e for e in self.endpoints if e != endpoint]
+
+    def _demote(self, endpoint: str) -> None:
+        if endpoint in self.endpoints and self.endpoints[-1] != endpoint:
+            self.endpoints = [e for e in self.endpoints if e != endpoint] + [endpoint]
 
     def get(self, key: str, timeout: float | None = None) -> dict[str, Any] | None:
         """The JSON value at `key` (None when absent). Linearizable: needs quorum."""
