@@ -178,3 +178,30 @@ def test_markdown_overwrites_a_readable_file_as_private(result: RunbookResult,
     result.cases = result.cases[2:]  # no samples: nothing to draw
     markdown(result, out)
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
+
+
+def test_recovery_and_deviations_reach_every_view(result: RunbookResult, tmp_path: Path) -> None:
+    """Recovery (from the lift to the API and the steady state back) and what a continuous
+    steady-state probe saw during the method are in the table, JSON, JUnit and Markdown."""
+    first = result.cases[0]
+    t0 = first.started
+    first.marks.append(Mark(t0 + 7.5, "steady state holds again", "steady"))
+    first.figures = figures(first.samples, fault_at=t0 + 2.0, lifted_at=t0 + 5.0,
+                            acknowledged=1, lost=0, marks=first.marks)
+    first.deviations = ["+3.1 s check:etcd: etcd2: failed"]
+    assert first.figures.recover_s == pytest.approx(2.5)  # the steady state came back last
+    doc = as_json(result)["cases"][0]
+    assert doc["figures"]["recover_s"] == pytest.approx(2.5)
+    assert doc["figures"]["api_recover_s"] == 0.0
+    assert doc["deviations"] == first.deviations
+    path = tmp_path / "verify.xml"
+    path.write_text(junit_xml(result))
+    tc = next(iter(next(iter(JUnitXml.fromfile(str(path))))))
+    assert "recovery 2.50 s (API back 0.00 s after the lift)" in tc.system_out
+    assert "steady state during the method: +3.1 s check:etcd: etcd2: failed" in tc.system_out
+    text = markdown(result, tmp_path / "verify.md")
+    assert "| 2.50 s | passed |" in text
+    assert "steady state did not hold during the method: +3.1 s check:etcd" in text
+    console = Console(file=io.StringIO(), width=80)
+    console.print(case_table(result))
+    assert "2.50 s" in console.file.getvalue()  # type: ignore[attr-defined]
