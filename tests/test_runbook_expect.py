@@ -70,6 +70,11 @@ def test_raising_haproxy_check_inter_grows_the_apiserver_bound(lab: ClusterSpec)
     assert expectation("apiserver", slow).takeover_s == pytest.approx(12.0 + 0.5 + SLACK)
     assert expectation("apiserver", slow).takeover_of == "haproxy-down"
     assert expectation("apiserver", lab, poll=2).takeover_s == pytest.approx(4.0 + SLACK)
+    # a static pod stops when the kubelet notices: that delays the takeout, not an outage
+    late = expectation("apiserver", lab, stop_within=1.0)
+    assert late.takeover_s == pytest.approx(1.0 + 2.0 + 0.5 + SLACK)
+    assert late.downtime_s == expectation("apiserver", lab).downtime_s
+    assert "1 s until it is down (the kubelet notices the moved manifest)" in late.explanation
 
 
 def test_settings_drive_the_other_bounds(lab: ClusterSpec) -> None:

@@ -156,6 +156,23 @@ def test_takeover_of_one_holder_ignores_the_others() -> None:
                    takeover_of="haproxy").takeover_s is None  # a term, not a prefix
 
 
+def test_writes_acknowledged_during_the_outage_are_those_inside_it_end_to_end() -> None:
+    """etcd's majority lost from 1 s to 6 s, as the lab showed it: a write committed just
+    before the fault ends after the first failure began, a read that began in the outage times
+    out after quorum is back and a write was acknowledged: neither write is "during" it."""
+    samples = (reads(every(0, 1)) + reads(every(1, 6), ok=False) + reads(every(6, 8))
+               + [Sample("read-keepalive", 5.9, 6.9, False, None, "timed out")])
+    before = Sample("write", 0.95, 1.2, True, 201, seq=1)  # began before the outage
+    after = Sample("write", 6.1, 6.2, True, 201, seq=3)  # quorum back, the hung read not done
+    inside = Sample("write", 3.0, 3.1, True, 201, seq=2)  # must never happen
+    fig = figures([*samples, before, after], fault_at=1.0, lifted_at=5.0, acknowledged=2,
+                  lost=0)
+    assert fig.writes_acknowledged_during_outage == 0
+    fig = figures([*samples, before, inside, after], fault_at=1.0, lifted_at=5.0,
+                  acknowledged=3, lost=0)
+    assert fig.writes_acknowledged_during_outage == 1
+
+
 def test_shortfalls_compare_with_the_bound() -> None:
     fig = Figures(requests=100, failed=5, downtime_s=0.6, detect_s=0.0, recover_s=0.0,
                   writes_acknowledged=10, writes_lost=0, api_recover_s=0.0)

@@ -103,25 +103,29 @@ def _haproxy(spec: ClusterSpec, read_interval: float) -> Expectation:
 
 
 def _apiserver(spec: ClusterSpec, read_interval: float,
-               poll: float = HAPROXY_POLL_S) -> Expectation:
+               poll: float = HAPROXY_POLL_S, stop_within: float = 0.0) -> Expectation:
     """Also bounds the takeout itself: the first HAProxy's DOWN for it, as the runbook sees it
     polling `check:haproxy` every `poll` s. A stopped apiserver refuses connections and
     HAProxy redispatches them, so clients may see no failure at all: then this is the figure
-    that shows what the checks cost."""
+    that shows what the checks cost. `stop_within`: how long after the fault step the
+    apiserver is really down (a static pod stops when the kubelet notices its manifest gone:
+    the lab's kubelet stand-in looks every 1 s); it delays the takeout, not an outage."""
     h = spec.settings.haproxy
     inter = h.check_inter_ms / 1000
     timeout_check = inter  # the template's `timeout check` is check_inter_ms
     core = h.check_fall * (inter + timeout_check)
     pad, _ = slack(read_interval)
-    takeover = core + poll + pad
+    takeover = stop_within + core + poll + pad
     exp = _bounded(core, f"HAProxy marks a dead apiserver DOWN after haproxy.check_fall "
                    f"{h.check_fall} failed checks, each started haproxy.check_inter_ms "
                    f"{h.check_inter_ms} ms after the previous one ended and failing within "
                    f"timeout check {h.check_inter_ms} ms: {h.check_fall} x ({h.check_inter_ms} "
                    f"+ {h.check_inter_ms}) ms", read_interval)
+    stopping = (f"{_num(stop_within)} s until it is down (the kubelet notices the moved "
+                "manifest) + " if stop_within else "")
     return replace(exp, explanation=f"{exp.explanation}; the first HAProxy shows it DOWN within "
-                   f"{_num(core)} s + {_num(poll)} s between looks at HAProxy + {_num(pad)} s "
-                   f"slack = {_num(takeover)} s", takeover_s=round(takeover, 3),
+                   f"{stopping}{_num(core)} s + {_num(poll)} s between looks at HAProxy + "
+                   f"{_num(pad)} s slack = {_num(takeover)} s", takeover_s=round(takeover, 3),
                    takeover_of=HAPROXY_DOWN)
 
 
@@ -201,7 +205,7 @@ _BUILDERS: dict[str, Callable[..., Expectation]] = {
 #: The parameters each kind takes beyond `read_interval` (the loader checks them up front).
 PARAMS: dict[str, frozenset[str]] = {k: frozenset() for k in KINDS} | {
     "lease": frozenset({"lease", "poll"}), "machine": frozenset({"machine"}),
-    "apiserver": frozenset({"poll"}),
+    "apiserver": frozenset({"poll", "stop_within"}),
     "etcd-leader": frozenset({"client_timeout"})}
 
 

@@ -16,8 +16,11 @@ Definitions (docs/verify.md repeats them for people):
   after the rollbacks passed; without one, the API alone). None when the API never came
   back (the engine also makes it None when the steady state did not return). `api_recover_s`
   is the first of the two alone: lift -> API back for good (0 when nothing failed after the lift);
-- writes acknowledged during the outage: 201s that ended between the first failure after the
-  fault and the last failure (the etcd-majority case wants none);
+- writes acknowledged during the outage: 201s that started after the first failed request
+  began and ended before the last failed request began: inside the outage from end to end (the
+  etcd-majority case wants none). Not "ended before the last failure ended": a read that began
+  in the outage and timed out a second later would count a write acknowledged after quorum
+  came back (seen on the lab), as would a write committed just before the fault;
 - takeover: fault applied -> the first "holder" mark after it (of the holder the expectation
   names in `takeover_of`, e.g. HAProxy's DOWN backends or one lease; else of any).
 """
@@ -81,8 +84,10 @@ def figures(samples: Sequence[Sample], *, fault_at: float | None, lifted_at: flo
         assert onset is not None
         fig.detect_s = None if fault_at is None else max(0.0, onset - fault_at)
         last_failure = after[-1].end
+        still_down = max(s.start for s in after)  # a request that began then did not succeed
         fig.writes_acknowledged_during_outage = sum(
-            1 for s in samples if s.kind == "write" and s.ok and onset <= s.end <= last_failure)
+            1 for s in samples if s.kind == "write" and s.ok and s.start >= onset
+            and s.end <= still_down)
         api_back = min((s.end for s in samples if s.ok and s.end > last_failure), default=None)
     else:
         api_back = reference
