@@ -10,7 +10,9 @@ Guarantees:
   of time, Ctrl-C, or SIGTERM (turned into KeyboardInterrupt while a run is on);
 - every step, case and the whole run are bounded in time (a stuck step is abandoned in its
   thread and counts as failed);
-- a dry run resolves what it can without touching any host and says what would run.
+- a dry run resolves what it can without touching any host and says what would run;
+- steady-state probes with `continuous: N` are also looked at every N s while the method runs
+  (a thread of their own, `_Watch`); one that does not hold fails the case, naming it.
 """
 
 from __future__ import annotations
