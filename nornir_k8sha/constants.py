@@ -150,6 +150,15 @@ SECRET_FILE_MODE = 0o600
 STATE_RENDERED_DIR = "rendered"
 #: The cluster's operation lock (fcntl): deploy and runbooks never run beside each other.
 STATE_OPERATION_LOCK = "operation.lock"
+#: The cluster lock held ON THE HOSTS (a majority of the etcd members; tasks/hostlock.py), so
+#: two operators on two machines never run at once: one file, created atomically by link(2).
+HOST_LOCK_FILE = "/var/lib/k8sha/cluster.lock"
+#: The holder touches its lock files this often; a lock nobody touched for the TTL is stale
+#: (its holder is gone) and may be broken with --break-lock.
+HOST_LOCK_HEARTBEAT_S = 30.0
+HOST_LOCK_TTL_S = 600.0
+#: Exit code of the acquire script when the lock is held by someone else (EX_TEMPFAIL).
+HOST_LOCK_HELD_EXIT = 75
 
 # --- runbooks ------------------------------------------------------------------------------------
 #: The cluster name of the embedded lab's inventory (inventory/lab): runbooks that break things
