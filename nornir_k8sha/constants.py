@@ -105,6 +105,9 @@ ETCD_PEER_KEY = f"{ETCD_PKI_DIR}/peer.key"
 APISERVER_ETCD_CA_CERT = f"{KUBERNETES_ETCD_PKI_DIR}/ca.crt"
 APISERVER_ETCD_CLIENT_CERT = f"{KUBERNETES_ETCD_PKI_DIR}/apiserver-etcd-client.crt"
 APISERVER_ETCD_CLIENT_KEY = f"{KUBERNETES_ETCD_PKI_DIR}/apiserver-etcd-client.key"
+#: kubeadm's own serving certificate of the apiserver (signed by our cluster CA; `pki renew`).
+KUBE_APISERVER_CERT = f"{KUBERNETES_PKI_DIR}/apiserver.crt"
+KUBE_APISERVER_KEY = f"{KUBERNETES_PKI_DIR}/apiserver.key"
 REGISTRY_CERT = f"{REGISTRY_PKI_DIR}/server.crt"
 REGISTRY_KEY = f"{REGISTRY_PKI_DIR}/server.key"
 #: Registry CA on every Kubernetes node: `<CONTAINERD_CERTS_DIR>/<registry name>/<this name>`.

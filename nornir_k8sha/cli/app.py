@@ -50,7 +50,7 @@ def validate(
 
 # The whole command line, in `--help` order; each command lives in its group's module.
 app.command("render")(render.render)
-app.command("pki")(pki.pki)
+app.add_typer(pki.pki_app, name="pki")
 app.add_typer(lab.lab_app, name="lab")
 app.command()(deploy.deploy)
 app.command()(check.check)

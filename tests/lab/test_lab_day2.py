@@ -116,3 +116,56 @@ def test_a_killed_deploy_leaves_a_stale_lock_broken_only_with_the_flag(deployed)
     assert broken.returncode == 0, text[-1500:]
     assert "broke a stale cluster lock" in text and f"process {doomed.pid}" in text
     assert lock_files(lab) == {m.name: "" for m in lab.spec.role(C.ROLE_ETCD)}
+
+
+# --- pki renew ----------------------------------------------------------------------------------
+
+
+def serials(lab) -> dict[str, str]:  # noqa: ANN001
+    """The serial of each certificate `pki renew` rolls out, as the hosts have it."""
+    found = {}
+    paths = {C.ROLE_ETCD: [C.ETCD_SERVER_CERT, C.ETCD_PEER_CERT],
+             C.ROLE_MASTERS: [C.APISERVER_ETCD_CLIENT_CERT, C.KUBE_APISERVER_CERT],
+             C.ROLE_HARBOR: [C.REGISTRY_CERT]}
+    for role, files in paths.items():
+        for h in lab.spec.role(role):
+            for path in files:
+                _, out, _ = lab.run(h.name, f"openssl x509 -noout -serial -in {path}")
+                found[f"{h.name}:{path}"] = out.strip()
+    return found
+
+
+def test_pki_renew_within_400_renews_everything_under_load_and_check_is_green(deployed) -> None:
+    from nornir_k8sha.runbook import measure  # lazy: only the lab tests measure
+    from nornir_k8sha.runbook.load import LoadProbe
+
+    lab = deployed
+    before = serials(lab)
+    probe = LoadProbe(lab.spec, REPO / lab.spec.state_dir)
+    probe.start()
+    time.sleep(2.0)
+    started = time.monotonic()
+    proc = cli("pki", "renew", "-i", str(LAB_INVENTORY), "--within", "400")
+    took = time.monotonic() - started
+    time.sleep(2.0)
+    samples, marks = probe.stop()
+    acknowledged, lost = probe.audit_writes()
+    probe.cleanup()
+    fig = measure.figures(samples, fault_at=None, lifted_at=None, acknowledged=acknowledged,
+                          lost=lost, marks=marks)
+    text = flat(proc.stdout + proc.stderr)
+    print(f"\npki renew --within 400: exit {proc.returncode} in {took:.1f} s; load probe: "
+          f"{fig.requests} requests, {fig.failed} failed, longest gap {fig.downtime_s:.2f} s, "
+          f"{acknowledged} writes acknowledged, {lost} lost\n{proc.stdout[-2500:]}")
+    assert proc.returncode == 0, text[-2000:]
+    assert "renewed 13 certificate(s)" in text  # 10 leaves here + 3 masters' apiserver certs
+    assert "handed over to" in text  # the etcd leader was restarted last, after a hand-over
+    after = serials(lab)
+    same = [k for k in before if before[k] == after[k]]
+    assert not same, f"not renewed on the hosts: {same}"
+    assert lost == 0
+    check = cli("check", "-i", str(LAB_INVENTORY), timeout=120)
+    assert check.returncode == 0, flat(check.stdout + check.stderr)[-2000:]
+    again = cli("deploy", "-i", str(LAB_INVENTORY), "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["changed"] == 0, \
+        again.stdout[-2000:]
