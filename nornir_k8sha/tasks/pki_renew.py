@@ -32,12 +32,13 @@ from nornir.core.task import Result, Task
 
 from nornir_k8sha import constants as C
 from nornir_k8sha.checkresult import CheckResult
-from nornir_k8sha.exceptions import CommandFailed, K8shaError
+from nornir_k8sha.exceptions import CommandFailed
 from nornir_k8sha.pki import CertStatus, ClusterPKI, days_left_of, reissue
 from nornir_k8sha.tasks import apiserver, faults, harbor
 from nornir_k8sha.tasks import host as H
 from nornir_k8sha.tasks.component import upload_pki
 from nornir_k8sha.tasks.etcd_backup import etcdctl, member_checks
+from nornir_k8sha.tasks.one_host import run_on
 from nornir_k8sha.topology import ClusterSpec
 
 Say = Callable[[str], None]
@@ -82,16 +83,6 @@ class Renewal:
     rolled: dict[str, float] = field(default_factory=dict)
 
 
-def _run(nr: Nornir, host: str, task: Callable[..., object], **kwargs: object) -> object:
-    """One task on one host; its result, or the host's error raised (named)."""
-    multi = nr.filter(name=host).run(task=task, on_failed=True, **kwargs)[host]
-    if multi.failed:
-        exc = multi[0].exception
-        raise exc if isinstance(exc, K8shaError) else CommandFailed(host, str(task), 1,
-                                                                      str(exc))
-    return multi[0].result
-
-
 def _apiserver_cert(task: Task) -> Result:
     return Result(host=task.host, result=H.connect(task).get(C.KUBE_APISERVER_CERT))
 
@@ -101,7 +92,7 @@ def plan(nr: Nornir, spec: ClusterSpec, state_dir: Path, within_days: int) -> Pl
     local = ClusterPKI(spec, state_dir).renew(within_days, dry_run=True)
     apis: dict[str, int] = {}
     for m in spec.role(C.ROLE_MASTERS):
-        pem = _run(nr, m.name, _apiserver_cert)
+        pem = run_on(nr, m.name, _apiserver_cert)
         if pem is None:
             continue  # not initialised yet: kubeadm will make a fresh one
         days = days_left_of(pem)  # type: ignore[arg-type]
@@ -128,7 +119,7 @@ def renew(nr: Nornir, spec: ClusterSpec, state_dir: Path, within_days: int, *,
             to = hand_over_leadership(nr, spec, state_dir, member, transport)
             say(f"{member}: etcd leadership handed over to {to} before the restart")
         start = time.monotonic()
-        _run(nr, member, _place, spec=spec, state_dir=state_dir, under=C.ETCD_PKI_DIR,
+        run_on(nr, member, _place, spec=spec, state_dir=state_dir, under=C.ETCD_PKI_DIR,
              owner=f"{C.ETCD_USER}:{C.ETCD_USER}", restart="etcd")
         _wait_etcd(nr, spec, state_dir, member, transport)
         done.rolled[member] = time.monotonic() - start
@@ -136,12 +127,12 @@ def renew(nr: Nornir, spec: ClusterSpec, state_dir: Path, within_days: int, *,
             f"after {done.rolled[member]:.1f} s")
     for master in hosts[C.ROLE_MASTERS]:
         if master in wanted.apiserver:
-            pem = _run(nr, master, _apiserver_cert)
+            pem = run_on(nr, master, _apiserver_cert)
             cert, key = reissue(pem, pki.kubernetes_ca)  # type: ignore[arg-type]
-            _run(nr, master, _put_apiserver_cert, cert=cert, key=key)
+            run_on(nr, master, _put_apiserver_cert, cert=cert, key=key)
             say(f"{master}: apiserver serving certificate re-issued (had "
                 f"{wanted.apiserver[master]} days)")
-        _run(nr, master, _place, spec=spec, state_dir=state_dir, under=C.KUBERNETES_PKI_DIR,
+        run_on(nr, master, _place, spec=spec, state_dir=state_dir, under=C.KUBERNETES_PKI_DIR,
              owner="root:root", restart="")
         start = time.monotonic()
         _restart_apiserver(nr, spec, state_dir, master, transport)
@@ -149,7 +140,7 @@ def renew(nr: Nornir, spec: ClusterSpec, state_dir: Path, within_days: int, *,
         say(f"{master}: apiserver restarted, healthy after {done.rolled[master]:.1f} s")
     for registry in hosts[C.ROLE_HARBOR]:
         start = time.monotonic()
-        _run(nr, registry, harbor.configure_registry, spec=spec, state_dir=state_dir)
+        run_on(nr, registry, harbor.configure_registry, spec=spec, state_dir=state_dir)
         done.rolled[registry] = time.monotonic() - start
         say(f"{registry}: registry restarted with its new certificate")
     return done
@@ -215,7 +206,7 @@ def hand_over_leadership(nr: Nornir, spec: ClusterSpec, state_dir: Path, leader:
     checks = member_checks(nr, spec, state_dir, transport)
     target = next(n for n in sorted(checks) if n != leader and checks[n].values.get("healthy"))
     target_id = format(int(checks[target].values["member_id"]), "x")
-    _run(nr, leader, _commands, commands=[etcdctl(spec, "move-leader", target_id)])
+    run_on(nr, leader, _commands, commands=[etcdctl(spec, "move-leader", target_id)])
     return target
 
 
@@ -230,10 +221,10 @@ def _restart_apiserver(nr: Nornir, spec: ClusterSpec, state_dir: Path, master: s
                        transport: httpx.BaseTransport | None) -> None:
     """Manifest out, wait until the apiserver is gone, manifest back, wait until healthy."""
     try:
-        _run(nr, master, faults.stop_static_pod, component=APISERVER)
+        run_on(nr, master, faults.stop_static_pod, component=APISERVER)
         _until(nr, spec, state_dir, master, transport, healthy=False, within=APISERVER_GONE_S)
     finally:
-        _run(nr, master, faults.start_static_pod, component=APISERVER)
+        run_on(nr, master, faults.start_static_pod, component=APISERVER)
     _until(nr, spec, state_dir, master, transport, healthy=True, within=APISERVER_BACK_S)
 
 

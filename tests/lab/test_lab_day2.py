@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,9 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from nornir_k8sha import constants as C
 from tests.conftest import LAB_INVENTORY, REPO
+from tests.kubectl_bins import KUBECTLS, NO_KUBECTL, kubectl
 
 pytestmark = pytest.mark.lab
 
@@ -169,3 +172,45 @@ def test_pki_renew_within_400_renews_everything_under_load_and_check_is_green(de
     again = cli("deploy", "-i", str(LAB_INVENTORY), "--json")
     assert again.returncode == 0 and json.loads(again.stdout)["changed"] == 0, \
         again.stdout[-2000:]
+
+
+# --- scaling ------------------------------------------------------------------------------------
+
+
+def node_names(lab, tmp_path: Path) -> set[str]:  # noqa: ANN001
+    """`kubectl get nodes -o name` with the deploy's admin.conf, through the VIP."""
+    version = next(reversed(KUBECTLS), None) or pytest.skip(NO_KUBECTL)
+    got = kubectl(version, REPO / lab.spec.state_dir / C.STATE_ADMIN_KUBECONFIG, "get",
+                  "nodes", "-o", "name", home=tmp_path)
+    assert got.returncode == 0, got.stderr
+    return {line.removeprefix("node/") for line in got.stdout.split()}
+
+
+def test_a_third_worker_joins_alone_then_node_remove_takes_it_out(deployed,
+                                                                  tmp_path: Path) -> None:
+    lab = deployed
+    inv = tmp_path / "inventory"
+    shutil.copytree(LAB_INVENTORY, inv)
+    hosts = yaml.safe_load((inv / "hosts.yaml").read_text())
+    hosts["worker3"] = {"hostname": "10.88.0.53", "groups": ["workers"],
+                        "data": {"physical_host": "pm3"}}
+    (inv / "hosts.yaml").write_text(yaml.safe_dump(hosts, sort_keys=False))
+    up = cli("lab", "up", "-i", str(inv), timeout=300)
+    assert up.returncode == 0, flat(up.stdout + up.stderr)[-1500:]
+    assert "started 1" in up.stdout, up.stdout
+    joined = cli("deploy", "-i", str(inv), "--json")
+    report = json.loads(joined.stdout)
+    changed = sorted({h for p in report["phases"] for h, o in p["hosts"].items()
+                      if o["status"] == "changed"})
+    print(f"\ndeploy with worker3 added: changed on {changed}, "
+          f"{report.get('duration', report.get('seconds', '?'))}")
+    assert joined.returncode == 0, joined.stdout[-2000:]
+    assert changed == ["worker3"]
+    assert "worker3" in node_names(lab, tmp_path)
+    removed = cli("node", "remove", "worker3", "-i", str(inv))
+    text = flat(removed.stdout + removed.stderr)
+    print(text[-800:])
+    assert removed.returncode == 0, text[-1500:]
+    assert "cordoned worker3" in text and "kubeadm reset -f" in text
+    assert "worker3" not in node_names(lab, tmp_path)
+    assert {"worker1", "worker2", "master1"} <= node_names(lab, tmp_path)
