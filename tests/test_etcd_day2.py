@@ -348,3 +348,74 @@ def test_replace_prints_each_step_and_promotes_after_not_in_sync(
     assert target[0] == "systemctl stop etcd" and "before-replace-" in target[1]
     assert '"existing"' in target[2] and target[3] == "systemctl start --no-block etcd"
     assert '"new"/' in target[4].split("s/^")[1]  # the rendered config again
+
+
+# --- the restore-drill runbook's tasks ----------------------------------------------------------
+
+
+def test_the_restore_drill_runbook_is_valid_on_the_lab_inventory(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from nornir_k8sha.cli import runbook as cli_runbook
+
+    # the cli registers the lab's power cuts for the lab inventory: not beyond this test
+    monkeypatch.setattr(cli_runbook, "register_lab_faults", lambda spec: None)
+    runner = CliRunner()
+    done = runner.invoke(app, ["runbook", "validate", "restore-drill", "-i", str(LAB_INVENTORY)])
+    assert done.exit_code == 0, done.output
+    assert "1 case(s): restore-drill" in done.output
+
+
+class ConfigMaps:
+    """The API's ConfigMaps through the VIP, in memory (`down`: the API refuses)."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, dict] = {}
+        self.down = False
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        if self.down:
+            raise httpx.ConnectError("connection refused", request=request)
+        name = request.url.path.rsplit("/", 1)[1]
+        if request.method == "POST":
+            body = json.loads(request.content)
+            self.items[body["metadata"]["name"]] = body
+            return httpx.Response(201, json=body)
+        if request.method == "DELETE":
+            return httpx.Response(200 if self.items.pop(name, None) else 404, json={})
+        return httpx.Response(200 if name in self.items else 404, json=self.items.get(name, {}))
+
+
+def test_drill_markers_backup_destroy_and_one_restore_plan_for_every_member(
+        tmp_path: Path) -> None:
+    from nornir_k8sha.tasks import etcd_drill as D
+
+    fleet = FakeFleet()
+    snapshotting(fleet, fake_snapshot())
+    nr = open_nornir(LAB_INVENTORY)
+    install_fake(nr, fleet)
+    api = ConfigMaps()
+    t = httpx.MockTransport(api.handler)
+    ClusterPKI(SPEC, tmp_path).ensure()
+    kw = {"spec": SPEC, "state_dir": tmp_path}
+    one = nr.filter(name="etcd2")
+    assert not one.run(task=D.write_markers, count=3, transport=t, **kw).failed
+    assert len(api.items) == 3
+    assert not one.run(task=D.backup, **kw).failed
+    assert len(B.list_backups(tmp_path)) == 1
+    majority = nr.filter(filter_func=lambda h: h.name in ("etcd1", "etcd2"))
+    assert not majority.run(task=D.destroy_member, **kw).failed
+    assert any("mv /var/lib/etcd /var/lib/etcd.before-drill" in c
+               for c in work(fleet, "etcd1"))
+    members = nr.filter(filter_func=lambda h: h.name in MEMBERS)
+    for step in (D.upload_snapshot, D.restore_member):
+        agg = members.run(task=step, **kw)
+        assert not agg.failed, {n: m[0].exception for n, m in agg.items()}
+    tokens = {c.split("--initial-cluster-token ")[1].split()[0]
+              for m in MEMBERS for c in work(fleet, m) if "snapshot restore" in c}
+    assert len(tokens) == 1 and next(iter(tokens)).startswith("k8sha-etcd-restore-")
+    good = one.run(task=D.markers, transport=t, **kw)["etcd2"][0].result
+    assert good.ok and "all 3 markers written before the backup are back" in good.message
+    api.items.pop(next(iter(api.items)))  # one marker lost: the probe must say so
+    probe = one.run(task=D.markers, transport=t, **kw)["etcd2"][0].result
+    assert not probe.ok and "missing: k8sha-drill-" in probe.message
+    assert probe.values["recovered_s"] is not None
