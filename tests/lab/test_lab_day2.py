@@ -214,3 +214,29 @@ def test_a_third_worker_joins_alone_then_node_remove_takes_it_out(deployed,
     assert "cordoned worker3" in text and "kubeadm reset -f" in text
     assert "worker3" not in node_names(lab, tmp_path)
     assert {"worker1", "worker2", "master1"} <= node_names(lab, tmp_path)
+
+
+# --- the restore drill (last: it rebuilds etcd from a snapshot) -------------------------------
+
+
+def test_restore_drill_passes_markers_back_and_check_is_green(deployed) -> None:
+    proc = cli("runbook", "run", "restore-drill", "-i", str(LAB_INVENTORY), "--json",
+               timeout=600)
+    try:
+        doc = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise AssertionError(flat(proc.stdout + proc.stderr)[-3000:]) from None
+    (case,) = doc["cases"]
+    steps = [(s["name"], round(s["duration"], 2), s["ok"], s["message"][:120])
+             for s in case["steps"]]
+    names = [s[0] for s in steps]
+    destroyed = next(i for i, n in enumerate(names) if n.startswith("destroy a majority"))
+    recovered = sum(d for _, d, _, _ in steps[destroyed + 1:names.index(
+        "every marker written before the backup is back") + 1])
+    print(f"\nrestore-drill: {case['verdict']} in {case['duration_s']} s; from quorum "
+          f"destroyed to every marker back through the VIP: {recovered:.1f} s")
+    for s in steps:
+        print("  ", s)
+    assert proc.returncode == 0 and case["verdict"] == "passed", (case["reason"], steps)
+    check = cli("check", "-i", str(LAB_INVENTORY), timeout=120)
+    assert check.returncode == 0, flat(check.stdout + check.stderr)[-2000:]
