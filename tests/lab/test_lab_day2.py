@@ -202,8 +202,7 @@ def test_a_third_worker_joins_alone_then_node_remove_takes_it_out(deployed,
     report = json.loads(joined.stdout)
     changed = sorted({h for p in report["phases"] for h, o in p["hosts"].items()
                       if o["status"] == "changed"})
-    print(f"\ndeploy with worker3 added: changed on {changed}, "
-          f"{report.get('duration', report.get('seconds', '?'))}")
+    print(f"\ndeploy with worker3 added: changed on {changed}")
     assert joined.returncode == 0, joined.stdout[-2000:]
     assert changed == ["worker3"]
     assert "worker3" in node_names(lab, tmp_path)
@@ -214,6 +213,110 @@ def test_a_third_worker_joins_alone_then_node_remove_takes_it_out(deployed,
     assert "cordoned worker3" in text and "kubeadm reset -f" in text
     assert "worker3" not in node_names(lab, tmp_path)
     assert {"worker1", "worker2", "master1"} <= node_names(lab, tmp_path)
+
+
+# --- etcd day 2: backups, the timer, replace -----------------------------------------------------
+
+
+def test_etcd_backup_is_accepted_by_etcdctl_and_kept_n_here_and_on_the_members(
+        deployed) -> None:
+    lab = deployed
+    keep = lab.spec.settings.etcd.backup_keep
+    taken = []
+    for _ in range(keep + 1):
+        proc = cli("etcd", "backup", "-i", str(LAB_INVENTORY), "--json", timeout=120)
+        assert proc.returncode == 0, flat(proc.stdout + proc.stderr)[-1500:]
+        taken.append(json.loads(proc.stdout)["path"])
+    listed = json.loads(cli("etcd", "backups", "-i", str(LAB_INVENTORY), "--json").stdout)
+    assert [b["path"] for b in listed] == taken[1:]  # the oldest was pruned
+    for path in taken[1:]:
+        status = subprocess.run(["etcdctl", "snapshot", "status", path, "-w", "json"],
+                                env={**os.environ, "ETCDCTL_API": "3"}, capture_output=True,
+                                text=True, timeout=30)
+        assert status.returncode == 0 and json.loads(status.stdout)["revision"] > 0, \
+            status.stderr
+    on_host = lab.spec.settings.etcd.backup_keep_on_host
+    for m in lab.spec.role(C.ROLE_ETCD):
+        _, timers, _ = lab.run(m.name, f"systemctl list-timers {C.ETCD_BACKUP_TIMER_UNIT} "
+                               "--all --no-pager")
+        assert C.ETCD_BACKUP_TIMER_UNIT in timers, timers
+        for _ in range(on_host + 1):
+            lab.run(m.name, f"systemctl start {C.ETCD_BACKUP_SERVICE}.service")
+        _, files, _ = lab.run(m.name, f"ls {C.ETCD_BACKUP_DIR}")
+        dbs = sorted(f for f in files.split() if f.endswith(".db"))
+        assert len(dbs) == on_host, files
+        newest = f"{C.ETCD_BACKUP_DIR}/{dbs[-1]}"
+        code, _, err = lab.run(m.name, f"ETCDCTL_API=3 etcdctl snapshot status {newest}",
+                               check=False)
+        assert code == 0, err
+    print(f"\netcd backup x{keep + 1}: {keep} kept here, each accepted by etcdctl snapshot "
+          f"status; timer listed on every member, {on_host} kept on each after "
+          f"{on_host + 1} runs")
+
+
+def member_ids(lab) -> dict[str, str]:  # noqa: ANN001
+    _, out, _ = lab.run("etcd1", "ETCDCTL_API=3 etcdctl --endpoints https://127.0.0.1:2379 "
+                        f"--cacert {C.ETCD_CA_CERT} --cert {C.ETCD_SERVER_CERT} "
+                        f"--key {C.ETCD_SERVER_KEY} member list -w json")
+    return {m["name"]: format(int(m["ID"]), "x") for m in json.loads(out)["members"]}
+
+
+def test_etcd_replace_after_a_power_cut_and_a_wiped_data_dir_under_load(deployed) -> None:
+    from nornir_k8sha.runbook.load import LoadProbe  # lazy: only the lab tests measure
+
+    lab = deployed
+    before = member_ids(lab)
+    probe = LoadProbe(lab.spec, REPO / lab.spec.state_dir)
+    probe.start()
+    time.sleep(1.0)
+    lab.faults.kill_host("etcd2")
+    lab.faults.restore_host("etcd2", wait=True)
+    lab.run("etcd2", f"systemctl stop etcd; rm -rf {lab.spec.settings.etcd.data_dir}")
+    proc = cli("etcd", "replace", "etcd2", "-i", str(LAB_INVENTORY), timeout=300)
+    time.sleep(1.0)
+    samples, _ = probe.stop()
+    acknowledged, lost = probe.audit_writes()
+    probe.cleanup()
+    text = flat(proc.stdout + proc.stderr)
+    print(f"\netcd replace etcd2: exit {proc.returncode}; {len(samples)} requests, "
+          f"{sum(1 for x in samples if not x.ok)} failed; {acknowledged} writes acknowledged, "
+          f"{lost} lost\n{proc.stdout[-1500:]}")
+    assert proc.returncode == 0, text[-1500:]
+    assert "as a learner" in text and "promote learner" in text
+    after = member_ids(lab)
+    assert set(after) == set(before) and after["etcd2"] != before["etcd2"]
+    assert lost == 0
+    check = cli("check", "-i", str(LAB_INVENTORY), timeout=120)
+    assert check.returncode == 0, flat(check.stdout + check.stderr)[-2000:]
+
+
+# --- a master removed and added back ------------------------------------------------------------
+
+
+def haproxy_servers(lab) -> dict[str, str]:  # noqa: ANN001
+    found = {}
+    for h in lab.spec.role(C.ROLE_HAPROXY):
+        _, cfg, _ = lab.run(h.name, "cat /etc/haproxy/haproxy.cfg")
+        found[h.name] = cfg
+    return found
+
+
+def test_a_master_removed_leaves_haproxy_and_a_deploy_brings_it_back(deployed,
+                                                                    tmp_path: Path) -> None:
+    lab = deployed
+    address = str(lab.spec.host("master3").address)
+    assert all(address in cfg for cfg in haproxy_servers(lab).values())
+    removed = cli("node", "remove", "master3", "-i", str(LAB_INVENTORY))
+    text = flat(removed.stdout + removed.stderr)
+    print(f"\n{text[-900:]}")
+    assert removed.returncode == 0, text[-1500:]
+    assert "HAProxy updated on haproxy1, haproxy2" in text
+    assert not any(address in cfg for cfg in haproxy_servers(lab).values())
+    assert "master3" not in node_names(lab, tmp_path)
+    back = cli("deploy", "-i", str(LAB_INVENTORY), "--json")
+    assert back.returncode == 0, back.stdout[-2000:]
+    assert all(address in cfg for cfg in haproxy_servers(lab).values())
+    assert "master3" in node_names(lab, tmp_path)
 
 
 # --- the restore drill (last: it rebuilds etcd from a snapshot) -------------------------------
