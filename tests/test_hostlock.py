@@ -254,3 +254,13 @@ def test_release_never_removes_a_lock_that_is_no_longer_ours(
     L.release(nornir(fleet), held)
     assert members["etcd1"].holder() is None and members["etcd3"].holder() is None
     assert members["etcd2"].holder()["user"] == "alice"
+
+
+def test_release_tries_a_member_again_after_its_ssh_session_died(
+        fleet: FakeFleet, members: dict[str, ShellMember]) -> None:
+    held = L.acquire(nornir(fleet), SPEC, "runbook run verify-ha.yaml")
+    tries = iter([(255, "", "Socket is closed")])  # rebooted by a power cut: once
+    fleet.host("etcd1").on("rm -f", lambda *_: next(tries, None))
+    said: list[str] = []
+    L.release(nornir(fleet), held, say=said.append)
+    assert said == [] and all(m.holder() is None for m in members.values())

@@ -170,14 +170,19 @@ class _Members:
             raise RuntimeError(f"exit {res.exit_code}: {res.stderr.strip()[:200]}")
         return res.exit_code, res.stdout
 
-    def each(self, members: list[str], command: str) -> dict[str, str]:
-        """Run on each member; {member: error} for those that failed."""
+    def each(self, members: list[str], command: str, *, tries: int = 1) -> dict[str, str]:
+        """Run on each member; {member: error} for those that failed `tries` times (a member
+        rebooted by a fault fails once on its dead SSH session, then the connection
+        reconnects)."""
         failed: dict[str, str] = {}
         for m in members:
-            try:
-                self.run(m, command)
-            except Exception as exc:  # noqa: BLE001 - a dead member: reported, never fatal here
-                failed[m] = str(exc) or type(exc).__name__
+            for _ in range(tries):
+                try:
+                    self.run(m, command)
+                    failed.pop(m, None)
+                    break
+                except Exception as exc:  # noqa: BLE001 - a dead member: reported, not fatal
+                    failed[m] = str(exc) or type(exc).__name__
         return failed
 
 
@@ -251,8 +256,8 @@ def acquire(nr: Nornir, spec: ClusterSpec, command: str, *, break_lock: bool = F
 
 def release(nr: Nornir, held: HeldLock, *, say: Say = print) -> None:
     """Remove our file from the members holding it; one that fails is said, not raised."""
-    for member, why in _Members(nr).each(held.members, _if_ours_cmd(held.me.token,
-                                                                    "rm -f")).items():
+    for member, why in _Members(nr).each(held.members, _if_ours_cmd(held.me.token, "rm -f"),
+                                         tries=2).items():
         say(f"{member}: the cluster lock could not be released ({why}); it goes stale after "
             f"{C.HOST_LOCK_TTL_S:.0f} s, then `--break-lock` removes it")
 
