@@ -105,6 +105,9 @@ ETCD_PEER_KEY = f"{ETCD_PKI_DIR}/peer.key"
 APISERVER_ETCD_CA_CERT = f"{KUBERNETES_ETCD_PKI_DIR}/ca.crt"
 APISERVER_ETCD_CLIENT_CERT = f"{KUBERNETES_ETCD_PKI_DIR}/apiserver-etcd-client.crt"
 APISERVER_ETCD_CLIENT_KEY = f"{KUBERNETES_ETCD_PKI_DIR}/apiserver-etcd-client.key"
+#: kubeadm's own serving certificate of the apiserver (signed by our cluster CA; `pki renew`).
+KUBE_APISERVER_CERT = f"{KUBERNETES_PKI_DIR}/apiserver.crt"
+KUBE_APISERVER_KEY = f"{KUBERNETES_PKI_DIR}/apiserver.key"
 REGISTRY_CERT = f"{REGISTRY_PKI_DIR}/server.crt"
 REGISTRY_KEY = f"{REGISTRY_PKI_DIR}/server.key"
 #: Registry CA on every Kubernetes node: `<CONTAINERD_CERTS_DIR>/<registry name>/<this name>`.
@@ -150,6 +153,15 @@ SECRET_FILE_MODE = 0o600
 STATE_RENDERED_DIR = "rendered"
 #: The cluster's operation lock (fcntl): deploy and runbooks never run beside each other.
 STATE_OPERATION_LOCK = "operation.lock"
+#: The cluster lock held ON THE HOSTS (a majority of the etcd members; tasks/hostlock.py), so
+#: two operators on two machines never run at once: one file, created atomically by link(2).
+HOST_LOCK_FILE = "/var/lib/k8sha/cluster.lock"
+#: The holder touches its lock files this often; a lock nobody touched for the TTL is stale
+#: (its holder is gone) and may be broken with --break-lock.
+HOST_LOCK_HEARTBEAT_S = 30.0
+HOST_LOCK_TTL_S = 600.0
+#: Exit code of the acquire script when the lock is held by someone else (EX_TEMPFAIL).
+HOST_LOCK_HELD_EXIT = 75
 
 # --- runbooks ------------------------------------------------------------------------------------
 #: The cluster name of the embedded lab's inventory (inventory/lab): runbooks that break things

@@ -3,6 +3,10 @@
 `.k8sha/<cluster>/operation.lock`, held with fcntl.flock for the whole operation; the file
 says who holds it (pid, command, since) so the refusal can name them. The kernel drops the lock
 when the holder dies, so a crashed run never leaves the cluster locked.
+
+Re-entrant only where asked (`share_inside=True`): the cli holds it around a runbook (with the
+lock on the hosts, tasks/hostlock.py) and the runbook engine takes it again inside this process;
+that inner one is then a no-op. A plain holder shares nothing: a second take is refused.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import contextlib
 import fcntl
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,11 +23,42 @@ from pathlib import Path
 from nornir_k8sha import constants as C
 from nornir_k8sha.exceptions import OperationLocked
 
+_HELD: dict[Path, int] = {}
+_GUARD = threading.Lock()
+
 
 @contextlib.contextmanager
-def operation_lock(state_dir: Path, command: str) -> Iterator[Path]:
-    """Hold the cluster's operation lock, or raise OperationLocked naming the holder."""
-    path = Path(state_dir) / C.STATE_OPERATION_LOCK
+def operation_lock(state_dir: Path, command: str, *,
+                   share_inside: bool = False) -> Iterator[Path]:
+    """Hold the cluster's operation lock, or raise OperationLocked naming the holder.
+    `share_inside`: takes of the same lock by this process inside the block pass through."""
+    path = (Path(state_dir) / C.STATE_OPERATION_LOCK).absolute()
+    with _GUARD:
+        nested = _HELD.get(path, 0) > 0
+        if nested:
+            _HELD[path] += 1
+    if nested:
+        try:
+            yield path
+        finally:
+            with _GUARD:
+                _HELD[path] -= 1
+        return
+    with _flock(path, command):
+        if not share_inside:
+            yield path
+            return
+        with _GUARD:
+            _HELD[path] = 1
+        try:
+            yield path
+        finally:
+            with _GUARD:
+                _HELD.pop(path, None)
+
+
+@contextlib.contextmanager
+def _flock(path: Path, command: str) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -36,7 +72,7 @@ def operation_lock(state_dir: Path, command: str) -> Iterator[Path]:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         try:
-            yield path
+            yield
         finally:
             os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)

@@ -34,6 +34,9 @@ Public API (other modules depend on it; keep it small and stable):
 - Path helpers, each a `CertPaths(cert, key)`: `.etcd_ca`, `.etcd_server(host)`,
   `.etcd_peer(host)`, `.apiserver_etcd_client`, `.healthcheck_client`, `.kubernetes_ca`,
   `.front_proxy_ca`, `.sa` (cert = sa.pub), `.admin_client`, `.registry_ca`, `.registry_server`.
+- `.renew(within_days)`: re-issue the leaves expiring within the window (`pki renew`).
+- `reissue(cert_pem, ca)`, `days_left_of(cert_pem)`: a leaf another tool made under our CA
+  (kubeadm's apiserver serving certificate) renewed like-for-like.
 - `expiry_report(state_dir) -> list[CertExpiry]` for `check`.
 - `bundle_for_host(spec, host, state_dir=None) -> list[BundleFile(local, remote, mode)]`: which
   files a host needs and where they go (paths from constants).
@@ -475,6 +478,42 @@ class ClusterPKI:
             statuses += self._prune_members()
         return statuses
 
+    def renew(self, within_days: int, *, now: datetime | None = None,
+              dry_run: bool = False) -> list[CertStatus]:
+        """Re-issue every leaf that expires within `within_days` under its current CA: a new
+        key, the same subject, SANs and usages (`pki renew`). CAs and the service-account pair
+        are never touched; the rest is left alone. Returns the renewed leaves (with `dry_run`,
+        those that would be, unchanged). PKIError when the PKI is not complete (run `pki`)."""
+        now = now or datetime.now(UTC)
+        out: list[CertStatus] = []
+        if not self.root.is_dir():
+            raise PKIError(f"{self.root}: missing; run `pki` or `deploy` first")
+        with _locked(self.root / LOCK_FILE):
+            cas: dict[Path, _CA] = {}
+            for want in self._cas():
+                if not want.paths.cert.exists():
+                    raise PKIError(f"{want.paths.cert}: missing; run `pki` or `deploy` first")
+                cas[want.paths.cert], _ = self._ensure_ca(want, now)
+            for want in self._leaves():
+                assert want.issuer is not None
+                if not want.paths.cert.exists():
+                    raise PKIError(f"{want.paths.cert}: missing; run `pki` or `deploy` first")
+                old = _load_cert(want.paths.cert)
+                days = _days_left(old.not_valid_after_utc, now)
+                if days >= within_days:
+                    continue
+                reason = "expired" if days < 0 else f"expires in {days} days"
+                if dry_run:
+                    out.append(self._status(want, old, "reused", reason=reason))
+                    continue
+                ca = cas[want.issuer.cert]
+                if ca.cert.not_valid_after_utc <= now:
+                    raise PKIError(f"{ca.paths.cert}: CA expired; cannot renew "
+                                   f"{want.paths.cert}: rotate the CA deliberately")
+                cert, _ = self._store(want, ca, self.leaf_days, now)
+                out.append(self._status(want, cert, "renewed", reason=reason))
+        return out
+
     def _prune_members(self) -> list[CertStatus]:
         """Delete the certificates of etcd members gone from the inventory: left behind they
         would stay valid credentials and show up in every expiry report."""
@@ -610,6 +649,51 @@ class ClusterPKI:
                           reason="new" if action == "created" else "key missing")
 
 
+# --- certificates made by someone else under our CA (kubeadm's apiserver serving cert) ----------
+
+
+def days_left_of(cert_pem: bytes, now: datetime | None = None) -> int:
+    """Days until a PEM certificate expires (PKIError when it is not one)."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        raise PKIError("not a readable PEM certificate") from None
+    return _days_left(cert.not_valid_after_utc, now)
+
+
+def reissue(cert_pem: bytes, ca: CertPaths, *, days: int = LEAF_VALIDITY_DAYS,
+            now: datetime | None = None) -> tuple[bytes, bytes]:
+    """A new key and certificate like `cert_pem` (its CN/O, SANs, usages), signed by `ca`:
+    (certificate PEM, key PEM). For leaves our CA signs but another tool made (kubeadm's
+    `apiserver.crt`); the key never leaves the caller but to its host."""
+    try:
+        old = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        raise PKIError("not a readable PEM certificate") from None
+    authority = _CA(_load_cert(ca.cert), _load_key(ca.key), ca)
+    try:
+        old.verify_directly_issued_by(authority.cert)
+    except (ValueError, TypeError, InvalidSignature):
+        raise PKIError(f"{old.subject.rfc4514_string()}: not signed by {ca.cert}; "
+                       "not renewed") from None
+    cn = old.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    org = old.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    usages = _cert_usages(old)
+    try:
+        ext = old.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns = tuple(ext.get_values_for_type(x509.DNSName))
+        ips = tuple(ext.get_values_for_type(x509.IPAddress))
+    except x509.ExtensionNotFound:
+        dns, ips = (), ()
+    want = _Want(CertPaths(ca.cert, ca.key), str(cn[0].value) if cn else "",
+                 str(org[0].value) if org else None,
+                 usages=tuple(u for u, oid in _EKU.items() if oid in usages), dns=dns,
+                 ips=ips, issuer=ca)
+    key = _new_key()
+    cert = _issue(want, key, authority, days, now or datetime.now(UTC))
+    return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+
+
 # --- for check and deploy ----------------------------------------------------------------------
 
 
@@ -679,5 +763,7 @@ __all__ = [
     "CertStatus",
     "ClusterPKI",
     "bundle_for_host",
+    "days_left_of",
     "expiry_report",
+    "reissue",
 ]

@@ -354,7 +354,7 @@ def test_certificate_check_fails_within_the_renewal_window(cx: CheckContext) -> 
     assert [r.status for r in ok] == ["ok"] and ok[0].values["days_left"] > 300
     soon = certificates.check(cx.state_dir, within_days=400)
     assert soon and {r.status for r in soon} == {"failed"}
-    assert any("renewed by the next `deploy` or `pki`" in r.message for r in soon)
+    assert any("renew it with `pki renew --within 400`" in r.message for r in soon)
 
 
 def test_summary_says_what_redundancy_is_left(cx: CheckContext) -> None:

@@ -82,6 +82,11 @@ def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[CliRunner, Fak
     return CliRunner(), fleet
 
 
+def work(fleet: FakeFleet, name: str) -> list[str]:
+    """The commands run on a host, the cluster lock's own (tasks/hostlock.py) left out."""
+    return [c for c in fleet.host(name).commands() if C.HOST_LOCK_FILE not in c]
+
+
 def inv() -> list[str]:
     return ["-i", str(LAB_INVENTORY)]
 
@@ -97,14 +102,14 @@ def test_backup_snapshots_the_leader_checks_it_and_keeps_it_private(cli: tuple) 
     assert done.exit_code == 0, done.output
     assert "from etcd2" in done.output and "revision 42" in done.output
     # the leader saved, checked with etcd's own tool, and its copy was removed
-    cmds = fleet.host("etcd2").commands()
+    cmds = work(fleet, "etcd2")
     assert [c.split(" snapshot ")[-1].split()[0] for c in cmds if " snapshot " in c] == [
         "save", "status"]
     assert any(f"--cert {C.ETCD_SERVER_CERT}" in c and "https://127.0.0.1:2379" in c
                for c in cmds)
     assert fleet.host("etcd2").writes()[-1] == C.ETCD_SNAPSHOT_TMP  # removed after the copy
     assert C.ETCD_SNAPSHOT_TMP not in fleet.host("etcd2").files
-    assert fleet.host("etcd1").commands() == [] == fleet.host("etcd3").commands()
+    assert work(fleet, "etcd1") == [] == work(fleet, "etcd3")
     saved = list((SPEC.state_dir / C.STATE_BACKUPS_DIR).glob("etcd-*-etcd2.db"))
     assert len(saved) == 1 and saved[0].read_bytes() == data
     assert saved[0].stat().st_mode & 0o777 == 0o600
@@ -129,7 +134,7 @@ def test_backup_fails_when_no_member_is_healthy_and_stores_nothing(
     monkeypatch.setattr(cli_etcd, "HTTP_TRANSPORT", etcd_api(set(), "etcd1"))
     done = runner.invoke(app, ["etcd", "backup", *inv()])
     assert done.exit_code == 1 and "no healthy etcd member" in done.output
-    assert all(fleet.host(n).commands() == [] for n in MEMBERS)
+    assert all(work(fleet, n) == [] for n in MEMBERS)
     assert not (SPEC.state_dir / C.STATE_BACKUPS_DIR).exists()
 
 
@@ -174,7 +179,8 @@ def a_backup(data: bytes | None = None) -> Path:
 
 
 def untouched(fleet: FakeFleet) -> bool:
-    return all(fleet.host(n).calls == [] for n in MEMBERS)
+    """Nothing but the cluster lock (taken and released) happened on any member."""
+    return all(work(fleet, n) == [] and not fleet.host(n).writes() for n in MEMBERS)
 
 
 @pytest.fixture
@@ -197,11 +203,11 @@ def test_restore_runs_each_step_on_every_member_with_a_new_token(
     assert done.exit_code == 0, done.output
     cluster = SPEC.etcd_initial_cluster()
     for m in SPEC.role(C.ROLE_ETCD):
-        host = fleet.host(m.name)
-        assert host.calls, (m.name, done.output)
-        assert host.calls[0].op == "put" and host.calls[0].path == C.ETCD_RESTORE_TMP
-        assert host.calls[0].mode == 0o600
-        cmds = host.commands()
+        calls = [c for c in fleet.host(m.name).calls if C.HOST_LOCK_FILE not in c.command]
+        assert calls, (m.name, done.output)
+        assert calls[0].op == "put" and calls[0].path == C.ETCD_RESTORE_TMP
+        assert calls[0].mode == 0o600
+        cmds = work(fleet, m.name)
         token = cmds[3].split("--initial-cluster-token ")[1].split()[0]
         assert token.startswith("k8sha-etcd-restore-") and token != SPEC.settings.etcd.cluster_token
         aside = cmds[2].split()[-2].rstrip(";")
@@ -265,7 +271,7 @@ def test_a_member_reading_another_revision_stops_the_restore_before_any_stop(
     source = a_backup()
     done = runner.invoke(app, ["etcd", "restore", *inv(), "--from", str(source), "--force"])
     assert done.exit_code == 1 and "etcd3" in done.output and "revision 41" in done.output
-    assert all("systemctl stop etcd" not in fleet.host(n).commands() for n in MEMBERS)
+    assert all("systemctl stop etcd" not in work(fleet, n) for n in MEMBERS)
     assert waits == []
 
 
@@ -338,7 +344,78 @@ def test_replace_prints_each_step_and_promotes_after_not_in_sync(
     steps = [c.split(" member ")[1].split()[0] for c in helper.commands() if " member " in c]
     assert steps == ["list", "remove", "add", "promote", "promote"]
     assert any(" member remove ff" in c for c in helper.commands())
-    target = fleet.host("etcd3").commands()
+    target = work(fleet, "etcd3")
     assert target[0] == "systemctl stop etcd" and "before-replace-" in target[1]
     assert '"existing"' in target[2] and target[3] == "systemctl start --no-block etcd"
     assert '"new"/' in target[4].split("s/^")[1]  # the rendered config again
+
+
+# --- the restore-drill runbook's tasks ----------------------------------------------------------
+
+
+def test_the_restore_drill_runbook_is_valid_on_the_lab_inventory(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from nornir_k8sha.cli import runbook as cli_runbook
+
+    # the cli registers the lab's power cuts for the lab inventory: not beyond this test
+    monkeypatch.setattr(cli_runbook, "register_lab_faults", lambda spec: None)
+    runner = CliRunner()
+    done = runner.invoke(app, ["runbook", "validate", "restore-drill", "-i", str(LAB_INVENTORY)])
+    assert done.exit_code == 0, done.output
+    assert "1 case(s): restore-drill" in done.output
+
+
+class ConfigMaps:
+    """The API's ConfigMaps through the VIP, in memory (`down`: the API refuses)."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, dict] = {}
+        self.down = False
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        if self.down:
+            raise httpx.ConnectError("connection refused", request=request)
+        name = request.url.path.rsplit("/", 1)[1]
+        if request.method == "POST":
+            body = json.loads(request.content)
+            self.items[body["metadata"]["name"]] = body
+            return httpx.Response(201, json=body)
+        if request.method == "DELETE":
+            return httpx.Response(200 if self.items.pop(name, None) else 404, json={})
+        return httpx.Response(200 if name in self.items else 404, json=self.items.get(name, {}))
+
+
+def test_drill_markers_backup_destroy_and_one_restore_plan_for_every_member(
+        tmp_path: Path) -> None:
+    from nornir_k8sha.tasks import etcd_drill as D
+
+    fleet = FakeFleet()
+    snapshotting(fleet, fake_snapshot())
+    nr = open_nornir(LAB_INVENTORY)
+    install_fake(nr, fleet)
+    api = ConfigMaps()
+    t = httpx.MockTransport(api.handler)
+    ClusterPKI(SPEC, tmp_path).ensure()
+    kw = {"spec": SPEC, "state_dir": tmp_path}
+    one = nr.filter(name="etcd2")
+    assert not one.run(task=D.write_markers, count=3, transport=t, **kw).failed
+    assert len(api.items) == 3
+    assert not one.run(task=D.backup, **kw).failed
+    assert len(B.list_backups(tmp_path)) == 1
+    majority = nr.filter(filter_func=lambda h: h.name in ("etcd1", "etcd2"))
+    assert not majority.run(task=D.destroy_member, **kw).failed
+    assert any("mv /var/lib/etcd /var/lib/etcd.before-drill" in c
+               for c in work(fleet, "etcd1"))
+    members = nr.filter(filter_func=lambda h: h.name in MEMBERS)
+    for step in (D.upload_snapshot, D.restore_member):
+        agg = members.run(task=step, **kw)
+        assert not agg.failed, {n: m[0].exception for n, m in agg.items()}
+    tokens = {c.split("--initial-cluster-token ")[1].split()[0]
+              for m in MEMBERS for c in work(fleet, m) if "snapshot restore" in c}
+    assert len(tokens) == 1 and next(iter(tokens)).startswith("k8sha-etcd-restore-")
+    good = one.run(task=D.markers, transport=t, **kw)["etcd2"][0].result
+    assert good.ok and "all 3 markers written before the backup are back" in good.message
+    api.items.pop(next(iter(api.items)))  # one marker lost: the probe must say so
+    probe = one.run(task=D.markers, transport=t, **kw)["etcd2"][0].result
+    assert not probe.ok and "missing: k8sha-drill-" in probe.message
+    assert probe.values["recovered_s"] is not None

@@ -14,7 +14,7 @@ import typer
 
 from nornir_k8sha import console
 from nornir_k8sha import constants as C
-from nornir_k8sha.cli import check, deploy, etcd, lab, pki, render, runbook
+from nornir_k8sha.cli import check, deploy, etcd, lab, node, pki, render, runbook
 from nornir_k8sha.cli.common import InventoryOpt, JsonOpt, load_analysis
 from nornir_k8sha.exceptions import InventoryError, K8shaError
 
@@ -50,7 +50,7 @@ def validate(
 
 # The whole command line, in `--help` order; each command lives in its group's module.
 app.command("render")(render.render)
-app.command("pki")(pki.pki)
+app.add_typer(pki.pki_app, name="pki")
 app.add_typer(lab.lab_app, name="lab")
 app.command()(deploy.deploy)
 app.command()(check.check)
@@ -58,6 +58,7 @@ app.command()(deploy.reset)
 app.add_typer(runbook.runbook_app, name="runbook")
 app.command("verify")(runbook.verify)
 app.add_typer(etcd.etcd_app, name="etcd")
+app.add_typer(node.node_app, name="node")
 
 
 def main() -> None:

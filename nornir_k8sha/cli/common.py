@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import typer
+from nornir.core import Nornir
 
 from nornir_k8sha import console
 from nornir_k8sha import constants as C
@@ -23,6 +24,7 @@ from nornir_k8sha.exceptions import InventoryError, OperationLocked
 from nornir_k8sha.lab import network as lab_network
 from nornir_k8sha.oplock import operation_lock
 from nornir_k8sha.report import RunReport, print_summary
+from nornir_k8sha.tasks.hostlock import cluster_lock
 from nornir_k8sha.topology import Analysis, ClusterSpec, Finding, analyse
 
 InventoryOpt = typer.Option(
@@ -30,6 +32,8 @@ InventoryOpt = typer.Option(
 )
 JsonOpt = typer.Option(False, "--json", help="one JSON document on stdout, nothing else there")
 ReportOpt = typer.Option(None, "--report", help="also write the JSON report here (0600)")
+BreakLockOpt = typer.Option(False, "--break-lock",
+                            help="break the cluster lock if its holder is gone (stale)")
 
 
 def exit_invalid(inventory: Path, errors: list[Finding], *, as_json: bool,
@@ -106,15 +110,22 @@ def finish(report: RunReport, spec: ClusterSpec, as_json: bool, report_file: Pat
 
 
 @contextlib.contextmanager
-def one_operation(spec: ClusterSpec, command: str, *, dry_run: bool) -> Iterator[None]:
-    """Hold the cluster's operation lock for a command that changes hosts (deploy, reset,
-    runbooks): a second one exits 1 naming the holder. A dry run changes nothing: no lock."""
+def one_operation(spec: ClusterSpec, command: str, *, dry_run: bool, nr: Nornir | None,
+                  break_lock: bool = False) -> Iterator[None]:
+    """Hold the cluster's locks for a command that changes hosts (deploy, reset, runbooks,
+    day-2): the local one (`.k8sha/<cluster>/operation.lock`), then the one on the hosts
+    (tasks/hostlock.py: a majority of the etcd members), so a second operator on this or
+    another machine exits 1 naming the holder. A dry run changes nothing: no lock. Both are
+    released however the block ends. `nr` None: the local lock only (no host to reach)."""
     if dry_run:
         yield
         return
     try:
-        with operation_lock(spec.state_dir, command):
+        with operation_lock(spec.state_dir, command, share_inside=True), \
+                (cluster_lock(nr, spec, command, break_lock=break_lock, say=console.warn)
+                 if nr is not None else contextlib.nullcontext()):
             yield
     except OperationLocked as exc:
         console.error(str(exc))
+        console.error("nothing was touched on any host")
         raise typer.Exit(C.EXIT_FAILED) from None

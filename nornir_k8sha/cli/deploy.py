@@ -11,6 +11,7 @@ from rich.markup import escape
 from nornir_k8sha import console
 from nornir_k8sha import constants as C
 from nornir_k8sha.cli.common import (
+    BreakLockOpt,
     InventoryOpt,
     JsonOpt,
     ReportOpt,
@@ -37,6 +38,7 @@ def deploy(
     limit: str = typer.Option(None, "--limit", help="comma-separated host names"),
     as_json: bool = JsonOpt,
     report_file: Path = ReportOpt,
+    break_lock: bool = BreakLockOpt,
 ) -> None:
     """Deploy the whole topology: preflight, PKI, SLB + etcd + BGP, control plane, workers."""
     spec = load_spec(inventory, as_json=as_json, reaches_hosts=True, consequence=NOTHING_TOUCHED)
@@ -50,9 +52,10 @@ def deploy(
         bad_option("--limit", f"unknown host(s) {', '.join(sorted(limit_set - hosts))}",
                    inventory=inventory, as_json=as_json)
     report = RunReport("deploy", spec.name, dry_run=dry_run)
-    ctx = DeployContext(spec, open_nornir(inventory), report, dry_run=dry_run, limit=limit_set,
+    nr = open_nornir(inventory)
+    ctx = DeployContext(spec, nr, report, dry_run=dry_run, limit=limit_set,
                         state_dir=spec.state_dir)
-    with one_operation(spec, "deploy", dry_run=dry_run), \
+    with one_operation(spec, "deploy", dry_run=dry_run, nr=nr, break_lock=break_lock), \
             LiveProgress(report, console.out(), enabled=not as_json):
         run_stages(ctx, default_stages(), only=set(phase) if phase else None)
     if not as_json and not dry_run and report.exit_code == 0:
@@ -108,6 +111,7 @@ def reset(
     yes: bool = typer.Option(False, "--yes", help="really remove Kubernetes from the nodes"),
     dry_run: bool = typer.Option(False, "--dry-run", help="say what would be reset"),
     as_json: bool = JsonOpt,
+    break_lock: bool = BreakLockOpt,
 ) -> None:
     """`kubeadm reset -f` on workers, then masters. etcd, HAProxy and LVS are left alone."""
     spec = load_spec(inventory, as_json=as_json, reaches_hosts=True, consequence=NOTHING_TOUCHED)
@@ -116,9 +120,9 @@ def reset(
                    "(or --dry-run to see what it would do)", inventory=inventory,
                    as_json=as_json)
     report = RunReport("reset", spec.name, dry_run=dry_run)
-    ctx = DeployContext(spec, open_nornir(inventory), report, dry_run=dry_run,
-                        state_dir=spec.state_dir)
-    with one_operation(spec, "reset", dry_run=dry_run), \
+    nr = open_nornir(inventory)
+    ctx = DeployContext(spec, nr, report, dry_run=dry_run, state_dir=spec.state_dir)
+    with one_operation(spec, "reset", dry_run=dry_run, nr=nr, break_lock=break_lock), \
             LiveProgress(report, console.out(), enabled=not as_json):
         run_stages(ctx, reset_stages())
     finish(report, spec, as_json, None)

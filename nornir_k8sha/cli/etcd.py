@@ -16,6 +16,7 @@ from rich.markup import escape
 from nornir_k8sha import console
 from nornir_k8sha import constants as C
 from nornir_k8sha.cli.common import (
+    BreakLockOpt,
     InventoryOpt,
     JsonOpt,
     bad_option,
@@ -36,13 +37,15 @@ HTTP_TRANSPORT: httpx.BaseTransport | None = None
 
 
 @etcd_app.command("backup")
-def backup(inventory: Path = InventoryOpt, as_json: bool = JsonOpt) -> None:
+def backup(inventory: Path = InventoryOpt, as_json: bool = JsonOpt,
+           break_lock: bool = BreakLockOpt) -> None:
     """Snapshot etcd on a healthy member (the leader if it can), check it with `etcdctl
     snapshot status`, keep it in the state dir with its checksum; keep `etcd.backup_keep`."""
     spec = load_spec(inventory, as_json=as_json, reaches_hosts=True)
-    with one_operation(spec, "etcd backup", dry_run=False):
+    nr = open_nornir(inventory)
+    with one_operation(spec, "etcd backup", dry_run=False, nr=nr, break_lock=break_lock):
         try:
-            taken, pruned = B.take_backup(open_nornir(inventory), spec, spec.state_dir,
+            taken, pruned = B.take_backup(nr, spec, spec.state_dir,
                                           transport=HTTP_TRANSPORT)
         except (SnapshotError, CommandFailed) as exc:
             console.error(f"etcd backup failed: {exc}")
@@ -83,6 +86,7 @@ def restore(
                                                     "(with its .json sidecar)"),
     force: bool = typer.Option(False, "--force", help="restore even though the cluster has "
                                                       "quorum (rolls its keyspace back)"),
+    break_lock: bool = BreakLockOpt,
 ) -> None:
     """Restore every member from one snapshot into a new cluster (same names and URLs, a new
     cluster token), start them together, wait for quorum and the API through the VIP."""
@@ -95,7 +99,7 @@ def restore(
         raise typer.Exit(C.EXIT_INVALID) from None
     nr = open_nornir(inventory)
     out = console.out()
-    with one_operation(spec, "etcd restore", dry_run=False):
+    with one_operation(spec, "etcd restore", dry_run=False, nr=nr, break_lock=break_lock):
         healthy, quorum = R.healthy_members(nr, spec, spec.state_dir, HTTP_TRANSPORT)
         if len(healthy) >= quorum and not force:
             console.error(f"etcd is healthy ({len(healthy)} members up: {', '.join(healthy)};"
@@ -121,6 +125,7 @@ def replace(
     member: str = typer.Argument(..., help="the etcd member to replace (inventory name)"),
     inventory: Path = InventoryOpt,
     force: bool = typer.Option(False, "--force", help="replace a member that is healthy"),
+    break_lock: bool = BreakLockOpt,
 ) -> None:
     """Replace a dead or wiped member: remove it, set its data dir aside, add it back as a
     learner, start it joining the existing cluster, promote it once it has caught up."""
@@ -131,9 +136,11 @@ def replace(
                    f"{', '.join(names)}); nothing was touched", inventory=inventory,
                    as_json=False)
     out = console.out()
-    with one_operation(spec, f"etcd replace {member}", dry_run=False):
+    nr = open_nornir(inventory)
+    with one_operation(spec, f"etcd replace {member}", dry_run=False, nr=nr,
+                       break_lock=break_lock):
         try:
-            done = X.replace(open_nornir(inventory), spec, spec.state_dir, member, force=force,
+            done = X.replace(nr, spec, spec.state_dir, member, force=force,
                              transport=HTTP_TRANSPORT,
                              say=lambda line: out.print(f"- {escape(line)}"))
         except ReplaceRefused as exc:

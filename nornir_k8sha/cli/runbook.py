@@ -20,7 +20,7 @@ from rich.status import Status
 
 from nornir_k8sha import console
 from nornir_k8sha import constants as C
-from nornir_k8sha.cli.common import InventoryOpt, JsonOpt, load_spec
+from nornir_k8sha.cli.common import BreakLockOpt, InventoryOpt, JsonOpt, load_spec, one_operation
 from nornir_k8sha.exceptions import OperationLocked, RunbookError
 from nornir_k8sha.inventory import open_nornir
 from nornir_k8sha.runbook import engine, expect, load, loader, measure, seams, views
@@ -145,11 +145,12 @@ def run(
     case: list[str] = CaseOpt,
     var: list[str] = VarOpt,
     bound: list[str] = BoundOpt,
+    break_lock: bool = BreakLockOpt,
 ) -> None:
     """Run a runbook: steady state, each case's method under load, rollbacks, verdicts."""
     run_file(file, inventory, dry_run=dry_run, as_json=as_json, junit=junit,
              markdown=markdown, yes=yes, cases=case, variables=_variables(var),
-             bounds=_bounds(bound))
+             bounds=_bounds(bound), break_lock=break_lock)
 
 
 def verify(
@@ -161,15 +162,18 @@ def verify(
     yes: bool = YesOpt,
     dry_run: bool = DryRunOpt,
     bound: list[str] = BoundOpt,
+    break_lock: bool = BreakLockOpt,
 ) -> None:
     """Prove the HA claims: every checklist case of runbooks/verify-ha.yaml, measured."""
     run_file(VERIFY_RUNBOOK, inventory, dry_run=dry_run, as_json=as_json, junit=junit,
-             markdown=markdown, yes=yes, cases=case, variables={}, bounds=_bounds(bound))
+             markdown=markdown, yes=yes, cases=case, variables={}, bounds=_bounds(bound),
+             break_lock=break_lock)
 
 
 def run_file(file: str | Path, inventory: Path, *, dry_run: bool, as_json: bool,
              junit: Path | None, markdown: Path | None, yes: bool, cases: list[str] | None,
-             variables: dict[str, Any], bounds: dict[str, float] | None = None) -> None:
+             variables: dict[str, Any], bounds: dict[str, float] | None = None,
+             break_lock: bool = False) -> None:
     """Load, check against the inventory, run; render; exit 0/1/2."""
     loaded = _load(file, variables)
     spec = load_spec(inventory, as_json=as_json, reaches_hosts=not dry_run)
@@ -184,7 +188,10 @@ def run_file(file: str | Path, inventory: Path, *, dry_run: bool, as_json: bool,
         engine.prepare(loaded, spec, options)  # refusals first: nothing loaded, nothing run
         if not dry_run:
             options.instruments = _instruments()
-        result = engine.run(loaded, spec, nr, options)
+        # the cluster lock on the hosts (the engine's local one re-enters inside)
+        with one_operation(spec, f"{options.command} {loaded.path}", dry_run=dry_run, nr=nr,
+                           break_lock=break_lock):
+            result = engine.run(loaded, spec, nr, options)
     except RunbookError as exc:
         console.error(str(exc))
         console.error("nothing was touched on any host")

@@ -1,8 +1,9 @@
 """Certificate expiry of the cluster PKI in the state dir: the one check for it.
 
 Local only (the certificates on the hosts are the ones `deploy` placed from here). A leaf within
-`constants.CERT_RENEW_BEFORE_DAYS` of its end fails: `pki` or the next `deploy` renews it; a CA
-that close must be rotated deliberately, since every certificate under it changes.
+`constants.CERT_RENEW_BEFORE_DAYS` of its end fails and names `pki renew`, which renews it and
+rolls it out one host at a time (tasks/pki_renew.py); a CA that close must be rotated
+deliberately, since every certificate under it changes.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ def check(state_dir: Path, within_days: int = C.CERT_RENEW_BEFORE_DAYS) -> list[
     for cert in certs:
         if cert.days_left < within_days:
             advice = ("CA: rotate deliberately (every certificate under it changes)"
-                      if cert.is_ca else "renewed by the next `deploy` or `pki`")
+                      if cert.is_ca else f"renew it with `pki renew --within {within_days}`: "
+                      "one host at a time, the API stays up")
             out.append(failed(cert.name, f"expires in {cert.days_left} days ({advice})", start,
                               days_left=cert.days_left, is_ca=cert.is_ca))
     if not out and certs:

@@ -1,0 +1,289 @@
+"""The cluster lock held on the hosts themselves: two operators on two machines never run a
+deploy, reset, runbook or day-2 command against the same cluster at once.
+
+Where: one file, `HOST_LOCK_FILE`, on a MAJORITY of the etcd members. Why there:
+- the etcd members are the one odd-sized set every cluster has (3, 5, 7), so a majority is well
+  defined and two contenders cannot both hold one;
+- a majority tolerates a dead member — exactly when day-2 commands run (`etcd replace` of a
+  member whose host is down), where "every control host" would lock everyone out;
+- etcd itself cannot hold it: `deploy` runs before etcd exists and `etcd restore` runs when it
+  has no quorum.
+
+How: the members are tried one at a time in name order and the first conflict stops the
+attempt, so two contenders meet on the same (first reachable) member and exactly one wins. On a
+member the file is created atomically with its whole content: written to a private temp name,
+then `ln` (link(2) fails if the lock exists) — a reader never sees a half-written holder.
+The file says who (user@machine), pid, since when, what command, and a token; release and
+heartbeat touch it only while it still carries our token, so a broken-and-retaken lock is
+never removed by its old holder. The holder touches the file every `HOST_LOCK_HEARTBEAT_S`;
+its age is read on the member's own clock (no skew between machines).
+
+Stale (the holder is gone): same machine as us and its pid is dead, or no heartbeat for
+`HOST_LOCK_TTL_S`. Only a stale lock can be broken (`--break-lock`), and the output says so;
+a live holder is never broken. Persistent path (not /run): a member rebooted by a fault
+drill keeps the lock of the drill that rebooted it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import os
+import shlex
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+
+from nornir.core import Nornir
+
+from nornir_k8sha import constants as C
+from nornir_k8sha.exceptions import OperationLocked
+from nornir_k8sha.tasks import host as H
+from nornir_k8sha.topology import ClusterSpec, etcd_quorum
+
+#: Bound of one lock command on a member (connect + run): a dead member costs this, once.
+COMMAND_TIMEOUT_S = 10.0
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds (or wants) the lock: what its file on the members says."""
+
+    user: str
+    machine: str
+    pid: int
+    since: float
+    command: str
+    token: str
+
+    @classmethod
+    def me(cls, command: str) -> Holder:
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):
+            user = str(os.getuid())
+        return cls(user, socket.gethostname(), os.getpid(), time.time(), command,
+                   uuid.uuid4().hex)
+
+    @classmethod
+    def parse(cls, text: str) -> Holder | None:
+        try:
+            data = json.loads(text)
+            return cls(str(data["user"]), str(data["machine"]), int(data["pid"]),
+                       float(data["since"]), str(data["command"]), str(data["token"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def record(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    def describe(self) -> str:
+        since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.since))
+        return f"{self.user}@{self.machine} pid {self.pid}, `{self.command}`, since {since}"
+
+
+@dataclass(frozen=True)
+class Found:
+    """A member's lock held by someone else: the holder (None if unreadable), its raw text,
+    and seconds since its last heartbeat on the member's clock."""
+
+    member: str
+    holder: Holder | None
+    raw: str
+    age: float
+
+    def describe(self) -> str:
+        who = self.holder.describe() if self.holder else f"unreadable holder {self.raw[:80]!r}"
+        return f"{who} (lock file on {self.member}, last heartbeat {self.age:.0f} s ago)"
+
+
+@dataclass
+class HeldLock:
+    """The lock as held: the members holding our file, those that did not answer, notes."""
+
+    me: Holder
+    members: list[str]
+    unreachable: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def lock_members(spec: ClusterSpec) -> list[str]:
+    """The hosts that carry the lock: the etcd members, in name order (the order of tries)."""
+    return sorted(m.name for m in spec.role(C.ROLE_ETCD))
+
+
+def stale_reason(found: Found, me: Holder, ttl: float) -> str:
+    """Why the holder is gone ("" when it may be alive)."""
+    h = found.holder
+    if h is not None and h.machine == me.machine and not _alive(h.pid):
+        return f"its process {h.pid} on {h.machine} is gone"
+    if found.age > ttl:
+        return f"no heartbeat for {found.age:.0f} s (TTL {ttl:.0f} s)"
+    return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    return True
+
+
+# --- the commands on a member -----------------------------------------------------------------
+
+def _acquire_cmd(me: Holder) -> str:
+    lock = shlex.quote(C.HOST_LOCK_FILE)
+    temp = shlex.quote(f"{C.HOST_LOCK_FILE}.{me.token}")
+    folder = shlex.quote(os.path.dirname(C.HOST_LOCK_FILE))
+    return (f"umask 077; mkdir -p {folder} && printf '%s\\n' {shlex.quote(me.record())} > {temp}"
+            f" && if ln {temp} {lock} 2>/dev/null; then rm -f {temp}; else rm -f {temp}; "
+            f"if [ -e {lock} ]; then echo $(( $(date +%s) - $(stat -c %Y {lock}) )); "
+            f"cat {lock}; fi; exit {C.HOST_LOCK_HELD_EXIT}; fi")
+
+
+def _if_ours_cmd(token: str, then: str) -> str:
+    lock = shlex.quote(C.HOST_LOCK_FILE)
+    return f"if grep -qF {shlex.quote(token)} {lock} 2>/dev/null; then {then} {lock}; fi; true"
+
+
+class _Members:
+    """Runs the lock's commands on members, each bounded; failures are data, not exceptions."""
+
+    def __init__(self, nr: Nornir) -> None:
+        self.nr = nr
+
+    def run(self, member: str, command: str) -> tuple[int, str]:
+        """(exit code, stdout); raises on an unreachable member (any error: named by caller)."""
+        host = self.nr.inventory.hosts[member]
+        conn = H.open_connection(host, self.nr.config, connect_timeout=COMMAND_TIMEOUT_S)
+        res = conn.run(command, timeout=COMMAND_TIMEOUT_S, check=False)
+        if res.exit_code not in (0, C.HOST_LOCK_HELD_EXIT):
+            raise RuntimeError(f"exit {res.exit_code}: {res.stderr.strip()[:200]}")
+        return res.exit_code, res.stdout
+
+    def each(self, members: list[str], command: str, *, tries: int = 1) -> dict[str, str]:
+        """Run on each member; {member: error} for those that failed `tries` times (a member
+        rebooted by a fault fails once on its dead SSH session, then the connection
+        reconnects)."""
+        failed: dict[str, str] = {}
+        for m in members:
+            for _ in range(tries):
+                try:
+                    self.run(m, command)
+                    failed.pop(m, None)
+                    break
+                except Exception as exc:  # noqa: BLE001 - a dead member: reported, not fatal
+                    failed[m] = str(exc) or type(exc).__name__
+        return failed
+
+
+def _try(members: _Members, member: str, me: Holder) -> Found | None:
+    """None when `member` now holds our file; else what holds it (raises when unreachable)."""
+    code, out = members.run(member, _acquire_cmd(me))
+    if code == 0:
+        return None
+    age, _, raw = out.strip().partition("\n")
+    try:
+        seconds = float(age)
+    except ValueError:
+        seconds = 0.0
+    return Found(member, Holder.parse(raw.strip()), raw.strip(), seconds)
+
+
+def acquire(nr: Nornir, spec: ClusterSpec, command: str, *, break_lock: bool = False,
+            ttl: float = C.HOST_LOCK_TTL_S, say: Say = print,
+            me: Holder | None = None) -> HeldLock:
+    """Take the lock on a majority of the etcd members, or raise OperationLocked naming the
+    holder (or the members that did not answer). With `break_lock`, a STALE holder's files are
+    removed first (said through `say`); a live one never is."""
+    me = me or Holder.me(command)
+    runner = _Members(nr)
+    names = lock_members(spec)
+    need = etcd_quorum(len(names))
+    for _ in range(3):  # a holder that vanished while we looked, or one we broke: try again
+        got: list[str] = []
+        unreachable: dict[str, str] = {}
+        found: Found | None = None
+        for member in names:
+            try:
+                found = _try(runner, member, me)
+            except Exception as exc:  # noqa: BLE001 - a dead member counts as not holding
+                unreachable[member] = str(exc) or type(exc).__name__
+                continue
+            if found is not None:
+                break
+            got.append(member)
+        if len(got) >= need:
+            held = HeldLock(me, got, unreachable)
+            if found is not None:
+                held.notes.append(f"{found.member} still carries another lock: "
+                                  f"{found.describe()}")
+            return held
+        runner.each(got, _if_ours_cmd(me.token, "rm -f"))
+        if found is None:
+            dead = "; ".join(f"{m}: {why}" for m, why in unreachable.items())
+            raise OperationLocked(f"cannot take the cluster lock: it needs {need} of the etcd "
+                                  f"members {', '.join(names)}, only {len(got)} answered "
+                                  f"({dead})")
+        if found.holder is None and not found.raw:
+            continue  # released between our try and our read
+        why = stale_reason(found, me, ttl)
+        if not break_lock:
+            hint = (f"; it looks stale ({why}): pass --break-lock to break it" if why
+                    else "; try again when it ends")
+            raise OperationLocked(f"the cluster is locked by {found.describe()}{hint}")
+        if not why:
+            raise OperationLocked(f"the cluster is locked by {found.describe()}; its holder "
+                                  f"looks alive, so --break-lock does not break it (stale "
+                                  f"after {ttl:.0f} s without a heartbeat)")
+        token = found.holder.token if found.holder else ""
+        if token:
+            runner.each(names, _if_ours_cmd(token, "rm -f"))
+        else:
+            runner.each([found.member], f"rm -f {shlex.quote(C.HOST_LOCK_FILE)}")
+        say(f"broke a stale cluster lock: {found.describe()}: {why}")
+    raise OperationLocked("cannot take the cluster lock: it kept changing hands; try again")
+
+
+def release(nr: Nornir, held: HeldLock, *, say: Say = print) -> None:
+    """Remove our file from the members holding it; one that fails is said, not raised."""
+    for member, why in _Members(nr).each(held.members, _if_ours_cmd(held.me.token, "rm -f"),
+                                         tries=2).items():
+        say(f"{member}: the cluster lock could not be released ({why}); it goes stale after "
+            f"{C.HOST_LOCK_TTL_S:.0f} s, then `--break-lock` removes it")
+
+
+@contextlib.contextmanager
+def cluster_lock(nr: Nornir, spec: ClusterSpec, command: str, *, break_lock: bool = False,
+                 say: Say = print, heartbeat: float = C.HOST_LOCK_HEARTBEAT_S,
+                 ttl: float = C.HOST_LOCK_TTL_S) -> Iterator[HeldLock]:
+    """Hold the cluster lock for the block; heartbeat while held; released always."""
+    held = acquire(nr, spec, command, break_lock=break_lock, ttl=ttl, say=say)
+    for note in held.notes:
+        say(note)
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(nr, held, stop, heartbeat),
+                            name="k8sha-lock-heartbeat", daemon=True)
+    beat.start()
+    try:
+        yield held
+    finally:
+        stop.set()
+        beat.join(timeout=COMMAND_TIMEOUT_S * 2)
+        release(nr, held, say=say)
+
+
+def _heartbeat(nr: Nornir, held: HeldLock, stop: threading.Event, every: float) -> None:
+    """Touch our lock files until stopped (a member that does not answer is skipped)."""
+    runner = _Members(nr)
+    while not stop.wait(every):
+        runner.each(held.members, _if_ours_cmd(held.me.token, "touch -c"))
