@@ -12,12 +12,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from nornir.core import Nornir
 
 from nornir_k8sha import constants as C
 from nornir_k8sha.deploy import DeployContext, LocalPhase, NornirPhase, run_stages
 from nornir_k8sha.inventory import open_nornir
+from nornir_k8sha.phases.etcd import EtcdPhase
+from nornir_k8sha.phases.lb import LoadBalancers
 from nornir_k8sha.phases.network import Network
 from nornir_k8sha.pki import ClusterPKI
 from nornir_k8sha.render import files_for_component
@@ -205,3 +208,57 @@ def test_a_prepare_that_breaks_leaves_the_phase_to_run_and_report(
     ctx = DeployContext(spec, open_nornir(LAB_INVENTORY), RunReport("deploy", spec.name),
                         state_dir=tmp_path)
     assert run_stages(ctx, [[phase]]).phases[0].status == "ok"
+
+
+# --- the SLB tier and etcd: one exec channel for the packages, units and module load ----------
+
+
+def _component_fleet(spec: ClusterSpec) -> FakeFleet:
+    fleet = FakeFleet(debian=True)
+    for h in spec.hosts:
+        for unit in ("haproxy", "keepalived", C.REALSERVER_SERVICE, "etcd",
+                     C.ETCD_BACKUP_TIMER_UNIT):
+            fleet.host(h.name).debian.units[unit] = FakeUnit()
+    return fleet
+
+
+def _deploy(spec: ClusterSpec, fleet: FakeFleet, phase: Any, state_dir: Path) -> RunReport:
+    nr = open_nornir(LAB_INVENTORY)
+    install_fake(nr, fleet)
+    healthy = httpx.MockTransport(lambda request: httpx.Response(200, json={"health": "true"}))
+    ctx = DeployContext(spec, nr, RunReport("deploy", spec.name), state_dir=state_dir,
+                        http=healthy)  # etcd's quorum wait
+    return run_stages(ctx, [[phase]])
+
+
+@pytest.mark.parametrize(("phase", "host", "component"), [
+    (LoadBalancers(), "lvs1", "keepalived"), (LoadBalancers(), "haproxy1", "haproxy"),
+    (EtcdPhase(), "etcd1", "etcd")])
+def test_a_configured_component_costs_one_exec_channel_and_its_file_reads(
+        spec: ClusterSpec, tmp_path: Path, phase: Any, host: str, component: str) -> None:
+    ClusterPKI(spec, tmp_path).ensure()
+    fleet = _component_fleet(spec)
+    assert _deploy(spec, fleet, phase, tmp_path).exit_code == 0
+    fake = fleet.host(host)
+    before, commands = fake.round_trips, len(fake.commands())
+    report = _deploy(spec, fleet, phase, tmp_path)
+    assert report.changed == 0
+    files = len([c for c in fake.calls[len(fake.calls) - (fake.round_trips - before):]
+                 if c.op in ("get", "stat")])
+    assert files and fake.round_trips - before == files + 1  # + ONE batch of probes
+    again = fake.commands()[commands:]
+    assert sum(c.startswith("dpkg-query") for c in again) == 1
+    assert not any(c.startswith(("systemctl start", "systemctl reload", "systemctl restart",
+                                 "apt-get")) for c in again)
+
+
+def test_a_stopped_keepalived_is_still_started_after_the_batched_probe(
+        spec: ClusterSpec, tmp_path: Path) -> None:
+    ClusterPKI(spec, tmp_path).ensure()
+    fleet = _component_fleet(spec)
+    _deploy(spec, fleet, LoadBalancers(), tmp_path)
+    unit = fleet.host("lvs1").debian.units["keepalived"]
+    unit.active = False  # it died; nothing else changed
+    report = _deploy(spec, fleet, LoadBalancers(), tmp_path)
+    assert report.phase("lb").hosts["lvs1"].status == "changed"
+    assert unit.active and unit.starts == 2

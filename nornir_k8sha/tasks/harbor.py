@@ -32,7 +32,7 @@ from nornir_k8sha.ociimage import MEDIA_MANIFEST, probe_image
 from nornir_k8sha.render import SECRET_NAMES, files_for_component
 from nornir_k8sha.statefiles import write_private
 from nornir_k8sha.tasks import host as H
-from nornir_k8sha.tasks.component import upload_pki
+from nornir_k8sha.tasks.component import probe, upload_pki
 from nornir_k8sha.topology import ClusterSpec
 
 DISTRIBUTION_SERVICE = "docker-registry"
@@ -122,7 +122,8 @@ def _harbor(task: Task, spec: ClusterSpec, state_dir: Path) -> Result:
 def _distribution(task: Task, spec: ClusterSpec, state_dir: Path) -> Result:
     me = spec.host(task.host.name)
     changed = []
-    if H.packages(task, names=[DISTRIBUTION_PACKAGE]).changed:
+    probed = probe(task, [DISTRIBUTION_PACKAGE], [DISTRIBUTION_SERVICE])
+    if H.packages(task, names=[DISTRIBUTION_PACKAGE], known=probed.packages).changed:
         changed.append(DISTRIBUTION_PACKAGE)
     # owned by the service user: its unit's ExecStartPre chowns them anyway
     changed += upload_pki(task, spec, state_dir, under=C.REGISTRY_PKI_DIR,
@@ -131,7 +132,8 @@ def _distribution(task: Task, spec: ClusterSpec, state_dir: Path) -> Result:
         if H.file(task, path=f.path, content=f.content, mode=f.mode,
                   secret=f.secret or None).changed:
             changed.append(f.path)
-    svc = H.service(task, name=DISTRIBUTION_SERVICE, restart_if_changed=bool(changed))
+    svc = H.service(task, name=DISTRIBUTION_SERVICE, restart_if_changed=bool(changed),
+                    known=None if changed else probed.units[DISTRIBUTION_SERVICE])
     return Result(host=task.host, changed=bool(changed) or bool(svc.changed),
                   result="distribution registry")
 
