@@ -43,8 +43,6 @@ def probe(task: Task, packages: Sequence[str], units: Sequence[str],
     cmds = [H.package_query(packages), *(H.UNIT_PROBE.format(unit=shlex.quote(u)) for u in units),
             *extra]
     res = H.connect(task).run_batch(cmds, stop_on_error=False, check=False)
-    if len(res) < len(cmds):  # the shell itself died: ask again one by one, as before
-        res = [H.connect(task).run(c, check=False) for c in cmds]
     return Probed(res[0], {u: H.parse_unit(r.stdout) for u, r in zip(units, res[1:], strict=False)},
                   res[1 + len(units):])
 
