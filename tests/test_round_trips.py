@@ -19,6 +19,7 @@ from nornir.core import Nornir
 from nornir_k8sha import constants as C
 from nornir_k8sha.deploy import DeployContext, LocalPhase, NornirPhase, run_stages
 from nornir_k8sha.inventory import open_nornir
+from nornir_k8sha.phases.control_plane import wait_until_joinable
 from nornir_k8sha.phases.etcd import EtcdPhase
 from nornir_k8sha.phases.lb import LoadBalancers
 from nornir_k8sha.phases.network import Network
@@ -262,3 +263,45 @@ def test_a_stopped_keepalived_is_still_started_after_the_batched_probe(
     report = _deploy(spec, fleet, LoadBalancers(), tmp_path)
     assert report.phase("lb").hosts["lvs1"].status == "changed"
     assert unit.active and unit.starts == 2
+
+
+# --- a join waits until every HAProxy forwards, not only the one the VIP answered through ------
+
+_STATS = "# pxname,svname,status\napiserver,master1,{}\napiserver,master2,DOWN\n"
+
+
+def test_a_join_waits_for_every_haproxy_to_have_an_apiserver_up(
+        spec: ClusterSpec, tmp_path: Path) -> None:
+    h1, h2 = (str(h.address) for h in spec.role("haproxy"))
+    asked = {h1: 0, h2: 0}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        if request.url.path == "/readyz":
+            return httpx.Response(200, text="ok")  # the VIP answers (through haproxy1)
+        asked[host] += 1
+        up = host == h1 or asked[host] > 2  # haproxy2 counts its rise checks a moment later
+        return httpx.Response(200, text=_STATS.format("UP" if up else "DOWN"))
+
+    ClusterPKI(spec, tmp_path).ensure()
+    ctx = DeployContext(spec, open_nornir(LAB_INVENTORY), RunReport("deploy", spec.name),
+                        state_dir=tmp_path, http=httpx.MockTransport(answer))
+    wait_until_joinable(ctx)
+    assert asked[h2] == 3 and asked[h1] == 3
+
+
+def test_a_haproxy_whose_stats_cannot_be_read_is_not_waited_for(
+        spec: ClusterSpec, tmp_path: Path) -> None:
+    stats: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/readyz":
+            return httpx.Response(200, text="ok")
+        stats.append(request.url.host)
+        raise httpx.ConnectError("refused", request=request)
+
+    ClusterPKI(spec, tmp_path).ensure()
+    ctx = DeployContext(spec, open_nornir(LAB_INVENTORY), RunReport("deploy", spec.name),
+                        state_dir=tmp_path, http=httpx.MockTransport(answer))
+    wait_until_joinable(ctx)
+    assert len(stats) == 2  # each asked once, then left to the join
