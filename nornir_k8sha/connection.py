@@ -95,6 +95,11 @@ class SSHTransport:
         self._open_lock = threading.Lock()
         self._sessions = threading.BoundedSemaphore(max_sessions)
         self._sftp_lock = threading.Lock()
+        # what the calling thread's last `get` learnt of its file (the handle's fstat, which
+        # the read needs anyway): a `stat` of that path right after it costs no round trip;
+        # any write through this connection since makes it stale (`_writes` counts them)
+        self._read_attrs = threading.local()
+        self._writes = 0
         self._sftp: paramiko.SFTPClient | None = None
         self._ids: dict[str, dict[int, str]] | None = None  # u: uid->name, g: gid->name,
         #                                                   pg: uid->primary gid
@@ -316,6 +321,7 @@ class SSHTransport:
         Missing parent directories are created (0755). `owner` is "user" or "user:group".
         """
         data = content.encode() if isinstance(content, str) else content
+        self._wrote()
         if self._use_sudo(None):
             self._put_sudo(data, path, mode, owner)
             return
@@ -351,12 +357,16 @@ class SSHTransport:
             if code != 0:
                 raise CommandFailed(self.host, f"cat {path}", code, _text(err))
             return out
+        self._read_attrs.last = None
         with self._sftp_lock:
             sftp = self._sftp_client()
             try:
                 with sftp.open(path, "rb") as f:
-                    f.prefetch()
-                    return f.read()
+                    attrs = f.stat()
+                    f.prefetch(attrs.st_size)
+                    data = f.read()
+                self._read_attrs.last = (path, self._writes, attrs)
+                return data
             except FileNotFoundError:
                 return None
             except (OSError, paramiko.SSHException) as exc:
@@ -374,10 +384,14 @@ class SSHTransport:
                 raise CommandFailed(self.host, f"stat {path}", r.exit_code, r.stderr)
             mode, user, group = r.stdout.split()
             return FileInfo(int(mode, 8), user, group)
+        last, self._read_attrs.last = getattr(self._read_attrs, "last", None), None
         with self._sftp_lock:
             sftp = self._sftp_client()
             try:
-                st = sftp.stat(path)
+                if last is not None and last[0] == path and last[1] == self._writes:
+                    st = last[2]  # read with the file a moment ago, nothing written since
+                else:
+                    st = sftp.stat(path)
             except FileNotFoundError:
                 return None
             except (OSError, paramiko.SSHException) as exc:
@@ -389,6 +403,7 @@ class SSHTransport:
 
     def rename(self, src: str, dst: str) -> None:
         """Atomically move `src` over `dst`."""
+        self._wrote()
         if self._use_sudo(None):
             self.run(f"mv -f -- {shlex.quote(src)} {shlex.quote(dst)}", sudo=True)
             return
@@ -400,6 +415,7 @@ class SSHTransport:
 
     def remove(self, path: str) -> None:
         """Remove a file if it exists."""
+        self._wrote()
         if self._use_sudo(None):
             self.run(f"rm -f -- {shlex.quote(path)}", sudo=True)
             return
@@ -410,6 +426,10 @@ class SSHTransport:
                 pass
             except (OSError, paramiko.SSHException) as exc:
                 raise CommandFailed(self.host, f"sftp remove {path}", 1, str(exc)) from None
+
+    def _wrote(self) -> None:
+        with self._sftp_lock:
+            self._writes += 1
 
     def _put_sudo(self, data: bytes, path: str, mode: int, owner: str | None) -> None:
         q = shlex.quote(path)

@@ -6,15 +6,19 @@ failed is skipped by every later phase with the reason; a phase whose dependency
 everywhere is skipped. A re-run resumes because every task is idempotent.
 
 A phase is anything with the `Phase` protocol; most are `NornirPhase`s: a title, the roles they
-touch and one Nornir task.
+touch and one Nornir task. A phase may also have `prepare(ctx)`: it starts with the run, beside
+the earlier stages, and the phase's `run` waits for it; it opens what the phase will need (the
+switches' sessions, a ~0.5 s login each) and changes nothing, so a failure in it is only
+logged: `run` meets the same problem again and reports it.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -26,6 +30,8 @@ from nornir.core.task import AggregatedResult, Result, Task
 from nornir_k8sha import budget
 from nornir_k8sha.report import HostOutcome, RunReport, outcomes_from_nornir
 from nornir_k8sha.topology import ClusterSpec, hosts_in_roles
+
+log = logging.getLogger(__name__)
 
 LOCAL = "local"
 """Pseudo host for phases that run on this machine (pki)."""
@@ -148,14 +154,17 @@ def run_stages(ctx: DeployContext, stages: Sequence[Stage], *, only: set[str] | 
     started = time.monotonic()
     ctx.nr.data.dry_run = ctx.dry_run  # tasks read it through task.is_dry_run()
     ctx.report.dry_run = ctx.dry_run
-    with budget.measured(ctx.nr, ctx.spec.settings.ssh.max_connections) as resources:
-        for number, stage in enumerate(stages, 1):
-            phases = [p for p in stage if only is None or p.name in only]
+    selected = [[p for p in stage if only is None or p.name in only] for stage in stages]
+    early = [p for stage in selected for p in stage if hasattr(p, "prepare")]
+    with budget.measured(ctx.nr, ctx.spec.settings.ssh.max_connections) as resources, \
+            ThreadPoolExecutor(max_workers=len(early) or 1) as preparing:
+        prepared = {p.name: preparing.submit(_prepare, ctx, p) for p in early}
+        for number, phases in enumerate(selected, 1):
             if not phases:
                 continue
             with ThreadPoolExecutor(max_workers=len(phases)) as pool:
-                for future in [pool.submit(_run_phase, ctx, p, number, started)
-                               for p in phases]:
+                for future in [pool.submit(_run_phase, ctx, p, number, started,
+                                           prepared.get(p.name)) for p in phases]:
                     future.result()
     ctx.report.duration = time.monotonic() - started
     ctx.report.resources = resources
@@ -186,7 +195,15 @@ def _dependency_problem(ctx: DeployContext, phase: Phase) -> str | None:
     return None
 
 
-def _run_phase(ctx: DeployContext, phase: Phase, stage: int, run_started: float) -> None:
+def _prepare(ctx: DeployContext, phase: Any) -> None:
+    try:
+        phase.prepare(ctx)
+    except Exception:  # noqa: BLE001 - its `run` meets the problem again and reports it
+        log.debug("%s: prepare failed", phase.name, exc_info=True)
+
+
+def _run_phase(ctx: DeployContext, phase: Phase, stage: int, run_started: float,
+               prepared: Future[None] | None = None) -> None:
     hosts = phase.hosts(ctx)
     report = ctx.report.add_phase(phase.name, phase.title, hosts)
     start = time.monotonic()
@@ -209,6 +226,8 @@ def _run_phase(ctx: DeployContext, phase: Phase, stage: int, run_started: float)
             runnable.append(h)
             ctx.report.set(phase.name, HostOutcome(h, "running"))
     if runnable or getattr(phase, "runs_without_hosts", False):
+        if prepared is not None:
+            prepared.result()  # what it opened is ready (it never raises: see _prepare)
         try:
             outcomes = phase.run(ctx, runnable)
         except Exception as exc:  # a phase that breaks fails its hosts, never the whole run

@@ -9,8 +9,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from nornir_k8sha.cli import app as command_line
 from nornir_k8sha.cli import runbook as cli_runbook
-from nornir_k8sha.cli.app import app as command_line
 from nornir_k8sha.inventory import open_nornir
 from nornir_k8sha.oplock import operation_lock
 from nornir_k8sha.runbook import seams
@@ -33,7 +33,7 @@ def _no_lab_faults_left_behind():  # noqa: ANN202
 
 @pytest.fixture
 def app() -> typer.Typer:
-    """The real command line (runbook and verify are registered in cli/app.py)."""
+    """The real command line (runbook and verify are registered in cli/commands.py)."""
     return command_line
 
 

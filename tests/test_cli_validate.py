@@ -194,8 +194,7 @@ def test_commands_that_reach_hosts_refuse_the_lab_inventory_while_the_lab_is_dow
     route: check/deploy/verify refuse (exit 2, nothing sent); validate/render still work."""
     from typer.testing import CliRunner
 
-    from nornir_k8sha.cli import common
-    from nornir_k8sha.cli.app import app
+    from nornir_k8sha.cli import app, common
 
     monkeypatch.setattr(common, "lab_is_down", lambda spec: True)
     for args in (["check"], ["deploy", "--dry-run"], ["verify"]):

@@ -18,7 +18,7 @@ from nornir.core.task import Result, Task
 from nornir_k8sha.connection import K8shaSSH, SSHTransport
 from nornir_k8sha.exceptions import CommandFailed, ConnectionFailed
 from nornir_k8sha.transport import CommandTimeout, Transport
-from tests.sshserver import SSHD, RealSSHD, SSHTestServer, make_key
+from tests.sshserver import SSHD, LocalSFTP, RealSSHD, SSHTestServer, make_key
 
 
 @pytest.fixture(scope="module")
@@ -302,6 +302,28 @@ def test_put_get_round_trip_and_mode(conn: SSHTransport, tmp_path: Path) -> None
     conn.remove(str(tmp_path / "moved"))
     conn.remove(str(tmp_path / "moved"))  # absent: fine
     assert not (tmp_path / "moved").exists()
+
+
+def test_a_stat_right_after_a_get_costs_no_round_trip(conn: SSHTransport, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """`host.file` reads a file and then its mode and owner: the read's own fstat answers the
+    second question (issue 12.3); after a write through the connection the server is asked."""
+    path, other = str(tmp_path / "f"), str(tmp_path / "other")
+    conn.put("x\n", path, 0o640)
+    conn.put("y\n", other, 0o600)
+    asked: list[str] = []
+    real = LocalSFTP.stat
+    monkeypatch.setattr(LocalSFTP, "stat", lambda self, p: asked.append(p) or real(self, p))
+    assert conn.get(path) == b"x\n"
+    info = conn.stat(path)
+    assert info is not None and info.mode == 0o640 and asked == []
+    assert conn.stat(path) is not None and asked == [path]  # once only
+    conn.get(path)
+    assert conn.stat(other) is not None and asked == [path, other]  # another file
+    conn.get(path)
+    conn.put("z\n", path, 0o600)  # written since it was read: ask again
+    info = conn.stat(path)
+    assert info is not None and info.mode == 0o600 and asked.count(path) == 2
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")

@@ -1,19 +1,31 @@
 """A no-op re-run costs as few round trips as it can (issue 12.3): a node's preparation asks
 its probes (swap, kubeadm version, the containerd and kubelet units, the live sysctls) and loads
-its modules in one exec channel, and trusts what it read while nothing has changed — counted on
-the fake fleet, never timed. Behaviour stays the same: a drifted host is still put right."""
+its modules in one exec channel, and trusts what it read while nothing has changed; the network
+phase reads the directors' BGP while the hosts are configured, and again only when something
+changed or a session was not up — counted on the fake fleet, never timed. Behaviour stays the
+same: a drifted host is still put right, a session down is still waited for."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from nornir.core import Nornir
 
 from nornir_k8sha import constants as C
+from nornir_k8sha.deploy import DeployContext, LocalPhase, NornirPhase, run_stages
 from nornir_k8sha.inventory import open_nornir
+from nornir_k8sha.phases.control_plane import wait_until_joinable
+from nornir_k8sha.phases.etcd import EtcdPhase
+from nornir_k8sha.phases.lb import LoadBalancers
+from nornir_k8sha.phases.network import Network
 from nornir_k8sha.pki import ClusterPKI
 from nornir_k8sha.render import files_for_component
+from nornir_k8sha.report import HostOutcome, RunReport
 from nornir_k8sha.tasks import kubeadm as K
 from nornir_k8sha.testing import FakeFleet, FakeHost, FakeUnit, install_fake
 from nornir_k8sha.topology import ClusterSpec, load_cluster_spec
@@ -84,3 +96,212 @@ def test_drift_is_still_put_right_after_the_batched_probes(
     unit = host.debian.units["containerd"]
     assert unit.active and unit.starts == 2
     assert C.KUBERNETES_MODULES in host.files
+
+
+# --- the network phase: the directors' BGP is read while the hosts are configured -------------
+
+ESTABLISHED = ('{"ipv4Unicast":{"peers":{"10.88.0.71":{"state":"Established","pfxSnt":1,'
+               '"pfxRcd":0},"10.88.0.72":{"state":"Established","pfxSnt":1,"pfxRcd":0}}}}')
+
+
+def _network(spec: ClusterSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+             configured: str, summary: str = ESTABLISHED
+             ) -> tuple[list[HostOutcome], dict[str, list[bool]]]:
+    """Run the network phase with every host's configure answering `configured` (ok or
+    changed). Returns the outcomes and, per director, for each vtysh asked: whether the
+    configure was still running then."""
+    nr = open_nornir(LAB_INVENTORY)
+    fleet = install_fake(nr, FakeFleet())
+    configuring = threading.Event()
+    asked: dict[str, list[bool]] = {"lvs1": [], "lvs2": []}
+
+    def vtysh(name: str):  # noqa: ANN202
+        def reply(host: FakeHost, command: str, stdin: bytes | None) -> str:
+            asked[name].append(configuring.is_set())
+            return summary
+        return reply
+
+    for name in asked:
+        fleet.host(name).on(r"^vtysh", vtysh(name))
+
+    def configure(self, ctx: DeployContext, hosts: list[str]) -> list[HostOutcome]:  # noqa: ANN001
+        configuring.set()
+        deadline = time.monotonic() + 5
+        while not all(asked.values()) and time.monotonic() < deadline:
+            time.sleep(0.01)  # a configure that lasts until the directors were asked (or 5 s)
+        configuring.clear()
+        return [HostOutcome(h, configured) for h in hosts]  # type: ignore[arg-type]
+
+    monkeypatch.setattr(NornirPhase, "run", configure)
+    monkeypatch.setattr("nornir_k8sha.phases.network.BGP_SETTLE_TIMEOUT", 0.0)
+    ctx = DeployContext(spec, nr, RunReport("deploy", spec.name), state_dir=tmp_path)
+    phase = Network()
+    return phase.run(ctx, phase.hosts(ctx)), asked
+
+
+def test_a_no_op_network_phase_reads_bgp_once_while_configuring(
+        spec: ClusterSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    outcomes, asked = _network(spec, tmp_path, monkeypatch, "ok")
+    assert asked == {"lvs1": [True], "lvs2": [True]}  # during the configure, not after it
+    assert all(o.status == "ok" for o in outcomes)
+
+
+def test_after_a_change_the_network_phase_reads_bgp_again(
+        spec: ClusterSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    outcomes, asked = _network(spec, tmp_path, monkeypatch, "changed")
+    assert asked == {"lvs1": [True, False], "lvs2": [True, False]}
+    assert all(o.status == "changed" for o in outcomes)
+
+
+def test_a_session_down_is_still_waited_for_and_fails_the_director(
+        spec: ClusterSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    down = ESTABLISHED.replace('"Established","pfxSnt":1,"pfxRcd":0}}', '"Active","pfxSnt":0,'
+                               '"pfxRcd":0}}')
+    outcomes, asked = _network(spec, tmp_path, monkeypatch, "ok", summary=down)
+    assert asked == {"lvs1": [True, False], "lvs2": [True, False]}  # looked again after
+    failed = {o.host: o.message for o in outcomes if o.status == "failed"}
+    assert set(failed) == {"lvs1", "lvs2"}
+    assert "switch2 (Active)" in failed["lvs1"]
+
+
+# --- the engine: a phase's `prepare` runs beside the earlier stages ---------------------------
+
+
+class _Step(LocalPhase):
+    def __init__(self, name: str, local: Any) -> None:
+        self.name, self.title, self._local = name, name, local
+
+    def local(self, ctx: DeployContext) -> HostOutcome:
+        return self._local(ctx)
+
+
+def test_a_phase_prepares_while_earlier_stages_run_and_runs_after_it_is_ready(
+        spec: ClusterSpec, tmp_path: Path) -> None:
+    preparing, prepared = threading.Event(), threading.Event()
+
+    def first(ctx: DeployContext) -> HostOutcome:
+        assert preparing.wait(5), "the later phase's prepare did not start during stage 1"
+        return HostOutcome("local", "ok")
+
+    def second(ctx: DeployContext) -> HostOutcome:
+        return HostOutcome("local", "ok" if prepared.is_set() else "failed")
+
+    def prepare(ctx: DeployContext) -> None:
+        preparing.set()
+        time.sleep(0.2)  # still opening when stage 1 is done
+        prepared.set()
+
+    later = _Step("second", second)
+    later.prepare = prepare  # type: ignore[attr-defined]
+    ctx = DeployContext(spec, open_nornir(LAB_INVENTORY), RunReport("deploy", spec.name),
+                        state_dir=tmp_path)
+    report = run_stages(ctx, [[_Step("first", first)], [later]])
+    assert [p.status for p in report.phases] == ["ok", "ok"]
+
+
+def test_a_prepare_that_breaks_leaves_the_phase_to_run_and_report(
+        spec: ClusterSpec, tmp_path: Path) -> None:
+    def broken(ctx: DeployContext) -> None:
+        raise ConnectionError("switch1 unreachable")
+
+    phase = _Step("network", lambda ctx: HostOutcome("local", "ok"))
+    phase.prepare = broken  # type: ignore[attr-defined]
+    ctx = DeployContext(spec, open_nornir(LAB_INVENTORY), RunReport("deploy", spec.name),
+                        state_dir=tmp_path)
+    assert run_stages(ctx, [[phase]]).phases[0].status == "ok"
+
+
+# --- the SLB tier and etcd: one exec channel for the packages, units and module load ----------
+
+
+def _component_fleet(spec: ClusterSpec) -> FakeFleet:
+    fleet = FakeFleet(debian=True)
+    for h in spec.hosts:
+        for unit in ("haproxy", "keepalived", C.REALSERVER_SERVICE, "etcd",
+                     C.ETCD_BACKUP_TIMER_UNIT):
+            fleet.host(h.name).debian.units[unit] = FakeUnit()
+    return fleet
+
+
+def _deploy(spec: ClusterSpec, fleet: FakeFleet, phase: Any, state_dir: Path) -> RunReport:
+    nr = open_nornir(LAB_INVENTORY)
+    install_fake(nr, fleet)
+    healthy = httpx.MockTransport(lambda request: httpx.Response(200, json={"health": "true"}))
+    ctx = DeployContext(spec, nr, RunReport("deploy", spec.name), state_dir=state_dir,
+                        http=healthy)  # etcd's quorum wait
+    return run_stages(ctx, [[phase]])
+
+
+@pytest.mark.parametrize(("phase", "host", "component"), [
+    (LoadBalancers(), "lvs1", "keepalived"), (LoadBalancers(), "haproxy1", "haproxy"),
+    (EtcdPhase(), "etcd1", "etcd")])
+def test_a_configured_component_costs_one_exec_channel_and_its_file_reads(
+        spec: ClusterSpec, tmp_path: Path, phase: Any, host: str, component: str) -> None:
+    ClusterPKI(spec, tmp_path).ensure()
+    fleet = _component_fleet(spec)
+    assert _deploy(spec, fleet, phase, tmp_path).exit_code == 0
+    fake = fleet.host(host)
+    before, commands = fake.round_trips, len(fake.commands())
+    report = _deploy(spec, fleet, phase, tmp_path)
+    assert report.changed == 0
+    files = len([c for c in fake.calls[len(fake.calls) - (fake.round_trips - before):]
+                 if c.op in ("get", "stat")])
+    assert files and fake.round_trips - before == files + 1  # + ONE batch of probes
+    again = fake.commands()[commands:]
+    assert sum(c.startswith("dpkg-query") for c in again) == 1
+    assert not any(c.startswith(("systemctl start", "systemctl reload", "systemctl restart",
+                                 "apt-get")) for c in again)
+
+
+def test_a_stopped_keepalived_is_still_started_after_the_batched_probe(
+        spec: ClusterSpec, tmp_path: Path) -> None:
+    ClusterPKI(spec, tmp_path).ensure()
+    fleet = _component_fleet(spec)
+    _deploy(spec, fleet, LoadBalancers(), tmp_path)
+    unit = fleet.host("lvs1").debian.units["keepalived"]
+    unit.active = False  # it died; nothing else changed
+    report = _deploy(spec, fleet, LoadBalancers(), tmp_path)
+    assert report.phase("lb").hosts["lvs1"].status == "changed"
+    assert unit.active and unit.starts == 2
+
+
+# --- a join waits until every HAProxy forwards, not only the one the VIP answered through ------
+
+_STATS = "# pxname,svname,status\napiserver,master1,{}\napiserver,master2,DOWN\n"
+
+
+def test_a_join_waits_for_every_haproxy_to_have_an_apiserver_up(
+        spec: ClusterSpec, tmp_path: Path) -> None:
+    h1, h2 = (str(h.address) for h in spec.role("haproxy"))
+    asked = {h1: 0, h2: 0}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        if request.url.path == "/readyz":
+            return httpx.Response(200, text="ok")  # the VIP answers (through haproxy1)
+        asked[host] += 1
+        up = host == h1 or asked[host] > 2  # haproxy2 counts its rise checks a moment later
+        return httpx.Response(200, text=_STATS.format("UP" if up else "DOWN"))
+
+    ClusterPKI(spec, tmp_path).ensure()
+    ctx = DeployContext(spec, open_nornir(LAB_INVENTORY), RunReport("deploy", spec.name),
+                        state_dir=tmp_path, http=httpx.MockTransport(answer))
+    wait_until_joinable(ctx)
+    assert asked[h2] == 3 and asked[h1] == 3
+
+
+def test_a_haproxy_whose_stats_cannot_be_read_is_not_waited_for(
+        spec: ClusterSpec, tmp_path: Path) -> None:
+    stats: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/readyz":
+            return httpx.Response(200, text="ok")
+        stats.append(request.url.host)
+        raise httpx.ConnectError("refused", request=request)
+
+    ClusterPKI(spec, tmp_path).ensure()
+    ctx = DeployContext(spec, open_nornir(LAB_INVENTORY), RunReport("deploy", spec.name),
+                        state_dir=tmp_path, http=httpx.MockTransport(answer))
+    wait_until_joinable(ctx)
+    assert len(stats) == 2  # each asked once, then left to the join

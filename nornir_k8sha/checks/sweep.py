@@ -125,10 +125,11 @@ def apiservers(cx: CheckContext) -> list[CheckResult]:
     skip = _control_plane_skip(cx)
     if skip:
         return skip
-    masters = cx.run(apiserver.check, cx.spec.role(C.ROLE_MASTERS), state_dir=cx.state_dir,
-                     transport=cx.transport)
-    return [*masters.values(), apiserver.check_vip(cx.spec, cx.state_dir,
-                                                   transport=cx.transport)]
+    with ThreadPoolExecutor(max_workers=1) as other:  # the VIP while the masters answer
+        vip = other.submit(apiserver.check_vip, cx.spec, cx.state_dir, transport=cx.transport)
+        masters = cx.run(apiserver.check, cx.spec.role(C.ROLE_MASTERS),
+                         state_dir=cx.state_dir, transport=cx.transport)
+        return [*masters.values(), vip.result()]
 
 
 def nodes(cx: CheckContext) -> list[CheckResult]:

@@ -8,10 +8,14 @@ import time
 from nornir.core.task import MultiResult, Result, Task
 
 from nornir_k8sha import constants as C
+from nornir_k8sha.checks import CheckContext
 from nornir_k8sha.deploy import DeployContext, NornirPhase, run_task
 from nornir_k8sha.report import HostOutcome, fold_step, outcomes_from_nornir
-from nornir_k8sha.tasks import harbor
+from nornir_k8sha.tasks import haproxy, harbor
 from nornir_k8sha.tasks import kubeadm as K
+
+#: How long joins wait for every HAProxy to forward to an apiserver (rise x inter is ~1 s).
+HAPROXY_FORWARDS_TIMEOUT = 30.0
 
 
 def prepare_master(task: Task, ctx: DeployContext) -> Result:
@@ -24,6 +28,24 @@ def prepare_master(task: Task, ctx: DeployContext) -> Result:
     return Result(host=task.host, changed=bool(changed), diff="\n".join(r.diff or "" for r in
                                                                         results).strip(),
                   result="; ".join(changed) or "prepared")
+
+
+def wait_until_joinable(ctx: DeployContext, timeout: float = HAPROXY_FORWARDS_TIMEOUT) -> None:
+    """Before a join: the API answers through the VIP (`kubeadm.wait_for_api`), and every
+    HAProxy node has an apiserver backend UP. The VIP answering once proves one HAProxy: IPVS
+    may send the joiner to the other, which may not have counted its `rise` good checks of a
+    freshly initialised apiserver yet (the joiner then reads cluster-info from a closed
+    connection). A node whose stats page cannot be read is not waited for: the join says what
+    it meets."""
+    K.wait_for_api(ctx.spec, ctx.state_dir, transport=ctx.http)
+    cx = CheckContext(ctx.spec, ctx.nr, ctx.state_dir, ctx.http)
+    nodes = ctx.spec.role(C.ROLE_HAPROXY)
+    deadline = time.monotonic() + timeout
+    while nodes and time.monotonic() < deadline:
+        found = cx.run(haproxy.check, nodes, transport=ctx.http)
+        if not any(r.values.get("up") == [] for r in found.values()):
+            return
+        time.sleep(0.2)
 
 
 def _initialised(task: Task) -> Result:
@@ -59,7 +81,7 @@ class ControlPlane(NornirPhase):
                 initialised.append(first)
         joiners = [h for h in ready if h not in initialised and outcomes[h].status != "failed"]
         if joiners and initialised and not ctx.dry_run:
-            K.wait_for_api(ctx.spec, ctx.state_dir, transport=ctx.http)
+            wait_until_joinable(ctx)
         for host in joiners:
             if not initialised and not ctx.dry_run:
                 outcomes[host].status = "failed"

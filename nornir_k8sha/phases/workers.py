@@ -10,7 +10,7 @@ from nornir.core.task import Result, Task
 from nornir_k8sha import constants as C
 from nornir_k8sha.deploy import DeployContext, NornirPhase, run_task
 from nornir_k8sha.exceptions import NodesNotReady
-from nornir_k8sha.phases.control_plane import ControlPlane
+from nornir_k8sha.phases.control_plane import ControlPlane, wait_until_joinable
 from nornir_k8sha.report import HostOutcome, fold_step, outcomes_from_nornir
 from nornir_k8sha.tasks import harbor
 from nornir_k8sha.tasks import kubeadm as K
@@ -44,7 +44,7 @@ class Workers(NornirPhase):
             if not ctx.dry_run:
                 masters = ctx.shared.get("initialised_masters") or [
                     h.name for h in ctx.spec.role(C.ROLE_MASTERS)]
-                K.wait_for_api(ctx.spec, ctx.state_dir, transport=ctx.http)
+                wait_until_joinable(ctx)
                 material = ControlPlane._mint(ctx, masters, control_plane=False)
             res = run_task(ctx, todo, lambda t: K.join_node(t, ctx.spec, material,
                                                             control_plane=False), "join")

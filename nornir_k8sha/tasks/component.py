@@ -9,6 +9,9 @@ reload fails, so a bad config never stays live.
 
 from __future__ import annotations
 
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from nornir.core.task import Result, Task
@@ -17,6 +20,31 @@ from nornir_k8sha.pki import bundle_for_host
 from nornir_k8sha.render import files_for_component
 from nornir_k8sha.tasks import host as H
 from nornir_k8sha.topology import ClusterSpec
+from nornir_k8sha.transport import CommandResult
+
+
+@dataclass(frozen=True)
+class Probed:
+    """What a component's configure reads first, read in one round trip (`probe`)."""
+
+    packages: CommandResult
+    #: unit -> its properties as `host.service` reads them
+    units: dict[str, dict[str, str]]
+    #: the results of the caller's own extra commands, in order
+    extra: list[CommandResult]
+
+
+def probe(task: Task, packages: Sequence[str], units: Sequence[str],
+          extra: Sequence[str] = ()) -> Probed:
+    """Ask the packages' state (`host.package_query`), the units' state (`host.UNIT_PROBE`) and
+    `extra` commands in ONE exec channel: a no-op configure then costs one round trip for them
+    instead of one each (~0.15 s each on a slow guest). Pass the parts on as `known=` /
+    `known_units=`; the units are trusted only while nothing changed on the host."""
+    cmds = [H.package_query(packages), *(H.UNIT_PROBE.format(unit=shlex.quote(u)) for u in units),
+            *extra]
+    res = H.connect(task).run_batch(cmds, stop_on_error=False, check=False)
+    return Probed(res[0], {u: H.parse_unit(r.stdout) for u, r in zip(units, res[1:], strict=False)},
+                  res[1 + len(units):])
 
 
 def apply_component(
@@ -26,11 +54,14 @@ def apply_component(
     *,
     services: dict[str, str] | None = None,
     start: bool = True,
+    known_units: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Result:
     """Upload `component`'s files; then for each service: `reload`/`restart` if its inputs changed.
 
     `services` maps service name → "reload" | "restart" (default: each file's own service,
     restarted). With `start`, services are also enabled and started when they are not.
+    `known_units`: the units' state as `probe` read it before this step, with nothing changed
+    on the host since; used only when none of the component's files changed either.
     """
 
     me = spec.host(task.host.name)
@@ -62,6 +93,7 @@ def apply_component(
             reload_if_changed=inputs_changed and how == "reload",
             restart_if_changed=inputs_changed and how == "restart",
             rollback=backups.get(service, ()),
+            known=None if changed_files or known_units is None else known_units.get(service),
         )
         if r.changed:
             restarts.append(f"{how} {service}" if inputs_changed else f"start {service}")

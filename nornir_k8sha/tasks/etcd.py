@@ -18,7 +18,7 @@ from nornir_k8sha import constants as C
 from nornir_k8sha.checkresult import CheckResult, failed, passed
 from nornir_k8sha.clients import error_text, etcd_http_client, etcd_reports_healthy
 from nornir_k8sha.tasks import host as H
-from nornir_k8sha.tasks.component import apply_component, upload_pki
+from nornir_k8sha.tasks.component import apply_component, probe, upload_pki
 from nornir_k8sha.topology import ClusterSpec, etcd_quorum
 
 PACKAGES = ["etcd-server", "etcd-client"]
@@ -28,15 +28,17 @@ def configure(
     task: Task, spec: ClusterSpec, state_dir: Path, *, dry_run: bool | None = None
 ) -> Result:
     H.honour_dry_run(task, dry_run)
-    pk = H.packages(task, names=PACKAGES)
+    services = {"etcd": "restart", C.ETCD_BACKUP_TIMER_UNIT: "restart"}
+    probed = probe(task, PACKAGES, list(services))
+    pk = H.packages(task, names=PACKAGES, known=probed.packages)
     # owned by the etcd user: its unit's ExecStartPre chowns them too, so root-owned uploads
     # would flip back and forth
     certs = upload_pki(task, spec, state_dir, under=C.ETCD_PKI_DIR,
                        owner=f"{C.ETCD_USER}:{C.ETCD_USER}")
     # the data dir is made and chowned by the unit itself (ExecStartPre in etcd.service.j2)
     # the snapshot timer is (re)started when its files change; etcd itself only by its own
-    r = apply_component(task, spec, "etcd", services={"etcd": "restart",
-                                                      C.ETCD_BACKUP_TIMER_UNIT: "restart"})
+    r = apply_component(task, spec, "etcd", services=services,
+                        known_units=None if pk.changed or certs else probed.units)
     if certs and not r.changed and not task.is_dry_run():
         H.service(task, name="etcd", state="restarted")
     r.changed = bool(r.changed or certs or pk.changed)

@@ -11,14 +11,16 @@ from nornir_k8sha import constants as C
 from nornir_k8sha.checkresult import failed, passed, skipped
 from nornir_k8sha.clients import parse_bgp_summary
 from nornir_k8sha.tasks import host as H
-from nornir_k8sha.tasks.component import apply_component
+from nornir_k8sha.tasks.component import apply_component, probe
 from nornir_k8sha.topology import ClusterSpec
 
 
 def configure(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None) -> Result:
     H.honour_dry_run(task, dry_run)
-    pk = H.packages(task, names=["frr"])
-    r = apply_component(task, spec, "frr", services={"frr": "restart"})
+    probed = probe(task, ["frr"], ["frr"])
+    pk = H.packages(task, names=["frr"], known=probed.packages)
+    r = apply_component(task, spec, "frr", services={"frr": "restart"},
+                        known_units=None if pk.changed else probed.units)
     r.changed = bool(r.changed or pk.changed)
     return r
 

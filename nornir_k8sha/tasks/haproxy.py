@@ -5,6 +5,7 @@ connections (the Debian unit's reload is a seamless master-worker reload)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
@@ -14,16 +15,18 @@ from nornir_k8sha import constants as C
 from nornir_k8sha.checkresult import failed, passed
 from nornir_k8sha.clients import error_text, parse_haproxy_csv, plain_client
 from nornir_k8sha.tasks import host as H
-from nornir_k8sha.tasks.component import apply_component, upload_pki
+from nornir_k8sha.tasks.component import apply_component, probe, upload_pki
 from nornir_k8sha.topology import ClusterSpec
 
 PACKAGES = ["haproxy"]
 
 
-def configure_realserver(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None) -> Result:
-    """VIP/32 on lo and arp_ignore=1 / arp_announce=2, applied now and at every boot."""
+def configure_realserver(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None,
+                         known_units: Mapping[str, Mapping[str, str]] | None = None) -> Result:
+    """VIP/32 on lo and arp_ignore=1 / arp_announce=2, applied now and at every boot.
+    `known_units`: as in `apply_component`."""
     H.honour_dry_run(task, dry_run)
-    return apply_component(task, spec, "realserver")
+    return apply_component(task, spec, "realserver", known_units=known_units)
 
 
 def configure(task: Task, spec: ClusterSpec, state_dir: Path, *,
@@ -31,10 +34,12 @@ def configure(task: Task, spec: ClusterSpec, state_dir: Path, *,
     """Packages, the real-server VIP, the cluster CA the health checks verify apiservers with
     (placed before haproxy.cfg is validated: `haproxy -c` opens it), then haproxy.cfg."""
     H.honour_dry_run(task, dry_run)
-    pk = H.packages(task, names=PACKAGES)
-    rs = configure_realserver(task, spec)
+    probed = probe(task, PACKAGES, ["haproxy", C.REALSERVER_SERVICE])
+    pk = H.packages(task, names=PACKAGES, known=probed.packages)
+    rs = configure_realserver(task, spec, known_units=None if pk.changed else probed.units)
     ca = upload_pki(task, spec, state_dir, under=C.HAPROXY_PKI_DIR)
-    cfg = apply_component(task, spec, "haproxy", services={"haproxy": "reload"})
+    cfg = apply_component(task, spec, "haproxy", services={"haproxy": "reload"},
+                          known_units=None if pk.changed or rs.changed or ca else probed.units)
     if ca and not cfg.changed and not task.is_dry_run():
         H.service(task, name="haproxy", state="reloaded")  # a new CA is read on reload only
     return Result(

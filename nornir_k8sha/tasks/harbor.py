@@ -18,6 +18,7 @@ import secrets
 import string
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -31,7 +32,7 @@ from nornir_k8sha.ociimage import MEDIA_MANIFEST, probe_image
 from nornir_k8sha.render import SECRET_NAMES, files_for_component
 from nornir_k8sha.statefiles import write_private
 from nornir_k8sha.tasks import host as H
-from nornir_k8sha.tasks.component import upload_pki
+from nornir_k8sha.tasks.component import probe, upload_pki
 from nornir_k8sha.topology import ClusterSpec
 
 DISTRIBUTION_SERVICE = "docker-registry"
@@ -121,7 +122,8 @@ def _harbor(task: Task, spec: ClusterSpec, state_dir: Path) -> Result:
 def _distribution(task: Task, spec: ClusterSpec, state_dir: Path) -> Result:
     me = spec.host(task.host.name)
     changed = []
-    if H.packages(task, names=[DISTRIBUTION_PACKAGE]).changed:
+    probed = probe(task, [DISTRIBUTION_PACKAGE], [DISTRIBUTION_SERVICE])
+    if H.packages(task, names=[DISTRIBUTION_PACKAGE], known=probed.packages).changed:
         changed.append(DISTRIBUTION_PACKAGE)
     # owned by the service user: its unit's ExecStartPre chowns them anyway
     changed += upload_pki(task, spec, state_dir, under=C.REGISTRY_PKI_DIR,
@@ -130,7 +132,8 @@ def _distribution(task: Task, spec: ClusterSpec, state_dir: Path) -> Result:
         if H.file(task, path=f.path, content=f.content, mode=f.mode,
                   secret=f.secret or None).changed:
             changed.append(f.path)
-    svc = H.service(task, name=DISTRIBUTION_SERVICE, restart_if_changed=bool(changed))
+    svc = H.service(task, name=DISTRIBUTION_SERVICE, restart_if_changed=bool(changed),
+                    known=None if changed else probed.units[DISTRIBUTION_SERVICE])
     return Result(host=task.host, changed=bool(changed) or bool(svc.changed),
                   result="distribution registry")
 
@@ -239,11 +242,17 @@ def check(task: Task, spec: ClusterSpec) -> Result:
     ref = probe_reference(spec)
     ctr = f"ctr -n {C.CONTAINERD_K8S_NAMESPACE}"
     expected = probe_image(spec.name).digest
-    # two pulls of a one-layer image: a few probe timeouts at most
-    pulled, untrusted = H.probe_connection(task).run_batch(
-        [_PULL.format(ctr=ctr, hosts=C.CONTAINERD_CERTS_DIR, ref=ref),
-         _UNTRUSTED.format(ctr=ctr, ref=ref)],
-        stop_on_error=False, check=False, timeout=3 * C.CHECK_TIMEOUT_S)
+    # two pulls of a one-layer image, a few probe timeouts at most; independent, so they run
+    # at once in two channels of the node's one connection (the check lasts as long as the
+    # slower of them, not both)
+    conn = H.probe_connection(task)
+    limit = 3 * C.CHECK_TIMEOUT_S
+    with ThreadPoolExecutor(max_workers=1) as other:
+        refusal = other.submit(conn.run, _UNTRUSTED.format(ctr=ctr, ref=ref), check=False,
+                               timeout=limit)
+        pulled = conn.run(_PULL.format(ctr=ctr, hosts=C.CONTAINERD_CERTS_DIR, ref=ref),
+                          check=False, timeout=limit)
+        untrusted = refusal.result()
     got = next((line.split()[2] for line in pulled.stdout.splitlines()
                 if line.startswith(ref + " ")), "")
     refused = untrusted.exit_code != 0

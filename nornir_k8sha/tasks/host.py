@@ -252,21 +252,21 @@ def _float(text: str) -> float | None:
 
 def packages(task: Task, *, names: Sequence[str], update_cache: bool = False,
              no_start: bool = True, timeout: float = APT_TIMEOUT,
-             dry_run: bool | None = None) -> Result:
+             known: CommandResult | None = None, dry_run: bool | None = None) -> Result:
     """Install Debian packages with apt; a no-op (one query) when all are installed.
 
     A name may pin a version: "kubeadm=1.30.2-1.1" or a glob "kubeadm=1.30.*". With `no_start`
     a temporary policy-rc.d keeps newly installed services from starting before they are
     configured (the `service` task starts them). The package lists are refreshed when apt
-    cannot find a package (or always with `update_cache`).
+    cannot find a package (or always with `update_cache`). `known`: the result of
+    `package_query(names)` the caller ran moments ago in a batch of its own (one round trip
+    fewer).
     """
     wanted = [_split_spec(n) for n in names]
     if not wanted:
         return Result(host=task.host, changed=False, result="no packages")
     conn = connect(task)
-    bare = " ".join(shlex.quote(n) for n, _ in wanted)
-    query = conn.run(f"dpkg-query -W -f '${{Package}} ${{Version}} ${{db:Status-Status}}\\n' "
-                     f"{bare}", check=False)
+    query = known if known is not None else conn.run(package_query(names), check=False)
     installed = {}
     for line in query.stdout.splitlines():
         parts = line.split()
@@ -290,6 +290,12 @@ def packages(task: Task, *, names: Sequence[str], update_cache: bool = False,
         raise CommandFailed(task.host.name, f"apt-get install {' '.join(missing)}", r.exit_code,
                             r.stderr)
     return Result(host=task.host, changed=True, diff=diff, result=f"installed {missing}")
+
+
+def package_query(names: Sequence[str]) -> str:
+    """The command `packages` asks first: each package's version and install state."""
+    bare = " ".join(shlex.quote(_split_spec(n)[0]) for n in names)
+    return f"dpkg-query -W -f '${{Package}} ${{Version}} ${{db:Status-Status}}\\n' {bare}"
 
 
 def _split_spec(spec: str) -> tuple[str, str]:

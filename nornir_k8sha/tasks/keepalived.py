@@ -13,21 +13,26 @@ from nornir.core.task import Result, Task
 from nornir_k8sha import constants as C
 from nornir_k8sha.checkresult import CheckResult, failed, passed
 from nornir_k8sha.clients import CONNECT_TIMEOUT, error_text, parse_ipvs_routes
+from nornir_k8sha.exceptions import CommandFailed
 from nornir_k8sha.tasks import host as H
-from nornir_k8sha.tasks.component import apply_component
+from nornir_k8sha.tasks.component import apply_component, probe
 from nornir_k8sha.topology import ClusterSpec
 
 PACKAGES = ["keepalived", "ipvsadm"]
+#: Load IPVS and prove it is there (before keepalived programs it).
+IP_VS = "modprobe ip_vs 2>/dev/null || true; grep -q '^ip_vs' /proc/modules"
 
 
 def configure(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None) -> Result:
     """Packages, the ip_vs module, keepalived.conf (validated by `keepalived -t`), reload."""
     H.honour_dry_run(task, dry_run)
-    pk = H.packages(task, names=PACKAGES)
-    conn = H.connect(task)
-    if not task.is_dry_run():
-        conn.run("modprobe ip_vs 2>/dev/null || true; grep -q '^ip_vs' /proc/modules", check=True)
-    r = apply_component(task, spec, "keepalived", services={"keepalived": "reload"})
+    probed = probe(task, PACKAGES, ["keepalived"], [] if task.is_dry_run() else [IP_VS])
+    pk = H.packages(task, names=PACKAGES, known=probed.packages)
+    for r in probed.extra:  # the module load (not in a dry run)
+        if not r.ok:
+            raise CommandFailed(task.host.name, r.command, r.exit_code, r.stderr)
+    r = apply_component(task, spec, "keepalived", services={"keepalived": "reload"},
+                        known_units=None if pk.changed else probed.units)
     r.changed = r.changed or bool(pk.changed)
     return r
 

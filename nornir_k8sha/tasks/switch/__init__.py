@@ -45,7 +45,7 @@ PLATFORMS: dict[str, Platform] = {p.name: p for p in (IOS(), FRR(), NXOS(), EOS(
 NETMIKO_DEVICE_TYPE = {p.name: p.device_type for p in PLATFORMS.values()
                        if p.device_type != p.name}
 
-__all__ = ["ERROR_PATTERN", "PLATFORMS", "check", "configure", "intent", "plan_for",
+__all__ = ["ERROR_PATTERN", "PLATFORMS", "check", "configure", "connect", "intent", "plan_for",
            "platform_of", "wanted_lines"]
 
 
@@ -74,6 +74,11 @@ def _netmiko(task: Task, *, fresh: bool = False, conn_timeout: float | None = No
         host.open_connection("netmiko", task.nornir.config, extras=extras,
                              platform=NETMIKO_DEVICE_TYPE.get(host.platform, host.platform))
     return host.get_connection("netmiko", task.nornir.config)
+
+
+def connect(task: Task) -> None:
+    """Open this switch's session now (the deploy opens it while earlier phases run)."""
+    _netmiko(task)
 
 
 def intent(spec: ClusterSpec, name: str) -> str:
