@@ -128,11 +128,16 @@ def test_a_bad_neighbour_setting_is_rolled_back_with_sessions_up(lab, deployed,
     assert wait_for(lambda: all_established(lab, "switch1"), 20), sessions(lab, "switch1")
     before = running(lab, "switch1")
     inv = inventory_copy(tmp_path, lvs_asn=65011)
-    proc = cli("deploy", "-i", str(inv), "--phase", "network", "--limit", "switch1", "--json")
-    report = report_of(proc)
-    (o,) = network(report).values()
+    args = ["deploy", "-i", str(inv), "--phase", "network", "--limit", "switch1", "--json"]
+    proc = cli(*args, "--dry-run")  # what it will send: the two remote-as lines
+    (o,) = network(report_of(proc)).values()
+    assert o["status"] == "changed" and sorted(changed_lines(o["diff"])) == sorted(
+        [f"neighbor 10.88.0.1{i} remote-as {asn}" for i in (1, 2) for asn in (65010, 65011)])
+    assert running(lab, "switch1") == before
+
+    proc = cli(*args)
+    (o,) = network(report_of(proc)).values()
     assert proc.returncode != 0 and o["status"] == "failed", o
-    assert "+ neighbor 10.88.0.11 remote-as 65011" in o["diff"]
     assert "post-check failed: BGP session(s) 10.88.0.11, 10.88.0.12 not Established" in (
         o["message"])
     assert "config is as before the change" in o["message"], o["message"]
