@@ -246,5 +246,14 @@ SWITCH_POSTCHECK_POLL = 1.0
 #: The range of a BGP AS number (4-octet ASNs, RFC 6793; 0 is reserved).
 BGP_ASN_MIN = 1
 BGP_ASN_MAX = 4294967295
+#: BGP session timers (seconds): the vendors' defaults (IOS, NX-OS, EOS, FRR `traditional`),
+#: RFC 4271's smallest non-zero hold time, keepalives per hold time, and the CLIs' ranges.
+BGP_DEFAULT_KEEPALIVE_S = 60
+BGP_DEFAULT_HOLD_S = 180
+BGP_DEFAULT_CONNECT_RETRY_S = 120
+BGP_MIN_HOLD_S = 3
+BGP_KEEPALIVES_PER_HOLD = 3
+BGP_TIMER_MAX = 65535
+BGP_ADVERTISEMENT_INTERVAL_MAX = 600
 #: Junos `commit confirmed N`: minutes after which the switch undoes an unconfirmed commit itself.
 SWITCH_COMMIT_CONFIRM_MINUTES = 5

@@ -62,6 +62,27 @@ class BGPSettings(_Strict):
     lvs_asn: int = Field(65010, description="ASN of the LVS directors")
     switch_asn: int = Field(65000, description="ASN of the ToR switches")
     announce_vip: bool = Field(True, description="LVS directors announce the VIP /32")
+    # Session timers, set per neighbour on both ends (directors' FRR and every switch). The
+    # defaults are the vendors' own (IOS, NX-OS, EOS and FRR's `traditional` profile): a ToR
+    # keeps the timers its network team expects. FRR's `datacenter` profile (3/9 s, connect
+    # retry 10 s) is the faster choice when clients reach the VIP through the switches: after a
+    # director's power cut the switch keeps its path via the dead director until the hold time
+    # runs out (docs/switches.md). Validated by topology.py (rule bgp-timers).
+    keepalive_s: int = Field(
+        C.BGP_DEFAULT_KEEPALIVE_S, ge=0, le=C.BGP_TIMER_MAX,
+        description="seconds between BGP keepalives; at most hold_s / 3 (0 only with hold_s 0)")
+    hold_s: int = Field(
+        C.BGP_DEFAULT_HOLD_S, ge=0, le=C.BGP_TIMER_MAX,
+        description="BGP hold time: a silent peer is dropped after it; 0 (never) or >= 3 "
+        "(RFC 4271) and >= 3 x keepalive_s")
+    connect_retry_s: int = Field(
+        C.BGP_DEFAULT_CONNECT_RETRY_S, ge=1, le=C.BGP_TIMER_MAX,
+        description="seconds between attempts to open a session that is down (FRR only; "
+        "RFC 4271 suggests 120)")
+    advertisement_interval_s: int = Field(
+        0, ge=0, le=C.BGP_ADVERTISEMENT_INTERVAL_MAX,
+        description="minimum seconds between updates to a neighbour (MRAI); 0 so that a "
+        "failover's new VIP announcement is never held back (IOS would wait 30 s on eBGP)")
 
 
 class EtcdSettings(_Strict):

@@ -30,7 +30,7 @@ from nornir_k8sha.inventory import (
     inventory_from_raw,
     read_raw_inventory,
 )
-from nornir_k8sha.settings import ClusterSettings, HostData
+from nornir_k8sha.settings import BGPSettings, ClusterSettings, HostData
 
 # --- the rules' numbers ------------------------------------------------------------------------
 
@@ -687,6 +687,24 @@ def _check_switches(spec: ClusterSpec, out: _Findings) -> None:
     if spec.settings.bgp.lvs_asn == spec.settings.bgp.switch_asn:
         out.add("warning", "bgp-asn", "LVS and switch ASNs are equal: iBGP, the switches will "
                 "not re-advertise the VIP to each other", field="bgp.lvs_asn")
+    _check_bgp_timers(spec.settings.bgp, out)
+
+
+def _check_bgp_timers(bgp: BGPSettings, out: _Findings) -> None:
+    """Hold time 0 (no keepalives, sessions never time out) or >= 3 s (RFC 4271 4.2; FRR and
+    IOS refuse 1-2), and at least 3 keepalives per hold time, as the CLIs require."""
+    hold, keepalive = bgp.hold_s, bgp.keepalive_s
+    if 0 < hold < C.BGP_MIN_HOLD_S:
+        out.add("error", "bgp-timers", f"hold time {hold} s: must be 0 (never expire) or at "
+                f"least {C.BGP_MIN_HOLD_S} s (RFC 4271)", field="bgp.hold_s")
+    elif keepalive * C.BGP_KEEPALIVES_PER_HOLD > hold:
+        out.add("error", "bgp-timers", f"hold time {hold} s is less than "
+                f"{C.BGP_KEEPALIVES_PER_HOLD} x keepalive ({C.BGP_KEEPALIVES_PER_HOLD} x "
+                f"{keepalive} s): raise bgp.hold_s or lower bgp.keepalive_s", field="bgp.hold_s")
+    elif keepalive == 0 and hold > 0:
+        out.add("error", "bgp-timers", f"keepalive 0 with a hold time of {hold} s: the peer "
+                "would drop every session after the hold time; keepalive must be 1.."
+                f"{hold // C.BGP_KEEPALIVES_PER_HOLD}", field="bgp.keepalive_s")
 
 
 def _check_version(spec: ClusterSpec, out: _Findings) -> None:

@@ -36,12 +36,15 @@ TOP_SECTIONS = re.compile(r"^(router |route-map \S+ (permit|deny)|interface |vrf
 SUB_SECTIONS = re.compile(r"^(address-family |neighbor \S+$)")
 #: (pattern, how many leading words name the setting) for lines that hold one value.
 VALUED = ((re.compile(r"^neighbor \S+ route-map \S+ (in|out)$"), None),
-          (re.compile(r"^neighbor \S+ (remote-as|description|timers|maximum-\S+) "), 3),
+          (re.compile(r"^neighbor \S+ timers connect "), 4),
+          (re.compile(r"^neighbor \S+ (remote-as|description|timers|maximum-\S+"
+                      r"|advertisement-interval) "), 3),
           (re.compile(r"^(bgp )?router-id "), -1),
-          (re.compile(r"^(remote-as|description|maximum-prefix) "), 1),
+          (re.compile(r"^(remote-as|description|maximum-prefix|timers|advertisement-interval) "),
+           1),
           (re.compile(r"^route-map \S+ (in|out)$"), None),
-          (re.compile(r"^set .* (peer-as|type|description|autonomous-system|router-id|maximum) "),
-           -1))
+          (re.compile(r"^set .* (peer-as|type|description|autonomous-system|router-id|maximum"
+                      r"|hold-time) "), -1))
 
 
 def setting_of(line: str) -> str | None:

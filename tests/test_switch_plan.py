@@ -11,6 +11,7 @@ Golden files are rewritten with K8SHA_UPDATE_GOLDEN=1 (then read the diff before
 from __future__ import annotations
 
 import os
+import re
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
@@ -40,9 +41,16 @@ def golden(path: Path, text: str) -> None:
     assert text == path.read_text(), f"{path} differs (K8SHA_UPDATE_GOLDEN=1 rewrites it)"
 
 
+def production_timers(defaults: dict) -> None:
+    """Drop the lab's tight BGP timers: the goldens show the production defaults."""
+    for key in ("keepalive_s", "hold_s", "connect_retry_s", "advertisement_interval_s"):
+        defaults["data"]["bgp"].pop(key, None)
+
+
 def spec_for(make_inventory: InventoryFactory, platform: str) -> ClusterSpec:
     def set_platform(hosts: dict, groups: dict, defaults: dict) -> None:
         groups["switches"]["platform"] = platform
+        production_timers(defaults)
     return load_cluster_spec(make_inventory(set_platform))
 
 
@@ -99,9 +107,50 @@ def test_a_changed_value_replaces_its_line_and_the_rollback_restores_it(
     the_plan = switch.plan_for(switch.PLATFORMS["frr"], running, spec, "switch1")
     assert "- neighbor 10.88.0.11 description old-lvs1\n" in the_plan.diff
     assert "+ neighbor 10.88.0.11 description k8sha-lvs1\n" in the_plan.diff
-    assert " neighbor 10.88.0.11 timers 10 30\n" in the_plan.diff  # not ours: left alone
+    assert "- neighbor 10.88.0.11 timers 10 30\n" in the_plan.diff  # bgp.keepalive_s/hold_s
+    assert "+ neighbor 10.88.0.11 timers 60 180\n" in the_plan.diff
+    assert " neighbor 10.88.0.11 timers 60 180" in the_plan.commands
     assert " neighbor 10.88.0.11 description old-lvs1" in the_plan.restore
-    assert not any("timers" in c for c in the_plan.commands + the_plan.restore)
+    assert " neighbor 10.88.0.11 timers 10 30" in the_plan.restore
+
+
+TIMER_LINE = r"^\s*(neighbor \S+ )?timers \d+ \d+$|^set protocols bgp group \S+ hold-time \d+$"
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_a_timer_change_on_a_switch_in_sync_changes_only_the_timer_lines(
+        make_inventory: InventoryFactory, platform: str) -> None:
+    """A switch configured with the default timers; bgp.keepalive_s/hold_s change to 1/3: the
+    plan sends the timer lines inside their parents (router bgp, NX-OS' neighbor) and nothing
+    else, the diff changes only those lines, and the rollback sends the old values back."""
+    p = switch.PLATFORMS[platform]
+    dev = FakeSwitch(platform)
+    feed(dev, switch.plan_for(p, "", spec_for(make_inventory, platform), "switch1").commands)
+    applied = dev.config_text()
+
+    def tight(hosts: dict, groups: dict, defaults: dict) -> None:
+        groups["switches"]["platform"] = platform
+        production_timers(defaults)
+        defaults["data"]["bgp"].update(keepalive_s=1, hold_s=3)
+
+    the_plan = switch.plan_for(p, applied, load_cluster_spec(make_inventory(tight)), "switch1")
+    parents = {"router bgp 65000", "neighbor 10.88.0.11", "neighbor 10.88.0.12", "exit"}
+    sent = [c.strip() for c in the_plan.commands if c.strip() not in parents]
+    diff = the_plan.diff.splitlines()[2:]
+    removed = [ln[1:].strip() for ln in diff if ln.startswith("-")]
+    added = [ln[1:].strip() for ln in diff if ln.startswith("+")]
+    per_switch = 1 if platform == "juniper_junos" else 2  # Junos: one group; else per neighbour
+    assert len(sent) == per_switch and all(re.match(TIMER_LINE, c) for c in sent), sent
+    assert added == sent
+    assert removed == [old_value(c) for c in sent]
+    assert [c.strip() for c in the_plan.restore if c.strip() not in parents] == removed
+    feed(dev, the_plan.commands)
+    assert not switch.plan_for(p, dev.config_text(), load_cluster_spec(make_inventory(tight)),
+                               "switch1").changed
+
+
+def old_value(line: str) -> str:
+    return line.replace("timers 1 3", "timers 60 180").replace("hold-time 3", "hold-time 180")
 
 
 def test_nested_nxos_lines_are_sent_inside_their_parents(make_inventory: InventoryFactory) -> None:
@@ -111,11 +160,11 @@ def test_nested_nxos_lines_are_sent_inside_their_parents(make_inventory: Invento
     running = (FIXTURES / "cisco_nxos" / "running-partial.txt").read_text()
     cmds = switch.plan_for(switch.PLATFORMS["cisco_nxos"], running, spec, "switch1").commands
     start = cmds.index("router bgp 65000")
-    assert cmds[start:start + 6] == [
+    assert cmds[start:start + 8] == [
         "router bgp 65000", "  neighbor 10.88.0.11", "    description k8sha-lvs1",
-        "    address-family ipv4 unicast", "      route-map K8SHA-DENY out",
-        "      maximum-prefix 10"]
-    assert "      route-map K8SHA-VIP-IN in" not in cmds[start:start + 8]  # already there
+        "    timers 60 180", "    address-family ipv4 unicast", "      advertisement-interval 0",
+        "      route-map K8SHA-DENY out", "      maximum-prefix 10"]
+    assert "      route-map K8SHA-VIP-IN in" not in cmds[start:start + 9]  # already there
     assert "feature bgp" not in cmds and "    remote-as 65010" in cmds  # only for 10.88.0.12
 
 

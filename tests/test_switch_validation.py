@@ -42,6 +42,51 @@ def test_asn_range_ends_are_accepted(make_inventory: InventoryFactory, value: in
     assert "bgp-asn-range" not in {f.rule for f in analyse(inv).findings}
 
 
+@pytest.mark.parametrize("timers, field, message", [
+    ({"keepalive_s": 1, "hold_s": 2}, "bgp.hold_s",
+     "hold time 2 s: must be 0 (never expire) or at least 3 s (RFC 4271)"),
+    ({"keepalive_s": 60, "hold_s": 90}, "bgp.hold_s",
+     "hold time 90 s is less than 3 x keepalive (3 x 60 s): raise bgp.hold_s or lower "
+     "bgp.keepalive_s"),
+    ({"keepalive_s": 5, "hold_s": 0}, "bgp.hold_s",
+     "hold time 0 s is less than 3 x keepalive (3 x 5 s): raise bgp.hold_s or lower "
+     "bgp.keepalive_s"),
+    ({"keepalive_s": 0, "hold_s": 9}, "bgp.keepalive_s",
+     "keepalive 0 with a hold time of 9 s: the peer would drop every session after the hold "
+     "time; keepalive must be 1..3"),
+])
+def test_bgp_timers_that_no_switch_takes(make_inventory: InventoryFactory,
+                                         timers: dict[str, int], field: str,
+                                         message: str) -> None:
+    inv = make_inventory(lambda h, g, d: d["data"]["bgp"].update(timers))
+    finding = only(analyse(inv), "bgp-timers")
+    assert (finding.severity, finding.host, finding.field) == ("error", None, field)
+    assert finding.message == message
+    key = field.split(".")[1]
+    assert finding.where == f"defaults.yaml:{line_of(inv / 'defaults.yaml', 'bgp', key)}"
+
+
+@pytest.mark.parametrize("field, value", [("hold_s", -1), ("keepalive_s", -5),
+                                          ("connect_retry_s", 0), ("hold_s", 65536),
+                                          ("advertisement_interval_s", 601)])
+def test_bgp_timer_out_of_range_is_a_schema_error(make_inventory: InventoryFactory, field: str,
+                                                  value: int) -> None:
+    inv = make_inventory(lambda h, g, d: d["data"]["bgp"].update({field: value}))
+    (finding,) = [f for f in analyse(inv).errors]
+    assert (finding.rule, finding.field) == ("schema", f"bgp.{field}")
+    assert finding.where == f"defaults.yaml:{line_of(inv / 'defaults.yaml', 'bgp', field)}"
+
+
+@pytest.mark.parametrize("timers", [{"keepalive_s": 0, "hold_s": 0},
+                                    {"keepalive_s": 1, "hold_s": 3},
+                                    {"keepalive_s": 3, "hold_s": 9},
+                                    {"keepalive_s": 60, "hold_s": 180}])
+def test_bgp_timers_the_switches_take(make_inventory: InventoryFactory,
+                                      timers: dict[str, int]) -> None:
+    inv = make_inventory(lambda h, g, d: d["data"]["bgp"].update(timers))
+    assert "bgp-timers" not in {f.rule for f in analyse(inv).findings}
+
+
 def test_switch_outside_the_host_subnet(make_inventory: InventoryFactory) -> None:
     inv = make_inventory(lambda h, g, d: h["switch2"].update(hostname="10.99.0.72"))
     analysis = analyse(inv)
@@ -67,9 +112,13 @@ BAD: dict[str, Any] = {
     "platform": lambda h, g, d: h["switch1"].update(platform="nokia_srl"),
     "asn": lambda h, g, d: d["data"]["bgp"].update(switch_asn=4294967296),
     "subnet": lambda h, g, d: h["switch1"]["data"].update(bgp_neighbors=["172.16.0.11"]),
+    "hold": lambda h, g, d: d["data"]["bgp"].update(keepalive_s=1, hold_s=2),
+    "hold-vs-keepalive": lambda h, g, d: d["data"]["bgp"].update(keepalive_s=30, hold_s=60),
+    "negative": lambda h, g, d: d["data"]["bgp"].update(connect_retry_s=-1),
 }
 NAMED = {"platform": ("switch1", "platform"), "asn": (None, "bgp.switch_asn"),
-         "subnet": ("switch1", "bgp_neighbors")}
+         "subnet": ("switch1", "bgp_neighbors"), "hold": (None, "bgp.hold_s"),
+         "hold-vs-keepalive": (None, "bgp.hold_s"), "negative": (None, "bgp.connect_retry_s")}
 
 
 @pytest.mark.parametrize("bad", sorted(BAD))

@@ -35,12 +35,13 @@ ERROR_PATTERN = r"^\s*% ?(?!Warning)\S|syntax error|^\s*error:|^ERROR:|unknown c
 
 #: Cisco-style single-valued settings: a new value replaces the line (IOS, FRR, NX-OS, EOS).
 CISCO_SINGLE_VALUED = tuple(re.compile(p) for p in (
-    r"^(neighbor \S+ (?:remote-as|description|timers|maximum-prefix|maximum-routes"
-    r"|update-source|ebgp-multihop|advertisement-interval))\b",
+    r"^(neighbor \S+ (?:remote-as|description|timers connect|timers|maximum-prefix"
+    r"|maximum-routes|update-source|ebgp-multihop|advertisement-interval))\b",
     r"^(neighbor \S+ route-map) \S+ (in|out)$",
     r"^((?:bgp )?router-id)\b",
     r"^(timers bgp)\b",
-    r"^(remote-as|description|timers|maximum-prefix|update-source|ebgp-multihop)\b",
+    r"^(remote-as|description|timers|maximum-prefix|update-source|ebgp-multihop"
+    r"|advertisement-interval)\b",
     r"^(route-map) \S+ (in|out)$",
     r"^(ip prefix-list \S+ seq \d+)\b",
 ))
