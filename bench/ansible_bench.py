@@ -1,7 +1,7 @@
 """Ansible side by side with this tool, on the same lab hosts, in one run (issue 12.1).
 
     sudo .venv/bin/python bench/ansible_bench.py [--rounds 3] [--uml-timeout 240]
-                                                 [--strategies linear,free] [--no-directors]
+        [--strategies linear,free] [--tiers haproxy,etcd,workers,directors] [--generate-only]
 
 Run from the repository root, as root (it builds labs), under the shared lab lock. What it does:
 
@@ -105,7 +105,9 @@ def main() -> int:
     ap.add_argument("--strategies", default="linear,free")
     ap.add_argument("--uml-timeout", type=float, default=240.0,
                     help="cap on Ansible's directors play, seconds")
-    ap.add_argument("--no-directors", action="store_true")
+    ap.add_argument("--tiers", default="haproxy,etcd,workers,directors",
+                    help="which tiers (the directors' run can take --uml-timeout: measure them "
+                         "in a lab-lock acquisition of their own with --tiers directors)")
     ap.add_argument("--work", type=Path, default=REPO / ".k8sha" / "bench-ansible")
     ap.add_argument("--json-out", type=Path, default=None)
     ap.add_argument("--generate-only", action="store_true",
@@ -121,7 +123,11 @@ def main() -> int:
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     playbook_bin, version = runner.ensure_ansible()
     strategies = [s for s in args.strategies.split(",") if s]
-    tiers = [*TIERS, *([] if args.no_directors else ["directors"])]
+    tiers = [t for t in args.tiers.split(",") if t]
+    unknown = set(tiers) - {*TIERS, "directors"}
+    if unknown:
+        print(f"ansible_bench: unknown tier(s) {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
     spec, books = prepare(args.inventory, args.work, tiers)
     logs = args.work / "logs"
     # (side, tier) -> {"fresh": Run, "no-op": [Run]}
@@ -178,6 +184,15 @@ def _median(runs: list[runner.Run]) -> runner.Run | None:
                       timed_out=any(r.timed_out for r in runs))
 
 
+def _runs(res: dict, sides: list[str], tier: str, kind: str) -> list[runner.Run]:
+    out = []
+    for side in sides:
+        entry = res.get((side, tier))
+        if entry is not None:
+            out.extend([entry["fresh"]] if kind == "fresh" else entry["no-op"])
+    return out
+
+
 def print_table(res: dict, strategies: list[str], tiers: list[str], cap: float,  # noqa: ANN001
                 version: str, started: str) -> None:
     sides = [f"ansible {s}" for s in strategies]
@@ -201,7 +216,10 @@ def print_table(res: dict, strategies: list[str], tiers: list[str], cap: float, 
             ours_run = None if ours is None else (
                 ours["fresh"] if kind == "fresh" else _median(ours["no-op"]))
             ratio = "-"
-            if best is not None and ours_run is not None and ours_run.seconds > 0:
+            failed = any(not r.ok and not r.timed_out for r in _runs(res, sides, tier, kind))
+            if failed or (ours_run is not None and not ours_run.ok):
+                ratio = "n/a (a run failed)"
+            elif best is not None and ours_run is not None and ours_run.seconds > 0:
                 timed = any((res.get((s, tier)) or {}).get("fresh") is not None
                             and res[(s, tier)]["fresh"].timed_out for s in sides)
                 ratio = f"{'> ' if timed and kind == 'fresh' else ''}{best / ours_run.seconds:.1f}x"

@@ -7,7 +7,8 @@ preparation by this tool and by the Ansible playbook, and the lab's memory; prin
 For each N: a copy of inventory/lab with N extra workers (`wx01`.. at 10.88.0.101..; the lab
 builds one nspawn container per inventory host, so nothing in nornir_k8sha/lab changes); a new
 lab (`lab down` + `lab up -i` the copy); its memory (PSS of every host's processes, and the
-hosts' cgroups' memory.current) once settled; this tool's preparation of all N+2 workers
+hosts' cgroups' memory.current) once settled, and again once the workers are prepared
+(containerd running on each); this tool's preparation of all N+2 workers
 (bench/ansible/prepare_workers.py: the first step of the `workers` phase) fresh, then
 `--rounds` no-ops; a new lab; the generated workers playbook (bench/ansible/playbook.py) fresh
 and no-op. Each N is saved to `--results` (JSON) as it finishes, so the sizes can be measured
@@ -108,6 +109,7 @@ def measure(n: int, work: Path, rounds: int, strategy: str) -> dict:
     args = ["-i", str(inventory), "--json"]
     runs = [runner.run_cli(args, script=PREPARE) for _ in range(rounds + 1)]
     row["ours_fresh"], row["ours_noop"] = vars(runs[0]), [vars(r) for r in runs[1:]]
+    row["pss_prepared_mib"], row["cgroup_prepared_mib"] = lab_memory(inventory)
     print(f"N={n}: lab up {row['lab_up_s']:.1f} s, {row['pss_mib']:.0f} MiB PSS; ours fresh "
           f"{runs[0].seconds:.2f} s, no-op {[round(r.seconds, 2) for r in runs[1:]]}",
           flush=True)
@@ -140,12 +142,14 @@ def show(results: dict[str, dict]) -> None:
         print("no results yet")
         return
     head = ["extra", "workers", "lab hosts", "lab up s", "lab MiB (PSS)", "cgroups MiB",
+            "prepared: PSS", "cgroups",
             "ours fresh s", "ours no-op s", "ansible fresh s", "ansible no-op s",
             "ratio fresh", "ratio no-op"]
     table = [head]
     for r in rows:
         table.append([str(r["extra"]), str(r["workers"]), str(r["hosts"]), f"{r['lab_up_s']:.1f}",
                       f"{r['pss_mib']:.0f}", f"{r['cgroup_mib']:.0f}",
+                      f"{r['pss_prepared_mib']:.0f}", f"{r['cgroup_prepared_mib']:.0f}",
                       _cell(r["ours_fresh"]), _cell(_noop(r, "ours")),
                       _cell(r["ansible_fresh"]), _cell(_noop(r, "ansible")),
                       f"{r['ansible_fresh']['seconds'] / r['ours_fresh']['seconds']:.1f}x",
@@ -162,7 +166,8 @@ def show(results: dict[str, dict]) -> None:
             noop = _noop(big, side) / _noop(small, side)
             print(f"{side}: {small['extra']} -> {big['extra']} extra workers: fresh x{fresh:.2f}, "
                   f"no-op x{noop:.2f}" + (f" (goal < {GROWTH_GOAL}x)" if side == "ours" else ""))
-    print(f"memory of the {big['extra']}-extra-worker lab: {big['pss_mib']:.0f} MiB PSS "
+    print(f"memory of the {big['extra']}-extra-worker lab: {big['pss_mib']:.0f} MiB PSS booted, "
+          f"{big['pss_prepared_mib']:.0f} MiB with containerd running on every worker "
           f"(goal < {MEMORY_GOAL_MIB:.0f} MiB)")
 
 

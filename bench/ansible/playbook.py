@@ -247,7 +247,8 @@ def _wait_quorum(spec: ClusterSpec, state_dir: Path) -> dict[str, Any]:
             "return_content": True,
         },
         "register": "k8sha_health",
-        "until": "k8sha_health.json is defined and k8sha_health.json.health == 'true'",
+        # etcd answers text/plain: look for the field in the body
+        "until": "'\"health\":\"true\"' in (k8sha_health.content | default(''))",
         "retries": 120, "delay": 0.5,
         "loop": [str(h.address) for h in spec.role(C.ROLE_ETCD)],
         "delegate_to": "localhost", "run_once": True,
