@@ -137,10 +137,12 @@ def main() -> int:
     for n, strategy in enumerate(strategies):
         side = f"ansible {strategy}"
         runner.fresh_lab(args.inventory)
+        control = args.work / f"cp-{strategy}-{int(time.time())}"
         for tier in [t for t in tiers if t != "directors" or n == 0]:
             cap = args.uml_timeout if tier == "directors" else 600.0
             fresh = runner.run_playbook(playbook_bin, books[tier], strategy=strategy,
-                                        timeout=cap, log_dir=logs, label=f"{strategy}-{tier}-0")
+                                        timeout=cap, log_dir=logs, label=f"{strategy}-{tier}-0",
+                                        control_dir=control)
             print(f"{side:16} {tier:10} fresh  {fmt(fresh, cap)} changed={fresh.changed}",
                   flush=True)
             res[(side, tier)] = {"fresh": fresh, "no-op": []}
@@ -149,11 +151,12 @@ def main() -> int:
             for r in range(args.rounds if tier != "directors" else 1):
                 again = runner.run_playbook(playbook_bin, books[tier], strategy=strategy,
                                             timeout=cap, log_dir=logs,
-                                            label=f"{strategy}-{tier}-{r + 1}")
+                                            label=f"{strategy}-{tier}-{r + 1}",
+                                            control_dir=control)
                 res[(side, tier)]["no-op"].append(again)  # type: ignore[union-attr]
                 print(f"{side:16} {tier:10} no-op  {fmt(again, cap)} changed={again.changed}",
                       flush=True)
-        runner.close_control_masters(args.work / "cp")
+        runner.close_control_masters(control)
 
     runner.fresh_lab(args.inventory)
     for tier in tiers:

@@ -115,10 +115,12 @@ def measure(n: int, work: Path, rounds: int, strategy: str) -> dict:
           flush=True)
 
     runner.fresh_lab(inventory)
+    control = work / f"cp-{n}-{int(time.time())}"
     aruns = [runner.run_playbook(playbook_bin, books["workers"], strategy=strategy,
-                                 timeout=900, log_dir=work / "logs", label=f"workers-{n}-{i}")
+                                 timeout=900, log_dir=work / "logs", label=f"workers-{n}-{i}",
+                                 control_dir=control)
              for i in range(rounds + 1)]
-    runner.close_control_masters(work / "cp")
+    runner.close_control_masters(control)
     row["ansible_fresh"], row["ansible_noop"] = vars(aruns[0]), [vars(r) for r in aruns[1:]]
     print(f"N={n}: ansible fresh {aruns[0].seconds:.2f} s, no-op "
           f"{[round(r.seconds, 2) for r in aruns[1:]]}", flush=True)

@@ -365,9 +365,10 @@ def ansible_cfg(*, forks: int, control_path_dir: Path) -> str:
         "",
         "[ssh_connection]",
         "pipelining = True",
-        # ServerAlive: a master whose lab host is gone exits by itself within ~10 s
-        "ssh_args = -o ControlMaster=auto -o ControlPersist=30m -o ServerAliveInterval=5 "
-        "-o ServerAliveCountMax=2",
+        # ServerAlive: a master whose lab host is gone exits by itself within 2 minutes (a
+        # tighter 5 s x 2 cut the UML directors off while a module started on them)
+        "ssh_args = -o ControlMaster=auto -o ControlPersist=30m -o ServerAliveInterval=30 "
+        "-o ServerAliveCountMax=4",
         f"control_path_dir = {control_path_dir}",
         "",
     ])

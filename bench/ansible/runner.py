@@ -74,11 +74,16 @@ def parse_recap(text: str) -> tuple[int, list[str], bool]:
 
 
 def run_playbook(playbook: Path, book: Path, *, strategy: str, timeout: float,
-                 log_dir: Path, label: str) -> Run:
-    """`ansible-playbook book` from the book's dir (its ansible.cfg), with `strategy`."""
+                 log_dir: Path, label: str, control_dir: Path | None = None) -> Run:
+    """`ansible-playbook book` from the book's dir (its ansible.cfg), with `strategy`;
+    `control_dir`: the ControlPersist sockets of this lab (one dir per lab, so a master left
+    from an earlier lab on the same addresses is never reused)."""
     env = {**os.environ, "ANSIBLE_CONFIG": str(book.parent / "ansible.cfg"),
            "ANSIBLE_STRATEGY": strategy, "ANSIBLE_NOCOLOR": "1",
            "ANSIBLE_LOCALHOST_WARNING": "0"}
+    if control_dir is not None:
+        control_dir.mkdir(parents=True, exist_ok=True)
+        env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = str(control_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{label}.log"
     start = time.monotonic()
