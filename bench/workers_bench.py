@@ -6,9 +6,9 @@ preparation by this tool and by the Ansible playbook, and the lab's memory; prin
 
 For each N: a copy of inventory/lab with N extra workers (`wx01`.. at 10.88.0.101..; the lab
 builds one nspawn container per inventory host, so nothing in nornir_k8sha/lab changes); a new
-lab (`lab down` + `lab up -i` the copy); its memory (PSS of every host's processes, and the
-hosts' cgroups' memory.current) once settled, and again once the workers are prepared
-(containerd running on each); this tool's preparation of all N+2 workers
+lab (`lab down` + `lab up -i` the copy); its memory (PSS and RSS of every host's processes,
+and how much more memory the machine uses than before `lab up`) once settled, and again once
+the workers are prepared (containerd running on each); this tool's preparation of all N+2 workers
 (bench/ansible/prepare_workers.py: the first step of the `workers` phase) fresh, then
 `--rounds` no-ops; a new lab; the generated workers playbook (bench/ansible/playbook.py) fresh
 and no-op. Each N is saved to `--results` (JSON) as it finishes, so the sizes can be measured
@@ -67,18 +67,38 @@ def write_inventory(out: Path, extra: int) -> Path:
     return out
 
 
+def _rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def machine_used_mib() -> float:
+    """MemTotal - MemAvailable of this machine (what every process and cache holds)."""
+    info = {line.split(":")[0]: int(line.split()[1])
+            for line in Path("/proc/meminfo").read_text().splitlines()}
+    return (info["MemTotal"] - info["MemAvailable"]) / 1024
+
+
 def lab_memory(inventory: Path) -> tuple[float, float]:
-    """(PSS of every host's processes, sum of the hosts' cgroups' memory.current), MiB."""
+    """(PSS of every host's processes, the sum of their RSS), MiB. PSS shares the pages the
+    hosts have in common (one rootfs) among them; the RSS sum counts each shared page once per
+    process: an upper bound. (The machine's memory cgroup controller is v1 and the lab places
+    its hosts in the v2/name=systemd hierarchies only, so there is no cgroup memory figure.)"""
     lab = Lab.from_inventory(inventory, base=REPO)
     pss = sum(s.pss_kib for s in lab.status()) / 1024
-    current = 0
-    for host in lab.spec.hosts:
-        for cg in procs.host_cgroups(lab.spec.name, host.name):
-            f = cg / "memory.current"
-            if f.is_file():
-                current += int(f.read_text())
-                break  # the first cgroup holds the host; the others are nested in it
-    return pss, current / 2**20
+    rss = sum(_rss_kib(pid) for host in lab.spec.hosts
+              for pid in procs.cgroup_pids(procs.host_cgroups(lab.spec.name, host.name)))
+    return pss, rss / 1024
+
+
+def _kept(run: runner.Run) -> dict:
+    """A run as saved: its output only when it failed."""
+    return {**vars(run), "log": "" if run.ok else run.log}
 
 
 def measure(n: int, work: Path, rounds: int, strategy: str) -> dict:
@@ -103,13 +123,17 @@ def measure(n: int, work: Path, rounds: int, strategy: str) -> dict:
                  "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                  "load": os.getloadavg()[0]}
 
+    runner.run_cli(["lab", "down", "-i", str(inventory)], timeout=600)
+    before = machine_used_mib()
     row["lab_up_s"] = runner.fresh_lab(inventory)
     time.sleep(5)  # let the guests settle before reading memory
-    row["pss_mib"], row["cgroup_mib"] = lab_memory(inventory)
+    row["pss_mib"], row["rss_mib"] = lab_memory(inventory)
+    row["machine_delta_mib"] = machine_used_mib() - before
     args = ["-i", str(inventory), "--json"]
     runs = [runner.run_cli(args, script=PREPARE) for _ in range(rounds + 1)]
-    row["ours_fresh"], row["ours_noop"] = vars(runs[0]), [vars(r) for r in runs[1:]]
-    row["pss_prepared_mib"], row["cgroup_prepared_mib"] = lab_memory(inventory)
+    row["ours_fresh"], row["ours_noop"] = _kept(runs[0]), [_kept(r) for r in runs[1:]]
+    row["pss_prepared_mib"], row["rss_prepared_mib"] = lab_memory(inventory)
+    row["machine_prepared_delta_mib"] = machine_used_mib() - before
     print(f"N={n}: lab up {row['lab_up_s']:.1f} s, {row['pss_mib']:.0f} MiB PSS; ours fresh "
           f"{runs[0].seconds:.2f} s, no-op {[round(r.seconds, 2) for r in runs[1:]]}",
           flush=True)
@@ -121,7 +145,7 @@ def measure(n: int, work: Path, rounds: int, strategy: str) -> dict:
                                  control_dir=control)
              for i in range(rounds + 1)]
     runner.close_control_masters(control)
-    row["ansible_fresh"], row["ansible_noop"] = vars(aruns[0]), [vars(r) for r in aruns[1:]]
+    row["ansible_fresh"], row["ansible_noop"] = _kept(aruns[0]), [_kept(r) for r in aruns[1:]]
     print(f"N={n}: ansible fresh {aruns[0].seconds:.2f} s, no-op "
           f"{[round(r.seconds, 2) for r in aruns[1:]]}", flush=True)
     runner.run_cli(["lab", "down", "-i", str(inventory)], timeout=600)
@@ -138,22 +162,29 @@ def _cell(run: dict | float) -> str:
     return f"{run['seconds']:.2f}" + ("" if run["ok"] else " FAILED")
 
 
+def _cpu(run: dict) -> str:
+    """The controller's CPU seconds and the machine's busy share during a run."""
+    return f"{run.get('cpu_s', 0):.1f}, {100 * run.get('machine_busy', 0):.0f}%"
+
+
 def show(results: dict[str, dict]) -> None:
-    rows = [results[k] for k in sorted(results, key=int)]
+    rows = [results[k] for k in sorted(results, key=int) if "rss_mib" in results[k]]
     if not rows:
         print("no results yet")
         return
-    head = ["extra", "workers", "lab hosts", "lab up s", "lab MiB (PSS)", "cgroups MiB",
-            "prepared: PSS", "cgroups",
-            "ours fresh s", "ours no-op s", "ansible fresh s", "ansible no-op s",
-            "ratio fresh", "ratio no-op"]
+    head = ["extra", "workers", "lab hosts", "lab up s", "PSS MiB", "RSS sum MiB",
+            "machine +MiB", "prepared: PSS", "RSS sum", "machine +", "ours fresh s",
+            "(CPU s, busy)", "ours no-op s", "ansible fresh s", "(CPU s, busy)",
+            "ansible no-op s", "ratio fresh", "ratio no-op"]
     table = [head]
     for r in rows:
         table.append([str(r["extra"]), str(r["workers"]), str(r["hosts"]), f"{r['lab_up_s']:.1f}",
-                      f"{r['pss_mib']:.0f}", f"{r['cgroup_mib']:.0f}",
-                      f"{r['pss_prepared_mib']:.0f}", f"{r['cgroup_prepared_mib']:.0f}",
-                      _cell(r["ours_fresh"]), _cell(_noop(r, "ours")),
-                      _cell(r["ansible_fresh"]), _cell(_noop(r, "ansible")),
+                      f"{r['pss_mib']:.0f}", f"{r['rss_mib']:.0f}",
+                      f"{r['machine_delta_mib']:.0f}", f"{r['pss_prepared_mib']:.0f}",
+                      f"{r['rss_prepared_mib']:.0f}", f"{r['machine_prepared_delta_mib']:.0f}",
+                      _cell(r["ours_fresh"]), _cpu(r["ours_fresh"]), _cell(_noop(r, "ours")),
+                      _cell(r["ansible_fresh"]), _cpu(r["ansible_fresh"]),
+                      _cell(_noop(r, "ansible")),
                       f"{r['ansible_fresh']['seconds'] / r['ours_fresh']['seconds']:.1f}x",
                       f"{_noop(r, 'ansible') / _noop(r, 'ours'):.1f}x"])
     widths = [max(len(t[i]) for t in table) for i in range(len(head))]

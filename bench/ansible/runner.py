@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -40,6 +41,39 @@ class Run:
     failed: list[str] = field(default_factory=list)
     timed_out: bool = False
     log: str = ""
+    #: CPU seconds of the command and its children (the controller's own work)
+    cpu_s: float = 0.0
+    #: share of this machine's CPUs busy during the run (the lab's hosts run on them too)
+    machine_busy: float = 0.0
+
+
+class Meter:
+    """Wall clock, children's CPU time and the machine's busy share over one run."""
+
+    def __init__(self) -> None:
+        self.wall = time.monotonic()
+        self.cpu = _children_cpu()
+        self.stat = _cpu_stat()
+
+    def stop(self, run: Run) -> Run:
+        run.seconds = time.monotonic() - self.wall
+        run.cpu_s = _children_cpu() - self.cpu
+        busy0, total0 = self.stat
+        busy1, total1 = _cpu_stat()
+        run.machine_busy = (busy1 - busy0) / max(total1 - total0, 1)
+        return run
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _cpu_stat() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, sum(fields)
 
 
 def venv_path() -> Path:
@@ -86,7 +120,7 @@ def run_playbook(playbook: Path, book: Path, *, strategy: str, timeout: float,
         env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = str(control_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{label}.log"
-    start = time.monotonic()
+    meter = Meter()
     with log.open("w") as out:
         proc = subprocess.Popen([str(playbook), str(book)], cwd=book.parent, env=env,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -96,11 +130,10 @@ def run_playbook(playbook: Path, book: Path, *, strategy: str, timeout: float,
         except subprocess.TimeoutExpired:
             timed_out = True
             _end_group(proc)
-    seconds = time.monotonic() - start
-    text = log.read_text()
-    changed, failed, seen = parse_recap(text)
-    ok = not timed_out and proc.returncode == 0 and seen and not failed
-    return Run(seconds, ok, changed, failed, timed_out, str(log))
+    run = meter.stop(Run(0.0, False, timed_out=timed_out, log=str(log)))
+    run.changed, run.failed, seen = parse_recap(log.read_text())
+    run.ok = not timed_out and proc.returncode == 0 and seen and not run.failed
+    return run
 
 
 def syntax_check(playbook: Path, books: dict[str, Path]) -> int:
@@ -157,22 +190,20 @@ def run_cli(args: list[str], *, timeout: float = 600.0, script: str | None = Non
     """`python -m nornir_k8sha ARGS` (or `python SCRIPT ARGS`) from the repo root; with
     `--json` in ARGS the report's changed count and failed hosts are read."""
     cmd = [sys.executable, script] if script else [sys.executable, "-m", "nornir_k8sha"]
-    start = time.monotonic()
+    meter = Meter()
     try:
         proc = subprocess.run([*cmd, *args], cwd=REPO, capture_output=True, text=True,
                               timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        return Run(time.monotonic() - start, False, timed_out=True, log=str(exc.stderr)[-2000:])
-    seconds = time.monotonic() - start
-    changed, failed = 0, []
+        return meter.stop(Run(0.0, False, timed_out=True, log=str(exc.stderr)[-2000:]))
+    run = meter.stop(Run(0.0, proc.returncode == 0, log=(proc.stderr or proc.stdout)[-2000:]))
     if "--json" in args:
         try:
             doc = json.loads(proc.stdout)
-            changed, failed = int(doc.get("changed", 0)), list(doc.get("failed_hosts", []))
+            run.changed, run.failed = int(doc.get("changed", 0)), list(doc.get("failed_hosts", []))
         except ValueError:
             pass
-    return Run(seconds, proc.returncode == 0, changed, failed,
-               log=(proc.stderr or proc.stdout)[-2000:])
+    return run
 
 
 def fresh_lab(inventory: Path | str, log=print) -> float:  # noqa: ANN001
