@@ -156,6 +156,16 @@ def main() -> int:
                 res[(side, tier)]["no-op"].append(again)  # type: ignore[union-attr]
                 print(f"{side:16} {tier:10} no-op  {fmt(again, cap)} changed={again.changed}",
                       flush=True)
+        if gen.COMBINED in books:
+            res[(side, gen.COMBINED)] = {"fresh": None, "no-op": []}
+            for r in range(args.rounds):
+                again = runner.run_playbook(playbook_bin, books[gen.COMBINED], strategy=strategy,
+                                            timeout=600, log_dir=logs,
+                                            label=f"{strategy}-combined-{r + 1}",
+                                            control_dir=control)
+                res[(side, gen.COMBINED)]["no-op"].append(again)  # type: ignore[union-attr]
+                print(f"{side:16} {gen.COMBINED:10} no-op  {fmt(again)} "
+                      f"changed={again.changed}", flush=True)
         runner.close_control_masters(control)
 
     runner.fresh_lab(args.inventory)
@@ -170,11 +180,23 @@ def main() -> int:
             res[("nornir-k8sha", tier)]["no-op"].append(again)  # type: ignore[union-attr]
             print(f"{'nornir-k8sha':16} {tier:10} no-op  {fmt(again)} changed={again.changed}",
                   flush=True)
+    if gen.COMBINED in books:
+        names = ",".join(h.name for h in (*spec.role(C.ROLE_HAPROXY), *spec.role(C.ROLE_ETCD)))
+        cmd = ["deploy", "-i", str(args.inventory), "--json", "--phase", "lb", "--phase", "etcd",
+               "--limit", names]
+        res[("nornir-k8sha", gen.COMBINED)] = {"fresh": None, "no-op": []}
+        for _ in range(args.rounds):
+            again = runner.run_cli(cmd)
+            res[("nornir-k8sha", gen.COMBINED)]["no-op"].append(again)  # type: ignore[union-attr]
+            print(f"{'nornir-k8sha':16} {gen.COMBINED:10} no-op  {fmt(again)} "
+                  f"changed={again.changed}", flush=True)
+        tiers = [*tiers, gen.COMBINED]
     runner.run_cli(["lab", "down", "-i", str(args.inventory)], timeout=300)
     print_table(res, strategies, tiers, args.uml_timeout, version, started)
     if args.json_out:
         args.json_out.write_text(json.dumps(
-            {f"{s}|{t}": {"fresh": vars(v["fresh"]), "no-op": [vars(x) for x in v["no-op"]]}
+            {f"{s}|{t}": {"fresh": v["fresh"] and vars(v["fresh"]),
+                          "no-op": [vars(x) for x in v["no-op"]]}
              for (s, t), v in res.items()}, indent=1))
     return 0
 
@@ -193,7 +215,7 @@ def _runs(res: dict, sides: list[str], tier: str, kind: str) -> list[runner.Run]
         entry = res.get((side, tier))
         if entry is not None:
             out.extend([entry["fresh"]] if kind == "fresh" else entry["no-op"])
-    return out
+    return [r for r in out if r is not None]
 
 
 def print_table(res: dict, strategies: list[str], tiers: list[str], cap: float,  # noqa: ANN001
@@ -202,7 +224,7 @@ def print_table(res: dict, strategies: list[str], tiers: list[str], cap: float, 
     head = ["tier", "run", *sides, "nornir-k8sha", "ratio", "goal"]
     rows = []
     for tier in tiers:
-        for kind in ("fresh", "no-op"):
+        for kind in ("fresh", "no-op") if tier != gen.COMBINED else ("no-op",):
             cells, best = [], None
             for side in [*sides, "nornir-k8sha"]:
                 entry = res.get((side, tier))

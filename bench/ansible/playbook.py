@@ -41,6 +41,8 @@ from nornir_k8sha.tasks import kubeadm as K
 from nornir_k8sha.tasks.harbor import HOSTS_MARK
 from nornir_k8sha.topology import ClusterSpec
 
+#: haproxy's and etcd's plays in one playbook (`deploy --phase lb --phase etcd` in one command).
+COMBINED = "haproxy+etcd"
 #: The copy module's placeholder for the temp file its validator checks.
 ANSIBLE_VALIDATE_PLACEHOLDER = "%s"
 
@@ -405,4 +407,8 @@ def write_bench_dir(out: Path, spec: ClusterSpec, render_doc: Mapping[str, Any],
     for host, data in host_vars.items():
         (out / "host_vars" / f"{host}.yml").write_text(yaml.safe_dump(data, sort_keys=False))
     (out / "render.json").write_text(json.dumps(render_doc))
+    if {"haproxy", "etcd"} <= set(books):  # the two in one command, as `deploy` runs them
+        books[COMBINED] = out / f"{COMBINED}.yml"
+        books[COMBINED].write_text(yaml.safe_dump(
+            [{"import_playbook": "haproxy.yml"}, {"import_playbook": "etcd.yml"}]))
     return books
