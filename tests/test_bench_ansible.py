@@ -172,3 +172,25 @@ def test_inventory_and_config_reach_hosts_as_deploy_does(generated: dict[str, An
     assert cfg["defaults"]["gathering"] == "explicit"
     assert cfg["ssh_connection"]["pipelining"] == "True"
     assert "ControlPersist" in cfg["ssh_connection"]["ssh_args"]
+
+
+def test_workers_bench_inventory_adds_valid_workers(tmp_path: Path) -> None:
+    """bench/workers_bench.py's lab inventory: the lab's own hosts plus N workers at free lab
+    addresses, valid, with no address taken twice (`lab up -i` builds one host per entry)."""
+    sys.path.insert(0, str(REPO / "bench" / "ansible"))
+    try:
+        loaded = importlib.util.spec_from_file_location("k8sha_workers_bench",
+                                                        REPO / "bench" / "workers_bench.py")
+        assert loaded is not None and loaded.loader is not None
+        bench = importlib.util.module_from_spec(loaded)
+        sys.modules[loaded.name] = bench
+        loaded.loader.exec_module(bench)
+    finally:
+        sys.path.remove(str(REPO / "bench" / "ansible"))
+    spec = load_cluster_spec(bench.write_inventory(tmp_path / "inv", 60))
+    base = load_cluster_spec(LAB)
+    assert len(spec.hosts) == len(base.hosts) + 60
+    assert spec.count("workers") == base.count("workers") + 60
+    addresses = [h.address for h in spec.hosts]
+    assert len(set(addresses)) == len(addresses) and spec.vip not in addresses
+    assert all(a in spec.network for a in addresses)
