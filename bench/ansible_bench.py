@@ -90,6 +90,44 @@ def prepare(inventory: Path, work: Path, tiers: list[str]) -> tuple[ClusterSpec,
     return spec, books
 
 
+#: What one Ansible module costs on a host before it does anything: a Python start and the
+#: imports of an AnsiballZ payload (zip, json, tempfile, subprocess...), against a shell.
+PROBES = {
+    "sh -c true": "sh -c true",
+    "python3 -c pass": "python3 -c pass",
+    "python3 + AnsiballZ-like imports": "python3 -c 'import json, zipfile, tempfile, subprocess, "
+                                        "shutil, base64, locale, selectors, shlex, pwd, grp'",
+}
+
+
+def probe_hosts(spec: ClusterSpec, key: Path, known: Path, rounds: int = 3) -> None:
+    """Print the median wall time of each PROBES command over SSH (connection reused) on the
+    first director and the first HAProxy node: why Ansible crawls on the UML directors."""
+    hosts = [spec.role(C.ROLE_LVS)[0], spec.role(C.ROLE_HAPROXY)[0]]
+    control = Path(f"/tmp/k8sha-probe-{os.getpid()}")
+    base = ["ssh", "-i", str(key), "-o", f"UserKnownHostsFile={known}", "-o",
+            "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ControlMaster=auto",
+            "-o", f"ControlPath={control}-%h", "-o", "ControlPersist=60"]
+    print(f"{'command on the host (median of ' + str(rounds) + ', SSH reused)':44}"
+          + "".join(f"{h.name + ' s':>14}" for h in hosts))
+    for label, cmd in PROBES.items():
+        cells = []
+        for h in hosts:
+            runner.subprocess.run([*base, f"root@{h.address}", "true"], capture_output=True,
+                                  timeout=120)
+            times = []
+            for _ in range(rounds):
+                start = time.monotonic()
+                runner.subprocess.run([*base, f"root@{h.address}", cmd], capture_output=True,
+                                      timeout=300)
+                times.append(time.monotonic() - start)
+            cells.append(statistics.median(times))
+        print(f"{label:44}" + "".join(f"{c:14.2f}" for c in cells), flush=True)
+    for h in hosts:
+        runner.subprocess.run([*base, "-O", "exit", f"root@{h.address}"], capture_output=True,
+                              timeout=10)
+
+
 def fmt(run: runner.Run | None, cap: float | None = None) -> str:
     if run is None:
         return "-"
@@ -137,6 +175,8 @@ def main() -> int:
     for n, strategy in enumerate(strategies):
         side = f"ansible {strategy}"
         runner.fresh_lab(args.inventory)
+        if n == 0 and "directors" in tiers:
+            probe_hosts(spec, *lab_ssh_paths(args.inventory))
         control = args.work / f"cp-{strategy}-{int(time.time())}"
         for tier in [t for t in tiers if t != "directors" or n == 0]:
             cap = args.uml_timeout if tier == "directors" else 600.0
