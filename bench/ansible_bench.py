@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -78,7 +79,7 @@ def prepare(inventory: Path, work: Path, tiers: list[str]) -> tuple[ClusterSpec,
     state_dir = REPO / spec.state_dir
     ClusterPKI(spec, state_dir).ensure()
     tree = work / "tree"
-    rendered = runner.subprocess.run(
+    rendered = subprocess.run(
         [sys.executable, "-m", "nornir_k8sha", "render", "-i", str(inventory), "-o", str(tree),
          "--json"], cwd=REPO, capture_output=True, text=True)
     if rendered.returncode != 0:
@@ -113,18 +114,18 @@ def probe_hosts(spec: ClusterSpec, key: Path, known: Path, rounds: int = 3) -> N
     for label, cmd in PROBES.items():
         cells = []
         for h in hosts:
-            runner.subprocess.run([*base, f"root@{h.address}", "true"], capture_output=True,
+            subprocess.run([*base, f"root@{h.address}", "true"], capture_output=True,
                                   timeout=120)
             times = []
             for _ in range(rounds):
                 start = time.monotonic()
-                runner.subprocess.run([*base, f"root@{h.address}", cmd], capture_output=True,
+                subprocess.run([*base, f"root@{h.address}", cmd], capture_output=True,
                                       timeout=300)
                 times.append(time.monotonic() - start)
             cells.append(statistics.median(times))
         print(f"{label:44}" + "".join(f"{c:14.2f}" for c in cells), flush=True)
     for h in hosts:
-        runner.subprocess.run([*base, "-O", "exit", f"root@{h.address}"], capture_output=True,
+        subprocess.run([*base, "-O", "exit", f"root@{h.address}"], capture_output=True,
                               timeout=10)
 
 

@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from ipaddress import IPv4Address
@@ -108,7 +109,7 @@ def measure(n: int, work: Path, rounds: int, strategy: str) -> dict:
     state_dir = REPO / spec.state_dir
     ClusterPKI(spec, state_dir).ensure()
     tree = work / f"tree-{n}"
-    rendered = runner.subprocess.run(
+    rendered = subprocess.run(
         [sys.executable, "-m", "nornir_k8sha", "render", "-i", str(inventory), "-o", str(tree),
          "--json"], cwd=REPO, capture_output=True, text=True, check=True)
     nr_extras = yaml.safe_load((inventory / "defaults.yaml").read_text())[
