@@ -37,8 +37,14 @@ def kubectls() -> dict[str, str]:
 
 KUBECTLS = kubectls()
 #: Debian's kubectl in a built lab rootfs (any: the package is the same in each)
-LAB_NODE_KUBECTL = next((p for p in sorted(rootfs.CACHE_ROOT.glob("rootfs-*/usr/bin/kubectl"))
-                         if os.access(p, os.X_OK)), None)
+def lab_node_kubectl() -> Path | None:
+    """The kubectl of a built lab rootfs, looked up now: `lab up` prunes stale rootfs trees,
+    so a path found at collection time may be gone by the time a test runs."""
+    return next((p for p in sorted(rootfs.CACHE_ROOT.glob("rootfs-*/usr/bin/kubectl"))
+                 if os.access(p, os.X_OK)), None)
+
+
+LAB_NODE_KUBECTL = lab_node_kubectl()
 #: every binary by name: the machine image's, and the lab nodes' when a lab rootfs is built
 BINARIES = {**KUBECTLS, **({"lab-node": str(LAB_NODE_KUBECTL)} if LAB_NODE_KUBECTL else {})}
 NO_KUBECTL = "no kubectl binary on PATH (the machine image ships kubectl.1.27 ... kubectl.1.33)"
@@ -62,5 +68,7 @@ def kubectl(version: str, kubeconfig: Path, *args: str, home: Path, timeout: flo
     """One kubectl run with only `kubeconfig` (no ambient config); `home` keeps its cache."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
            "KUBECONFIG": str(kubeconfig)}
-    return subprocess.run([BINARIES[version], *args], env=env, capture_output=True, text=True,
+    binary = str(lab_node_kubectl() or BINARIES[version]) if version == "lab-node" \
+        else BINARIES[version]
+    return subprocess.run([binary, *args], env=env, capture_output=True, text=True,
                           timeout=timeout, input=stdin)
