@@ -654,11 +654,14 @@ class ClusterPKI:
 
 def days_left_of(cert_pem: bytes, now: datetime | None = None) -> int:
     """Days until a PEM certificate expires (PKIError when it is not one)."""
+    return _days_left(_parse_pem(cert_pem).not_valid_after_utc, now)
+
+
+def _parse_pem(cert_pem: bytes) -> x509.Certificate:
     try:
-        cert = x509.load_pem_x509_certificate(cert_pem)
+        return x509.load_pem_x509_certificate(cert_pem)
     except ValueError:
         raise PKIError("not a readable PEM certificate") from None
-    return _days_left(cert.not_valid_after_utc, now)
 
 
 def reissue(cert_pem: bytes, ca: CertPaths, *, days: int = LEAF_VALIDITY_DAYS,
@@ -666,10 +669,7 @@ def reissue(cert_pem: bytes, ca: CertPaths, *, days: int = LEAF_VALIDITY_DAYS,
     """A new key and certificate like `cert_pem` (its CN/O, SANs, usages), signed by `ca`:
     (certificate PEM, key PEM). For leaves our CA signs but another tool made (kubeadm's
     `apiserver.crt`); the key never leaves the caller but to its host."""
-    try:
-        old = x509.load_pem_x509_certificate(cert_pem)
-    except ValueError:
-        raise PKIError("not a readable PEM certificate") from None
+    old = _parse_pem(cert_pem)
     authority = _CA(_load_cert(ca.cert), _load_key(ca.key), ca)
     try:
         old.verify_directly_issued_by(authority.cert)

@@ -34,7 +34,7 @@ from nornir_k8sha import constants as C
 from nornir_k8sha.checkresult import CheckResult
 from nornir_k8sha.exceptions import CommandFailed
 from nornir_k8sha.pki import CertStatus, ClusterPKI, days_left_of, reissue
-from nornir_k8sha.tasks import apiserver, faults, harbor
+from nornir_k8sha.tasks import apiserver, etcd, faults, harbor
 from nornir_k8sha.tasks import host as H
 from nornir_k8sha.tasks.component import upload_pki
 from nornir_k8sha.tasks.etcd_backup import etcdctl, member_checks
@@ -185,19 +185,13 @@ def _wait_etcd(nr: Nornir, spec: ClusterSpec, state_dir: Path, member: str,
     deadline = time.monotonic() + ETCD_BACK_S
     while True:
         checks = member_checks(nr, spec, state_dir, transport)
-        if _all_healthy(checks):
+        if checks and all(r.ok for r in etcd.assess(spec, checks)):
             return
         if time.monotonic() > deadline:
             bad = ", ".join(f"{n}: {r.message}" for n, r in sorted(checks.items()) if not r.ok)
             raise TimeoutError(f"{member}: etcd not healthy {ETCD_BACK_S:.0f} s after its "
                                f"restart ({bad}); the members after it were not restarted")
         time.sleep(POLL_S)
-
-
-def _all_healthy(checks: dict[str, CheckResult]) -> bool:
-    leaders = {r.values.get("leader") for r in checks.values() if r.values.get("leader")}
-    return bool(checks) and all(r.values.get("healthy") for r in checks.values()) \
-        and len(leaders) == 1
 
 
 def hand_over_leadership(nr: Nornir, spec: ClusterSpec, state_dir: Path, leader: str,
