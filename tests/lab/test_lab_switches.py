@@ -123,6 +123,8 @@ def test_a_timer_change_is_shown_then_applied_then_in_sync(lab, deployed, tmp_pa
     assert all(" timers 1 3" in running(lab, s) for s in SWITCHES)
 
 
+@pytest.mark.quarantine(reason="1 of 3 CI runs on 2026-12-03: after the rollback one director's "
+                         "session stayed Idle past the test's 30 s")
 def test_a_bad_neighbour_setting_is_rolled_back_with_sessions_up(lab, deployed,
                                                                  tmp_path: Path) -> None:
     assert wait_for(lambda: all_established(lab, "switch1"), 20), sessions(lab, "switch1")
