@@ -253,13 +253,13 @@ def outcomes_from_nornir(
 
 def _outcome(host: str, multi: MultiResult, duration: float) -> HostOutcome:
     failed = [r for r in multi if r.failed]
-    if failed:
+    diff = "\n".join(r.diff for r in multi if r.diff)
+    if failed:  # the diff stays: what was attempted (a switch change rolled back, ...)
         first = failed[-1] if failed[-1].exception is not None else failed[0]
         exc = first.exception
         message = str(exc) if exc is not None else str(first.result or "failed")
-        return HostOutcome(host, "failed", duration, _first_lines(message))
+        return HostOutcome(host, "failed", duration, _first_lines(message), diff)
     changed = [r for r in multi if r.changed]
-    diff = "\n".join(r.diff for r in multi if r.diff)
     messages = [str(r.result) for r in multi[:1] if isinstance(r.result, str) and r.result]
     return HostOutcome(
         host,

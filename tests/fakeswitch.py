@@ -111,6 +111,9 @@ class FakeSwitch:
     reject: str | None = None
     hang: str | None = None
     username: str = "netops"
+    #: BGP back-off as real speakers do it: a session that failed stays Idle, even once the
+    #: config agrees again, until it is cleared (`clear ip bgp ADDR`, Junos `clear bgp neighbor`).
+    idle_hold: bool = False
 
     def __post_init__(self) -> None:
         self.running: Tree = parse(self.running_text)
@@ -119,6 +122,8 @@ class FakeSwitch:
         self.received: list[str] = []
         self.checkpoints: dict[str, Tree] = {}
         self.history: list[Tree] = [copy.deepcopy(self.running)]  # Junos rollback 0, 1, ...
+        self.held: set[str] = set()  # sessions held Idle by the back-off (idle_hold)
+        self.cleared: list[str] = []
         self.lock = threading.Lock()
 
     # --- what tests read ------------------------------------------------------------------
@@ -158,8 +163,22 @@ class FakeSwitch:
                     configured = peer_as[-1] if peer_as else None
             if configured is None:
                 continue
-            out[addr] = "Established" if configured == str(real_as) else "Active"
+            if configured != str(real_as):
+                out[addr] = "Active"
+                if self.idle_hold:
+                    self.held.add(addr)
+            else:
+                out[addr] = "Idle" if addr in self.held else "Established"
         return out
+
+    def clear(self, line: str) -> str | None:
+        """A hard clear of one session: the back-off is over (None: not a clear command)."""
+        m = re.match(r"^clear (?:ip bgp|bgp neighbor) (\S+)$", line)
+        if not m:
+            return None
+        self.cleared.append(m.group(1))
+        self.held.discard(m.group(1))
+        return ""
 
     def _paths(self, nodes: Tree, path: tuple[str, ...]) -> list[tuple[str, ...]]:
         out = []
@@ -329,6 +348,9 @@ class Session:
             return dev.bgp_summary()
         if line.startswith("show ip route"):
             return dev.vip_route()
+        cleared = dev.clear(line)
+        if cleared is not None:
+            return cleared
         if line in ("write memory", "copy running-config startup-config"):
             dev.saved, dev.saves = copy.deepcopy(dev.running), dev.saves + 1
             return "[OK]" if line.startswith("write") else "Copy complete."
@@ -408,7 +430,8 @@ class Session:
                 return dev.bgp_summary()
             if line.startswith("show route"):
                 return dev.vip_route()
-            return "\nunknown command."
+            cleared = dev.clear(line)
+            return cleared if cleared is not None else "\nunknown command."
         assert self.candidate is not None
         if line in ("exit configuration-mode", "exit"):
             self.leave()

@@ -140,6 +140,23 @@ def test_a_session_that_does_not_come_back_is_rolled_back(make_inventory: Invent
 
 
 @pytest.mark.parametrize("platform", PLATFORMS)
+def test_sessions_held_idle_by_the_back_off_are_cleared_after_the_rollback(
+        make_inventory: InventoryFactory, server: SSHTestServer, platform: str) -> None:
+    """A real BGP speaker holds a session that kept failing Idle for a back-off (FRR: up to
+    120 s, doubled per failure; seen on the lab switches as 31 s to go right after a 60 s
+    post-check): the rollback clears the sessions that were up and waits for them."""
+    rig = Rig(make_inventory, server, platform, idle_hold=True)
+    assert not rig.run(switch.configure, **FAST).failed
+    bad = rig.spec_with(lambda h, g, d: d["data"]["bgp"].update(lvs_asn=65011))
+    result = rig.run(switch.configure, spec=bad, **FAST)
+    assert result.failed and "config is as before the change" in result.result, result.result
+    assert ("2 session(s) Established again (cleared 10.88.0.11, 10.88.0.12)"
+            in result.result), result.result
+    assert sorted(rig.device.cleared) == sorted(LVS)
+    assert set(rig.device.sessions().values()) == {"Established"}
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
 def test_a_switch_that_stops_answering_half_way_is_rolled_back_on_a_new_session(
         make_inventory: InventoryFactory, server: SSHTestServer, platform: str) -> None:
     rig = Rig(make_inventory, server, platform,

@@ -10,6 +10,7 @@ Root and FRR's daemons are needed; the test skips without them.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -240,11 +241,14 @@ def test_real_frr_switch_apply_check_and_rollback(fabric: Fabric, tmp_path: Path
         good = fabric.vtysh("show running-config")
         bad = load_cluster_spec(make_inventory(lambda h, g, d: (
             frr_platform(h, g, d), d["data"]["bgp"].update(lvs_asn=65011))))
-        broken = run(inv, server, switch.configure, bad, postcheck_timeout=5)
+        # 12 s of "Bad Peer AS": FRR's idle hold has doubled to 8-16 s by the rollback
+        broken = run(inv, server, switch.configure, bad, postcheck_timeout=12)
         assert broken.failed and not broken.changed
         assert "post-check failed: BGP session(s) 10.88.0.11, 10.88.0.12" in broken.result
         assert "config is as before the change" in broken.result, broken.result
+        assert re.search(r"2 session\(s\) Established again \(cleared 10\.88\.0\.11",
+                         broken.result), broken.result
         assert fabric.vtysh("show running-config") == good
-        assert wait_check(inv, server, spec).result.ok  # the sessions came back
+        assert wait_check(inv, server, spec, bound=5).result.ok  # the sessions are back
     finally:
         server.stop()

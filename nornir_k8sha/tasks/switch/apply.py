@@ -67,8 +67,8 @@ def wait_sessions(platform: Platform, conn: Any, wanted: set[str], timeout: floa
         time.sleep(poll)
 
 
-def rollback(platform: Platform, conn: Any, run: Attempt, *, live: bool) -> str:
-    """Undo the change; say how, and whether the switch now reads as before."""
+def rollback(platform: Platform, conn: Any, run: Attempt, *, live: bool) -> tuple[bool, str]:
+    """Undo the change; say how. True when the switch now reads as before."""
     try:
         if live and not platform.differences(conn, run.plan.running, run.timeout):
             how = "nothing had reached the running config"
@@ -78,22 +78,53 @@ def rollback(platform: Platform, conn: Any, run: Attempt, *, live: bool) -> str:
         else:
             how = f"rolled back by {platform.rollback_mechanism}: " + platform.rollback(conn, run)
     except SWITCH_ERRORS as e:
-        return f"ROLLBACK FAILED ({type(e).__name__}: {first_line(e)})"
+        return False, f"ROLLBACK FAILED ({type(e).__name__}: {first_line(e)})"
     finally:
         leave_config_mode(conn)
     try:
         left = platform.differences(conn, run.plan.running, run.timeout)
         platform.forget(conn, run)
     except SWITCH_ERRORS as e:
-        return f"{how}; could not re-read the config ({type(e).__name__})"
+        return False, f"{how}; could not re-read the config ({type(e).__name__})"
     if left:
         shown = [redact(ln) for ln in left[:3]]
-        return f"{how}; {len(left)} line(s) still differ from the config before: {shown}"
-    return f"{how}; config is as before the change"
+        return False, f"{how}; {len(left)} line(s) still differ from the config before: {shown}"
+    return True, f"{how}; config is as before the change"
+
+
+def sessions_back(platform: Platform, conn: Any, before: set[str], timeout: float) -> str:
+    """After a rollback: the sessions that were Established before the change are again, or
+    the message says which are not. The ones still down are cleared first: the change kept
+    them failing, and the back-off that follows would hold them Idle for up to two minutes
+    with the good config back in place."""
+    if not before:
+        return "no session was up before"
+    try:
+        down = sorted(before - established(platform, conn))
+        if down:
+            platform.clear_sessions(conn, down, timeout)
+        missing = wait_sessions(platform, conn, before, timeout)
+    except SWITCH_ERRORS as e:
+        return f"could not read the BGP sessions after the rollback ({type(e).__name__})"
+    if missing:
+        return (f"BGP session(s) {', '.join(sorted(missing))} still not Established "
+                f"{timeout:g}s after the rollback")
+    cleared = f" (cleared {', '.join(down)})" if down else ""
+    return f"{len(before)} session(s) Established again{cleared}"
 
 
 def first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [""])[0][:200]
+
+
+def rolled_back(platform: Platform, conn: Any, run: Attempt, failed: str, before: set[str],
+                output: str, *, live: bool, postcheck_timeout: float) -> Outcome:
+    """The outcome of a failed change: what failed, how the rollback went and, when the config
+    is back, whether the sessions that were up came back with it."""
+    restored, done = rollback(platform, conn, run, live=live)
+    if restored:
+        done += "; " + sessions_back(platform, conn, before, postcheck_timeout)
+    return Outcome(False, False, f"{failed}; {done}", rolled_back=True, output=output)
 
 
 def apply(platform: Platform, conn: Any, run: Attempt, reconnect: Callable[[], Any], *,
@@ -121,14 +152,14 @@ def apply(platform: Platform, conn: Any, run: Attempt, reconnect: Callable[[], A
         if stuck:
             conn = reconnect()  # the old session may still be stuck mid-command
             platform.after_reconnect(conn, run)
-        done = rollback(platform, conn, run, live=live)
-        return Outcome(False, False, f"{failed}; {done}", rolled_back=True, output=output)
+        return rolled_back(platform, conn, run, failed, before, output, live=live,
+                           postcheck_timeout=postcheck_timeout)
     missing = wait_sessions(platform, conn, before, postcheck_timeout)
     if missing:
         failed = (f"post-check failed: BGP session(s) {', '.join(sorted(missing))} not "
                   f"Established again within {postcheck_timeout:g}s")
-        done = rollback(platform, conn, run, live=True)
-        return Outcome(False, False, f"{failed}; {done}", rolled_back=True, output=output)
+        return rolled_back(platform, conn, run, failed, before, output, live=True,
+                           postcheck_timeout=postcheck_timeout)
     try:
         saved = platform.finish(conn, run)
     finally:

@@ -80,6 +80,8 @@ class Platform:
     config_command: ClassVar[str | None] = None
     #: True when each line takes effect as it is sent (no candidate config to throw away).
     live_on_load: ClassVar[bool] = True
+    #: Resets one BGP session ({address}) and, with it, the back-off that holds it Idle.
+    clear_command: ClassVar[str] = "clear ip bgp {address}"
 
     # --- reading --------------------------------------------------------------------------
     def running(self, conn: Any, timeout: float = C.SWITCH_COMMAND_TIMEOUT) -> str:
@@ -164,6 +166,13 @@ class Platform:
 
     def forget(self, conn: Any, run: Attempt) -> None:
         """After a rollback: drop what `prepare` took (checkpoints)."""
+
+    def clear_sessions(self, conn: Any, addresses: list[str], timeout: float) -> None:
+        """Reset these BGP sessions now. After a change that kept a session failing, BGP
+        speakers hold it Idle for a back-off that grows with every failure (FRR doubles its
+        idle hold per NOTIFICATION, up to 120 s): a hard clear starts it again at once."""
+        for address in addresses:
+            conn.send_command(self.clear_command.format(address=address), read_timeout=timeout)
 
     # --- shared ----------------------------------------------------------------------------
     def differences(self, conn: Any, target: list[Node], timeout: float) -> list[str]:

@@ -74,6 +74,7 @@ class Junos(Platform):
     syntax = JUNOS_SYNTAX
     show_running = "show configuration | display set"
     rollback_mechanism = "commit confirmed + rollback 1"
+    clear_command = "clear bgp neighbor {address}"
     save_command = None
     config_command = PRIVATE
     live_on_load = False
