@@ -1,4 +1,6 @@
-"""Cisco IOS / IOS-XE (and FRR driven as IOS, as the lab's switches are): plain-text output.
+"""Cisco IOS / IOS-XE (and FRR driven as IOS, as the lab's switches are): plain-text output,
+parsed with TextFSM templates of our own (templates/textfsm/): ntc-templates' IOS template
+does not read FRR's wider summary, which the lab's switches print.
 
 Rollback: the explicit inverse (`no` of what was added, old values of what was changed),
 computed from the running config read again after the failure. Chosen over `configure replace`
@@ -13,6 +15,9 @@ import re
 from ipaddress import IPv4Address
 from typing import Any
 
+import textfsm
+
+from nornir_k8sha import constants as C
 from nornir_k8sha.tasks.switch.base import CISCO_SECTIONS, CISCO_SINGLE_VALUED, Platform
 from nornir_k8sha.tasks.switch.state import Neighbor, VipRoute
 from nornir_k8sha.tasks.switch.tree import Syntax
@@ -23,34 +28,34 @@ IOS_SYNTAX = Syntax(indent=1, single_valued=CISCO_SINGLE_VALUED, aliases=IOS_ALI
                     sections=CISCO_SECTIONS, keep_sections=(re.compile(r"^address-family "),),
                     af_exit="exit-address-family")
 
-_IP = r"\d+\.\d+\.\d+\.\d+"
-_SUMMARY_ROW = re.compile(rf"^({_IP})\s+\d+\s+(\d+)\s+\d+\s+\d+\s+\d+\s+\d+\s+\d+\s+(\S+)\s+(\S+)")
-_NEXT_HOP = re.compile(rf"^\s*\*?\s*({_IP})(?:,| from| via)")
+def textfsm_rows(template: str, text: str) -> list[dict[str, Any]]:
+    """`text` parsed by one of our TextFSM templates (templates/textfsm/): a dict per row."""
+    with (C.TEMPLATES_DIR / "textfsm" / template).open() as f:
+        fsm = textfsm.TextFSM(f)
+    return [dict(zip(fsm.header, row, strict=True)) for row in fsm.ParseText(text)]
 
 
 def parse_summary(text: str) -> list[Neighbor]:
     """`show ip bgp summary` rows: State/PfxRcd is a count once Established, else the state."""
     out = []
-    for line in text.splitlines():
-        m = _SUMMARY_ROW.match(line.strip())
-        if not m:
-            continue
-        state = m.group(4)
+    for row in textfsm_rows("ios_show_ip_bgp_summary.textfsm", text):
+        state = row["STATE_PFXRCD"]
         if state.isdigit():
-            out.append(Neighbor(m.group(1), "Established", int(state)))
+            out.append(Neighbor(row["NEIGHBOR"], "Established", int(state)))
         else:
-            out.append(Neighbor(m.group(1), state.split("(")[0], None))
+            out.append(Neighbor(row["NEIGHBOR"], state.split("(")[0], None))
     return out
 
 
 def parse_route(text: str, vip: IPv4Address) -> VipRoute:
-    """`show ip route <vip>`: `Routing entry for <vip>/32`, `Known via "bgp ..."`, and the
-    next hops (IOS: `* 10.0.0.1, from ...`; FRR: `* 10.0.0.1, via eth0`)."""
-    if f"Routing entry for {vip}/32" not in text:
+    """`show ip route <vip>`: the entry for <vip>/32, the protocol it is known via, and its
+    next hops."""
+    rows = [r for r in textfsm_rows("ios_show_ip_route_entry.textfsm", text)
+            if r["PREFIX"] == f"{vip}/32"]
+    if not rows:
         return VipRoute()
-    known = re.search(r'Known via "(\w+)', text)
-    hops = [m.group(1) for ln in text.splitlines() if (m := _NEXT_HOP.match(ln))]
-    return VipRoute(present=True, installed=bool(hops), protocol=known.group(1) if known else "",
+    hops = rows[0]["NEXT_HOPS"]
+    return VipRoute(present=True, installed=bool(hops), protocol=rows[0]["PROTOCOL"],
                     next_hops=hops)
 
 
