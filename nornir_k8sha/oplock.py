@@ -13,15 +13,57 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import getpass
 import json
 import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from nornir_k8sha import constants as C
 from nornir_k8sha.exceptions import OperationLocked
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds (or wants) the lock: what its file on the members says."""
+
+    user: str
+    machine: str
+    pid: int
+    since: float
+    command: str
+    token: str
+
+    @classmethod
+    def me(cls, command: str) -> Holder:
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):
+            user = str(os.getuid())
+        return cls(user, socket.gethostname(), os.getpid(), time.time(), command,
+                   uuid.uuid4().hex)
+
+    @classmethod
+    def parse(cls, text: str) -> Holder | None:
+        try:
+            data = json.loads(text)
+            return cls(str(data["user"]), str(data["machine"]), int(data["pid"]),
+                       float(data["since"]), str(data["command"]), str(data["token"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def record(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    def describe(self) -> str:
+        since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.since))
+        return f"{self.user}@{self.machine} pid {self.pid}, `{self.command}`, since {since}"
+
 
 _HELD: dict[Path, int] = {}
 _GUARD = threading.Lock()
@@ -65,12 +107,12 @@ def _flock(path: Path, command: str) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+            holder = Holder.parse(os.pread(fd, 4096, 0).decode(errors="replace").strip())
+            who = holder.describe() if holder else "holder unknown"
             raise OperationLocked(f"{path}: another operation runs on this cluster "
-                                  f"({describe(holder)}); try again when it ends") from None
-        info = {"pid": os.getpid(), "command": command, "since": time.time()}
+                                  f"({who}); try again when it ends") from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
+        os.pwrite(fd, Holder.me(command).record().encode(), 0)
         try:
             yield
         finally:
@@ -79,12 +121,3 @@ def _flock(path: Path, command: str) -> Iterator[None]:
     finally:
         os.close(fd)
 
-
-def describe(holder: str) -> str:
-    """`pid 123, runbook verify-ha.yaml, since 12:01:02 UTC` from the lock file's text."""
-    try:
-        info = json.loads(holder)
-        since = time.strftime("%H:%M:%S UTC", time.gmtime(float(info["since"])))
-        return f"pid {info['pid']}, {info['command']}, since {since}"
-    except (ValueError, KeyError, TypeError):
-        return "holder unknown"

@@ -324,7 +324,7 @@ def test_a_continuous_probe_that_holds_is_looked_at_during_the_method(tmp_path, 
 def test_a_deploy_holding_the_lock_keeps_the_runbook_out(tmp_path, spec, nr, fleet) -> None:
     state = tmp_path / "state"
     with operation_lock(state, "deploy"):
-        with pytest.raises(OperationLocked, match=r"pid \d+, deploy, since"):
+        with pytest.raises(OperationLocked, match=r"pid \d+, `deploy`, since"):
             engine.run(_runbook(tmp_path, "- pause: 0.01"), spec, nr, _opts(tmp_path))
     assert all(not h.calls for h in fleet.hosts.values())
     assert engine.run(_runbook(tmp_path, "- pause: 0.01"), spec, nr, _opts(tmp_path)).passed

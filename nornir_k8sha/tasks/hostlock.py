@@ -27,21 +27,17 @@ drill keeps the lock of the drill that rebooted it.
 from __future__ import annotations
 
 import contextlib
-import getpass
-import json
 import os
 import shlex
-import socket
 import threading
-import time
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from nornir.core import Nornir
 
 from nornir_k8sha import constants as C
 from nornir_k8sha.exceptions import OperationLocked
+from nornir_k8sha.oplock import Holder
 from nornir_k8sha.tasks import host as H
 from nornir_k8sha.topology import ClusterSpec, etcd_quorum
 
@@ -49,43 +45,6 @@ from nornir_k8sha.topology import ClusterSpec, etcd_quorum
 COMMAND_TIMEOUT_S = 10.0
 
 Say = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class Holder:
-    """Who holds (or wants) the lock: what its file on the members says."""
-
-    user: str
-    machine: str
-    pid: int
-    since: float
-    command: str
-    token: str
-
-    @classmethod
-    def me(cls, command: str) -> Holder:
-        try:
-            user = getpass.getuser()
-        except (KeyError, OSError):
-            user = str(os.getuid())
-        return cls(user, socket.gethostname(), os.getpid(), time.time(), command,
-                   uuid.uuid4().hex)
-
-    @classmethod
-    def parse(cls, text: str) -> Holder | None:
-        try:
-            data = json.loads(text)
-            return cls(str(data["user"]), str(data["machine"]), int(data["pid"]),
-                       float(data["since"]), str(data["command"]), str(data["token"]))
-        except (ValueError, KeyError, TypeError):
-            return None
-
-    def record(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    def describe(self) -> str:
-        since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.since))
-        return f"{self.user}@{self.machine} pid {self.pid}, `{self.command}`, since {since}"
 
 
 @dataclass(frozen=True)
