@@ -131,7 +131,7 @@ def test_a_passing_run_runs_method_then_rollbacks(tmp_path, spec, nr, fleet) -> 
                                                  "systemctl start haproxy"]
     first = result.cases[0]
     assert first.steps[0].hosts == ["haproxy1"] and first.rollbacks[0].hosts == ["haproxy1"]
-    assert [m.kind for m in first.marks] == ["fault", "lift", "steady"]
+    assert [m.kind for m in first.marks] == ["fault", "applied", "lift", "steady"]
     assert len(first.steady_before) == 2 and len(first.steady_after) == 2
     assert any("first: rollback: task faults.start_service" in p for p in progress)
     assert result.passed
@@ -371,7 +371,7 @@ def _instruments(load: FakeLoad, downtime: float, bound: float | None) -> Instru
     def figures(samples, *, fault_at, lifted_at, acknowledged, lost, marks,  # noqa: ANN001
                 takeover_of) -> Figures:
         assert fault_at is not None and lifted_at is not None and fault_at <= lifted_at
-        assert [m.kind for m in marks] == ["fault", "lift", "steady"]
+        assert [m.kind for m in marks] == ["fault", "applied", "lift", "steady"]
         return Figures(100, 3, downtime, 0.1, 0.5, acknowledged, lost)
 
     def expectation(kind: str, spec, **params) -> Expectation:  # noqa: ANN001
@@ -404,7 +404,7 @@ def test_the_verdict_reads_figures_against_the_expectation(tmp_path, spec, nr, f
     case = result.cases[0]
     assert (case.verdict, case.reason) == (verdict, why)
     assert load.calls == ["start", "stop", "audit", "cleanup"]
-    assert [m.kind for m in case.marks] == ["fault", "lift", "steady"]
+    assert [m.kind for m in case.marks] == ["fault", "applied", "lift", "steady"]
     assert case.expectation is not None and case.figures.writes_acknowledged == 40
 
 
@@ -476,6 +476,7 @@ def test_a_vip_holder_change_is_marked_on_the_timeline(tmp_path, spec, nr, fleet
     case = result.cases[0]
     assert case.verdict == "passed", case.reason
     assert [(m.kind, m.label) for m in case.marks if m.kind != "fault"] == [
+        ("applied", "fault in effect: task faults.stop_service on vip-holder"),
         ("holder", "vip-holder: lvs2"), ("lift", "lifted: task faults.start_service on @fault"),
         ("steady", "steady state holds again")]
     assert fleet.host("lvs1").commands()[-1] == "systemctl start keepalived"

@@ -467,8 +467,12 @@ class _Runner:
         if isinstance(step, LabStep):
             text = bounded(lambda: seams.apply(step.lab, self.spec, hosts, **step.args),
                            timeout, label)
-            return StepResult(label, True, str(text), hosts=hosts)
-        return self._task(step, label, hosts, timeout)
+            sr = StepResult(label, True, str(text), hosts=hosts)
+        else:
+            sr = self._task(step, label, hosts, timeout)
+        if step.fault and sr.ok:  # done on every host: from now on the fault surely holds
+            self.mark(f"fault in effect: {label}", "applied")
+        return sr
 
     def _task(self, step: TaskStep, label: str, hosts: list[str], timeout: float) -> StepResult:
         fn = resolve_task(step.task)

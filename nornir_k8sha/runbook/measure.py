@@ -16,11 +16,15 @@ Definitions (docs/verify.md repeats them for people):
   after the rollbacks passed; without one, the API alone). None when the API never came
   back (the engine also makes it None when the steady state did not return). `api_recover_s`
   is the first of the two alone: lift -> API back for good (0 when nothing failed after the lift);
-- writes acknowledged during the outage: 201s that started after the first failed request
-  began and ended before the last failed request began: inside the outage from end to end (the
-  etcd-majority case wants none). Not "ended before the last failure ended": a read that began
-  in the outage and timed out a second later would count a write acknowledged after quorum
-  came back (seen on the lab), as would a write committed just before the fault;
+- writes acknowledged during the outage: 201s whose request started once the fault was in
+  effect (the "applied" mark the engine makes when the fault step is done; without one, the
+  fault mark) and ended before its lifting began (the "lift" mark; never lifted: any time
+  after). Only such a write was surely committed while the fault held (the etcd-majority case
+  wants none: it would be an ack without quorum). Not counted from the first failed request:
+  a fault on several hosts is not applied at once (stopping two etcd members, the leader's
+  graceful stop hands its leadership over while the other still runs), a read may fail while
+  a quorum still commits writes (seen once in CI); nor to the last failure, which may start
+  after the members returned;
 - takeover: fault applied -> the first "holder" mark after it (of the holder the expectation
   names in `takeover_of`, e.g. HAProxy's DOWN backends or one lease; else of any).
 """
@@ -78,16 +82,14 @@ def figures(samples: Sequence[Sample], *, fault_at: float | None, lifted_at: flo
     after = sorted((s for s in failed if s.end > since), key=lambda s: s.end)
     if fault_at is not None:
         fig.takeover_s = _takeover(marks or (), fault_at, takeover_of)
+        fig.writes_acknowledged_during_outage = len(
+            acknowledged_in_fault(samples, marks or (), fault_at, lifted_at))
     onset = min((s.start for s in after), default=None)
     reference = next((t for t in (lifted_at, fault_at, onset) if t is not None), None)
     if after:
         assert onset is not None
         fig.detect_s = None if fault_at is None else max(0.0, onset - fault_at)
         last_failure = after[-1].end
-        still_down = max(s.start for s in after)  # a request that began then did not succeed
-        fig.writes_acknowledged_during_outage = sum(
-            1 for s in samples if s.kind == "write" and s.ok and s.start >= onset
-            and s.end <= still_down)
         api_back = min((s.end for s in samples if s.ok and s.end > last_failure), default=None)
     else:
         api_back = reference
@@ -100,6 +102,16 @@ def figures(samples: Sequence[Sample], *, fault_at: float | None, lifted_at: flo
     steady = [m.at for m in marks or () if m.kind == "steady" and m.at >= reference]
     fig.recover_s = max(fig.api_recover_s, min(steady) - reference if steady else 0.0)
     return fig
+
+
+def acknowledged_in_fault(samples: Sequence[Sample], marks: Sequence[Mark], fault_at: float,
+                          lifted_at: float | None) -> list[Sample]:
+    """The writes acknowledged (201) from start to end while the fault was in effect."""
+    applied = min((m.at for m in marks if m.kind == "applied" and m.at >= fault_at),
+                  default=fault_at)
+    until = lifted_at if lifted_at is not None else float("inf")
+    return [s for s in samples if s.kind == "write" and s.ok and s.start >= applied
+            and s.end <= until]
 
 
 def _takeover(marks: Sequence[Mark], fault_at: float, of: str = "") -> float | None:

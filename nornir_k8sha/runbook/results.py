@@ -17,7 +17,7 @@ SampleKind = Literal["read-fresh", "read-keepalive", "write"]
 #: The holder term of the backends any HAProxy has DOWN: the engine marks its changes, the
 #: apiserver kind's takeover is the first of them (runbook/expect.py).
 HAPROXY_DOWN = "haproxy-down"
-MarkKind = Literal["fault", "lift", "holder", "step", "steady", "deviation", "note"]
+MarkKind = Literal["fault", "applied", "lift", "holder", "step", "steady", "deviation", "note"]
 
 
 @dataclass(frozen=True)
