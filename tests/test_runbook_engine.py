@@ -369,7 +369,7 @@ class FakeLoad:
 
 def _instruments(load: FakeLoad, downtime: float, bound: float | None) -> Instruments:
     def figures(samples, *, fault_at, lifted_at, acknowledged, lost, marks,  # noqa: ANN001
-                takeover_of) -> Figures:
+                takeover_of, partial) -> Figures:
         assert fault_at is not None and lifted_at is not None and fault_at <= lifted_at
         assert [m.kind for m in marks] == ["fault", "applied", "lift", "steady"]
         return Figures(100, 3, downtime, 0.1, 0.5, acknowledged, lost)

@@ -135,3 +135,19 @@ def test_docs_table_of_lab_bounds_is_what_expect_computes(lab: ClusterSpec) -> N
         if exp.takeover_s is not None:
             want += f" (takeover {exp.takeover_s:g} s)"
         assert documented.strip() == want, label
+
+
+def test_a_frozen_apiserver_is_bounded_by_the_takeout_and_the_probes_timeout(
+        lab: ClusterSpec) -> None:
+    """Frozen, requests sent to it hang: they fail until HAProxy's checks time out fall times
+    (fall 2 x (inter 500 + timeout check 500) ms) and the last one sent fails when the probe
+    gives up on it (1 s): a partial outage, measured as the failing window."""
+    frozen = expectation("apiserver", lab, frozen=True)
+    assert frozen.downtime_s == pytest.approx(2.0 + 1.0 + SLACK)
+    assert frozen.partial_outage and not expectation("apiserver", lab).partial_outage
+    assert "request timeout 1 s" in frozen.explanation
+    assert frozen.takeover_s == expectation("apiserver", lab).takeover_s
+    slow = expectation("apiserver", with_settings(lab, "haproxy", check_inter_ms=3000),
+                       frozen=True)
+    assert slow.downtime_s == pytest.approx(12.0 + 1.0 + SLACK)
+    assert "haproxy.check_inter_ms 3000 ms" in slow.explanation

@@ -203,3 +203,20 @@ def test_a_write_committed_while_the_fault_was_still_being_applied_is_not_during
     fig = figures([*samples, committed, inside], fault_at=1.0, lifted_at=5.0, acknowledged=2,
                   lost=0, marks=marks)
     assert fig.writes_acknowledged_during_outage == 1
+
+
+def test_a_partial_outage_lasts_as_long_as_requests_keep_failing() -> None:
+    """One of three backends frozen from 2 s until HAProxy takes it out at 5 s: every third
+    read hangs 1 s and fails, the others succeed. No gap between successes is long, yet
+    clients kept failing for 4 s: with `partial` that window is the downtime."""
+    samples = reads(every(0, 10))
+    samples = [s for s in samples if not 2.0 <= s.start < 5.0 or round(s.start * 10) % 3]
+    samples += reads([t for t in every(2.0, 5.0) if round(t * 10) % 3 == 0], ok=False, took=1.0)
+    whole = figures(samples, fault_at=2.0, lifted_at=7.0, acknowledged=0, lost=0)
+    assert whole.downtime_s < 0.3
+    fig = figures(samples, fault_at=2.0, lifted_at=7.0, acknowledged=0, lost=0, partial=True)
+    assert fig.downtime_s == pytest.approx(4.8 + 1.0 - 2.1)  # last failed read: 4.8 s
+    # a failure long before the fault or after the lift is not part of it
+    stray = reads([0.5, 7.5], ok=False)
+    assert figures([*samples, *stray], fault_at=2.0, lifted_at=7.0, acknowledged=0, lost=0,
+                   partial=True).downtime_s == pytest.approx(fig.downtime_s)

@@ -400,7 +400,8 @@ class _Runner:
                     cr.samples, fault_at=_first(cr.marks, "fault"),
                     lifted_at=_first(cr.marks, "lift"), acknowledged=acked, lost=lost,
                     marks=cr.marks,
-                    takeover_of=cr.expectation.takeover_of if cr.expectation else "")
+                    takeover_of=cr.expectation.takeover_of if cr.expectation else "",
+                    partial=cr.expectation.partial_outage if cr.expectation else False)
         finally:
             with contextlib.suppress(Exception):
                 load.cleanup()

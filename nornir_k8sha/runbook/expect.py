@@ -103,13 +103,20 @@ def _haproxy(spec: ClusterSpec, read_interval: float) -> Expectation:
 
 
 def _apiserver(spec: ClusterSpec, read_interval: float,
-               poll: float = HAPROXY_POLL_S, stop_within: float = 0.0) -> Expectation:
+               poll: float = HAPROXY_POLL_S, stop_within: float = 0.0,
+               frozen: bool = False) -> Expectation:
     """Also bounds the takeout itself: the first HAProxy's DOWN for it, as the runbook sees it
     polling `check:haproxy` every `poll` s. A stopped apiserver refuses connections and
     HAProxy redispatches them, so clients may see no failure at all: then this is the figure
     that shows what the checks cost. `stop_within`: how long after the fault step the
     apiserver is really down (a static pod stops when the kubelet notices its manifest gone:
-    the lab's kubelet stand-in looks every 1 s); it delays the takeout, not an outage."""
+    the lab's kubelet stand-in looks every 1 s); it delays the takeout, not an outage.
+
+    `frozen`: the apiserver is alive but silent (SIGSTOP): the kernel still accepts
+    connections, so HAProxy does not redispatch; a request sent to it hangs until the client
+    gives up (the load probe's request timeout) or HAProxy cuts it when it marks the server
+    DOWN (`on-marked-down shutdown-sessions`). Requests keep failing until then: the bound is
+    on that failing window (a partial outage): the takeout + the probe's request timeout."""
     h = spec.settings.haproxy
     inter = h.check_inter_ms / 1000
     timeout_check = inter  # the template's `timeout check` is check_inter_ms
@@ -121,6 +128,17 @@ def _apiserver(spec: ClusterSpec, read_interval: float,
                    f"{h.check_inter_ms} ms after the previous one ended and failing within "
                    f"timeout check {h.check_inter_ms} ms: {h.check_fall} x ({h.check_inter_ms} "
                    f"+ {h.check_inter_ms}) ms", read_interval)
+    if frozen:
+        timeout = C.PROBE_REQUEST_TIMEOUT_S
+        exp = _bounded(core + timeout, f"a frozen apiserver accepts connections and answers "
+                       f"nothing: requests sent to it fail until HAProxy marks it DOWN after "
+                       f"haproxy.check_fall {h.check_fall} checks timed out, each started "
+                       f"haproxy.check_inter_ms {h.check_inter_ms} ms after the previous one "
+                       f"ended and given timeout check {h.check_inter_ms} ms: "
+                       f"{h.check_fall} x ({h.check_inter_ms} + {h.check_inter_ms}) ms = "
+                       f"{_num(core)} s, + the load probe's request timeout "
+                       f"{_num(timeout)} s for the last request sent to it",
+                       read_interval, partial_outage=True)
     stopping = (f"{_num(stop_within)} s until it is down (the kubelet notices the moved "
                 "manifest) + " if stop_within else "")
     return replace(exp, explanation=f"{exp.explanation}; the first HAProxy shows it DOWN within "
@@ -205,7 +223,7 @@ _BUILDERS: dict[str, Callable[..., Expectation]] = {
 #: The parameters each kind takes beyond `read_interval` (the loader checks them up front).
 PARAMS: dict[str, frozenset[str]] = {k: frozenset() for k in KINDS} | {
     "lease": frozenset({"lease", "poll"}), "machine": frozenset({"machine"}),
-    "apiserver": frozenset({"poll", "stop_within"}),
+    "apiserver": frozenset({"poll", "stop_within", "frozen"}),
     "etcd-leader": frozenset({"client_timeout"})}
 
 

@@ -8,6 +8,13 @@ Definitions (docs/verify.md repeats them for people):
   time: among all gaps). A gap without a failure in it is only the probe's sampling period, not
   an outage, so a case where nothing failed has downtime 0. Failures before the first success
   or after the last one make an open gap that starts at the first sample / ends at the last;
+- partial outage (the expectation says so: one of several backends broken, e.g. a frozen
+  apiserver behind HAProxy): requests fail only when they land on the broken one while the
+  others keep succeeding, so the gap between two successes stays short however long the
+  broken backend keeps receiving requests. The downtime is then the larger of that gap and
+  the failing window: from the start of the first failed request to the end of the last one,
+  among the requests that failed after the fault was applied and began before its lift: how
+  long a client could be left hanging or failing;
 - detect: fault applied -> start of the first failed request ending after it;
 - recover: fault lifted (the lifting step began; when never lifted, the fault was applied;
   with no fault time, the first failure) -> the later of two moments: the API is back for
@@ -68,13 +75,16 @@ def gaps(samples: Sequence[Sample]) -> list[Gap]:
 
 def figures(samples: Sequence[Sample], *, fault_at: float | None, lifted_at: float | None,
             acknowledged: int, lost: int, marks: Sequence[Mark] | None = None,
-            takeover_of: str = "") -> Figures:
+            takeover_of: str = "", partial: bool = False) -> Figures:
     """Requests, failures, downtime, detect/recover times and write figures of one case."""
     failed = [s for s in samples if not s.ok]
     window = [g for g in gaps(samples) if fault_at is None or g.end > fault_at]
     worst = max(window, key=lambda g: g.length, default=None)
+    downtime = worst.length if worst else 0.0
+    if partial:
+        downtime = max(downtime, failing_window(samples, fault_at, lifted_at))
     fig = Figures(requests=len(samples), failed=len(failed),
-                  downtime_s=worst.length if worst else 0.0, detect_s=None, recover_s=None,
+                  downtime_s=downtime, detect_s=None, recover_s=None,
                   writes_acknowledged=acknowledged, writes_lost=lost)
     if not samples:
         return fig
@@ -102,6 +112,16 @@ def figures(samples: Sequence[Sample], *, fault_at: float | None, lifted_at: flo
     steady = [m.at for m in marks or () if m.kind == "steady" and m.at >= reference]
     fig.recover_s = max(fig.api_recover_s, min(steady) - reference if steady else 0.0)
     return fig
+
+
+def failing_window(samples: Sequence[Sample], fault_at: float | None,
+                   lifted_at: float | None) -> float:
+    """First failed request's start -> last one's end, of those failed after the fault and
+    begun before its lift (0 when none failed)."""
+    since = fault_at if fault_at is not None else float("-inf")
+    until = lifted_at if lifted_at is not None else float("inf")
+    hit = [s for s in samples if not s.ok and s.end > since and s.start < until]
+    return max(s.end for s in hit) - min(s.start for s in hit) if hit else 0.0
 
 
 def acknowledged_in_fault(samples: Sequence[Sample], marks: Sequence[Mark], fault_at: float,

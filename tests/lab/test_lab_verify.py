@@ -28,6 +28,8 @@ pytestmark = pytest.mark.lab
 VERIFY_TIMEOUT = 1200
 #: The checklist case that HAProxy's health checks bound (one master's apiserver stopped).
 API_CASE = "apiserver-stopped"
+#: The same with the apiserver frozen: requests hang on it until HAProxy takes it out.
+FROZEN_CASE = "apiserver-frozen"
 #: HAProxy's check interval the issue asks to slow the lab down to.
 SLOW_CHECK_INTER_MS = 3000
 
@@ -99,29 +101,38 @@ def slow_checks_copy(tmp_path: Path) -> Path:
 def test_slower_haproxy_checks_grow_the_bound_and_a_tight_bound_fails(
         lab, deployed: None, tmp_path: Path) -> None:  # noqa: ANN001, F811
     """The issue's "making it fail": HAProxy deployed with check_inter_ms 3000 takes a
-    stopped apiserver out later, the bound computed from the inventory grows with it, and a
-    bound the user tightens below the measurement fails the case (exit 1, a JUnit failure
-    with measured vs expected). A stopped apiserver refuses connections and HAProxy
+    stopped or frozen apiserver out later, the bounds computed from the inventory grow with
+    it, and a bound the user tightens below the measurement fails the case (exit 1, a JUnit
+    failure with measured vs expected). A stopped apiserver refuses connections and HAProxy
     redispatches them, so the requests barely notice: what grows is the takeout, the first
-    HAProxy showing it DOWN (the case's takeover figure)."""
-    code, report, _, stderr = verify("-i", str(LAB_INVENTORY), "--case", API_CASE,
+    HAProxy showing it DOWN (the case's takeover figure). A frozen one accepts connections
+    and answers nothing: requests sent to it fail until HAProxy takes it out, so its measured
+    downtime (the window in which requests failed) grows too."""
+    cases = ("--case", API_CASE, "--case", FROZEN_CASE)
+    code, report, _, stderr = verify("-i", str(LAB_INVENTORY), *cases,
                                      reports=tmp_path / "default")
-    assert code == 0, (report["cases"][0]["reason"], stderr[-2000:])
-    (fast,) = report["cases"]
+    assert code == 0, ([c["reason"] for c in report["cases"]], stderr[-2000:])
+    fast, fast_frozen = report["cases"]
     slow_inventory = slow_checks_copy(tmp_path)
     try:
         deploy = cli("deploy", "-i", str(slow_inventory))
         assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-2000:]
-        code, report, _, stderr = verify("-i", str(slow_inventory), "--case", API_CASE,
+        code, report, _, stderr = verify("-i", str(slow_inventory), *cases,
                                          reports=tmp_path / "slow")
-        assert code == 0, (report["cases"][0]["reason"], stderr[-2000:])
-        (slow,) = report["cases"]
+        assert code == 0, ([c["reason"] for c in report["cases"]], stderr[-2000:])
+        slow, slow_frozen = report["cases"]
         for key in ("downtime_s", "takeover_s"):
             assert slow["expectation"][key] > fast["expectation"][key], key
+            assert slow_frozen["expectation"][key] > fast_frozen["expectation"][key], key
         assert f"haproxy.check_inter_ms {SLOW_CHECK_INTER_MS} ms" in \
             slow["expectation"]["explanation"]
         assert fast["figures"]["takeover_s"] is not None
         assert slow["figures"]["takeover_s"] > fast["figures"]["takeover_s"], (fast, slow)
+        # the frozen apiserver: requests failed for longer, within the grown bound
+        assert fast_frozen["figures"]["failed"] > 0, fast_frozen["figures"]
+        assert slow_frozen["figures"]["downtime_s"] > fast_frozen["figures"]["downtime_s"], (
+            fast_frozen["figures"], slow_frozen["figures"])
+        assert slow_frozen["figures"]["downtime_s"] > fast_frozen["expectation"]["downtime_s"]
         # (check_fall - 1) x inter is the least a refused apiserver can take to go DOWN:
         # 1 s is below any measurement at 3000 ms, and below this one
         tight = 1.0
