@@ -579,3 +579,19 @@ def test_a_fault_that_half_failed_is_still_undone(tmp_path, spec, nr, fleet) -> 
     assert result.cases[0].verdict == "failed" and "no such unit" in result.cases[0].reason
     assert fleet.host("haproxy1").commands() == ["systemctl stop haproxy",
                                                  "systemctl start haproxy"]
+
+
+def test_a_cases_load_options_reach_the_probe_and_the_bound(tmp_path, spec, nr, fleet) -> None:
+    """`load: {request_timeout: 20}`: the probe's clients wait that long, and the bound that
+    depends on it (a frozen apiserver's) is computed with it."""
+    loaded = _runbook(tmp_path, "- pause: 0.01", extra="load: {request_timeout: 20}")
+    made: list[dict] = []
+    inst = _instruments(FakeLoad(), 0.4, 0.9)
+    inst.load_probe = lambda spec, state_dir, **kw: made.append(kw) or FakeLoad()
+    result = engine.run(loaded, spec, nr, _opts(tmp_path, cases=["first"], instruments=inst))
+    assert made == [{"request_timeout": 20.0}]
+    assert result.cases[0].expectation.explanation == "none {'request_timeout': 20.0}"
+    (tmp_path / "bad.yaml").write_text(
+        (tmp_path / "rb.yaml").read_text().replace("request_timeout: 20", "request_timeout: 0"))
+    with pytest.raises(RunbookError, match=r"bad.yaml:\d+.*request_timeout"):
+        loader.load(tmp_path / "bad.yaml")
