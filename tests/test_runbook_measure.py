@@ -217,6 +217,10 @@ def test_a_partial_outage_lasts_as_long_as_requests_keep_failing() -> None:
     fig = figures(samples, fault_at=2.0, lifted_at=7.0, acknowledged=0, lost=0, partial=True)
     assert fig.downtime_s == pytest.approx(4.8 + 1.0 - 2.1)  # last failed read: 4.8 s
     # a failure long before the fault or after the lift is not part of it
+    # a read in flight when the fault struck (1.9 s) counts from the fault
+    caught = reads([1.9], ok=False, took=1.5)
+    assert figures([*samples, *caught], fault_at=2.0, lifted_at=7.0, acknowledged=0, lost=0,
+                   partial=True).downtime_s == pytest.approx(4.8 + 1.0 - 2.0)
     stray = reads([0.5, 7.5], ok=False)
     assert figures([*samples, *stray], fault_at=2.0, lifted_at=7.0, acknowledged=0, lost=0,
                    partial=True).downtime_s == pytest.approx(fig.downtime_s)

@@ -12,9 +12,9 @@ Definitions (docs/verify.md repeats them for people):
   apiserver behind HAProxy): requests fail only when they land on the broken one while the
   others keep succeeding, so the gap between two successes stays short however long the
   broken backend keeps receiving requests. The downtime is then the larger of that gap and
-  the failing window: from the start of the first failed request to the end of the last one,
-  among the requests that failed after the fault was applied and began before its lift: how
-  long a client could be left hanging or failing;
+  the failing window: from the start of the first failed request (not before the fault was
+  applied) to the end of the last one, among the requests that failed after the fault was
+  applied and began before its lift: how long clients could be left hanging or failing;
 - detect: fault applied -> start of the first failed request ending after it;
 - recover: fault lifted (the lifting step began; when never lifted, the fault was applied;
   with no fault time, the first failure) -> the later of two moments: the API is back for
@@ -116,12 +116,13 @@ def figures(samples: Sequence[Sample], *, fault_at: float | None, lifted_at: flo
 
 def failing_window(samples: Sequence[Sample], fault_at: float | None,
                    lifted_at: float | None) -> float:
-    """First failed request's start -> last one's end, of those failed after the fault and
-    begun before its lift (0 when none failed)."""
+    """First failed request's start (not before the fault) -> last one's end, of those failed
+    after the fault and begun before its lift (0 when none failed)."""
     since = fault_at if fault_at is not None else float("-inf")
     until = lifted_at if lifted_at is not None else float("inf")
     hit = [s for s in samples if not s.ok and s.end > since and s.start < until]
-    return max(s.end for s in hit) - min(s.start for s in hit) if hit else 0.0
+    # a request in flight when the fault struck waited before it too: not outage time
+    return max(s.end for s in hit) - max(since, min(s.start for s in hit)) if hit else 0.0
 
 
 def acknowledged_in_fault(samples: Sequence[Sample], marks: Sequence[Mark], fault_at: float,

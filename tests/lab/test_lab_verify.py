@@ -59,8 +59,6 @@ def checklist(spec: ClusterSpec) -> list[str]:
     return [case.name for _, case in loaded.cases(spec)]
 
 
-@pytest.mark.quarantine(reason="1 of 3 CI runs on 2026-12-03: etcd-majority-lost counted 1 write "
-                         "acknowledged during the outage; another: a Lease read as 404 right after")
 def test_verify_runs_every_case_and_all_pass(lab, deployed: None, tmp_path: Path) -> None:  # noqa: ANN001, F811
     code, report, xml, stderr = verify("-i", str(LAB_INVENTORY), reports=tmp_path)
     cases = {c["name"]: c for c in report["cases"]}
