@@ -219,6 +219,8 @@ PROBE_READ_INTERVAL_S = 0.07
 PROBE_WRITE_INTERVAL_S = 0.25
 #: Seconds one probe request may take: an outage shows as failures, not as a hang.
 PROBE_REQUEST_TIMEOUT_S = 1.0
+#: The longest request timeout a runbook case may give the probe (`load: {request_timeout}`).
+PROBE_MAX_REQUEST_TIMEOUT_S = 60.0
 #: A probe never runs longer than this, nor keeps more samples than this.
 PROBE_MAX_SECONDS = 180.0
 PROBE_MAX_SAMPLES = 20000

@@ -37,6 +37,10 @@ class HAProxySettings(_Strict):
     connect_timeout_ms: int = Field(2000, description="connect timeout to a backend")
     client_timeout_s: int = Field(300, description="idle client timeout (long watches)")
     server_timeout_s: int = Field(300, description="idle server timeout (long watches)")
+    shutdown_sessions_on_down: bool = Field(
+        True, description="cut the sessions of a backend marked DOWN (on-marked-down "
+        "shutdown-sessions): a client hung on a frozen apiserver reconnects instead of waiting "
+        "for the server timeout")
     stats_port: int = Field(C.HAPROXY_STATS_PORT, description="stats HTTP port on the host IP")
     maxconn: int = Field(
         20000, description="global maxconn; HAProxy needs ~2 open files per connection"

@@ -131,7 +131,7 @@ def test_a_passing_run_runs_method_then_rollbacks(tmp_path, spec, nr, fleet) -> 
                                                  "systemctl start haproxy"]
     first = result.cases[0]
     assert first.steps[0].hosts == ["haproxy1"] and first.rollbacks[0].hosts == ["haproxy1"]
-    assert [m.kind for m in first.marks] == ["fault", "lift", "steady"]
+    assert [m.kind for m in first.marks] == ["fault", "applied", "lift", "steady"]
     assert len(first.steady_before) == 2 and len(first.steady_after) == 2
     assert any("first: rollback: task faults.start_service" in p for p in progress)
     assert result.passed
@@ -369,9 +369,9 @@ class FakeLoad:
 
 def _instruments(load: FakeLoad, downtime: float, bound: float | None) -> Instruments:
     def figures(samples, *, fault_at, lifted_at, acknowledged, lost, marks,  # noqa: ANN001
-                takeover_of) -> Figures:
+                takeover_of, partial) -> Figures:
         assert fault_at is not None and lifted_at is not None and fault_at <= lifted_at
-        assert [m.kind for m in marks] == ["fault", "lift", "steady"]
+        assert [m.kind for m in marks] == ["fault", "applied", "lift", "steady"]
         return Figures(100, 3, downtime, 0.1, 0.5, acknowledged, lost)
 
     def expectation(kind: str, spec, **params) -> Expectation:  # noqa: ANN001
@@ -404,7 +404,7 @@ def test_the_verdict_reads_figures_against_the_expectation(tmp_path, spec, nr, f
     case = result.cases[0]
     assert (case.verdict, case.reason) == (verdict, why)
     assert load.calls == ["start", "stop", "audit", "cleanup"]
-    assert [m.kind for m in case.marks] == ["fault", "lift", "steady"]
+    assert [m.kind for m in case.marks] == ["fault", "applied", "lift", "steady"]
     assert case.expectation is not None and case.figures.writes_acknowledged == 40
 
 
@@ -476,6 +476,7 @@ def test_a_vip_holder_change_is_marked_on_the_timeline(tmp_path, spec, nr, fleet
     case = result.cases[0]
     assert case.verdict == "passed", case.reason
     assert [(m.kind, m.label) for m in case.marks if m.kind != "fault"] == [
+        ("applied", "fault in effect: task faults.stop_service on vip-holder"),
         ("holder", "vip-holder: lvs2"), ("lift", "lifted: task faults.start_service on @fault"),
         ("steady", "steady state holds again")]
     assert fleet.host("lvs1").commands()[-1] == "systemctl start keepalived"
@@ -578,3 +579,19 @@ def test_a_fault_that_half_failed_is_still_undone(tmp_path, spec, nr, fleet) -> 
     assert result.cases[0].verdict == "failed" and "no such unit" in result.cases[0].reason
     assert fleet.host("haproxy1").commands() == ["systemctl stop haproxy",
                                                  "systemctl start haproxy"]
+
+
+def test_a_cases_load_options_reach_the_probe_and_the_bound(tmp_path, spec, nr, fleet) -> None:
+    """`load: {request_timeout: 20}`: the probe's clients wait that long, and the bound that
+    depends on it (a frozen apiserver's) is computed with it."""
+    loaded = _runbook(tmp_path, "- pause: 0.01", extra="load: {request_timeout: 20}")
+    made: list[dict] = []
+    inst = _instruments(FakeLoad(), 0.4, 0.9)
+    inst.load_probe = lambda spec, state_dir, **kw: made.append(kw) or FakeLoad()
+    result = engine.run(loaded, spec, nr, _opts(tmp_path, cases=["first"], instruments=inst))
+    assert made == [{"request_timeout": 20.0}]
+    assert result.cases[0].expectation.explanation == "none {'request_timeout': 20.0}"
+    (tmp_path / "bad.yaml").write_text(
+        (tmp_path / "rb.yaml").read_text().replace("request_timeout: 20", "request_timeout: 0"))
+    with pytest.raises(RunbookError, match=r"bad.yaml:\d+.*request_timeout"):
+        loader.load(tmp_path / "bad.yaml")

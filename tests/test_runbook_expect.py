@@ -135,3 +135,26 @@ def test_docs_table_of_lab_bounds_is_what_expect_computes(lab: ClusterSpec) -> N
         if exp.takeover_s is not None:
             want += f" (takeover {exp.takeover_s:g} s)"
         assert documented.strip() == want, label
+
+
+def test_a_frozen_apiserver_is_bounded_by_the_takeout_and_the_probes_timeout(
+        lab: ClusterSpec) -> None:
+    """Frozen, requests sent to it hang: they fail until HAProxy's checks time out fall times
+    (fall 2 x (inter 500 + timeout check 500) ms); HAProxy then cuts the sessions hung on it.
+    Where it does not (shutdown_sessions_on_down false), the last request sent to it hangs
+    for the probe's whole request timeout on top: a partial outage, measured as the failing
+    window."""
+    frozen = expectation("apiserver", lab, frozen=True, request_timeout=20)
+    assert frozen.downtime_s == pytest.approx(2.0 + SLACK)
+    assert frozen.partial_outage and not expectation("apiserver", lab).partial_outage
+    assert "no request outlives the takeout" in frozen.explanation
+    assert frozen.takeover_s == expectation("apiserver", lab).takeover_s
+    slow = expectation("apiserver", with_settings(lab, "haproxy", check_inter_ms=3000),
+                       frozen=True, request_timeout=20)
+    assert slow.downtime_s == pytest.approx(12.0 + SLACK)
+    assert "haproxy.check_inter_ms 3000 ms" in slow.explanation
+    hanging = expectation("apiserver", with_settings(lab, "haproxy",
+                                                     shutdown_sessions_on_down=False),
+                          frozen=True, request_timeout=20)
+    assert hanging.downtime_s == pytest.approx(2.0 + 20 + SLACK)
+    assert "request timeout 20 s" in hanging.explanation

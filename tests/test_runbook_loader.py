@@ -198,6 +198,7 @@ def test_verify_ha_has_a_case_per_checklist_line(spec) -> None:
     cases = [c.name for _, c in loader.load(find_runbook("verify-ha")).cases(spec)]
     assert cases == [
         "director-keepalived-stopped", "director-keepalived-frozen", "director-power-cut",
-        "director-link-cut", "haproxy-stopped", "apiserver-stopped", "etcd-leader-killed",
-        "etcd-leader-partitioned", "etcd-majority-lost", "controller-manager-lease",
+        "director-link-cut", "haproxy-stopped", "apiserver-stopped", "apiserver-frozen",
+        "etcd-leader-killed", "etcd-leader-partitioned", "etcd-majority-lost",
+        "controller-manager-lease",
         "scheduler-lease", "machine-pm1", "machine-pm2", "machine-pm3"]

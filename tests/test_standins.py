@@ -424,10 +424,39 @@ def test_leader_election_one_holder_then_failover(etcd: EtcdServer, tmp_path: Pa
              20, "the other candidate to take over")
     took = time.monotonic() - killed
     assert took < 3 + 2, f"takeover took {took:.1f}s"
+    taken = etcd_get(etcd, key)
+    assert taken["spec"]["leaseTransitions"] == lease["spec"].get("leaseTransitions", 0) + 1
+    assert taken["metadata"]["uid"] == lease["metadata"]["uid"]  # the same object, taken over
 
     candidates[other].send_signal(signal.SIGTERM)  # a clean stop releases at once
     candidates[other].wait(5)
-    wait_for(lambda: etcd_get(etcd, key) is None, 2, "the lease released on SIGTERM")
+    released = wait_for(lambda: (etcd_get(etcd, key) or {}).get("spec", {}).get(
+        "holderIdentity") == "" and etcd_get(etcd, key), 2, "the lease released on SIGTERM")
+    assert released["kind"] == "Lease" and released["spec"]["leaseDurationSeconds"] == 1
+
+
+def test_a_dead_holders_lease_object_stays_until_taken_over(etcd: EtcdServer, tmp_path: Path,
+                                                            procs: Procs) -> None:
+    """Real Kubernetes keeps a Lease after its holder died (holderIdentity stays, renewTime
+    ages): `kubectl get lease` and `check` never read it as 404. Alone, the dead holder's
+    Lease is still there well past its duration; a candidate started then takes it over."""
+    name = f"kube-scheduler-{tmp_path.name[-6:].lower().replace('_', '-')}"
+    flags = [f"--component={name}", f"--etcd-servers={etcd.url}", f"--etcd-cafile={etcd.ca}",
+             f"--etcd-certfile={etcd.cert}", f"--etcd-keyfile={etcd.key}",
+             "--leader-elect-lease-duration=2s", "--leader-elect-renew-deadline=1s",
+             "--leader-elect-retry-period=0.5s"]
+    key = f"/registry/leases/kube-system/{name}"
+    first = spawn(procs, tmp_path / "a.log", "leader.py", *flags, "--k8sha-identity=a")
+    wait_for(lambda: etcd_get(etcd, key), 10, "a leader")
+    first.send_signal(signal.SIGKILL)
+    first.wait(5)
+    time.sleep(2 + 2)  # the lease duration and more: expired, yet the object stays
+    lease = etcd_get(etcd, key)
+    assert lease is not None and lease["spec"]["holderIdentity"] == "a"
+    spawn(procs, tmp_path / "b.log", "leader.py", *flags, "--k8sha-identity=b")
+    wait_for(lambda: (etcd_get(etcd, key) or {}).get("spec", {}).get("holderIdentity") == "b",
+             10, "b to take the expired lease over")
+    assert "[lab stand-in]" in (tmp_path / "b.log").read_text()
 
 
 # --- kubeadm: init, token create, upload-certs, joins, reset --------------------------------------

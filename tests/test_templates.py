@@ -319,7 +319,8 @@ def test_haproxy_cfg_content(rendered: tuple) -> None:
         for name, _, opts in servers:
             assert opts == (f"check check-ssl verify required ca-file {C.HAPROXY_KUBERNETES_CA} "
                             f"verifyhost {name} inter {s.haproxy.check_inter_ms} "
-                            f"fall {s.haproxy.check_fall} rise {s.haproxy.check_rise}")
+                            f"fall {s.haproxy.check_fall} rise {s.haproxy.check_rise} "
+                            "on-marked-down shutdown-sessions")
         assert f"bind {h.address}:{s.haproxy.stats_port}" in cfg
         assert "stats uri /stats" in cfg
 
@@ -335,6 +336,15 @@ def test_haproxy_timing_in_inventory_changes_the_cfg(make_inventory: Any) -> Non
     assert "inter 500 fall 2 rise 2" in before
     assert "inter 250 fall 4 rise 2" in after and "inter 500" not in after
     assert "~1000 ms" in after  # the documented time-to-down: fall x inter
+    assert "on-marked-down shutdown-sessions" in before
+
+
+def test_haproxy_can_keep_the_sessions_of_a_backend_marked_down(make_inventory: Any) -> None:
+    def keep(hosts: dict, groups: dict, defaults: dict) -> None:
+        defaults["data"]["haproxy"]["shutdown_sessions_on_down"] = False
+
+    cfg = _one(load_cluster_spec(make_inventory(keep)), "haproxy1", C.HAPROXY_CFG).content
+    assert "on-marked-down" not in cfg.split("backend apiserver", 1)[1]
 
 
 # --- keepalived (LVS) -------------------------------------------------------------------------

@@ -278,7 +278,7 @@ def _whole_machines(spec: ClusterSpec, hosts: list[str]) -> list[str]:
 
 def _instruments() -> engine.Instruments:
     """The load probe, figures and expectations of runbook/load, measure, expect."""
-    return engine.Instruments(load_probe=lambda spec, state_dir: load.LoadProbe(spec, state_dir),
+    return engine.Instruments(load_probe=load.LoadProbe,
                               figures=measure.figures, expectation=expect.expectation,
                               shortfalls=measure.shortfalls)
 

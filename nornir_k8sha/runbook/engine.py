@@ -49,6 +49,7 @@ from nornir_k8sha.runbook.model import (
     AnyStep,
     Case,
     LabStep,
+    LoadOptions,
     PauseStep,
     ProbeSpec,
     ProbeStep,
@@ -91,7 +92,7 @@ class Instruments:
     """The measurement side (runbook/load.py, measure.py, expect.py), injected by the caller
     so the engine runs (and is tested) without it."""
 
-    load_probe: Callable[[ClusterSpec, Path], LoadProbe]
+    load_probe: Callable[..., LoadProbe]  # (spec, state_dir, **LoadOptions of the case)
     figures: Callable[..., Figures]  # measure.figures(samples, fault_at=, lifted_at=, ...)
     expectation: Callable[..., Expectation]  # expect.expectation(kind, spec, **params)
     #: measure.shortfalls(expected, figures): what the measurement broke, one line each.
@@ -308,13 +309,15 @@ class _Runner:
             return cr, f"steady state broken before case {case.name}"
         instruments = self.opts.instruments
         try:
+            # a case's own probe options reach its bound too (a hung request's timeout)
+            probe = case.load.model_dump() if isinstance(case.load, LoadOptions) else {}
             if instruments is not None:
                 cr.expectation = instruments.expectation(case.expect.kind, self.spec,
-                                                         **case.expect.params)
+                                                         **case.expect.params, **probe)
                 if case.name in self.opts.bounds:
                     cr.expectation = with_bound(cr.expectation, self.opts.bounds[case.name])
             if instruments is not None and case.load:
-                self.load = instruments.load_probe(self.spec, self.state_dir)
+                self.load = instruments.load_probe(self.spec, self.state_dir, **probe)
                 self.load.start()
         except Exception as exc:  # noqa: BLE001 - nothing was broken yet: an error, not a crash
             cr.verdict, cr.reason = "error", f"cannot prepare the case: {error_text(exc)}"
@@ -400,7 +403,8 @@ class _Runner:
                     cr.samples, fault_at=_first(cr.marks, "fault"),
                     lifted_at=_first(cr.marks, "lift"), acknowledged=acked, lost=lost,
                     marks=cr.marks,
-                    takeover_of=cr.expectation.takeover_of if cr.expectation else "")
+                    takeover_of=cr.expectation.takeover_of if cr.expectation else "",
+                    partial=cr.expectation.partial_outage if cr.expectation else False)
         finally:
             with contextlib.suppress(Exception):
                 load.cleanup()
@@ -467,8 +471,12 @@ class _Runner:
         if isinstance(step, LabStep):
             text = bounded(lambda: seams.apply(step.lab, self.spec, hosts, **step.args),
                            timeout, label)
-            return StepResult(label, True, str(text), hosts=hosts)
-        return self._task(step, label, hosts, timeout)
+            sr = StepResult(label, True, str(text), hosts=hosts)
+        else:
+            sr = self._task(step, label, hosts, timeout)
+        if step.fault and sr.ok:  # done on every host: from now on the fault surely holds
+            self.mark(f"fault in effect: {label}", "applied")
+        return sr
 
     def _task(self, step: TaskStep, label: str, hosts: list[str], timeout: float) -> StepResult:
         fn = resolve_task(step.task)

@@ -103,13 +103,22 @@ def _haproxy(spec: ClusterSpec, read_interval: float) -> Expectation:
 
 
 def _apiserver(spec: ClusterSpec, read_interval: float,
-               poll: float = HAPROXY_POLL_S, stop_within: float = 0.0) -> Expectation:
+               poll: float = HAPROXY_POLL_S, stop_within: float = 0.0,
+               frozen: bool = False,
+               request_timeout: float = C.PROBE_REQUEST_TIMEOUT_S) -> Expectation:
     """Also bounds the takeout itself: the first HAProxy's DOWN for it, as the runbook sees it
     polling `check:haproxy` every `poll` s. A stopped apiserver refuses connections and
     HAProxy redispatches them, so clients may see no failure at all: then this is the figure
     that shows what the checks cost. `stop_within`: how long after the fault step the
     apiserver is really down (a static pod stops when the kubelet notices its manifest gone:
-    the lab's kubelet stand-in looks every 1 s); it delays the takeout, not an outage."""
+    the lab's kubelet stand-in looks every 1 s); it delays the takeout, not an outage.
+
+    `frozen`: the apiserver is alive but silent (SIGSTOP): the kernel still accepts
+    connections, so HAProxy does not redispatch; a request sent to it hangs until the client
+    gives up (`request_timeout`, the load probe's) or HAProxy cuts it when it marks the server
+    DOWN (`on-marked-down shutdown-sessions`, haproxy.shutdown_sessions_on_down). The bound is
+    on the window in which requests failed (a partial outage): the takeout, + the request
+    timeout when HAProxy leaves the last request sent to it hanging."""
     h = spec.settings.haproxy
     inter = h.check_inter_ms / 1000
     timeout_check = inter  # the template's `timeout check` is check_inter_ms
@@ -121,6 +130,22 @@ def _apiserver(spec: ClusterSpec, read_interval: float,
                    f"{h.check_inter_ms} ms after the previous one ended and failing within "
                    f"timeout check {h.check_inter_ms} ms: {h.check_fall} x ({h.check_inter_ms} "
                    f"+ {h.check_inter_ms}) ms", read_interval)
+    if frozen:
+        cut = h.shutdown_sessions_on_down
+        hang = 0.0 if cut else request_timeout
+        ending = ("; HAProxy then cuts the sessions hung on it (haproxy.shutdown_sessions_on_down"
+                  f"), so no request outlives the takeout (the load probe's clients wait up to "
+                  f"{_num(request_timeout)} s)" if cut else
+                  f", + the load probe's request timeout {_num(request_timeout)} s for the last "
+                  "request sent to it (haproxy.shutdown_sessions_on_down is false: HAProxy "
+                  "leaves it hanging)")
+        exp = _bounded(core + hang, f"a frozen apiserver accepts connections and answers "
+                       f"nothing: requests sent to it fail until HAProxy marks it DOWN after "
+                       f"haproxy.check_fall {h.check_fall} checks timed out, each started "
+                       f"haproxy.check_inter_ms {h.check_inter_ms} ms after the previous one "
+                       f"ended and given timeout check {h.check_inter_ms} ms: "
+                       f"{h.check_fall} x ({h.check_inter_ms} + {h.check_inter_ms}) ms = "
+                       f"{_num(core)} s{ending}", read_interval, partial_outage=True)
     stopping = (f"{_num(stop_within)} s until it is down (the kubelet notices the moved "
                 "manifest) + " if stop_within else "")
     return replace(exp, explanation=f"{exp.explanation}; the first HAProxy shows it DOWN within "
@@ -205,20 +230,27 @@ _BUILDERS: dict[str, Callable[..., Expectation]] = {
 #: The parameters each kind takes beyond `read_interval` (the loader checks them up front).
 PARAMS: dict[str, frozenset[str]] = {k: frozenset() for k in KINDS} | {
     "lease": frozenset({"lease", "poll"}), "machine": frozenset({"machine"}),
-    "apiserver": frozenset({"poll", "stop_within"}),
+    "apiserver": frozenset({"poll", "stop_within", "frozen"}),
     "etcd-leader": frozenset({"client_timeout"})}
+
+
+#: What the load probe's options add to every kind's parameters.
+PROBE_PARAMS = frozenset({"read_interval", "request_timeout"})
 
 
 def expectation(kind: str, spec: ClusterSpec, **params: Any) -> Expectation:
     """The bound of a case of `kind` on this cluster; ValueError names a bad kind/param."""
     if kind not in _BUILDERS:
         raise ValueError(f"unknown expectation kind {kind!r} (kinds: {', '.join(KINDS)})")
-    extra = set(params) - PARAMS[kind] - {"read_interval"}
+    extra = set(params) - PARAMS[kind] - PROBE_PARAMS
     if extra:
         raise ValueError(f"expectation kind {kind!r} takes no parameter "
                          f"{', '.join(sorted(extra))} (it takes: "
-                         f"{', '.join(sorted(PARAMS[kind] | {'read_interval'}))})")
+                         f"{', '.join(sorted(PARAMS[kind] | PROBE_PARAMS))})")
     if kind == "machine" and "machine" not in params:
         raise ValueError("expectation kind 'machine' needs the parameter machine=NAME")
     read_interval = float(params.pop("read_interval", C.PROBE_READ_INTERVAL_S))
+    timeout = float(params.pop("request_timeout", C.PROBE_REQUEST_TIMEOUT_S))
+    if kind == "apiserver":  # the one bound a hung request's timeout enters (frozen)
+        params["request_timeout"] = timeout
     return _BUILDERS[kind](spec, read_interval, **params)

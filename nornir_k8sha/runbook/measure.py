@@ -8,6 +8,13 @@ Definitions (docs/verify.md repeats them for people):
   time: among all gaps). A gap without a failure in it is only the probe's sampling period, not
   an outage, so a case where nothing failed has downtime 0. Failures before the first success
   or after the last one make an open gap that starts at the first sample / ends at the last;
+- partial outage (the expectation says so: one of several backends broken, e.g. a frozen
+  apiserver behind HAProxy): requests fail only when they land on the broken one while the
+  others keep succeeding, so the gap between two successes stays short however long the
+  broken backend keeps receiving requests. The downtime is then the larger of that gap and
+  the failing window: from the start of the first failed request (not before the fault was
+  applied) to the end of the last one, among the requests that failed after the fault was
+  applied and began before its lift: how long clients could be left hanging or failing;
 - detect: fault applied -> start of the first failed request ending after it;
 - recover: fault lifted (the lifting step began; when never lifted, the fault was applied;
   with no fault time, the first failure) -> the later of two moments: the API is back for
@@ -16,11 +23,15 @@ Definitions (docs/verify.md repeats them for people):
   after the rollbacks passed; without one, the API alone). None when the API never came
   back (the engine also makes it None when the steady state did not return). `api_recover_s`
   is the first of the two alone: lift -> API back for good (0 when nothing failed after the lift);
-- writes acknowledged during the outage: 201s that started after the first failed request
-  began and ended before the last failed request began: inside the outage from end to end (the
-  etcd-majority case wants none). Not "ended before the last failure ended": a read that began
-  in the outage and timed out a second later would count a write acknowledged after quorum
-  came back (seen on the lab), as would a write committed just before the fault;
+- writes acknowledged during the outage: 201s whose request started once the fault was in
+  effect (the "applied" mark the engine makes when the fault step is done; without one, the
+  fault mark) and ended before its lifting began (the "lift" mark; never lifted: any time
+  after). Only such a write was surely committed while the fault held (the etcd-majority case
+  wants none: it would be an ack without quorum). Not counted from the first failed request:
+  a fault on several hosts is not applied at once (stopping two etcd members, the leader's
+  graceful stop hands its leadership over while the other still runs), a read may fail while
+  a quorum still commits writes (seen once in CI); nor to the last failure, which may start
+  after the members returned;
 - takeover: fault applied -> the first "holder" mark after it (of the holder the expectation
   names in `takeover_of`, e.g. HAProxy's DOWN backends or one lease; else of any).
 """
@@ -64,13 +75,16 @@ def gaps(samples: Sequence[Sample]) -> list[Gap]:
 
 def figures(samples: Sequence[Sample], *, fault_at: float | None, lifted_at: float | None,
             acknowledged: int, lost: int, marks: Sequence[Mark] | None = None,
-            takeover_of: str = "") -> Figures:
+            takeover_of: str = "", partial: bool = False) -> Figures:
     """Requests, failures, downtime, detect/recover times and write figures of one case."""
     failed = [s for s in samples if not s.ok]
     window = [g for g in gaps(samples) if fault_at is None or g.end > fault_at]
     worst = max(window, key=lambda g: g.length, default=None)
+    downtime = worst.length if worst else 0.0
+    if partial:
+        downtime = max(downtime, failing_window(samples, fault_at, lifted_at))
     fig = Figures(requests=len(samples), failed=len(failed),
-                  downtime_s=worst.length if worst else 0.0, detect_s=None, recover_s=None,
+                  downtime_s=downtime, detect_s=None, recover_s=None,
                   writes_acknowledged=acknowledged, writes_lost=lost)
     if not samples:
         return fig
@@ -78,16 +92,14 @@ def figures(samples: Sequence[Sample], *, fault_at: float | None, lifted_at: flo
     after = sorted((s for s in failed if s.end > since), key=lambda s: s.end)
     if fault_at is not None:
         fig.takeover_s = _takeover(marks or (), fault_at, takeover_of)
+        fig.writes_acknowledged_during_outage = len(
+            acknowledged_in_fault(samples, marks or (), fault_at, lifted_at))
     onset = min((s.start for s in after), default=None)
     reference = next((t for t in (lifted_at, fault_at, onset) if t is not None), None)
     if after:
         assert onset is not None
         fig.detect_s = None if fault_at is None else max(0.0, onset - fault_at)
         last_failure = after[-1].end
-        still_down = max(s.start for s in after)  # a request that began then did not succeed
-        fig.writes_acknowledged_during_outage = sum(
-            1 for s in samples if s.kind == "write" and s.ok and s.start >= onset
-            and s.end <= still_down)
         api_back = min((s.end for s in samples if s.ok and s.end > last_failure), default=None)
     else:
         api_back = reference
@@ -100,6 +112,27 @@ def figures(samples: Sequence[Sample], *, fault_at: float | None, lifted_at: flo
     steady = [m.at for m in marks or () if m.kind == "steady" and m.at >= reference]
     fig.recover_s = max(fig.api_recover_s, min(steady) - reference if steady else 0.0)
     return fig
+
+
+def failing_window(samples: Sequence[Sample], fault_at: float | None,
+                   lifted_at: float | None) -> float:
+    """First failed request's start (not before the fault) -> last one's end, of those failed
+    after the fault and begun before its lift (0 when none failed)."""
+    since = fault_at if fault_at is not None else float("-inf")
+    until = lifted_at if lifted_at is not None else float("inf")
+    hit = [s for s in samples if not s.ok and s.end > since and s.start < until]
+    # a request in flight when the fault struck waited before it too: not outage time
+    return max(s.end for s in hit) - max(since, min(s.start for s in hit)) if hit else 0.0
+
+
+def acknowledged_in_fault(samples: Sequence[Sample], marks: Sequence[Mark], fault_at: float,
+                          lifted_at: float | None) -> list[Sample]:
+    """The writes acknowledged (201) from start to end while the fault was in effect."""
+    applied = min((m.at for m in marks if m.kind == "applied" and m.at >= fault_at),
+                  default=fault_at)
+    until = lifted_at if lifted_at is not None else float("inf")
+    return [s for s in samples if s.kind == "write" and s.ok and s.start >= applied
+            and s.end <= until]
 
 
 def _takeover(marks: Sequence[Mark], fault_at: float, of: str = "") -> float | None:

@@ -173,13 +173,25 @@ class CaseExpect(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class LoadOptions(_Strict):
+    """How the load probe's clients behave in one case (`load: {request_timeout: 20}`).
+
+    The default request timeout is short so an outage shows as failures, not as a hang; a case
+    about requests that hang (a frozen apiserver) gives its clients the patience of kubectl,
+    which has no request timeout of its own, to measure how long they are left hanging."""
+
+    request_timeout: float = Field(C.PROBE_REQUEST_TIMEOUT_S, gt=0,
+                                   le=C.PROBE_MAX_REQUEST_TIMEOUT_S)
+
+
 class Case(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.${}-]*$")
     title: str = ""
     description: str = ""
     expect: CaseExpect = Field(default_factory=CaseExpect)
-    #: Run the load probe through the VIP during the method and measure the outage.
-    load: bool = False
+    #: Run the load probe through the VIP during the method and measure the outage (a
+    #: mapping: with these options).
+    load: bool | LoadOptions = False
     method: list[Step] = Field(min_length=1)
     rollbacks: list[Step] = Field(default_factory=list)
     max_time: float = Field(C.RUNBOOK_CASE_MAX_S, gt=0)
@@ -201,7 +213,7 @@ class Runbook(_Strict):
     cases: list[Case] = Field(default_factory=list)
     # sugar: a single case at the top level
     expect: CaseExpect | None = None
-    load: bool | None = None
+    load: bool | LoadOptions | None = None
     method: list[Step] | None = None
     rollbacks: list[Step] | None = None
 
@@ -222,7 +234,7 @@ class Runbook(_Strict):
         if self.method is None:
             return list(self.cases)
         return [Case(name=name, title=self.title, description=self.description,
-                     expect=self.expect or CaseExpect(), load=bool(self.load),
+                     expect=self.expect or CaseExpect(), load=self.load or False,
                      method=self.method, rollbacks=self.rollbacks or [])]
 
 

@@ -17,7 +17,7 @@ SampleKind = Literal["read-fresh", "read-keepalive", "write"]
 #: The holder term of the backends any HAProxy has DOWN: the engine marks its changes, the
 #: apiserver kind's takeover is the first of them (runbook/expect.py).
 HAPROXY_DOWN = "haproxy-down"
-MarkKind = Literal["fault", "lift", "holder", "step", "steady", "deviation", "note"]
+MarkKind = Literal["fault", "applied", "lift", "holder", "step", "steady", "deviation", "note"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,10 @@ class Expectation:
     #: Whose change counts as the takeover: a holder term of the engine ("haproxy-down",
     #: "lease-holder:kube-scheduler"); "" any holder change.
     takeover_of: str = ""
+    #: One of several backends broken (a frozen apiserver): requests fail only when they land
+    #: on it while others succeed, so the downtime is the failing window, not only the gap
+    #: between two successes (runbook/measure.py).
+    partial_outage: bool = False
 
 
 @dataclass(frozen=True)

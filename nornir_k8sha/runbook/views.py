@@ -22,7 +22,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from nornir_k8sha.runbook.measure import gaps
+from nornir_k8sha.runbook.measure import acknowledged_in_fault, gaps
 from nornir_k8sha.runbook.results import CaseResult, Expectation, Figures, RunbookResult, Sample
 
 #: Failed samples kept one by one in the JSON document (the rest are counted).
@@ -180,8 +180,18 @@ def _case_dict(case: CaseResult) -> dict[str, Any]:
             "per_second": _per_second(case.samples, t0),
             "failed": [_sample_dict(s, t0) for s in failed[:JSON_MAX_FAILED_SAMPLES]],
             "failed_left_out": max(0, len(failed) - JSON_MAX_FAILED_SAMPLES),
+            # where every write must be refused: the ones that were not, to explain them
+            "acknowledged_in_fault": [_sample_dict(s, t0) for s in _refused_yet_acked(case)],
         },
     }
+
+
+def _refused_yet_acked(case: CaseResult) -> list[Sample]:
+    fault = next((m.at for m in case.marks if m.kind == "fault"), None)
+    if fault is None or case.expectation is None or not case.expectation.writes_must_be_refused:
+        return []
+    lift = next((m.at for m in case.marks if m.kind == "lift"), None)
+    return acknowledged_in_fault(case.samples, case.marks, fault, lift)[:JSON_MAX_FAILED_SAMPLES]
 
 
 def as_json(result: RunbookResult) -> dict[str, Any]:
@@ -263,7 +273,7 @@ def timeline_name(out: Path, index: int, case: CaseResult) -> Path:
 
 
 #: Colour and line style of each kind of mark on a timeline.
-MARK_STYLES = {"fault": ("tab:red", "--"), "lift": ("tab:green", "--"),
+MARK_STYLES = {"fault": ("tab:red", "--"), "applied": ("tab:red", ":"), "lift": ("tab:green", "--"),
                "holder": ("tab:blue", ":"), "steady": ("tab:olive", "-."),
                "deviation": ("tab:orange", ":"), "step": ("0.45", ":"), "note": ("0.45", ":")}
 #: Marks listed by number beside a timeline (the rest are drawn, not listed).

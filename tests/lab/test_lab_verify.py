@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -23,16 +22,14 @@ from tests.conftest import LAB_INVENTORY
 from tests.lab.test_lab_deploy import cli
 from tests.lab.test_lab_runbooks import deployed  # noqa: F401 - the fixture, shared
 
-#: `check` after verify: tries, seconds apart (a lease duration, 15 s, plus a retry, in all)
-LEASE_SETTLE_TRIES = 4
-LEASE_SETTLE_S = 6.0
-
 pytestmark = pytest.mark.lab
 
 #: A safety stop for a hung run, not a timing assertion (the goal, 10 minutes, is a benchmark).
 VERIFY_TIMEOUT = 1200
 #: The checklist case that HAProxy's health checks bound (one master's apiserver stopped).
 API_CASE = "apiserver-stopped"
+#: The same with the apiserver frozen: requests hang on it until HAProxy takes it out.
+FROZEN_CASE = "apiserver-frozen"
 #: HAProxy's check interval the issue asks to slow the lab down to.
 SLOW_CHECK_INTER_MS = 3000
 
@@ -62,8 +59,6 @@ def checklist(spec: ClusterSpec) -> list[str]:
     return [case.name for _, case in loaded.cases(spec)]
 
 
-@pytest.mark.quarantine(reason="1 of 3 CI runs on 2026-12-03: etcd-majority-lost counted 1 write "
-                         "acknowledged during the outage; another: a Lease read as 404 right after")
 def test_verify_runs_every_case_and_all_pass(lab, deployed: None, tmp_path: Path) -> None:  # noqa: ANN001, F811
     code, report, xml, stderr = verify("-i", str(LAB_INVENTORY), reports=tmp_path)
     cases = {c["name"]: c for c in report["cases"]}
@@ -85,15 +80,9 @@ def test_verify_runs_every_case_and_all_pass(lab, deployed: None, tmp_path: Path
     for name, tc in tcs.items():
         assert not [r for r in tc.result if isinstance(r, Failure | Error)], name
         assert "measured downtime" in tc.system_out and "expected" in tc.system_out, name
-    # Every case restored what it broke. Checked until green for at most one lease duration and
-    # a retry: the lab's leader-election stand-in drops a dead holder's Lease object when its
-    # etcd lease expires (real Kubernetes keeps the object), so right after a power-cut case
-    # `check` can read that lease as 404 for up to a retry period (seen once in CI).
-    for _ in range(LEASE_SETTLE_TRIES):
-        after = cli("check", "-i", str(LAB_INVENTORY))
-        if after.returncode == 0:
-            break
-        time.sleep(LEASE_SETTLE_S)
+    # Every case restored what it broke (a lease whose holder died in a power cut is still
+    # there, held by the dead one until another master takes it over: never a 404)
+    after = cli("check", "-i", str(LAB_INVENTORY))
     assert after.returncode == 0, after.stdout[-3000:]
 
 
@@ -110,29 +99,38 @@ def slow_checks_copy(tmp_path: Path) -> Path:
 def test_slower_haproxy_checks_grow_the_bound_and_a_tight_bound_fails(
         lab, deployed: None, tmp_path: Path) -> None:  # noqa: ANN001, F811
     """The issue's "making it fail": HAProxy deployed with check_inter_ms 3000 takes a
-    stopped apiserver out later, the bound computed from the inventory grows with it, and a
-    bound the user tightens below the measurement fails the case (exit 1, a JUnit failure
-    with measured vs expected). A stopped apiserver refuses connections and HAProxy
+    stopped or frozen apiserver out later, the bounds computed from the inventory grow with
+    it, and a bound the user tightens below the measurement fails the case (exit 1, a JUnit
+    failure with measured vs expected). A stopped apiserver refuses connections and HAProxy
     redispatches them, so the requests barely notice: what grows is the takeout, the first
-    HAProxy showing it DOWN (the case's takeover figure)."""
-    code, report, _, stderr = verify("-i", str(LAB_INVENTORY), "--case", API_CASE,
+    HAProxy showing it DOWN (the case's takeover figure). A frozen one accepts connections
+    and answers nothing: requests sent to it fail until HAProxy takes it out, so its measured
+    downtime (the window in which requests failed) grows too."""
+    cases = ("--case", API_CASE, "--case", FROZEN_CASE)
+    code, report, _, stderr = verify("-i", str(LAB_INVENTORY), *cases,
                                      reports=tmp_path / "default")
-    assert code == 0, (report["cases"][0]["reason"], stderr[-2000:])
-    (fast,) = report["cases"]
+    assert code == 0, ([c["reason"] for c in report["cases"]], stderr[-2000:])
+    fast, fast_frozen = report["cases"]
     slow_inventory = slow_checks_copy(tmp_path)
     try:
         deploy = cli("deploy", "-i", str(slow_inventory))
         assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-2000:]
-        code, report, _, stderr = verify("-i", str(slow_inventory), "--case", API_CASE,
+        code, report, _, stderr = verify("-i", str(slow_inventory), *cases,
                                          reports=tmp_path / "slow")
-        assert code == 0, (report["cases"][0]["reason"], stderr[-2000:])
-        (slow,) = report["cases"]
+        assert code == 0, ([c["reason"] for c in report["cases"]], stderr[-2000:])
+        slow, slow_frozen = report["cases"]
         for key in ("downtime_s", "takeover_s"):
             assert slow["expectation"][key] > fast["expectation"][key], key
+            assert slow_frozen["expectation"][key] > fast_frozen["expectation"][key], key
         assert f"haproxy.check_inter_ms {SLOW_CHECK_INTER_MS} ms" in \
             slow["expectation"]["explanation"]
         assert fast["figures"]["takeover_s"] is not None
         assert slow["figures"]["takeover_s"] > fast["figures"]["takeover_s"], (fast, slow)
+        # the frozen apiserver: requests failed for longer, within the grown bound
+        assert fast_frozen["figures"]["failed"] > 0, fast_frozen["figures"]
+        assert slow_frozen["figures"]["downtime_s"] > fast_frozen["figures"]["downtime_s"], (
+            fast_frozen["figures"], slow_frozen["figures"])
+        assert slow_frozen["figures"]["downtime_s"] > fast_frozen["expectation"]["downtime_s"]
         # (check_fall - 1) x inter is the least a refused apiserver can take to go DOWN:
         # 1 s is below any measurement at 3000 ms, and below this one
         tight = 1.0

@@ -415,29 +415,6 @@ class Etcd:
     def grant(self, ttl: int) -> int:
         return int(self.call("/v3/lease/grant", {"TTL": str(ttl)})["ID"])
 
-    def keepalive(self, lease: int) -> int:
-        """The lease's remaining TTL after the refresh; 0 when it has expired."""
-        resp = self.call("/v3/lease/keepalive", {"ID": str(lease)})
-        return int(resp.get("result", resp).get("TTL", 0))
-
-    def revoke(self, lease: int) -> None:
-        try:
-            self.call("/v3/lease/revoke", {"ID": str(lease)})
-        except EtcdError as exc:
-            if "lease not found" not in str(exc):
-                raise
-
-    def put_if(self, key: str, value: Any, lease: int, create_revision: int) -> tuple[bool, int]:
-        """Put when the key's create revision is `create_revision` (0: absent). (ok, revision)."""
-        resp = self.call("/v3/kv/txn", {
-            "compare": [{"target": "CREATE", "key": _b64(key), "result": "EQUAL",
-                         "create_revision": str(create_revision)}],
-            "success": [{"request_put": {"key": _b64(key), "value": _b64(json.dumps(value)),
-                                         "lease": str(lease)}}],
-        })
-        return bool(resp.get("succeeded")), int(resp.get("header", {}).get("revision", 0))
-
-
     def range(self, key: str, *, prefix: bool = False, timeout: float | None = None
               ) -> tuple[int, list[Kv]]:
         """(store revision, key-values with their revisions) of a key or a prefix."""
