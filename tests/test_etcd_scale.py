@@ -1,0 +1,158 @@
+"""Growing and shrinking a running etcd cluster: the topology's rule (which changes may be tried,
+in which order) and `deploy` refusing a change that would break quorum before touching anything
+(exit 2, the file and field named). The sequence itself runs on the real lab
+(tests/lab/test_lab_etcd_scale.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from nornir_k8sha import constants as C
+from nornir_k8sha.cli import app
+from nornir_k8sha.cli import deploy as cli_deploy
+from nornir_k8sha.pki import ClusterPKI
+from nornir_k8sha.tasks import etcd, etcd_scale
+from nornir_k8sha.testing import FakeFleet
+from nornir_k8sha.topology import etcd_membership_plan, load_cluster_spec
+
+from .conftest import LAB_INVENTORY, InventoryFactory, fake_opener
+
+E = [f"etcd{i}" for i in range(1, 8)]
+
+
+def plan(running: int | list[str], wanted: int | list[str], down: tuple[str, ...] = ()):  # noqa: ANN201
+    now = E[:running] if isinstance(running, int) else running
+    want = E[:wanted] if isinstance(wanted, int) else wanted
+    return etcd_membership_plan(now, [m for m in now if m not in down], want)
+
+
+def test_growing_3_to_5_adds_one_member_at_a_time_quorum_kept() -> None:
+    p = plan(3, 5)
+    assert p.problem is None and p.removes == []
+    assert [(s.member, s.members_after, s.healthy_after, s.quorum_after) for s in p.steps] == \
+        [("etcd4", 4, 4, 3), ("etcd5", 5, 5, 3)]
+
+
+def test_shrinking_5_to_3_removes_one_at_a_time_the_unhealthy_first() -> None:
+    p = plan(5, 3, down=("etcd4",))
+    assert p.problem is None and p.adds == []
+    assert [(s.member, s.members_after, s.healthy_after) for s in p.steps] == \
+        [("etcd4", 4, 4), ("etcd5", 3, 3)]
+
+
+def test_the_same_members_is_no_change() -> None:
+    p = plan(3, 3)
+    assert p.problem is None and p.steps == ()
+    assert etcd_membership_plan([], [], E[:3]).steps == ()  # nothing runs yet: bootstrap
+
+
+@pytest.mark.parametrize(("running", "wanted", "says"), [
+    (3, 1, "keeps 1 of the 3 running etcd members"),
+    (5, 1, "keeps 1 of the 5 running etcd members"),
+    (7, 3, "at least 4 (a quorum of the running cluster)"),
+    (3, ["etcd1", "etcd6", "etcd7"], "drops etcd2, etcd3"),  # a majority swapped at once
+])
+def test_a_majority_leaving_at_once_is_refused(running: int, wanted: int | list[str],
+                                               says: str) -> None:
+    p = plan(running, wanted)
+    assert p.problem is not None and says in p.problem, p.problem
+    assert p.steps == ()
+
+
+def test_a_removal_that_leaves_too_few_healthy_members_is_refused() -> None:
+    p = plan(5, 3, down=("etcd1", "etcd2"))
+    assert p.problem is not None
+    assert "removing etcd member etcd4 would leave 2 healthy of 4 members, below their " \
+        "quorum 3" in p.problem
+
+
+def test_a_cluster_without_quorum_is_refused_and_restore_is_named() -> None:
+    p = plan(3, 5, down=("etcd1", "etcd2"))
+    assert p.problem is not None and "no quorum" in p.problem and "etcd restore" in p.problem
+
+
+# --- deploy refuses before touching anything --------------------------------------------------
+
+
+def running_cluster(names: list[str], down: set[str]) -> httpx.MockTransport:
+    """etcd's HTTP API of a running cluster of `names` on 10.88.0.31...: `down` refuse."""
+    address = {n: f"10.88.0.{30 + int(n.removeprefix('etcd'))}" for n in names}
+    listed = {"members": [{"ID": str(100 + i), "name": n,
+                           "peerURLs": [f"https://{address[n]}:2380"],
+                           "clientURLs": [f"https://{address[n]}:2379"]}
+                          for i, n in enumerate(names)]}
+    by_address = {a: n for n, a in address.items()}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if by_address.get(request.url.host) in down | {None}:
+            raise httpx.ConnectError("connection refused", request=request)
+        if request.url.path == "/v3/cluster/member/list":
+            return httpx.Response(200, json=listed)
+        if request.url.path == "/health":
+            return httpx.Response(200, json={"health": "true"})
+        return httpx.Response(200, json={"header": {"member_id": "100"}, "leader": "102"})
+
+    return httpx.MockTransport(answer)
+
+
+@pytest.fixture
+def deploying(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeFleet:
+    fleet = FakeFleet()
+    monkeypatch.setattr(cli_deploy, "open_nornir", fake_opener(fleet))
+    monkeypatch.chdir(tmp_path)
+    ClusterPKI(load_cluster_spec(LAB_INVENTORY)).ensure()  # an earlier deploy's PKI
+    return fleet
+
+
+@pytest.mark.parametrize(("running", "down", "says"), [
+    # 5 running, the inventory keeps 3, two of them down: removing etcd4 would leave 2 of 4
+    (E[:5], {"etcd1", "etcd2"}, "removing etcd member etcd4 would leave 2 healthy of 4"),
+    # 7 running, the inventory keeps 3: a majority would leave at once
+    (E[:7], set(), "keeps 3 of the 7 running etcd members"),
+])
+def test_deploy_refuses_a_member_change_that_breaks_quorum_and_touches_nothing(
+        deploying: FakeFleet, monkeypatch: pytest.MonkeyPatch, running: list[str],
+        down: set[str], says: str) -> None:
+    monkeypatch.setattr(cli_deploy, "HTTP_TRANSPORT", running_cluster(running, down))
+    for args in ([], ["--dry-run"]):
+        done = CliRunner().invoke(app, ["deploy", "-i", str(LAB_INVENTORY), *args])
+        text = " ".join(done.output.split())
+        assert done.exit_code == 2, text
+        assert f"{LAB_INVENTORY / 'hosts.yaml'}: field 'groups (etcd)': " in text
+        assert says in text and "nothing was touched on any host" in text, text
+    assert not any(h.calls for h in deploying.hosts.values())
+
+
+def test_observe_reads_the_members_their_health_and_the_leader() -> None:
+    spec = load_cluster_spec(LAB_INVENTORY)
+    seen = etcd_scale.observe(spec, Path("unused"), running_cluster(E[:5], {"etcd5"}))
+    assert seen is not None and seen.leader == 102
+    assert [m.name for m in seen.members] == E[:5] and seen.healthy == E[:4]
+    assert seen.summary() == ("5 members (etcd1, etcd2, etcd3*, etcd4, etcd5 (down)), 4 healthy, "
+                              "quorum 3")
+    assert seen.plan(spec).removes == ["etcd5", "etcd4"]
+
+
+def test_a_member_of_a_running_cluster_is_not_restarted_for_bootstrap_lines(
+        make_inventory: InventoryFactory) -> None:
+    three = load_cluster_spec(LAB_INVENTORY)
+
+    def five(hosts: dict, groups: dict, defaults: dict) -> None:
+        hosts["etcd4"] = {"hostname": "10.88.0.34", "groups": ["etcd"]}
+        hosts["etcd5"] = {"hostname": "10.88.0.35", "groups": ["etcd"]}
+
+    bigger = load_cluster_spec(make_inventory(five))
+
+    def files(spec) -> str:  # noqa: ANN001
+        rendered = {f.path: f.content for f in etcd.files_for_component(
+            spec, spec.host("etcd1"), "etcd")}
+        return rendered[C.ETCD_CONF] + rendered[C.ETCD_UNIT]
+
+    assert files(three) != files(bigger)
+    assert etcd._bootstrap_only_change(bigger, "etcd1", files(three))
+    slower = files(three).replace("heartbeat-interval: ", "heartbeat-interval: 1")
+    assert not etcd._bootstrap_only_change(bigger, "etcd1", slower)  # a real change restarts
