@@ -5,6 +5,7 @@ in which order) and `deploy` refusing a change that would break quorum before to
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
@@ -14,9 +15,10 @@ from typer.testing import CliRunner
 from nornir_k8sha import constants as C
 from nornir_k8sha.cli import app
 from nornir_k8sha.cli import deploy as cli_deploy
+from nornir_k8sha.phases.lb import LoadBalancers
 from nornir_k8sha.pki import ClusterPKI
 from nornir_k8sha.tasks import etcd, etcd_scale
-from nornir_k8sha.testing import FakeFleet
+from nornir_k8sha.testing import FakeFleet, FakeUnit
 from nornir_k8sha.topology import etcd_membership_plan, load_cluster_spec
 
 from .conftest import LAB_INVENTORY, InventoryFactory, fake_opener
@@ -156,3 +158,36 @@ def test_a_member_of_a_running_cluster_is_not_restarted_for_bootstrap_lines(
     assert etcd._bootstrap_only_change(bigger, "etcd1", files(three))
     slower = files(three).replace("heartbeat-interval: ", "heartbeat-interval: 1")
     assert not etcd._bootstrap_only_change(bigger, "etcd1", slower)  # a real change restarts
+
+
+# --- a master added: HAProxy's backend list, reloaded one node at a time ------------------------
+
+
+def test_a_new_master_reloads_the_haproxy_nodes_one_at_a_time(
+        make_inventory: InventoryFactory, tmp_path: Path) -> None:
+    from .test_components import UNITS, deploy
+
+    fleet = FakeFleet(debian=True)
+    for name in load_cluster_spec(LAB_INVENTORY).hosts:
+        for unit in UNITS:
+            fleet.host(name.name).debian.units[unit] = FakeUnit()
+    assert deploy(LAB_INVENTORY, fleet, [LoadBalancers()], tmp_path).exit_code == 0
+
+    def four(hosts: dict, groups: dict, defaults: dict) -> None:
+        hosts["master4"] = {"hostname": "10.88.0.44", "groups": ["masters"]}
+
+    windows: list[tuple[str, float, float]] = []
+    for proxy in ("haproxy1", "haproxy2"):
+        def slow_reload(host, command: str, stdin: bytes | None) -> object:  # noqa: ANN001
+            start = time.monotonic()
+            time.sleep(0.3)  # a reload that takes a while: the other node must wait for it
+            windows.append((host.name, start, time.monotonic()))
+            return host.debian(host, command, stdin)
+        fleet.host(proxy).on(r"^systemctl reload-or-restart haproxy", slow_reload)
+    report = deploy(make_inventory(four), fleet, [LoadBalancers()], tmp_path)
+    changed = {h for h, o in report.phase("lb").hosts.items() if o.status == "changed"}
+    assert changed == {"haproxy1", "haproxy2"}, changed  # the directors are left alone
+    assert all("10.88.0.44" in (fleet.host(p).read(C.HAPROXY_CFG) or "")
+               for p in ("haproxy1", "haproxy2"))
+    (first, a0, a1), (second, b0, b1) = sorted(windows, key=lambda w: w[1])
+    assert {first, second} == {"haproxy1", "haproxy2"} and b0 >= a1, windows

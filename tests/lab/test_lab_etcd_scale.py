@@ -162,3 +162,34 @@ def test_etcd_3_to_5_to_3_under_load_keeps_quorum_at_every_step(deployed,
                                    for h, o in p["hosts"].items() if o["status"] != "ok"]
     check = cli("check", "-i", str(inv), timeout=120)
     assert check.returncode == 0, flat(check.stdout + check.stderr)[-2000:]
+
+
+# --- a master added joins alone; HAProxy's backends follow ------------------------------------
+
+
+def test_a_fourth_master_joins_alone_only_haproxy_changes_beside_it(deployed,
+                                                                   tmp_path: Path) -> None:
+    lab = deployed
+    inv = tmp_path / "inventory"
+    shutil.copytree(LAB_INVENTORY, inv)
+    hosts = yaml.safe_load((inv / "hosts.yaml").read_text())
+    hosts["master4"] = {"hostname": "10.88.0.44", "groups": ["masters"],
+                        "data": {"physical_host": "pm3"}}
+    (inv / "hosts.yaml").write_text(yaml.safe_dump(hosts, sort_keys=False))
+    up = cli("lab", "up", "-i", str(inv), timeout=300)
+    assert up.returncode == 0 and "started 1" in up.stdout, flat(up.stdout + up.stderr)[-1500:]
+    joined, took = timed_deploy(inv)
+    changed = {h for p in joined["phases"] for h, o in p["hosts"].items()
+               if o["status"] == "changed"}
+    print(f"\ndeploy with master4 added: {took:.1f} s, changed on {sorted(changed)}")
+    # `local`: the PKI phase on this machine (master4's certificates), not a cluster host
+    assert {"master4", "haproxy1", "haproxy2"} <= changed <= {"master4", "haproxy1", "haproxy2",
+                                                             "local"}, changed
+    for proxy in lab.spec.role(C.ROLE_HAPROXY):
+        cfg = run_on(lab, str(proxy.address), proxy.name, f"cat {C.HAPROXY_CFG}")
+        assert "10.88.0.44:" in cfg, proxy.name
+    removed = cli("node", "remove", "master4", "-i", str(inv))
+    assert removed.returncode == 0, flat(removed.stdout + removed.stderr)[-1500:]
+    back, _ = timed_deploy(LAB_INVENTORY)
+    assert back["changed"] == 0, [(p["name"], h) for p in back["phases"]
+                                  for h, o in p["hosts"].items() if o["status"] == "changed"]
