@@ -15,10 +15,11 @@ from typer.testing import CliRunner
 from nornir_k8sha import constants as C
 from nornir_k8sha.cli import app
 from nornir_k8sha.cli import deploy as cli_deploy
+from nornir_k8sha.inventory import open_nornir
 from nornir_k8sha.phases.lb import LoadBalancers
 from nornir_k8sha.pki import ClusterPKI
 from nornir_k8sha.tasks import etcd, etcd_scale
-from nornir_k8sha.testing import FakeFleet, FakeUnit
+from nornir_k8sha.testing import FakeFleet, FakeUnit, install_fake
 from nornir_k8sha.topology import etcd_membership_plan, load_cluster_spec
 
 from .conftest import LAB_INVENTORY, InventoryFactory, fake_opener
@@ -191,3 +192,108 @@ def test_a_new_master_reloads_the_haproxy_nodes_one_at_a_time(
                for p in ("haproxy1", "haproxy2"))
     (first, a0, a1), (second, b0, b1) = sorted(windows, key=lambda w: w[1])
     assert {first, second} == {"haproxy1", "haproxy2"} and b0 >= a1, windows
+
+
+# --- shrink: the leader hands over first, one member at a time, each host retired ---------------
+
+
+class Cluster:
+    """etcd's HTTP API of a running cluster that `etcdctl` on the fake hosts changes: `member
+    remove` drops a member, `move-leader` moves the leadership."""
+
+    def __init__(self, names: list[str], leader: str) -> None:
+        self.ids = {n: 0x100 + i for i, n in enumerate(names)}
+        self.names = list(names)
+        self.leader = leader
+        self.log: list[str] = []
+
+    def address(self, name: str) -> str:
+        return f"10.88.0.{30 + int(name.removeprefix('etcd'))}"
+
+    def transport(self) -> httpx.MockTransport:
+        def answer(request: httpx.Request) -> httpx.Response:
+            if request.url.path == "/v3/cluster/member/list":
+                return httpx.Response(200, json={"members": [
+                    {"ID": str(self.ids[n]), "name": n,
+                     "peerURLs": [f"https://{self.address(n)}:2380"],
+                     "clientURLs": [f"https://{self.address(n)}:2379"]} for n in self.names]})
+            if request.url.path == "/health":
+                return httpx.Response(200, json={"health": "true"})
+            return httpx.Response(200, json={"leader": str(self.ids[self.leader])})
+
+        return httpx.MockTransport(answer)
+
+    def etcdctl(self, host, command: str, stdin: bytes | None) -> object:  # noqa: ANN001
+        words = command.split()
+        if "move-leader" in words:
+            target = int(words[words.index("move-leader") + 1], 16)
+            self.leader = next(n for n, i in self.ids.items() if i == target)
+            self.log.append(f"move-leader to {self.leader} via {host.name}")
+        elif "remove" in words:
+            gone = next(n for n, i in self.ids.items() if i == int(words[-1], 16))
+            self.names.remove(gone)
+            self.log.append(f"remove {gone} via {host.name} (leader {self.leader})")
+        return 0, "", ""
+
+
+def test_shrink_moves_the_leadership_first_and_retires_each_member_one_at_a_time(
+        tmp_path: Path) -> None:
+    from nornir.core.inventory import Host
+
+    spec = load_cluster_spec(LAB_INVENTORY)
+    cluster = Cluster(E[:5], leader="etcd4")
+    seen = etcd_scale.observe(spec, tmp_path, cluster.transport())
+    assert seen is not None
+    plan = seen.plan(spec)
+    assert plan.removes == ["etcd4", "etcd5"]
+    nr = open_nornir(LAB_INVENTORY)
+    for name in ("etcd4", "etcd5"):  # what `retire` adds for a host no longer in the inventory
+        nr.inventory.hosts[name] = Host(name=name, hostname=cluster.address(name),
+                                        defaults=nr.inventory.defaults)
+    fleet = install_fake(nr, FakeFleet())
+    for name in E[:3]:
+        fleet.host(name).on(r"etcdctl", cluster.etcdctl)
+    said: list[str] = []
+    after = etcd_scale.shrink(nr, spec, tmp_path, plan, say=said.append,
+                              transport=cluster.transport(), now=0)
+    assert cluster.log == ["move-leader to etcd1 via etcd1", "remove etcd4 via etcd1 (leader "
+                           "etcd1)", "remove etcd5 via etcd1 (leader etcd1)"]
+    assert after == {"etcd4": "4 members (etcd1*, etcd2, etcd3, etcd5), 4 healthy, quorum 3",
+                     "etcd5": "3 members (etcd1*, etcd2, etcd3), 3 healthy, quorum 2"}
+    assert "etcd4 led the cluster: leadership moved to etcd1 first" in said
+    for name in ("etcd4", "etcd5"):
+        done = fleet.host(name).commands()
+        assert done[0] == f"systemctl disable --now etcd {C.ETCD_BACKUP_TIMER_UNIT}", done
+        assert f"{C.ETCD_DATA_DIR}.removed-19700101T000000Z" in done[1]
+
+
+def test_the_kubeadm_config_configmap_follows_the_members_for_later_joins(
+        make_inventory: InventoryFactory, tmp_path: Path) -> None:
+    import json
+
+    import yaml
+
+    def five(hosts: dict, groups: dict, defaults: dict) -> None:
+        hosts["etcd4"] = {"hostname": "10.88.0.34", "groups": ["etcd"]}
+        hosts["etcd5"] = {"hostname": "10.88.0.35", "groups": ["etcd"]}
+
+    spec = load_cluster_spec(make_inventory(five))
+    three = load_cluster_spec(LAB_INVENTORY).etcd_endpoints()
+    stored = {"ClusterConfiguration": yaml.safe_dump({
+        "kind": "ClusterConfiguration", "etcd": {"external": {"endpoints": three}}})}
+    patches: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == etcd_scale.KUBEADM_CONFIG
+        if request.method == "PATCH":
+            patches.append(request.headers["content-type"])
+            stored.update(json.loads(request.content)["data"])
+        return httpx.Response(200, json={"data": stored})
+
+    assert etcd_scale.point_kubeadm_config(spec, tmp_path, httpx.MockTransport(answer))
+    cluster = yaml.safe_load(stored["ClusterConfiguration"])
+    assert cluster["etcd"]["external"]["endpoints"] == spec.etcd_endpoints() and \
+        len(spec.etcd_endpoints()) == 5
+    assert patches == [etcd_scale.MERGE_PATCH]
+    assert not etcd_scale.point_kubeadm_config(spec, tmp_path, httpx.MockTransport(answer))
+    assert len(patches) == 1  # already right: left alone

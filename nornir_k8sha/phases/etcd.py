@@ -54,7 +54,8 @@ class EtcdPhase(NornirPhase):
                     o.status, o.message = "changed", "would join as a learner, then be promoted"
             return outcomes
         by_host = {o.host: o for o in outcomes}
-        if plan is not None and plan.adds:
+        seen = ctx.shared.get(OBSERVED)
+        if plan is not None and (plan.adds or (seen is not None and seen.learners)):
             if any(by_host[h].status == "failed" for h in plan.adds if h in by_host):
                 for h in plan.adds:
                     if h in by_host and by_host[h].status != "failed":

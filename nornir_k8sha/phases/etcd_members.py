@@ -13,6 +13,9 @@ from nornir_k8sha.phases.etcd import OBSERVED, membership
 from nornir_k8sha.report import HostOutcome
 from nornir_k8sha.tasks import etcd_scale
 
+#: The report's row for the cluster's kubeadm-config ConfigMap (not a host).
+KUBEADM_CONFIG = "kubeadm-config"
+
 
 class EtcdMembers:
     name = "etcd-members"
@@ -44,17 +47,22 @@ class EtcdMembers:
             return [*outcomes.values(), *(HostOutcome(r, "changed", message="would remove this "
                                                       "etcd member") for r in removes)]
         said: list[str] = []
+        extra: list[HostOutcome] = []
         try:
+            if stale and etcd_scale.point_kubeadm_config(ctx.spec, ctx.state_dir, ctx.http):
+                extra.append(HostOutcome(KUBEADM_CONFIG, "changed", message="etcd endpoints "
+                                         f"set to {','.join(ctx.spec.etcd_endpoints())} (new "
+                                         "control-plane joins read them)"))
             took = etcd_scale.point_apiservers(ctx.nr, ctx.spec, ctx.state_dir, stale,
                                                say=said.append, transport=ctx.http)
         except Exception as exc:  # noqa: BLE001 - the master it stopped at fails, named
-            return self._failed(outcomes, stale, said, exc)
+            return [*self._failed(outcomes, stale, said, exc), *extra]
         for m, seconds in took.items():
             outcomes[m] = HostOutcome(m, "changed", message=next(
                 line for line in said if line.startswith(f"{m}:")), duration=seconds)
         if plan is not None and plan.problem and plan.removes:
-            return [*outcomes.values(), HostOutcome(plan.removes[0], "failed",
-                                                    message=plan.problem)]
+            return [*outcomes.values(), *extra, HostOutcome(plan.removes[0], "failed",
+                                                            message=plan.problem)]
         removed: list[HostOutcome] = []
         if removes:
             said.clear()
@@ -66,16 +74,19 @@ class EtcdMembers:
                 removed = [HostOutcome(r, "changed" if r in done else "failed",
                                        message="removed" if r in done else
                                        f"{type(exc).__name__}: {exc}") for r in removes]
-                return [*outcomes.values(), *removed]
-            for r, summary in zip(removes, after, strict=False):
+                return [*outcomes.values(), *extra, *removed]
+            for r in removes:
+                if r not in after:
+                    removed.append(HostOutcome(r, "ok", message="not a member any more"))
+                    continue
                 lines = [x for x in said if x.startswith(f"{r}:") or f"member {r} " in x
                          or x.startswith(f"{r} led")]
                 removed.append(HostOutcome(r, "changed", message="; ".join(
-                    [*lines, f"etcd now {summary}"])))
+                    [*lines, f"etcd now {after[r]}"])))
         for o in outcomes.values():
             if not o.duration:
                 o.duration = time.monotonic() - start
-        return [*outcomes.values(), *removed]
+        return [*outcomes.values(), *extra, *removed]
 
     @staticmethod
     def _failed(outcomes: dict[str, HostOutcome], stale: dict[str, str], said: list[str],

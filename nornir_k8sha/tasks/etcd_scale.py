@@ -17,6 +17,7 @@ The rule saying whether a change may be tried at all is the topology's
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import time
@@ -26,13 +27,14 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import yaml
 from nornir.core import Nornir
 from nornir.core.inventory import Host
 from nornir.core.task import Result, Task
 
 from nornir_k8sha import constants as C
-from nornir_k8sha.clients import etcd_http_client, etcd_reports_healthy
-from nornir_k8sha.exceptions import K8shaError
+from nornir_k8sha.clients import api_client, etcd_http_client, etcd_reports_healthy
+from nornir_k8sha.exceptions import CommandFailed, K8shaError
 from nornir_k8sha.pki import ClusterPKI
 from nornir_k8sha.tasks import host as H
 from nornir_k8sha.tasks.etcd_backup import etcdctl
@@ -56,6 +58,8 @@ Say = Callable[[str], None]
 SETTLE_S = 60.0
 POLL_S = 0.5
 APISERVER_MANIFEST = f"{C.K8S_MANIFESTS_DIR}/kube-apiserver.yaml"
+KUBEADM_CONFIG = "/api/v1/namespaces/kube-system/configmaps/kubeadm-config"
+MERGE_PATCH = "application/merge-patch+json"
 _ETCD_SERVERS = re.compile(r"--etcd-servers=([^\s\"']+)")
 
 
@@ -93,8 +97,17 @@ class Observed:
     def healthy(self) -> list[str]:
         return [m.name for m in self.members if m.healthy]
 
+    @property
+    def learners(self) -> list[Member]:
+        """Members that never became voters (an earlier join that did not finish)."""
+        return [m for m in self.members if m.learner]
+
     def plan(self, spec: ClusterSpec) -> EtcdMembershipPlan:
-        return etcd_membership_plan([m.name for m in self.members], self.healthy,
+        """The topology's rule over the VOTING members (a learner has no vote: `grow` takes a
+        leftover one out and starts its join again)."""
+        voters = [m for m in self.members if not m.learner]
+        return etcd_membership_plan([m.name for m in voters],
+                                    [m.name for m in voters if m.healthy],
                                     [h.name for h in spec.role(C.ROLE_ETCD)])
 
     def summary(self) -> str:
@@ -176,6 +189,7 @@ def grow(nr: Nornir, spec: ClusterSpec, state_dir: Path, plan: EtcdMembershipPla
     the cluster is awaited healthy and said. Returns the summaries after each step."""
     after: list[str] = []
     members = list(plan.running)
+    _clear_learners(nr, spec, state_dir, say, transport, retry_every)
     for name in plan.adds:
         seen = settled(spec, state_dir, members, transport)
         join_as_learner(nr, spec, _helper(spec, seen), name, say=say, retry_every=retry_every)
@@ -186,12 +200,36 @@ def grow(nr: Nornir, spec: ClusterSpec, state_dir: Path, plan: EtcdMembershipPla
     return after
 
 
+def _clear_learners(nr: Nornir, spec: ClusterSpec, state_dir: Path, say: Say,
+                    transport: httpx.BaseTransport | None, retry_every: float) -> None:
+    """A learner left by a join that did not finish blocks every other join (one learner at a
+    time): it is removed, and on its host (when in the inventory) etcd is stopped and its data
+    dir moved aside, so that its join can start again."""
+    seen = observe(spec, state_dir, transport)
+    if seen is None:
+        return
+    ours = {h.name for h in spec.role(C.ROLE_ETCD)}
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    for left in seen.learners:
+        helper = _helper(spec, seen, avoid=[left.name])
+        say(f"remove learner {left.name or left.peer} (ID {left.hex_id}) left by an unfinished "
+            "join")
+        retry_while(nr, helper, etcdctl(spec, "member", "remove", left.hex_id), UNHEALTHY,
+                    SETTLE_S, retry_every)
+        if left.name in ours:
+            data_dir = spec.settings.etcd.data_dir
+            run_batch_on(nr, left.name, [
+                "systemctl stop etcd",
+                f"if [ -e {shlex.quote(data_dir)} ]; then mv {shlex.quote(data_dir)} "
+                f"{shlex.quote(f'{data_dir}.unfinished-join-{stamp}')}; fi"])
+
+
 def shrink(nr: Nornir, spec: ClusterSpec, state_dir: Path, plan: EtcdMembershipPlan, *,
            say: Say = print, transport: httpx.BaseTransport | None = None,
-           now: float | None = None, retry_every: float = 1.0) -> list[str]:
-    """Each member of `plan.removes` leaves, one at a time (see the module); returns the
-    summaries after each step."""
-    after: list[str] = []
+           now: float | None = None, retry_every: float = 1.0) -> dict[str, str]:
+    """Each member of `plan.removes` leaves, one at a time (see the module); returns member ->
+    the cluster's summary after it left (a member already gone is not in it)."""
+    after: dict[str, str] = {}
     members = list(plan.wanted) + list(plan.removes)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
     for name in plan.removes:
@@ -214,7 +252,7 @@ def shrink(nr: Nornir, spec: ClusterSpec, state_dir: Path, plan: EtcdMembershipP
         say(retire(nr, name, gone.address, spec.settings.etcd.data_dir, stamp))
         summary = settled(spec, state_dir, members, transport).summary()
         say(f"{name} removed: {summary}")
-        after.append(summary)
+        after[name] = summary
     return after
 
 
@@ -267,6 +305,31 @@ def stale_apiservers(nr: Nornir, spec: ClusterSpec) -> dict[str, str]:
         if found and found.group(1) != want:
             out[name] = found.group(1)
     return out
+
+
+def point_kubeadm_config(spec: ClusterSpec, state_dir: Path,
+                         transport: httpx.BaseTransport | None = None) -> bool:
+    """The `kubeadm-config` ConfigMap's ClusterConfiguration `etcd.external.endpoints` set to
+    the inventory's members: `kubeadm join --control-plane` writes a new master's apiserver
+    manifest from it. True when it changed; False when it already had them (or has no external
+    etcd). httpx errors and a refused update raise (CommandFailed naming it)."""
+    with api_client(spec, state_dir, transport) as client:
+        url = f"https://{spec.api_endpoint}{KUBEADM_CONFIG}"
+        found = client.get(url)
+        found.raise_for_status()
+        doc = yaml.safe_load(found.json()["data"]["ClusterConfiguration"]) or {}
+        external = (doc.get("etcd") or {}).get("external")
+        want = spec.etcd_endpoints()
+        if not external or external.get("endpoints") == want:
+            return False
+        external["endpoints"] = want
+        patch = {"data": {"ClusterConfiguration": yaml.safe_dump(doc, sort_keys=False)}}
+        done = client.patch(url, content=json.dumps(patch).encode(),
+                            headers={"Content-Type": MERGE_PATCH})
+        if done.status_code >= 300:
+            raise CommandFailed("api", "update the kubeadm-config ConfigMap", done.status_code,
+                                done.text.strip()[:200])
+    return True
 
 
 def point_apiservers(nr: Nornir, spec: ClusterSpec, state_dir: Path, masters: Iterable[str],

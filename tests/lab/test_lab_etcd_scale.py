@@ -143,6 +143,9 @@ def test_etcd_3_to_5_to_3_under_load_keeps_quorum_at_every_step(deployed,
           f"acknowledged, {lost} lost")
     assert after_grow == {f"etcd{i}": False for i in range(1, 6)} and five == 5
     assert servers_grown == {m.name: 5 for m in lab.spec.role(C.ROLE_MASTERS)}
+    for report in (grown, shrunk):  # the ConfigMap a later control-plane join reads
+        (members_phase,) = [p for p in report["phases"] if p["name"] == "etcd-members"]
+        assert members_phase["hosts"]["kubeadm-config"]["status"] == "changed"
     assert [(h, n) for h, n, _, _ in grow_steps] == [("etcd4", 4), ("etcd5", 5)]
     assert [(h, n) for h, n, _, _ in shrink_steps] == [("etcd4", 4), ("etcd5", 3)] or \
         [(h, n) for h, n, _, _ in shrink_steps] == [("etcd5", 4), ("etcd4", 3)]
