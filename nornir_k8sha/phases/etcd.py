@@ -46,6 +46,11 @@ class EtcdPhase(NornirPhase):
         plan = membership(ctx)
         if plan is not None and plan.problem:
             return [HostOutcome(h, "failed", message=plan.problem) for h in hosts]
+        if plan is not None and set(plan.adds) - set(hosts):
+            left_out = sorted(set(plan.adds) - set(hosts))
+            return [HostOutcome(h, "failed", message=f"new etcd member(s) {', '.join(left_out)} "
+                                "left out by --limit: members join only with the whole etcd "
+                                "group in the run") for h in hosts]
         ctx.shared["etcd_plan"] = plan
         outcomes = super().run(ctx, hosts)
         if ctx.dry_run or all(o.status == "failed" for o in outcomes):

@@ -40,6 +40,10 @@ class EtcdMembers:
             ctx.shared.pop(OBSERVED, None)  # the cluster as it is now, after the etcd phase
             plan = membership(ctx)
         removes = plan.removes if plan is not None and not plan.problem else []
+        if ctx.limit is not None and removes:
+            return [*outcomes.values(), *(HostOutcome(r, "skipped", message="not removed under "
+                                                      "--limit: run deploy without it") for r in
+                                          removes)]
         if ctx.dry_run:
             for m, was in stale.items():
                 outcomes[m] = HostOutcome(m, "changed", message=f"would point kube-apiserver "

@@ -30,7 +30,7 @@ class LoadBalancers(NornirPhase):
         if me.has_role(C.ROLE_LVS):
             return keepalived.configure(task, ctx.spec)
         return haproxy.configure(task, ctx.spec, ctx.state_dir,
-                                 one_at_a_time=ctx.shared[RELOADS])
+                                 one_at_a_time=ctx.shared.get(RELOADS))
 
     def run(self, ctx: DeployContext, hosts: list[str]) -> list[HostOutcome]:
         ctx.shared[RELOADS] = threading.Lock()
