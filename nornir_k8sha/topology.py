@@ -69,6 +69,90 @@ def etcd_tolerance(members: int) -> int:
     return max(members - etcd_quorum(members), 0)
 
 
+@dataclass(frozen=True)
+class EtcdStep:
+    """One membership change of a running etcd cluster, and the cluster right after it."""
+
+    action: Literal["add", "remove"]
+    member: str
+    members_after: int
+    healthy_after: int
+
+    @property
+    def quorum_after(self) -> int:
+        return etcd_quorum(self.members_after)
+
+
+@dataclass(frozen=True)
+class EtcdMembershipPlan:
+    """How a running etcd cluster becomes the inventory's member set, one member at a time:
+    every addition first (a learner, promoted once in sync), then every removal (unhealthy
+    members first). `problem` says why it must not be tried at all (nothing is touched)."""
+
+    running: tuple[str, ...]
+    wanted: tuple[str, ...]
+    steps: tuple[EtcdStep, ...]
+    problem: str | None = None
+
+    @property
+    def adds(self) -> list[str]:
+        return [s.member for s in self.steps if s.action == "add"]
+
+    @property
+    def removes(self) -> list[str]:
+        return [s.member for s in self.steps if s.action == "remove"]
+
+
+def etcd_membership_plan(running: Iterable[str], healthy: Iterable[str],
+                         wanted: Iterable[str]) -> EtcdMembershipPlan:
+    """The rule for changing a RUNNING etcd cluster's members (the inventory grew or shrank).
+
+    Refused (nothing touched) when
+    - the running cluster has no quorum now (only `etcd restore` helps then);
+    - fewer than a quorum of the running members stay in the inventory: a majority would leave
+      at once (5 -> 1, 3 -> 1, or most members swapped for new ones): at most a minority of the
+      members may change in one deploy, so the members that stay always hold the data;
+    - some step would leave fewer healthy members than its quorum (removing a healthy member
+      while another one is down).
+    Additions come first (a learner does not count towards quorum until it is promoted, and a
+    promoted member is healthy), then removals, unhealthy members first.
+    """
+    now, wanted_t = tuple(running), tuple(wanted)
+    well = set(healthy) & set(now)
+    if not now:
+        return EtcdMembershipPlan(now, wanted_t, ())
+    quorum = etcd_quorum(len(now))
+    if len(well) < quorum:
+        return EtcdMembershipPlan(now, wanted_t, (), problem=(
+            f"the running etcd cluster has no quorum ({len(well)}/{len(now)} members healthy, "
+            f"quorum {quorum}): its members cannot be changed; bring members back or use "
+            "`etcd restore --from SNAPSHOT`"))
+    kept = [m for m in now if m in wanted_t]
+    if len(kept) < quorum:
+        leaving = [m for m in now if m not in wanted_t]
+        return EtcdMembershipPlan(now, wanted_t, (), problem=(
+            f"the inventory keeps {len(kept)} of the {len(now)} running etcd members "
+            f"({', '.join(kept) or 'none'}) and drops {', '.join(leaving)}: at least "
+            f"{quorum} (a quorum of the running cluster) must stay in one deploy; remove at "
+            f"most {len(now) - quorum} member(s) at a time"))
+    steps: list[EtcdStep] = []
+    members, up = len(now), len(well)
+    for name in (m for m in wanted_t if m not in now):
+        members, up = members + 1, up + 1
+        steps.append(EtcdStep("add", name, members, up))
+    leaving = sorted((m for m in now if m not in wanted_t), key=lambda m: m in well)
+    for name in leaving:
+        members, up = members - 1, up - (name in well)
+        step = EtcdStep("remove", name, members, up)
+        if up < step.quorum_after:
+            return EtcdMembershipPlan(now, wanted_t, tuple(steps), problem=(
+                f"removing etcd member {name} would leave {up} healthy of {members} members, "
+                f"below their quorum {step.quorum_after}: bring the unhealthy members back "
+                "(or `etcd replace` them) first"))
+        steps.append(step)
+    return EtcdMembershipPlan(now, wanted_t, tuple(steps))
+
+
 # --- data --------------------------------------------------------------------------------------
 
 
@@ -808,10 +892,13 @@ __all__ = [
     "MIN_COUNTS",
     "Analysis",
     "ClusterSpec",
+    "EtcdMembershipPlan",
+    "EtcdStep",
     "Finding",
     "HostSpec",
     "MachineLoss",
     "analyse",
+    "etcd_membership_plan",
     "etcd_quorum",
     "etcd_tolerance",
     "load_cluster_spec",

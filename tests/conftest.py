@@ -73,3 +73,17 @@ def no_network_outside_loopback(request: pytest.FixtureRequest,
         return real_connect(self, address)
 
     monkeypatch.setattr(socket.socket, "connect", connect)
+
+
+def fake_opener(fleet: Any) -> Callable[..., Any]:
+    """A stand-in for a CLI module's `open_nornir`: the inventory's Nornir, every host talking to
+    its FakeHost of `fleet` (monkeypatch it over `<cli module>.open_nornir`)."""
+    from nornir_k8sha.inventory import open_nornir
+    from nornir_k8sha.testing import install_fake
+
+    def opener(directory: Path, **kw: object) -> Any:
+        nr = open_nornir(directory, **kw)
+        install_fake(nr, fleet)
+        return nr
+
+    return opener

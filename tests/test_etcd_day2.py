@@ -346,8 +346,10 @@ def test_replace_prints_each_step_and_promotes_after_not_in_sync(
     assert any(" member remove ff" in c for c in helper.commands())
     target = work(fleet, "etcd3")
     assert target[0] == "systemctl stop etcd" and "before-replace-" in target[1]
-    assert '"existing"' in target[2] and target[3] == "systemctl start --no-block etcd"
-    assert '"new"/' in target[4].split("s/^")[1]  # the rendered config again
+    assert "s|^initial-cluster: .*$|initial-cluster: " in target[2]  # the cluster it joins
+    assert '"existing"' in target[3] and target[4] == "systemctl start --no-block etcd"
+    assert f"initial-cluster: {json.dumps(SPEC.etcd_initial_cluster())}" in target[5]
+    assert '"new"/' in target[6].split("s/^")[1]  # the rendered config again
 
 
 # --- the restore-drill runbook's tasks ----------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import httpx
 import typer
 from rich.markup import escape
 
@@ -16,6 +17,7 @@ from nornir_k8sha.cli.common import (
     JsonOpt,
     ReportOpt,
     bad_option,
+    exit_invalid,
     finish,
     load_spec,
     one_operation,
@@ -23,12 +25,16 @@ from nornir_k8sha.cli.common import (
 from nornir_k8sha.deploy import DeployContext, run_stages
 from nornir_k8sha.inventory import open_nornir
 from nornir_k8sha.phases import default_stages, phase_names
+from nornir_k8sha.phases.etcd import OBSERVED
 from nornir_k8sha.phases.reset import reset_stages
 from nornir_k8sha.report import LiveProgress, RunReport
+from nornir_k8sha.tasks import etcd_scale
 from nornir_k8sha.tasks.harbor import harbor_secrets_path
-from nornir_k8sha.topology import ClusterSpec
+from nornir_k8sha.topology import HOSTS_FILE, ClusterSpec, Finding
 
 NOTHING_TOUCHED = "invalid inventory: nothing was touched on any host"
+#: The test seam for the deploy's own HTTP calls (httpx.MockTransport); None in real use.
+HTTP_TRANSPORT: httpx.BaseTransport | None = None
 
 
 def deploy(
@@ -51,10 +57,20 @@ def deploy(
     if limit_set and limit_set - hosts:
         bad_option("--limit", f"unknown host(s) {', '.join(sorted(limit_set - hosts))}",
                    inventory=inventory, as_json=as_json)
+    # etcd's members are asked only when a phase that changes them runs
+    shared: dict[str, object] = {}
+    if not phase or set(phase) & {"etcd", "etcd-members"}:
+        shared[OBSERVED] = etcd_scale.observe(spec, spec.state_dir, HTTP_TRANSPORT)
+    refused = etcd_membership_refusal(spec, inventory, shared.get(OBSERVED))
+    if refused is not None:
+        exit_invalid(inventory, [refused], as_json=as_json,
+                     consequence="a member count that would break etcd's quorum: "
+                                 "nothing was touched on any host")
     report = RunReport("deploy", spec.name, dry_run=dry_run)
     nr = open_nornir(inventory)
     ctx = DeployContext(spec, nr, report, dry_run=dry_run, limit=limit_set,
-                        state_dir=spec.state_dir)
+                        state_dir=spec.state_dir, http=HTTP_TRANSPORT,
+                        shared=shared)
     with one_operation(spec, "deploy", dry_run=dry_run, nr=nr, break_lock=break_lock), \
             LiveProgress(report, console.out(), enabled=not as_json):
         run_stages(ctx, default_stages(), only=set(phase) if phase else None)
@@ -62,6 +78,17 @@ def deploy(
         report.notes.extend(next_steps(spec, inventory))
     report.notes.extend(harbor_note(spec))
     finish(report, spec, as_json, report_file)
+
+
+def etcd_membership_refusal(spec: ClusterSpec, inventory: Path,
+                            observed: etcd_scale.Observed | None) -> Finding | None:
+    """The inventory's etcd members against the running cluster (`topology`'s rule): why the
+    change must not be tried, naming the file and field, or None."""
+    plan = observed.plan(spec) if observed is not None else None
+    if plan is None or plan.problem is None:
+        return None
+    return Finding("error", "etcd-membership", plan.problem, where=str(inventory / HOSTS_FILE),
+                   field="groups (etcd)")
 
 
 def _python() -> str:

@@ -5,7 +5,9 @@
     stage 3  lb ‖ etcd ‖ network ‖ registry LVS+keepalived, HAProxy; etcd; BGP; the registry
     stage 4  control-plane                  kubeadm init, then control-plane joins one at a time
     stage 5  workers                        containerd trust + joins in parallel
-    stage 6  post-checks                    the `check` sweep
+    stage 6  etcd-members                   apiservers' --etcd-servers, then members that left
+                                            the inventory removed (one at a time each)
+    stage 7  post-checks                    the `check` sweep
 
 The registry runs in stage 3 (not 5 as DESIGN.md drew it): nothing in stage 3 needs it, and
 the nodes' trust of it is done in `control-plane` / `workers` where containerd is configured.
@@ -16,6 +18,7 @@ from __future__ import annotations
 from nornir_k8sha.deploy import Phase
 from nornir_k8sha.phases.control_plane import ControlPlane
 from nornir_k8sha.phases.etcd import EtcdPhase
+from nornir_k8sha.phases.etcd_members import EtcdMembers
 from nornir_k8sha.phases.lb import LoadBalancers
 from nornir_k8sha.phases.network import Network
 from nornir_k8sha.phases.pki import PkiPhase
@@ -32,6 +35,7 @@ def default_stages() -> list[list[Phase]]:
         [LoadBalancers(), EtcdPhase(), Network(), Registry()],
         [ControlPlane()],
         [Workers()],
+        [EtcdMembers()],
         [PostChecks()],
     ]
 

@@ -10,7 +10,9 @@ reload fails, so a bad config never stays live.
 from __future__ import annotations
 
 import shlex
+import threading
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,13 +57,17 @@ def apply_component(
     services: dict[str, str] | None = None,
     start: bool = True,
     known_units: Mapping[str, Mapping[str, str]] | None = None,
+    one_at_a_time: threading.Lock | None = None,
 ) -> Result:
     """Upload `component`'s files; then for each service: `reload`/`restart` if its inputs changed.
 
-    `services` maps service name → "reload" | "restart" (default: each file's own service,
-    restarted). With `start`, services are also enabled and started when they are not.
+    `services` maps service name → "reload" | "restart" | "keep" (default: each file's own
+    service, restarted; "keep": its files are uploaded, it is never restarted for them). With
+    `start`, services are also enabled and started when they are not.
     `known_units`: the units' state as `probe` read it before this step, with nothing changed
     on the host since; used only when none of the component's files changed either.
+    `one_at_a_time`: held around a reload/restart, shared by the hosts of one rollout, so that
+    no two of them reload at once (HAProxy nodes behind the VIP).
     """
 
     me = spec.host(task.host.name)
@@ -85,16 +91,19 @@ def apply_component(
     restarts = []
     for service, how in actions.items():
         inputs_changed = touched.get(service, False)
-        r = H.service(
-            task,
-            name=service,
-            enabled=start,
-            state="started" if start else "stopped",
-            reload_if_changed=inputs_changed and how == "reload",
-            restart_if_changed=inputs_changed and how == "restart",
-            rollback=backups.get(service, ()),
-            known=None if changed_files or known_units is None else known_units.get(service),
-        )
+        serial = one_at_a_time if inputs_changed and one_at_a_time is not None else nullcontext()
+        with serial:
+            r = H.service(
+                task,
+                name=service,
+                enabled=start,
+                state="started" if start else "stopped",
+                reload_if_changed=inputs_changed and how == "reload",
+                restart_if_changed=inputs_changed and how == "restart",
+                rollback=backups.get(service, ()),
+                known=None if changed_files or known_units is None
+                else known_units.get(service),
+            )
         if r.changed:
             restarts.append(f"{how} {service}" if inputs_changed else f"start {service}")
         if r.diff:

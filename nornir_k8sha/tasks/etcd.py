@@ -6,10 +6,12 @@ as soon as a quorum is up; `wait_for_quorum` then polls `/health` over mTLS from
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 import httpx
 from nornir.core.task import Result, Task
@@ -17,6 +19,7 @@ from nornir.core.task import Result, Task
 from nornir_k8sha import constants as C
 from nornir_k8sha.checkresult import CheckResult, failed, passed
 from nornir_k8sha.clients import error_text, etcd_http_client, etcd_reports_healthy
+from nornir_k8sha.render import files_for_component
 from nornir_k8sha.tasks import host as H
 from nornir_k8sha.tasks.component import apply_component, probe, upload_pki
 from nornir_k8sha.topology import ClusterSpec, etcd_quorum
@@ -24,25 +27,65 @@ from nornir_k8sha.topology import ClusterSpec, etcd_quorum
 PACKAGES = ["etcd-server", "etcd-client"]
 
 
+#: The lines of etcd.conf.yml etcd reads only to bootstrap (its data dir empty), and comments:
+#: a member of a running cluster is not restarted when nothing else changed.
+BOOTSTRAP_ONLY = ("#", "initial-cluster:", "initial-cluster-state:", "initial-cluster-token:")
+#: How `configure` treats a member: `new` — bootstrap together (every member started in this
+#: phase); `running` — a member of the running cluster (a change of bootstrap-only lines needs
+#: no restart); `joining` — files only, etcd stopped: `etcd_replace.join_as_learner` starts it.
+Mode = Literal["new", "running", "joining"]
+
+
+def after_bootstrap(conf: str) -> list[str]:
+    """The lines of an etcd.conf.yml a member with data still reads."""
+    return [line for line in conf.splitlines() if line.strip()
+            and not line.lstrip().startswith(BOOTSTRAP_ONLY)]
+
+
 def configure(
-    task: Task, spec: ClusterSpec, state_dir: Path, *, dry_run: bool | None = None
+    task: Task, spec: ClusterSpec, state_dir: Path, *, mode: Mode = "new",
+    dry_run: bool | None = None
 ) -> Result:
     H.honour_dry_run(task, dry_run)
     services = {"etcd": "restart", C.ETCD_BACKUP_TIMER_UNIT: "restart"}
-    probed = probe(task, PACKAGES, list(services))
+    extra = [f"cat {shlex.quote(C.ETCD_CONF)} {shlex.quote(C.ETCD_UNIT)} 2>/dev/null; echo "
+             f"{_SPLIT}"] if mode == "running" else []
+    probed = probe(task, PACKAGES, list(services), extra)
     pk = H.packages(task, names=PACKAGES, known=probed.packages)
     # owned by the etcd user: its unit's ExecStartPre chowns them too, so root-owned uploads
     # would flip back and forth
     certs = upload_pki(task, spec, state_dir, under=C.ETCD_PKI_DIR,
                        owner=f"{C.ETCD_USER}:{C.ETCD_USER}")
+    if mode == "joining":
+        services.pop("etcd")
+    elif mode == "running" and _bootstrap_only_change(spec, task.host.name,
+                                                      probed.extra[0].stdout):
+        services["etcd"] = "keep"  # uploaded; started if stopped, never restarted for it
     # the data dir is made and chowned by the unit itself (ExecStartPre in etcd.service.j2)
     # the snapshot timer is (re)started when its files change; etcd itself only by its own
     r = apply_component(task, spec, "etcd", services=services,
                         known_units=None if pk.changed or certs else probed.units)
-    if certs and not r.changed and not task.is_dry_run():
+    if mode == "joining":
+        # enabled, not running: Debian's package may have started it with its own defaults
+        j = H.service(task, name="etcd", enabled=True, state="stopped")
+        r.changed = bool(r.changed or j.changed)
+    elif certs and not r.changed and not task.is_dry_run():
         H.service(task, name="etcd", state="restarted")
     r.changed = bool(r.changed or certs or pk.changed)
     return r
+
+
+_SPLIT = "--- k8sha: end of the etcd files ---"
+
+
+def _bootstrap_only_change(spec: ClusterSpec, name: str, current: str) -> bool:
+    """The rendered etcd.conf.yml and unit differ from `current` (both files as `cat` printed
+    them) in bootstrap-only lines at most."""
+    rendered = {f.path: f.content for f in files_for_component(spec, spec.host(name), "etcd")}
+    want = rendered[C.ETCD_CONF] + rendered[C.ETCD_UNIT]
+    have = current.split(_SPLIT)[0]
+    return have.rstrip("\n") != want.rstrip("\n") and after_bootstrap(have) == \
+        after_bootstrap(want)
 
 
 def wait_for_quorum(spec: ClusterSpec, state_dir: Path, timeout: float = 60.0, *,

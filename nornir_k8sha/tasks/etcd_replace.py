@@ -49,7 +49,7 @@ class Replaced:
 Say = Callable[[str], None]
 
 
-def _run(nr: Nornir, host: str, commands: list[str], *, check: bool = True) -> list:
+def run_batch_on(nr: Nornir, host: str, commands: list[str], *, check: bool = True) -> list:
     """Commands on one host as one batch; CommandFailed (naming the host) on a failure."""
     def task(t: Task) -> list:
         return H.connect(t).run_batch(commands, check=check)
@@ -63,7 +63,7 @@ def _run(nr: Nornir, host: str, commands: list[str], *, check: bool = True) -> l
 
 
 def member_list(nr: Nornir, spec: ClusterSpec, helper: str) -> list[dict]:
-    out = _run(nr, helper, [etcdctl(spec, "member", "list", "-w", "json")])[0].stdout
+    out = run_batch_on(nr, helper, [etcdctl(spec, "member", "list", "-w", "json")])[0].stdout
     return list(json.loads(out).get("members", []))
 
 
@@ -96,42 +96,79 @@ def replace(nr: Nornir, spec: ClusterSpec, state_dir: Path, name: str, *, force:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
     data_dir = spec.settings.etcd.data_dir
     aside = f"{data_dir}.before-replace-{stamp}"
-    conf = shlex.quote(C.ETCD_CONF)
 
     say(f"stop etcd on {name} and move its data dir to {aside}")
-    _run(nr, name, ["systemctl stop etcd",
+    run_batch_on(nr, name, ["systemctl stop etcd",
                     f"if [ -e {shlex.quote(data_dir)} ]; then mv {shlex.quote(data_dir)} "
                     f"{shlex.quote(aside)}; fi"])
     old_id = ""
     if old is not None:
         old_id = format(int(old["ID"]), "x")
         say(f"remove member {name} (ID {old_id}) via {helper}")
-        _run(nr, helper, [etcdctl(spec, "member", "remove", old_id)])
-    say(f"add {name} back as a learner (peer URL {peer}) via {helper}")
-    added = _retry(nr, helper, etcdctl(spec, "member", "add", name, f"--peer-urls={peer}",
-                                       "--learner", "-w", "json"),
-                   UNHEALTHY, quorum_timeout, retry_every)
-    new_id = format(int(json.loads(added)["member"]["ID"]), "x")
-    say(f"start {name} as learner {new_id} joining the existing cluster")
-    _run(nr, name, [f"sed -i 's/^{_STATE_NEW}$/{_STATE_EXISTING}/' {conf}",
-                    "systemctl start --no-block etcd"])
-    say(f"promote learner {new_id} once it has caught up")
-    _retry(nr, helper, etcdctl(spec, "member", "promote", new_id), NOT_IN_SYNC,
-           promote_timeout, retry_every)
-    # back to the rendered config (read only when the data dir is empty): deploy stays a no-op
-    _run(nr, name, [f"sed -i 's/^{_STATE_EXISTING}$/{_STATE_NEW}/' {conf}"])
+        run_batch_on(nr, helper, [etcdctl(spec, "member", "remove", old_id)])
+    new_id = join_as_learner(nr, spec, helper, name, say=say, promote_timeout=promote_timeout,
+                             quorum_timeout=quorum_timeout, retry_every=retry_every)
     healthy = etcd.wait_for_quorum(spec, state_dir, timeout=quorum_timeout)
     say(f"{name} is a voting member again (ID {new_id}); {healthy}/{len(members)} healthy")
     return Replaced(name, old_id, new_id, helper, aside)
 
 
-def _retry(nr: Nornir, host: str, command: str, while_says: str, timeout: float,
+def join_as_learner(nr: Nornir, spec: ClusterSpec, helper: str, name: str, *, say: Say = print,
+                    promote_timeout: float = 120.0, quorum_timeout: float = 60.0,
+                    retry_every: float = 1.0) -> str:
+    """The one way a member joins a running cluster (`etcd replace`, and `deploy` when the
+    inventory grows): `member add --learner` via `helper`, start it with initial-cluster-state
+    existing and the cluster as `member add` returned it, promote it once it has caught up
+    (retried while etcd says it is not in sync), then the rendered bootstrap lines again (read
+    only when the data dir is empty: deploy stays a no-op). Its data dir must be empty and its
+    etcd stopped. Returns the new member ID (hex)."""
+    member = spec.host(name)
+    peer = f"https://{member.address}:{spec.settings.etcd.peer_port}"
+    conf = shlex.quote(C.ETCD_CONF)
+    say(f"add {name} as a learner (peer URL {peer}) via {helper}")
+    added = json.loads(retry_while(nr, helper, etcdctl(spec, "member", "add", name,
+                                                  f"--peer-urls={peer}", "--learner", "-w",
+                                                  "json"),
+                              UNHEALTHY, quorum_timeout, retry_every))
+    new = int(added["member"]["ID"])
+    new_id = format(new, "x")
+    joining = _initial_cluster(added.get("members") or [], new, name, peer)
+    say(f"start {name} as learner {new_id} joining the existing cluster")
+    run_batch_on(nr, name, [_set_line(conf, "initial-cluster", joining),
+                    f"sed -i 's/^{_STATE_NEW}$/{_STATE_EXISTING}/' {conf}",
+                    "systemctl start --no-block etcd"])
+    say(f"promote learner {new_id} once it has caught up")
+    retry_while(nr, helper, etcdctl(spec, "member", "promote", new_id), NOT_IN_SYNC,
+           promote_timeout, retry_every)
+    run_batch_on(nr, name, [_set_line(conf, "initial-cluster", spec.etcd_initial_cluster()),
+                    f"sed -i 's/^{_STATE_EXISTING}$/{_STATE_NEW}/' {conf}"])
+    return new_id
+
+
+def _initial_cluster(members: list[dict], new: int, name: str, peer: str) -> str:
+    """initial-cluster for the joining member: the cluster `member add` returned (the new
+    member has no name yet there), as etcdctl prints it for ETCD_INITIAL_CLUSTER."""
+    pairs = []
+    for m in members:
+        urls = m.get("peerURLs") or ([peer] if int(m.get("ID", 0)) == new else [])
+        who = name if int(m.get("ID", 0)) == new else m.get("name", "")
+        pairs += [f"{who}={u}" for u in urls]
+    return ",".join(pairs) or f"{name}={peer}"
+
+
+def _set_line(conf: str, key: str, value: str) -> str:
+    """sed: the `key:` line of etcd.conf.yml set to `value` (double-quoted as rendered)."""
+    line = f"{key}: {json.dumps(value)}".replace("|", r"\|")
+    return f"sed -i {shlex.quote(f's|^{key}: .*$|{line}|')} {conf}"
+
+
+def retry_while(nr: Nornir, host: str, command: str, while_says: str, timeout: float,
            every: float) -> str:
     """Run `command` on `host` until it succeeds, again while it fails saying `while_says`;
     its stdout. CommandFailed on another error or after `timeout` s."""
     deadline = time.monotonic() + timeout
     while True:
-        res = _run(nr, host, [command], check=False)[0]
+        res = run_batch_on(nr, host, [command], check=False)[0]
         if res.exit_code == 0:
             return str(res.stdout)
         if while_says not in res.stderr or time.monotonic() > deadline:

@@ -4,8 +4,10 @@ connections (the Debian unit's reload is a seamless master-worker reload)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping
+from contextlib import nullcontext
 from pathlib import Path
 
 import httpx
@@ -30,18 +32,23 @@ def configure_realserver(task: Task, spec: ClusterSpec, *, dry_run: bool | None 
 
 
 def configure(task: Task, spec: ClusterSpec, state_dir: Path, *,
-              dry_run: bool | None = None) -> Result:
+              dry_run: bool | None = None, one_at_a_time: threading.Lock | None = None
+              ) -> Result:
     """Packages, the real-server VIP, the cluster CA the health checks verify apiservers with
-    (placed before haproxy.cfg is validated: `haproxy -c` opens it), then haproxy.cfg."""
+    (placed before haproxy.cfg is validated: `haproxy -c` opens it), then haproxy.cfg.
+    `one_at_a_time`: shared by the HAProxy nodes of one deploy, held around a reload (a new
+    master changes every node's backend list: they reload one after the other)."""
     H.honour_dry_run(task, dry_run)
     probed = probe(task, PACKAGES, ["haproxy", C.REALSERVER_SERVICE])
     pk = H.packages(task, names=PACKAGES, known=probed.packages)
     rs = configure_realserver(task, spec, known_units=None if pk.changed else probed.units)
     ca = upload_pki(task, spec, state_dir, under=C.HAPROXY_PKI_DIR)
     cfg = apply_component(task, spec, "haproxy", services={"haproxy": "reload"},
-                          known_units=None if pk.changed or rs.changed or ca else probed.units)
+                          known_units=None if pk.changed or rs.changed or ca else probed.units,
+                          one_at_a_time=one_at_a_time)
     if ca and not cfg.changed and not task.is_dry_run():
-        H.service(task, name="haproxy", state="reloaded")  # a new CA is read on reload only
+        with one_at_a_time or nullcontext():
+            H.service(task, name="haproxy", state="reloaded")  # a new CA is read on reload
     return Result(
         host=task.host,
         changed=bool(pk.changed or rs.changed or ca or cfg.changed),

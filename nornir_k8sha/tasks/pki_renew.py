@@ -135,7 +135,7 @@ def renew(nr: Nornir, spec: ClusterSpec, state_dir: Path, within_days: int, *,
         run_on(nr, master, _place, spec=spec, state_dir=state_dir, under=C.KUBERNETES_PKI_DIR,
              owner="root:root", restart="")
         start = time.monotonic()
-        _restart_apiserver(nr, spec, state_dir, master, transport)
+        restart_apiserver(nr, spec, state_dir, master, transport)
         done.rolled[master] = time.monotonic() - start
         say(f"{master}: apiserver restarted, healthy after {done.rolled[master]:.1f} s")
     for registry in hosts[C.ROLE_HARBOR]:
@@ -211,7 +211,7 @@ def _commands(task: Task, commands: list[str]) -> Result:
 # --- apiserver --------------------------------------------------------------------------------
 
 
-def _restart_apiserver(nr: Nornir, spec: ClusterSpec, state_dir: Path, master: str,
+def restart_apiserver(nr: Nornir, spec: ClusterSpec, state_dir: Path, master: str,
                        transport: httpx.BaseTransport | None) -> None:
     """Manifest out, wait until the apiserver is gone, manifest back, wait until healthy."""
     try:
