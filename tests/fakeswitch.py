@@ -19,6 +19,7 @@ import copy
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,12 +115,16 @@ class FakeSwitch:
     #: BGP back-off as real speakers do it: a session that failed stays Idle, even once the
     #: config agrees again, until it is cleared (`clear ip bgp ADDR`, Junos `clear bgp neighbor`).
     idle_hold: bool = False
+    #: seconds between the lines of a command's output (output that arrives in many reads)
+    line_delay: float = 0.0
 
     def __post_init__(self) -> None:
         self.running: Tree = parse(self.running_text)
         self.saved: Tree | None = None
         self.saves = 0
         self.received: list[str] = []
+        #: bare newlines received (netmiko sends one to find the prompt)
+        self.blank_lines = 0
         self.checkpoints: dict[str, Tree] = {}
         self.history: list[Tree] = [copy.deepcopy(self.running)]  # Junos rollback 0, 1, ...
         self.held: set[str] = set()  # sessions held Idle by the back-off (idle_hold)
@@ -306,9 +311,18 @@ class Session:
                         while not self.chan.closed:  # stuck: never answers again
                             if self.chan.recv(4096) == b"":
                                 return
+                    if not line:
+                        self.dev.blank_lines += 1
                     out = self.handle(line) if line else ""
                     if out is None:
                         return
+                    if out and self.dev.line_delay:
+                        self.send(raw + "\n")
+                        for piece in out.split("\n"):
+                            self.send(piece + "\n")
+                            time.sleep(self.dev.line_delay)
+                        self.send(self.prompt())
+                        continue
                     # echo, output and prompt in one write (as one TCP segment, no Nagle wait)
                     self.send(raw + "\n" + (out + "\n" if out else "") + self.prompt())
         except (OSError, EOFError, paramiko.SSHException):

@@ -298,8 +298,8 @@ def _ctr(fleet: FakeFleet, host: str, spec, *, pulls: bool = True, digest: str |
     digest = digest or probe_image(spec.name).digest
     f = fleet.host(host)
     f.on(r"--hosts-dir /etc/containerd/certs.d", exit_code=0 if pulls else 1,
-         stdout=f"REF TYPE DIGEST SIZE PLATFORMS LABELS\n{ref} "
-                f"application/vnd.oci.image.manifest.v1+json {digest} 350.0 B linux/amd64 -\n"
+         stdout=f"{ref}: resolved       |++++++|\nelapsed: 0.1 s    total:   0.0 B (0.0 B/s)\n"
+                f"unpacking linux/amd64 {digest}...\ndone: 3.328841ms\t\n"
          if pulls else "", stderr="" if pulls else "ctr: failed to resolve reference: x509")
     f.on(r"--hosts-dir /nonexistent", exit_code=0 if untrusted_pulls else 1,
          stdout="" if untrusted_pulls else "ctr: x509: certificate signed by unknown authority")
@@ -321,6 +321,11 @@ def test_registry_check_pulls_with_the_cluster_ca_and_is_refused_without(cx) -> 
     assert out["worker2"].status == "failed" and "expected" in out["worker2"].message
     assert out["master3"].status == "failed" and "without the cluster CA" in \
         out["master3"].message
+    # two ctr processes per node: the pull names the digest it stored, no `ctr image ls`
+    for h in nodes:
+        ran = fleet.host(h.name).commands()
+        assert sum(c.count("ctr -n ") for c in ran) == 2, ran
+        assert not any(" image ls" in c for c in ran), ran
 
 
 def registry_from_nodes_row(cx: CheckContext, nodes) -> list[CheckResult]:  # noqa: ANN001

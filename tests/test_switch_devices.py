@@ -167,3 +167,24 @@ def test_a_switch_that_stops_answering_half_way_is_rolled_back_on_a_new_session(
     assert re.search(r"load failed \(\w*Timeout", result.result), result.result
     assert "config is as before the change" in result.result, result.result
     assert rig.device.config_lines() == before
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_a_check_reads_its_commands_without_finding_the_prompt_again(
+        make_inventory: InventoryFactory, server: SSHTestServer, platform: str) -> None:
+    """Once logged in, `check` sends its `show` commands and no bare newline (netmiko's
+    find_prompt before every command: a round trip each); it still reads every line of an
+    output that arrives line by line, although the running config prints the hostname that
+    netmiko's base prompt is."""
+    rig = Rig(make_inventory, server, platform)
+    assert not rig.run(switch.configure, **FAST).failed
+    rig.device.blank_lines = 0
+    assert not rig.run(lambda task, spec: switch.connect(task)).failed
+    login = rig.device.blank_lines  # what the login itself sends
+    rig.device.blank_lines, rig.device.line_delay = 0, 0.01
+    sent = len(rig.device.received)
+    check = rig.run(switch.check)
+    assert check.result.ok, check.result
+    assert check.result.values["filter"]["ok"], check.result.values
+    assert [c for c in rig.device.received[sent:] if c.startswith("show ")] != []
+    assert rig.device.blank_lines == login

@@ -299,6 +299,8 @@ def test_filter_state_from_the_running_config(make_inventory: InventoryFactory,
 class FakeNetmiko:
     """Enough of netmiko's BaseConnection for a read-only check."""
 
+    base_prompt = "switch1"  # netmiko sets it at login
+
     def send_command(self, command: str, **_: object) -> str:
         return ""
 

@@ -225,10 +225,22 @@ def _registry_ok(resp: httpx.Response, what: str) -> None:
                            f"{resp.text.strip()[:200]}")
 
 
-#: The registry probe from one node: pull with the cluster's trust (must work, its digest is
-#: listed), then resolve with no trust configured (must fail: TLS is really verified).
-_PULL = "{ctr} image pull --hosts-dir {hosts} {ref} >/dev/null && {ctr} image ls name=={ref}"
+#: The registry probe from one node: pull with the cluster's trust (must work; ctr names the
+#: digest of the image it stored under the reference on its `unpacking <platform> <digest>...`
+#: line, the digest `ctr image ls` would list: no second ctr process), then resolve with no
+#: trust configured (must fail: TLS is really verified).
+_PULL = "{ctr} image pull --hosts-dir {hosts} {ref}"
 _UNTRUSTED = "{ctr} image pull --hosts-dir /nonexistent {ref} 2>&1 >/dev/null"
+
+
+def pulled_digest(output: str) -> str:
+    """The digest `ctr image pull` stored the image under: its `unpacking linux/amd64
+    sha256:<hex>...` line ('' when there is none: nothing was stored)."""
+    for line in output.splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[0] == "unpacking" and words[2].startswith("sha256:"):
+            return words[2].rstrip(".")
+    return ""
 
 
 def check(task: Task, spec: ClusterSpec) -> Result:
@@ -253,8 +265,7 @@ def check(task: Task, spec: ClusterSpec) -> Result:
         pulled = conn.run(_PULL.format(ctr=ctr, hosts=C.CONTAINERD_CERTS_DIR, ref=ref),
                           check=False, timeout=limit)
         untrusted = refusal.result()
-    got = next((line.split()[2] for line in pulled.stdout.splitlines()
-                if line.startswith(ref + " ")), "")
+    got = pulled_digest(pulled.stdout)
     refused = untrusted.exit_code != 0
     values = {"reference": ref, "digest": got, "expected": expected,
               "untrusted_refused": refused}
