@@ -160,7 +160,8 @@ def test_etcd_3_to_5_to_3_under_load_keeps_quorum_at_every_step(deployed,
         assert run_on(lab, address, name, f"ls -d {lab.spec.settings.etcd.data_dir}.removed-* "
                       "2>/dev/null || true").strip(), name
 
-    again, _ = timed_deploy(inv)
+    again, noop_s = timed_deploy(inv)
+    print(f"next deploy: {noop_s:.1f} s, {again['changed']} changed")
     assert again["changed"] == 0, [(p["name"], h, o["status"]) for p in again["phases"]
                                    for h, o in p["hosts"].items() if o["status"] != "ok"]
     check = cli("check", "-i", str(inv), timeout=120)
