@@ -160,6 +160,15 @@ def test_backups_keeps_the_newest_n_and_lists_them_oldest_first(tmp_path: Path) 
     assert kept[0].taken == "2023-11-14T22:15:20Z"  # the third one taken: two oldest pruned
 
 
+def test_two_backups_in_one_second_are_two_files(tmp_path: Path) -> None:
+    """The lab test took 6 backups in 5 s: names to the second made two of them one file."""
+    status = B.SnapshotStatus(1, 5, 3, 100)
+    first = B.store(tmp_path, "etcd1", fake_snapshot(), status, now=1_700_000_000.120)
+    second = B.store(tmp_path, "etcd1", fake_snapshot(), status, now=1_700_000_000.870)
+    assert first.path != second.path
+    assert [b.path for b in B.list_backups(tmp_path)] == [first.path, second.path]
+
+
 def test_backups_command_lists_json(cli: tuple) -> None:
     runner, fleet = cli
     snapshotting(fleet, fake_snapshot())

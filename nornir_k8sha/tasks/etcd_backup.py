@@ -164,7 +164,8 @@ def store(state_dir: Path, member: str, data: bytes, status: SnapshotStatus,
           now: float | None = None) -> Backup:
     """Write the snapshot (0600) and its sidecar; the name sorts by time."""
     now = time.time() if now is None else now
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    # milliseconds, as the members' timer names theirs: two backups in one second stay two
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
     path = backups_dir(state_dir) / f"etcd-{stamp}-{member}.db"
     backup = Backup(path, member, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
                     hashlib.sha256(data).hexdigest(), status.revision, status.total_keys,
