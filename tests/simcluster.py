@@ -104,6 +104,12 @@ class SimCluster:
             elif sig == "CONT":
                 self.frozen.discard((name, unit))
             return ""
+        m = re.fullmatch(r"if systemctl cat (\S+)\.service .* kill -(STOP|CONT) \$pids; fi",
+                         command)
+        if m:  # faults.freeze_static_pod / thaw_static_pod
+            (self.frozen.add if m.group(2) == "STOP" else self.frozen.discard)(
+                (name, m.group(1)))
+            return ""
         m = re.fullmatch(r"mv /etc/kubernetes/manifests/(\S+)\.yaml \S+", command)
         if m:
             self.stopped.add((name, m.group(1)))

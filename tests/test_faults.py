@@ -3,6 +3,11 @@ BEFORE the fault, and every undo."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import time
+from pathlib import Path
+
 import pytest
 
 from nornir_k8sha.inventory import open_nornir
@@ -49,6 +54,44 @@ def test_a_unit_name_cannot_smuggle_a_command(nr, fleet) -> None:
     r = _run(nr, "lvs1", faults.stop_service, unit="keepalived; reboot")
     assert r.failed and "invalid unit" in str(r.exception)
     assert fleet.host("lvs1").commands() == []
+
+
+def test_a_frozen_static_pod_is_stopped_and_thawed_by_its_process_name(
+        nr, fleet, tmp_path) -> None:  # noqa: ANN001
+    """On a kubeadm master the apiserver is a container, not a unit: its processes (named
+    kube-apiserver) get SIGSTOP / SIGCONT. The command run for real in a shell, with a real
+    process standing in for the apiserver (found by a fake pgrep; no such systemd unit)."""
+    _run(nr, "master1", faults.freeze_static_pod, component="kube-apiserver")
+    _run(nr, "master1", faults.thaw_static_pod, component="kube-apiserver")
+    freeze, thaw = fleet.host("master1").commands()
+    assert "systemctl kill --signal=STOP --kill-who=all kube-apiserver" in freeze
+    assert "pgrep -x kube-apiserver" in freeze and "kill -CONT" in thaw
+    victim = subprocess.Popen(["sleep", "30"])
+    try:
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        (bin_dir / "systemctl").write_text("#!/bin/sh\nexit 1\n")  # no such unit
+        (bin_dir / "pgrep").write_text(f"#!/bin/sh\n[ \"$2\" = kube-apiserver ] && "
+                                       f"echo {victim.pid}\n")
+        for tool in bin_dir.iterdir():
+            tool.chmod(0o755)
+        env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+        def state() -> str:
+            time.sleep(0.2)
+            return Path(f"/proc/{victim.pid}/stat").read_text().split(") ")[1][0]
+
+        subprocess.run(["sh", "-c", freeze], env=env, check=True)
+        assert state() == "T"  # stopped
+        subprocess.run(["sh", "-c", thaw], env=env, check=True)
+        assert state() == "S"  # running again (sleeping)
+        (bin_dir / "pgrep").write_text("#!/bin/sh\nexit 1\n")  # nothing by that name
+        assert subprocess.run(["sh", "-c", freeze], env=env).returncode != 0
+    finally:
+        victim.kill()
+        victim.wait()
+    bad = _run(nr, "master1", faults.freeze_static_pod, component="x; reboot")
+    assert bad.failed and "invalid component" in str(bad.exception)
 
 
 def test_static_pod_moves_its_manifest_aside_and_back(nr, fleet) -> None:

@@ -205,3 +205,17 @@ def test_recovery_and_deviations_reach_every_view(result: RunbookResult, tmp_pat
     console = Console(file=io.StringIO(), width=80)
     console.print(case_table(result))
     assert "2.50 s" in console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_the_json_lists_writes_acknowledged_while_writes_had_to_be_refused(result) -> None:
+    """Where every write must be refused (etcd without quorum), the writes acknowledged while
+    the fault held are listed one by one: a failed case can be explained from the JSON."""
+    first = result.cases[0]
+    assert as_json(result)["cases"][0]["samples"]["acknowledged_in_fault"] == []
+    first.expectation = Expectation(None, "majority lost", api_must_serve=False,
+                                    writes_must_be_refused=True)
+    listed = as_json(result)["cases"][0]["samples"]["acknowledged_in_fault"]
+    inside = [s for s in first.samples if s.kind == "write" and s.ok
+              and first.started + 2.0 <= s.start and s.end <= first.started + 5.0]
+    assert listed and len(listed) == len(inside)
+    assert all(2.0 <= w["start_s"] and w["end_s"] <= 5.0 and w["status"] == 201 for w in listed)

@@ -6,6 +6,7 @@ Each fault returns a Result with changed=True and what it did, and has its undo:
     kill_service / start_service          SIGKILL of the unit's main PID (systemctl kill)
     freeze_service / thaw_service         SIGSTOP / SIGCONT of every process of the unit
     stop_static_pod / start_static_pod    a kubeadm static pod's manifest moved aside / back
+    freeze_static_pod / thaw_static_pod   SIGSTOP / SIGCONT of a static pod's processes
     link_down / link_up                   an interface down; a timer on the host brings it up
     partition / heal                      nftables drops traffic to/from peers; self-heal timer
     reboot / wait_reachable               reboot (armed for 1 s later); wait until SSH answers
@@ -107,6 +108,28 @@ def start_static_pod(task: Task, component: str) -> Result:
     live, aside = _manifest(component)
     return _run(task, [f"if [ -e {aside} ]; then mv {aside} {live}; fi"],
                 f"restored static pod {component}")
+
+
+def freeze_static_pod(task: Task, component: str) -> Result:
+    """SIGSTOP to a static pod's processes: alive, its port still accepting connections,
+    answering nothing (the kubelet's liveness probe restarts it only after its failure
+    threshold, over a minute with kubeadm's defaults). Undo: thaw_static_pod."""
+    return _signal_static_pod(task, component, "STOP", "froze")
+
+
+def thaw_static_pod(task: Task, component: str) -> Result:
+    return _signal_static_pod(task, component, "CONT", "thawed")
+
+
+def _signal_static_pod(task: Task, component: str, signal: str, what: str) -> Result:
+    """Where the component runs as a systemd unit of its name (the lab's stand-ins), every
+    process of the unit; else (kubeadm: a container, whose processes the host sees) every
+    process named exactly `component`. None found: the command fails."""
+    c = _safe("component", component)
+    return _run(task, [f"if systemctl cat {c}.service >/dev/null 2>&1; then "
+                       f"systemctl kill --signal={signal} --kill-who=all {c}; "
+                       f"else pids=$(pgrep -x {c}) && kill -{signal} $pids; fi"],
+                f"{what} static pod {c}")
 
 
 # --- network ------------------------------------------------------------------------------
