@@ -386,6 +386,7 @@ class SimulatedDebian:
     available: set[str] | None = None  # None: every package can be installed
 
     def __call__(self, host: FakeHost, command: str, stdin: bytes | None) -> Any:
+        command = re.sub(r"^(?:[A-Z_]+=\S*\s+)+", "", command)  # VAR=value systemctl ...
         words = command.split()
         if not words:
             return None
