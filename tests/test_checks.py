@@ -210,6 +210,23 @@ def test_bgp_check_names_the_switch_whose_session_is_down(cx: CheckContext) -> N
     assert out["lvs2"].values["announcing"] is False
 
 
+def test_bgp_check_asks_vtysh_again_once_when_it_ends_without_an_exit_status(
+        cx: CheckContext) -> None:
+    fleet = install_fake(cx.nr, FakeFleet())
+    answers = {"lvs1": [(-1, "", "")], "lvs2": [(-1, "", ""), (-1, "", "")]}
+
+    def vtysh(name: str):  # noqa: ANN202
+        return lambda host, command, stdin: (answers[name].pop(0) if answers[name]
+                                             else FRR_SUMMARY)
+    for name in answers:
+        fleet.host(name).on(r"^vtysh", vtysh(name))
+    out = {r.target: r for r in bgp_sessions(cx)}
+    assert "switch2 (Active)" in out["lvs1"].message  # the second answer was read
+    assert out["lvs2"].status == "failed" and out["lvs2"].message == "vtysh: exit -1"
+    assert [len([c for c in fleet.host(n).commands() if c.startswith("vtysh")])
+            for n in ("lvs1", "lvs2")] == [2, 2]
+
+
 # --- Kubernetes ------------------------------------------------------------------------------
 
 

@@ -67,6 +67,14 @@ def all_established(lab, switch: str) -> bool:
     return len(states) == 2 and set(states.values()) == {"Established"}
 
 
+def vip_received(lab, switch: str) -> bool:
+    """The VIP /32 is in the switch's routing table, learnt by BGP (what `check` asks of it)."""
+    vip = lab.spec.vip
+    _, out, _ = lab.run(switch, f"vtysh -c 'show ip route {vip}/32 json'")
+    routes = json.loads(out or "{}").get(f"{vip}/32") or []
+    return any(r.get("protocol") == "bgp" and r.get("selected") for r in routes)
+
+
 def switch_rows(report: dict) -> dict[str, dict]:
     return {h: o for (phase, h), o in outcomes(report).items() if phase == "switches"}
 
@@ -147,6 +155,8 @@ def test_a_bad_neighbour_setting_is_rolled_back_with_sessions_up(lab, deployed,
     after = running(lab, "switch1")
     assert after == before and "remote-as 65011" not in after
     assert wait_for(lambda: all_established(lab, "switch1"), 30), sessions(lab, "switch1")
+    # the directors announce the VIP again once a session is up: a moment after Established
+    assert wait_for(lambda: vip_received(lab, "switch1"), 20)
     proc = cli("check", "-i", str(LAB_INVENTORY), "--json", timeout=120)
     rows = switch_rows(report_of(proc))
     assert set(rows) == set(SWITCHES)
