@@ -231,6 +231,10 @@ PROBE_REQUEST_ALLOWANCE_S = 0.1
 #: Seconds the writes' read-back and the cleanup of the probe's ConfigMaps may take.
 PROBE_AUDIT_TIMEOUT_S = 30.0
 PROBE_CLEANUP_TIMEOUT_S = 15.0
+#: How long `etcd replace` keeps asking the other members' /health before it calls the quorum
+#: lost: a member just powered off may have been the leader, and the rest answer false until
+#: they have elected another (an election or two; seen in CI right after `lab fault kill-host`).
+ETCD_QUORUM_SETTLE_S = 10.0
 #: Kubernetes' leader-election defaults (--leader-elect-lease-duration/-renew-deadline/
 #: -retry-period of kube-controller-manager and kube-scheduler): kubeadm keeps them, our
 #: templates set none, and the lab's stand-in uses the same values.

@@ -10,6 +10,7 @@ so the data dir must go: it is moved aside, never deleted.
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import time
 from collections.abc import Callable
@@ -70,19 +71,28 @@ def member_list(nr: Nornir, spec: ClusterSpec, helper: str) -> list[dict]:
 def replace(nr: Nornir, spec: ClusterSpec, state_dir: Path, name: str, *, force: bool = False,
             transport: httpx.BaseTransport | None = None, say: Say = print,
             now: float | None = None, promote_timeout: float = 120.0,
-            quorum_timeout: float = 60.0, retry_every: float = 1.0) -> Replaced:
+            quorum_timeout: float = 60.0, retry_every: float = 1.0,
+            quorum_settle: float = C.ETCD_QUORUM_SETTLE_S) -> Replaced:
     """Replace member `name` (an etcd member of the inventory). ReplaceRefused when the others
-    have no quorum (the answer is a restore) or `name` is healthy and not `force`."""
+    have no quorum for `quorum_settle` s (the answer is a restore) or `name` is healthy and
+    not `force`."""
     members = [m.name for m in spec.role(C.ROLE_ETCD)]
-    checks = member_checks(nr, spec, state_dir, transport)
-    others = sorted(n for n in members if n != name and checks.get(n)
-                    and checks[n].values.get("healthy"))
     need = etcd_quorum(len(members))
-    if len(others) < need:
+    # A member that has just died may have been the leader: the others answer /health false
+    # until they have elected a new one. Asked again for a while before the verdict.
+    for attempt in range(max(1, math.ceil(quorum_settle / retry_every)) + 1):
+        if attempt:
+            time.sleep(retry_every)
+        checks = member_checks(nr, spec, state_dir, transport)
+        others = sorted(n for n in members if n != name and checks.get(n)
+                        and checks[n].values.get("healthy"))
+        if len(others) >= need:
+            break
+    else:
         raise ReplaceRefused(
-            f"etcd: only {len(others)} other member(s) healthy ({', '.join(others) or 'none'}), "
-            f"quorum is {need}: a member cannot be replaced without quorum; use `etcd restore "
-            "--from SNAPSHOT` instead. Nothing was touched")
+            f"etcd: only {len(others)} other member(s) healthy ({', '.join(others) or 'none'}) "
+            f"for {quorum_settle:g} s, quorum is {need}: a member cannot be replaced without "
+            "quorum; use `etcd restore --from SNAPSHOT` instead. Nothing was touched")
     if checks.get(name) and checks[name].values.get("healthy") and not force:
         raise ReplaceRefused(f"{name} is a healthy member: replace it anyway with --force. "
                              "Nothing was touched")
