@@ -177,6 +177,16 @@ def test_pki_renew_within_400_renews_everything_under_load_and_check_is_green(de
 # --- scaling ------------------------------------------------------------------------------------
 
 
+def inventory_with_host(tmp_path: Path, name: str, address: str, role: str) -> Path:
+    """A copy of inventory/lab with one more host (on pm3), for `lab up` to add it."""
+    inv = tmp_path / "inventory"
+    shutil.copytree(LAB_INVENTORY, inv)
+    hosts = yaml.safe_load((inv / "hosts.yaml").read_text())
+    hosts[name] = {"hostname": address, "groups": [role], "data": {"physical_host": "pm3"}}
+    (inv / "hosts.yaml").write_text(yaml.safe_dump(hosts, sort_keys=False))
+    return inv
+
+
 def node_names(lab, tmp_path: Path) -> set[str]:  # noqa: ANN001
     """`kubectl get nodes -o name` with the deploy's admin.conf, through the VIP."""
     version = next(reversed(KUBECTLS), None) or pytest.skip(NO_KUBECTL)
@@ -189,12 +199,7 @@ def node_names(lab, tmp_path: Path) -> set[str]:  # noqa: ANN001
 def test_a_third_worker_joins_alone_then_node_remove_takes_it_out(deployed,
                                                                   tmp_path: Path) -> None:
     lab = deployed
-    inv = tmp_path / "inventory"
-    shutil.copytree(LAB_INVENTORY, inv)
-    hosts = yaml.safe_load((inv / "hosts.yaml").read_text())
-    hosts["worker3"] = {"hostname": "10.88.0.53", "groups": ["workers"],
-                        "data": {"physical_host": "pm3"}}
-    (inv / "hosts.yaml").write_text(yaml.safe_dump(hosts, sort_keys=False))
+    inv = inventory_with_host(tmp_path, "worker3", "10.88.0.53", "workers")
     up = cli("lab", "up", "-i", str(inv), timeout=300)
     assert up.returncode == 0, flat(up.stdout + up.stderr)[-1500:]
     assert "started 1" in up.stdout, up.stdout

@@ -19,7 +19,7 @@ import yaml
 
 from nornir_k8sha import constants as C
 from tests.conftest import LAB_INVENTORY, REPO
-from tests.lab.test_lab_day2 import cli, flat
+from tests.lab.test_lab_day2 import cli, flat, inventory_with_host
 
 pytestmark = pytest.mark.lab
 
@@ -174,12 +174,7 @@ def test_etcd_3_to_5_to_3_under_load_keeps_quorum_at_every_step(deployed,
 def test_a_fourth_master_joins_alone_only_haproxy_changes_beside_it(deployed,
                                                                    tmp_path: Path) -> None:
     lab = deployed
-    inv = tmp_path / "inventory"
-    shutil.copytree(LAB_INVENTORY, inv)
-    hosts = yaml.safe_load((inv / "hosts.yaml").read_text())
-    hosts["master4"] = {"hostname": "10.88.0.44", "groups": ["masters"],
-                        "data": {"physical_host": "pm3"}}
-    (inv / "hosts.yaml").write_text(yaml.safe_dump(hosts, sort_keys=False))
+    inv = inventory_with_host(tmp_path, "master4", "10.88.0.44", "masters")
     up = cli("lab", "up", "-i", str(inv), timeout=300)
     assert up.returncode == 0 and "started 1" in up.stdout, flat(up.stdout + up.stderr)[-1500:]
     joined, took = timed_deploy(inv)
