@@ -1,8 +1,13 @@
-"""Nornir connection plugin `k8sha_ssh`: exec channels, SFTP, sudo and batching on paramiko.
+"""Nornir connection plugin `k8sha_ssh`: exec channels, SFTP, sudo and batching.
 
 `task.host.get_connection("k8sha_ssh", task.nornir.config)` returns an `SSHTransport` (the
-`nornir_k8sha.transport.Transport` protocol): one SSH transport per host, a new exec channel per
+`nornir_k8sha.transport.Transport` protocol): one SSH connection per host, a new session per
 command with its real exit code and separate stdout/stderr, SFTP for files.
+
+The connection is a persistent OpenSSH master (`nornir_k8sha.sshmux`: ControlPersist, as
+Ansible does) that the next process reuses without a handshake, or — with `persist: 0`, a
+password login, or no `ssh` client installed — a paramiko connection of this process alone.
+Both carry the same sessions; everything below the session (sudo, batches, files) is shared.
 
 Connection options (inventory `connection_options.k8sha_ssh`; hostname/port/username/password
 come from the host as usual):
@@ -17,6 +22,8 @@ come from the host as usual):
                                             #   login user is not root (null), or always/never
       sudo_password: null                   # defaults to the host password
       max_sessions: 8                       # concurrent channels (OpenSSH allows 10 per conn)
+      persist: 60                           # idle seconds the OpenSSH master outlives this
+                                            #   process for the next one; 0: paramiko, no reuse
 
 Without `key_file` and password, the SSH agent and ~/.ssh keys are tried, as `ssh` does.
 
@@ -36,6 +43,7 @@ import logging
 import os
 import select
 import shlex
+import shutil
 import socket
 import stat as statmod
 import threading
@@ -47,8 +55,11 @@ from typing import Any
 
 import paramiko
 
+from nornir_k8sha import constants as C
 from nornir_k8sha.budget import BUDGET
 from nornir_k8sha.exceptions import CommandFailed, ConnectionFailed
+from nornir_k8sha.sshcontrol import MAX_SOCKET_PATH, control_dir
+from nornir_k8sha.sshmux import OpenSSHMaster, ProcessChannel, ProcessSocket
 from nornir_k8sha.transport import (
     BatchScript,
     CommandResult,
@@ -84,6 +95,7 @@ class SSHTransport:
         sudo: bool | None = None,
         sudo_password: str | None = None,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
+        persist: float = C.DEFAULT_SSH_PERSIST_S,
     ) -> None:
         self.host = host
         self.hostname = hostname
@@ -104,29 +116,78 @@ class SSHTransport:
         self._ids: dict[str, dict[int, str]] | None = None  # u: uid->name, g: gid->name,
         #                                                   pg: uid->primary gid
         self._connect_args = (password, key_file, known_hosts, strict_host_key, connect_timeout)
-        self.client = self._connect(*self._connect_args)
+        self._master = self._master_for(persist, password, key_file, known_hosts,
+                                        strict_host_key, connect_timeout)
+        self._master_starts = 0  # masters this object had to start (0: it found one alive)
+        self.client: paramiko.SSHClient | None = None
+        if self._master is not None:
+            if not self._master.alive():
+                self._start_master()
+        else:
+            self.client = self._connect(*self._connect_args)
+
+    @property
+    def persistent(self) -> bool:
+        """The sessions ride an OpenSSH master that outlives this process."""
+        return self._master is not None
 
     # --- connecting ---------------------------------------------------------------------
+
+    def _paths(self, key_file: Any, known_hosts: Any, strict: bool
+               ) -> tuple[Path | None, Path | None]:
+        """The key file and known_hosts to use, both checked to exist."""
+        kh = None
+        if strict:
+            kh = resolve_path(known_hosts) if known_hosts else Path("~/.ssh/known_hosts"
+                                                                    ).expanduser()
+            if not kh.is_file():
+                raise ConnectionFailed(self.host, f"known_hosts file {kh} does not exist "
+                                       "(set extras.strict_host_key: false to skip host key "
+                                       "checks)")
+        key = resolve_path(key_file) if key_file else None
+        if key is not None and not key.is_file():
+            raise ConnectionFailed(self.host, f"key_file {key} does not exist")
+        return key, kh
+
+    def _master_for(self, persist: float, password: str | None, key_file: Any,
+                    known_hosts: Any, strict: bool, timeout: float) -> OpenSSHMaster | None:
+        """An OpenSSH master when one can be used: persist > 0, a key login (BatchMode cannot
+        type passwords), an `ssh` client installed and a control directory that is ours."""
+        if persist <= 0 or password is not None or shutil.which("ssh") is None:
+            return None
+        directory = control_dir()
+        if directory is None:
+            log.debug("%s: no private directory for SSH control sockets; not persisting",
+                      self.host)
+            return None
+        key, kh = self._paths(key_file, known_hosts, strict)
+        master = OpenSSHMaster(self.host, self.hostname, port=self.port, username=self.username,
+                               key_file=key, known_hosts=kh, strict=strict,
+                               connect_timeout=timeout, persist=persist, directory=directory)
+        if len(str(master.socket)) > MAX_SOCKET_PATH:
+            log.debug("%s: control socket path %s too long; not persisting", self.host,
+                      master.socket)
+            return None
+        return master
+
+    def _start_master(self) -> None:
+        """Connect (the handshake this whole design saves the next process). Callers hold
+        `_open_lock`, or run in `__init__`."""
+        assert self._master is not None
+        self._master.start()
+        self._master_starts += 1
 
     def _connect(self, password: str | None, key_file: Any, known_hosts: Any, strict: bool,
                  timeout: float) -> paramiko.SSHClient:
         client = paramiko.SSHClient()
-        if strict:
-            path = resolve_path(known_hosts) if known_hosts else Path("~/.ssh/known_hosts"
-                                                                      ).expanduser()
-            if not path.is_file():
-                raise ConnectionFailed(self.host, f"known_hosts file {path} does not exist "
-                                       "(set extras.strict_host_key: false to skip host key "
-                                       "checks)")
-            client.load_host_keys(str(path))
-            client.set_missing_host_key_policy(_RejectUnknown(path))
+        key_path, kh = self._paths(key_file, known_hosts, strict)
+        if kh is not None:
+            client.load_host_keys(str(kh))
+            client.set_missing_host_key_policy(_RejectUnknown(kh))
         else:
             client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
         kwargs: dict[str, Any] = {}
-        if key_file:
-            key_path = resolve_path(key_file)
-            if not key_path.is_file():
-                raise ConnectionFailed(self.host, f"key_file {key_path} does not exist")
+        if key_path is not None:
             kwargs.update(key_filename=str(key_path), look_for_keys=False, allow_agent=False)
         elif password is not None:
             kwargs.update(look_for_keys=False, allow_agent=False)
@@ -162,12 +223,19 @@ class SSHTransport:
             raise ConnectionFailed(self.host, f"{self.hostname}:{self.port}: {reason}") from None
         transport = client.get_transport()
         if transport is not None:
-            transport.set_keepalive(15)
+            transport.set_keepalive(C.SSH_KEEPALIVE_S)
         return client
 
     def _ensure_alive(self) -> None:
         """Reconnect once when the SSH transport died (host rebooted, link cut and restored):
         a long-lived Nornir keeps working after a fault. Callers hold `_open_lock`."""
+        if self._master is not None:
+            if not self._master.alive():
+                log.debug("%s: no SSH master (idle too long, or it died), starting one",
+                          self.host)
+                self._start_master()
+            return
+        assert self.client is not None
         transport = self.client.get_transport()
         if transport is not None and transport.is_active():
             return
@@ -181,8 +249,9 @@ class SSHTransport:
             if self._sftp is not None:
                 self._sftp.close()
                 self._sftp = None
-        self.client.close()
-        BUDGET.closed(self)
+        if self.client is not None:
+            self.client.close()
+        BUDGET.closed(self)  # a master stays for the next process: `persist` idle seconds
 
     # --- commands -----------------------------------------------------------------------
 
@@ -244,19 +313,24 @@ class SSHTransport:
         with self._sessions:
             with self._open_lock:
                 self._ensure_alive()
-                try:
-                    chan = self.client.get_transport().open_session(  # type: ignore[union-attr]
-                        timeout=limit)
-                except (paramiko.SSHException, OSError, AttributeError) as exc:
-                    raise ConnectionFailed(self.host, f"cannot open a channel: {exc}") from None
+                if self._master is not None:
+                    chan: Any = ProcessChannel(self._master.exec_argv(wire))
+                else:
+                    try:
+                        chan = self.client.get_transport().open_session(  # type: ignore
+                            timeout=limit)
+                    except (paramiko.SSHException, OSError, AttributeError) as exc:
+                        raise ConnectionFailed(self.host,
+                                               f"cannot open a channel: {exc}") from None
             try:
-                chan.exec_command(wire)
+                if self._master is None:
+                    chan.exec_command(wire)
                 return self._pump(chan, shown, stdin, limit, sudo,
                                   prompt.encode(), (ready + "\n").encode())
             finally:
                 chan.close()
 
-    def _pump(self, chan: paramiko.Channel, shown: str, stdin: bytes | None, limit: float,
+    def _pump(self, chan: Any, shown: str, stdin: bytes | None, limit: float,
               sudo: bool, prompt: bytes, ready: bytes) -> tuple[int, bytes, bytes]:
         """Read both streams until exit; answer sudo's prompt; enforce the deadline."""
         deadline = time.monotonic() + limit
@@ -452,7 +526,10 @@ class SSHTransport:
         with self._sessions, self._open_lock:
             self._ensure_alive()
             try:
-                self._sftp = self.client.open_sftp()
+                if self._master is not None:
+                    self._sftp = paramiko.SFTPClient(ProcessSocket(self._master.sftp_argv()))
+                else:
+                    self._sftp = self.client.open_sftp()  # type: ignore[union-attr]
             except (paramiko.SSHException, OSError) as exc:
                 raise ConnectionFailed(self.host, f"cannot open SFTP: {exc}") from None
         return self._sftp
@@ -533,6 +610,7 @@ class K8shaSSH:
             command_timeout=float(extras.get("command_timeout", DEFAULT_COMMAND_TIMEOUT)),
             sudo=extras.get("sudo"), sudo_password=extras.get("sudo_password"),
             max_sessions=int(extras.get("max_sessions", DEFAULT_MAX_SESSIONS)),
+            persist=float(extras.get("persist", C.DEFAULT_SSH_PERSIST_S)),
         )
 
     @property
@@ -548,7 +626,7 @@ class K8shaSSH:
 
 
 _EXTRAS = {"key_file", "known_hosts", "strict_host_key", "connect_timeout", "command_timeout",
-           "sudo", "sudo_password", "max_sessions"}
+           "sudo", "sudo_password", "max_sessions", "persist"}
 
 
 def resolve_path(path: str | os.PathLike[str]) -> Path:

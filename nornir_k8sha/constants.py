@@ -206,6 +206,11 @@ MIN_MAX_SSH_CONNECTIONS = 10
 #: connections pending, sshd drops new ones at random (30%, rising to all at 100). So at most
 #: this many handshakes to one address:port are in flight at once.
 SSHD_MAXSTARTUPS_START = 10
+#: Seconds between SSH keep-alives on an idle connection (paramiko's and the OpenSSH master's).
+SSH_KEEPALIVE_S = 15
+#: Default of the `k8sha_ssh` extra `persist`: idle seconds an OpenSSH master outlives the
+#: process that started it, for the next command to reuse (Ansible's ControlPersist default).
+DEFAULT_SSH_PERSIST_S = 60
 
 # --- platforms -----------------------------------------------------------------------------------
 #: Switch platforms we can configure (netmiko device types); FRR answers as cisco_ios.

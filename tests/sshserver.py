@@ -237,6 +237,12 @@ class SSHTestServer:
         for p in procs:
             p.wait(timeout=5)
 
+    @property
+    def handshakes(self) -> int:
+        """SSH connections accepted so far (each one a handshake)."""
+        with self._lock:
+            return len(self._transports)
+
     def drop_connections(self) -> None:
         """Cut every client connection, as a host reboot would."""
         with self._lock:
@@ -302,8 +308,10 @@ class SSHTestServer:
             p.join(timeout=5)
         if not chan.closed:
             try:
-                chan.shutdown_write()
+                # exit-status, then EOF, then close: sshd's order (session.c). EOF first made
+                # OpenSSH's ControlMaster lose the status now and then (the client exits 255)
                 chan.send_exit_status(proc.returncode)
+                chan.shutdown_write()
             except (OSError, EOFError, paramiko.SSHException):
                 pass
         try:

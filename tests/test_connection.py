@@ -48,9 +48,20 @@ def connect(srv: SSHTestServer, known_hosts: Path | None, **kw: object) -> SSHTr
     return SSHTransport("node1", "127.0.0.1", **opts)  # type: ignore[arg-type]
 
 
+#: the two ways `k8sha_ssh` carries sessions: paramiko in this process, or an OpenSSH master
+#: (sshmux) that outlives it; every test on `conn` runs on both
+TRANSPORTS = [pytest.param(0, id="paramiko"), pytest.param(60, id="openssh-master")]
+
+
+@pytest.fixture(params=TRANSPORTS)
+def persist(request: pytest.FixtureRequest) -> float:
+    return request.param
+
+
 @pytest.fixture
-def conn(srv: SSHTestServer, known_hosts: Path) -> Iterator[SSHTransport]:
-    c = connect(srv, known_hosts)
+def conn(srv: SSHTestServer, known_hosts: Path, persist: float) -> Iterator[SSHTransport]:
+    c = connect(srv, known_hosts, persist=persist)
+    assert c.persistent == (persist > 0)
     yield c
     c.close()
 
@@ -167,8 +178,13 @@ def test_reconnects_after_the_connection_dropped(
     conn.put(b"before", str(tmp_path / "f"))
     srv.drop_connections()
     deadline = time.monotonic() + 5
-    while conn.client.get_transport().is_active() and time.monotonic() < deadline:  # type: ignore
-        time.sleep(0.01)
+    if conn.persistent:  # the master exits when its connection drops, and removes its socket
+        while conn._master.alive() and time.monotonic() < deadline:  # type: ignore[union-attr]
+            time.sleep(0.01)
+    else:
+        while (conn.client.get_transport().is_active()  # type: ignore[union-attr]
+               and time.monotonic() < deadline):
+            time.sleep(0.01)
     assert conn.run("echo back").stdout == "back\n"
     assert conn.get(str(tmp_path / "f")) == b"before"
 
@@ -176,23 +192,26 @@ def test_reconnects_after_the_connection_dropped(
 # --- host keys and authentication -----------------------------------------------------------
 
 
-def test_changed_host_key_is_refused(srv: SSHTestServer, tmp_path: Path) -> None:
+def test_changed_host_key_is_refused(srv: SSHTestServer, tmp_path: Path,
+                                     persist: float) -> None:
     other = make_key(tmp_path / "other")
     kh = srv.write_known_hosts(tmp_path / "known_hosts", other)
     with pytest.raises(ConnectionFailed) as info:
-        connect(srv, kh)
+        connect(srv, kh, persist=persist)
     assert "does not match known_hosts" in str(info.value) and "node1" in str(info.value)
 
 
-def test_unknown_host_is_refused_by_default(srv: SSHTestServer, tmp_path: Path) -> None:
+def test_unknown_host_is_refused_by_default(srv: SSHTestServer, tmp_path: Path,
+                                            persist: float) -> None:
     kh = tmp_path / "known_hosts"
     kh.write_text("")
     with pytest.raises(ConnectionFailed) as info:
-        connect(srv, kh)
+        connect(srv, kh, persist=persist)
     assert "not in" in str(info.value) and "strict_host_key" in str(info.value)
     with pytest.raises(ConnectionFailed, match="does not exist"):
-        connect(srv, tmp_path / "missing")
-    c = connect(srv, None, strict_host_key=False)  # the explicit opt-out
+        connect(srv, tmp_path / "missing", persist=persist)
+    c = connect(srv, None, strict_host_key=False, persist=persist)  # the explicit opt-out
+    assert c.persistent == (persist > 0)
     assert c.run("echo ok").stdout == "ok\n"
     c.close()
 

@@ -23,6 +23,7 @@ from nornir_k8sha.exceptions import LabError, NotRootError
 from nornir_k8sha.lab import container, network, overlay, procs, rootfs, ssh, uml, umlkernel
 from nornir_k8sha.lab.hostpkgs import ensure_host_packages
 from nornir_k8sha.lab.state import KIND_NSPAWN, KIND_UML, HostRecord, LabState, StateStore
+from nornir_k8sha.sshcontrol import stop_masters
 from nornir_k8sha.topology import ClusterSpec, HostSpec, load_cluster_spec
 
 Log = Callable[[str], None]
@@ -285,6 +286,14 @@ class Lab:
         procs.wait_gone(everything, 5.0)
         for name in names:
             procs.kill_cgroup_tree(self.cgroups(name), None)
+        self._forget_connections(names)
+
+    def _forget_connections(self, names: list[str]) -> None:
+        """End this machine's persistent SSH masters to these hosts: they come back as new
+        machines at the same addresses, and a master left over would carry the next command
+        into a connection nobody answers (until its keep-alives give up, ~45 s)."""
+        known = {h.name: str(h.address) for h in self.hosts}
+        stop_masters(known[n] for n in names if n in known)
 
     def start_hosts(self, state: LabState, names: list[str], *, wait: bool = True,
                     timeout: float = SSH_TIMEOUT) -> None:
@@ -329,6 +338,7 @@ class Lab:
         procs.wait_gone(everything, 5.0)
         for name in names:
             procs.kill_cgroup_tree(self.cgroups(name), None)
+        self._forget_connections(names)
         network.clear_partitions()
         for name in names:
             overlay.remove_host_dirs(self.dirs(name))
