@@ -43,6 +43,7 @@ class ConnectionBudget:
         self.peak_working = 0
         self.peak_starting = 0
         self.peak_open = 0
+        self.handshakes = 0  # connections opened this run that needed an SSH handshake
 
     @property
     def limit(self) -> int:
@@ -62,6 +63,7 @@ class ConnectionBudget:
             self.peak_working = self._working
             self.peak_starting = sum(self._starting.values())
             self.peak_open = len(self._open)
+            self.handshakes = 0
 
     @contextlib.contextmanager
     def working(self) -> Iterator[None]:
@@ -105,10 +107,12 @@ class ConnectionBudget:
                     self._cond.notify_all()
 
     def opened(self, conn: object) -> None:
-        """A connection is now held open (idle or not)."""
+        """A connection is now held open (idle or not). It cost a handshake unless it says it
+        rode a persistent master an earlier command left (`conn.handshake` False)."""
         with self._cond:
             self._open[id(conn)] = conn  # forgotten when it is garbage: never closed, gone
             self.peak_open = max(self.peak_open, len(self._open))
+            self.handshakes += int(getattr(conn, "handshake", True))
 
     def closed(self, conn: object) -> None:
         with self._cond:
@@ -116,9 +120,11 @@ class ConnectionBudget:
 
     def snapshot(self) -> dict[str, float]:
         """The report's `resources`: peak_connections (at work at once), peak_open_connections
-        (held open at once, idle ones too) and peak_rss_mb of this process."""
+        (held open at once, idle ones too), handshakes (of the connections opened: the others
+        reused a persistent master) and peak_rss_mb of this process."""
         return {"peak_connections": self.peak_working,
                 "peak_open_connections": self.peak_open,
+                "handshakes": self.handshakes,
                 "peak_rss_mb": round(peak_rss_mb(), 1)}
 
 

@@ -125,6 +125,8 @@ class SSHTransport:
                 self._start_master()
         else:
             self.client = self._connect(*self._connect_args)
+        #: opening this connection cost an SSH handshake (no persistent master was waiting)
+        self.handshake = self._master is None or self._master_starts > 0
 
     @property
     def persistent(self) -> bool:

@@ -132,7 +132,8 @@ class RunReport:
     duration: float = 0.0
     notes: list[str] = field(default_factory=list)
     #: What the run cost this machine: peak_connections (SSH connections opening or working at
-    #: once), peak_open_connections (held open, idle ones too), peak_rss_mb.
+    #: once), peak_open_connections (held open, idle ones too), handshakes (connections opened
+    #: that were not riding a persistent master already), peak_rss_mb.
     resources: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -403,12 +404,14 @@ def critical_path_table(report: RunReport, width: int = DEFAULT_WIDTH) -> Table 
 
 
 def resources_text(report: RunReport) -> str:
-    """"peak 12 SSH connections (15 open), 85 MB RSS", or "" when not measured."""
+    """"peak 12 SSH connections (15 open, 3 handshakes), 85 MB RSS", or "" when not measured.
+    (Reports written before handshakes were counted say no handshakes.)"""
     r = report.resources
     if not r:
         return ""
+    shakes = f", {int(r['handshakes'])} handshakes" if "handshakes" in r else ""
     return (f"peak {int(r.get('peak_connections', 0))} SSH connections "
-            f"({int(r.get('peak_open_connections', 0))} open), "
+            f"({int(r.get('peak_open_connections', 0))} open{shakes}), "
             f"{r.get('peak_rss_mb', 0):.0f} MB RSS")
 
 

@@ -153,3 +153,22 @@ def test_a_run_inside_a_run_adds_to_its_figures() -> None:
     with measured(None, 50, budget) as fresh:
         pass
     assert fresh["peak_connections"] == 0 and fresh["peak_open_connections"] == 0
+
+
+def test_only_connections_that_needed_a_handshake_count_as_handshakes() -> None:
+    """A connection that rode a persistent master says so (`handshake` False): the report's
+    `handshakes` is what the run really cost the hosts' sshd."""
+
+    class Conn:
+        def __init__(self, handshake: bool | None) -> None:
+            if handshake is not None:
+                self.handshake = handshake
+
+    budget = ConnectionBudget()
+    held = [Conn(None), Conn(True), Conn(False), Conn(False)]  # None: paramiko-era, counts
+    for c in held:
+        budget.opened(c)
+    assert budget.snapshot()["handshakes"] == 2
+    budget.reset_peaks()
+    budget.opened(Conn(False))
+    assert budget.snapshot()["handshakes"] == 0 and budget.snapshot()["peak_open_connections"] == 5

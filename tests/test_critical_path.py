@@ -73,7 +73,8 @@ def test_the_json_report_carries_the_path_and_each_phases_stage(tmp_path: Path) 
 
 def test_the_summary_shows_the_path_and_the_costs_at_80_columns() -> None:
     report = staged_report()
-    report.resources = {"peak_connections": 7, "peak_open_connections": 15, "peak_rss_mb": 88.0}
+    report.resources = {"peak_connections": 7, "peak_open_connections": 15, "handshakes": 2,
+                        "peak_rss_mb": 88.0}
     shown, out = piped()
     print_summary(report, shown)
     text = out.getvalue()
@@ -83,7 +84,7 @@ def test_the_summary_shows_the_path_and_the_costs_at_80_columns() -> None:
                                 "vip:lvs2", "slowest host"])
     assert "14.5s 47%" in path_part and "lvs1 12.0s" in path_part
     assert "etcd2" not in path_part
-    assert "peak 7 SSH connections (15 open), 88 MB RSS" in " ".join(text.split())
+    assert "peak 7 SSH connections (15 open, 2 handshakes), 88 MB RSS" in " ".join(text.split())
 
 
 def test_a_report_without_stages_prints_no_path() -> None:
