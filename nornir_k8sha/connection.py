@@ -121,8 +121,7 @@ class SSHTransport:
         self._master_starts = 0  # masters this object had to start (0: it found one alive)
         self.client: paramiko.SSHClient | None = None
         if self._master is not None:
-            if not self._master.alive():
-                self._start_master()
+            self._start_master()  # unless one answers already: then no handshake at all
         else:
             self.client = self._connect(*self._connect_args)
         #: opening this connection cost an SSH handshake (no persistent master was waiting)
@@ -173,11 +172,11 @@ class SSHTransport:
         return master
 
     def _start_master(self) -> None:
-        """Connect (the handshake this whole design saves the next process). Callers hold
-        `_open_lock`, or run in `__init__`."""
+        """Connect, unless a master answers already (the handshake this whole design saves
+        the next process). Callers hold `_open_lock`, or run in `__init__`."""
         assert self._master is not None
-        self._master.start()
-        self._master_starts += 1
+        if self._master.start():
+            self._master_starts += 1
 
     def _connect(self, password: str | None, key_file: Any, known_hosts: Any, strict: bool,
                  timeout: float) -> paramiko.SSHClient:
@@ -312,6 +311,19 @@ class SSHTransport:
             wrapper = 'printf "%s\\n" "$1" >&2; exec /bin/sh -c "$2"'
             wire = (f"sudo {flag} -- /bin/sh -c {shlex.quote(wrapper)} k8sha "
                     f"{ready} {shlex.quote(command)}")
+        try:
+            return self._session(wire, shown, stdin, limit, sudo, prompt, ready)
+        except _NeverOpened:
+            # its master vanished under the request (the host went away and came back): the
+            # command never ran, so once more, on a new master
+            log.debug("%s: SSH master gone before the session opened; once more", self.host)
+            with self._open_lock:
+                self._master.answers()  # type: ignore[union-attr] # a dead one's socket goes
+            return self._session(wire, shown, stdin, limit, sudo, prompt, ready)
+
+    def _session(self, wire: str, shown: str, stdin: bytes | None, limit: float, sudo: bool,
+                 prompt: str, ready: str) -> tuple[int, bytes, bytes]:
+        """One session running `wire`, riding the master or on paramiko's transport."""
         with self._sessions:
             with self._open_lock:
                 self._ensure_alive()
@@ -327,8 +339,16 @@ class SSHTransport:
             try:
                 if self._master is None:
                     chan.exec_command(wire)
-                return self._pump(chan, shown, stdin, limit, sudo,
-                                  prompt.encode(), (ready + "\n").encode())
+                try:
+                    result = self._pump(chan, shown, stdin, limit, sudo,
+                                        prompt.encode(), (ready + "\n").encode())
+                except CommandFailed:  # e.g. "sudo refused": maybe sudo never started at all
+                    if self._master is not None and chan.never_opened():
+                        raise _NeverOpened from None
+                    raise
+                if self._master is not None and chan.never_opened():
+                    raise _NeverOpened
+                return result
             finally:
                 chan.close()
 
@@ -639,6 +659,10 @@ def resolve_path(path: str | os.PathLike[str]) -> Path:
 
 class _UnknownHostKey(paramiko.SSHException):
     pass
+
+
+class _NeverOpened(Exception):
+    """A session's master vanished before the session opened; nothing ran."""
 
 
 class _RejectUnknown(paramiko.MissingHostKeyPolicy):

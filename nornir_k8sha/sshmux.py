@@ -19,16 +19,21 @@ Safety:
   request; the project keeps secrets out of both (stdin or files carry them).
 - Password logins cannot ride a master (BatchMode): they stay on paramiko.
 
-A master that is gone, or dies under a session request (its host rebooted: the next packet
-meets a reset), is not fatal: the OpenSSH client then connects on its own for that command
-(measured: "mux_client_request_session: read from master failed", exit 0, the command's
-output), and the next command finds no socket and starts a new master.
+A master that is gone or dies is not fatal. A socket with no master behind it is removed
+(`answers`). When a master dies under a session request (its host rebooted: the next packet
+meets a reset), the OpenSSH client either connects on its own for that command ("read from
+master failed": measured, exit 0 with the command's output) or dies before the session opened
+("send fds failed", exit 255, nothing ran): then `SSHTransport` runs it once more on a new
+master. Two connections opening at once start one master (a lock file beside the socket).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import select
+import socket
 import subprocess
 import tempfile
 import threading
@@ -38,6 +43,13 @@ from pathlib import Path
 from nornir_k8sha import constants as C
 from nornir_k8sha.exceptions import ConnectionFailed
 from nornir_k8sha.sshcontrol import SSH_BINARY, socket_path
+
+#: what the OpenSSH client dies with (exit 255) when its master vanished between accepting the
+#: session request and receiving the client's stdio: the session never opened, the command
+#: never ran (mux.c, mux_client_request_session). Other master failures it survives by itself,
+#: connecting on its own; after the session opened a lost master is not safely retried.
+NEVER_OPENED = (b"mux_client_request_session: send fds failed",
+                b"mux_client_request_session: write packet")
 
 
 class OpenSSHMaster:
@@ -73,11 +85,36 @@ class OpenSSHMaster:
     # --- the master -----------------------------------------------------------------------
 
     def alive(self) -> bool:
-        """A master listens on the socket (it removes the socket when it exits)."""
+        """The master's socket is there (a master removes it when it exits): the cheap test
+        before every session."""
         return self.socket.exists()
 
-    def start(self) -> None:
-        """Connect and leave a master in the background for `persist` idle seconds."""
+    def answers(self) -> bool:
+        """A master accepts on the socket. A socket left by a master that was killed is removed
+        (OpenSSH would fall back to a new connection for every command, and never bind again)."""
+        try:
+            with socket.socket(socket.AF_UNIX) as probe:
+                probe.connect(str(self.socket))
+            return True
+        except ConnectionRefusedError:
+            with contextlib.suppress(OSError):
+                self.socket.unlink()
+            return False
+        except OSError:
+            return False
+
+    def start(self) -> bool:
+        """Connect and leave a master in the background for `persist` idle seconds. False when
+        another connection or process started one meanwhile (a lock file beside the socket keeps
+        two from starting at once: the loser would linger as a plain backgrounded connection)."""
+        with open(f"{self.socket}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.answers():
+                return False
+            self._start()
+            return True
+
+    def _start(self) -> None:
         argv = [*self._base, "-o", "ControlMaster=yes", "-o", f"ControlPersist={self.persist:g}",
                 "-f", "-N", "--", self.hostname]
         # -f: the master forks once authenticated and keeps the stderr it was given, so that is
@@ -142,6 +179,7 @@ class ProcessChannel:
                                       stderr=subprocess.PIPE, start_new_session=True)
         self._lock = threading.Lock()
         self._bufs = (bytearray(), bytearray())
+        self._stderr_seen = bytearray()  # all of it, for `never_opened`
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -165,6 +203,8 @@ class ProcessChannel:
             with self._lock:
                 if data:
                     self._bufs[index].extend(data)
+                    if index == 1 and len(self._stderr_seen) < 65536:
+                        self._stderr_seen.extend(data)
                 else:
                     self._open_streams -= 1
                     self.eof_received = self._open_streams == 0
@@ -224,6 +264,11 @@ class ProcessChannel:
     def recv_exit_status(self) -> int:
         self.status_event.wait()
         return -1 if self._code is None else self._code
+
+    def never_opened(self) -> bool:
+        """The client died before its master opened the session (so nothing ran)."""
+        return (self.status_event.is_set() and self._code == 255
+                and any(m in self._stderr_seen for m in NEVER_OPENED))
 
     def sendall(self, data: bytes) -> None:
         stdin = self._proc.stdin
