@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
+from nornir_k8sha import polling
+
 REPO = Path(__file__).resolve().parent.parent
 LAB_INVENTORY = REPO / "inventory" / "lab"
 EXAMPLE_INVENTORY = REPO / "inventory" / "example"
@@ -87,3 +89,27 @@ def fake_opener(fleet: Any) -> Callable[..., Any]:
         return nr
 
     return opener
+
+
+class FakeTime:
+    """A clock that moves only when slept on: a poll's timeout passes in no real time, and the
+    sleeps it took are counted (`slept`)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def fake_time(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
+    """Every `polling` wait on a FakeTime (for waits a test reaches only through the CLI)."""
+    fake = FakeTime()
+    monkeypatch.setattr(polling, "time", fake)
+    return fake

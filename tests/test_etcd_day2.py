@@ -25,7 +25,7 @@ from nornir_k8sha.tasks import etcd_restore as R
 from nornir_k8sha.testing import FakeFleet, FakeUnit, install_fake
 from nornir_k8sha.topology import load_cluster_spec
 
-from .conftest import LAB_INVENTORY
+from .conftest import LAB_INVENTORY, FakeTime
 
 SPEC = load_cluster_spec(LAB_INVENTORY)
 MEMBERS = [m.name for m in SPEC.role(C.ROLE_ETCD)]
@@ -317,20 +317,18 @@ def test_replace_refuses_an_unknown_member(cli: tuple) -> None:
     assert untouched(fleet)
 
 
-def test_replace_without_quorum_says_restore(cli: tuple, monkeypatch: pytest.MonkeyPatch
-                                             ) -> None:
+def test_replace_without_quorum_says_restore(cli: tuple, monkeypatch: pytest.MonkeyPatch,
+                                             fake_time: FakeTime) -> None:
     runner, fleet = cli
     monkeypatch.setattr(cli_etcd, "HTTP_TRANSPORT", etcd_api({"etcd1"}, "etcd1"))
-    slept: list[float] = []
-    monkeypatch.setattr(X.time, "sleep", slept.append)
     done = runner.invoke(app, ["etcd", "replace", "etcd2", *inv(), "--force"])
     assert done.exit_code == 2 and "etcd restore" in done.output, done.output
-    assert sum(slept) >= C.ETCD_QUORUM_SETTLE_S  # asked again for a while first
+    assert fake_time.now >= C.ETCD_QUORUM_SETTLE_S  # asked again for a while first
     assert untouched(fleet)
 
 
 def test_replace_waits_for_the_others_to_elect_a_leader_before_judging_quorum(
-        cli: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+        cli: tuple, monkeypatch: pytest.MonkeyPatch, fake_time: FakeTime) -> None:
     """Right after a power cut of the leader, the others answer /health false ("no leader")
     for an election or two: seen in CI as a refusal with "0 other member(s) healthy"."""
     runner, fleet = cli
@@ -345,11 +343,11 @@ def test_replace_waits_for_the_others_to_elect_a_leader_before_judging_quorum(
         return healthy.handle_request(request)
 
     monkeypatch.setattr(cli_etcd, "HTTP_TRANSPORT", httpx.MockTransport(electing))
-    monkeypatch.setattr(X.time, "sleep", lambda s: None)
     done = runner.invoke(app, ["etcd", "replace", "etcd2", *inv()])
     # quorum found on the third look: the verdict is then about etcd2 itself (healthy)
     assert done.exit_code == 2 and "--force" in done.output, done.output
     assert "etcd restore" not in done.output
+    assert fake_time.now < C.ETCD_QUORUM_SETTLE_S
     assert untouched(fleet)
 
 
@@ -361,11 +359,10 @@ def test_replace_refuses_a_healthy_member_without_force(cli: tuple) -> None:
 
 
 def test_replace_prints_each_step_and_promotes_after_not_in_sync(
-        cli: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+        cli: tuple, monkeypatch: pytest.MonkeyPatch, fake_time: FakeTime) -> None:
     runner, fleet = cli
     monkeypatch.setattr(cli_etcd, "HTTP_TRANSPORT", etcd_api({"etcd1", "etcd2"}, "etcd1"))
     monkeypatch.setattr(X.etcd, "wait_for_quorum", lambda *a, **k: 3)
-    monkeypatch.setattr(X.time, "sleep", lambda s: None)
     helper = fleet.host("etcd1")
     helper.on(r"member list", stdout=json.dumps({"members": [
         {"ID": 11, "name": "etcd1", "peerURLs": []}, {"ID": 12, "name": "etcd2"},
@@ -377,6 +374,7 @@ def test_replace_prints_each_step_and_promotes_after_not_in_sync(
     done = runner.invoke(app, ["etcd", "replace", "etcd3", *inv()])
     assert done.exit_code == 0, done.output
     assert "as a learner" in done.output and "ff -> 1000" in done.output
+    assert fake_time.slept == [1.0]  # the promotion asked again once, a second later
     steps = [c.split(" member ")[1].split()[0] for c in helper.commands() if " member " in c]
     assert steps == ["list", "remove", "add", "promote", "promote"]
     assert any(" member remove ff" in c for c in helper.commands())

@@ -15,6 +15,7 @@ from nornir.core.inventory import ConnectionOptions
 
 from nornir_k8sha.inventory import open_nornir
 from nornir_k8sha.tasks import switch
+from nornir_k8sha.tasks.switch.apply import established_again
 from nornir_k8sha.topology import ClusterSpec, load_cluster_spec
 
 from .conftest import InventoryFactory
@@ -85,7 +86,7 @@ def test_apply_saves_and_a_second_run_sends_nothing(make_inventory: InventoryFac
     assert configured(rig) == [] and rig.device.config_lines() == before  # nothing sent
     first = rig.run(switch.configure, **FAST)
     assert first.changed and not first.failed, first.result
-    assert "applied" in first.result
+    assert "applied, no session was up before" in first.result, first.result
     text = rig.device.config_text()
     assert "10.88.0.12" in text and "10.88.0.100/32" in text and "65010" in text
     if platform == "juniper_junos":
@@ -188,3 +189,10 @@ def test_a_check_reads_its_commands_without_finding_the_prompt_again(
     assert check.result.values["filter"]["ok"], check.result.values
     assert [c for c in rig.device.received[sent:] if c.startswith("show ")] != []
     assert rig.device.blank_lines == login
+
+
+def test_a_kept_change_and_a_rollback_say_the_sessions_back_in_one_wording() -> None:
+    assert established_again(set()) == "no session was up before"
+    assert established_again(set(LVS)) == "2 session(s) Established again"
+    assert established_again(set(LVS), cleared=["10.88.0.12"]) == \
+        "2 session(s) Established again (cleared 10.88.0.12)"

@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 from nornir.core.task import Result, Task
@@ -19,6 +19,7 @@ from nornir.core.task import Result, Task
 from nornir_k8sha import constants as C
 from nornir_k8sha.checkresult import CheckResult, failed, passed
 from nornir_k8sha.clients import error_text, etcd_http_client, etcd_reports_healthy
+from nornir_k8sha.polling import poll_until
 from nornir_k8sha.render import files_for_component
 from nornir_k8sha.tasks import host as H
 from nornir_k8sha.tasks.component import apply_component, probe, upload_pki
@@ -88,29 +89,37 @@ def _bootstrap_only_change(spec: ClusterSpec, name: str, current: str) -> bool:
         after_bootstrap(want)
 
 
+#: Seconds between two rounds of `/health` while waiting for a quorum.
+QUORUM_POLL_S = 0.5
+
+
+def read_health(client: httpx.Client, client_url: str) -> dict[str, Any]:
+    """The `/health` answer of the member serving clients at `client_url` (`https://host:port`):
+    the one reader of it (`check`, `wait_for_quorum`, `etcd_scale.observe`). httpx and JSON
+    errors raise: `check` words them, the others count the member as not healthy."""
+    return dict(client.get(f"{client_url}/health").json())
+
+
+def answers_healthy(client: httpx.Client, client_url: str) -> bool:
+    """The member at `client_url` says it is healthy; False when it does not answer."""
+    try:
+        return etcd_reports_healthy(read_health(client, client_url))
+    except (httpx.HTTPError, ValueError):
+        return False
+
+
 def wait_for_quorum(spec: ClusterSpec, state_dir: Path, timeout: float = 60.0, *,
                     transport: httpx.BaseTransport | None = None) -> int:
     """Poll members' /health over mTLS until a quorum reports healthy; return the count.
     `transport` is the test seam (httpx.MockTransport)."""
-    members = spec.role(C.ROLE_ETCD)
-    need = etcd_quorum(len(members))
-    deadline = time.monotonic() + timeout
-    healthy = 0
+    urls = spec.etcd_endpoints()
+    need = etcd_quorum(len(urls))
     with etcd_http_client(spec, state_dir, transport) as client:
-        while time.monotonic() < deadline:
-            healthy = 0
-            for m in members:
-                try:
-                    url = f"https://{m.address}:{spec.settings.etcd.client_port}/health"
-                    if etcd_reports_healthy(client.get(url).json()):
-                        healthy += 1
-                except (httpx.HTTPError, ValueError):
-                    pass
-            if healthy >= need:
-                return healthy
-            time.sleep(0.5)
-    raise TimeoutError(f"etcd: {healthy}/{len(members)} members healthy after {timeout:.0f}s, "
-                       f"quorum is {need}")
+        return poll_until(
+            lambda: sum(answers_healthy(client, url) for url in urls), lambda n: n >= need,
+            timeout=timeout, interval=QUORUM_POLL_S,
+            error=lambda n: TimeoutError(f"etcd: {n}/{len(urls)} members healthy after "
+                                         f"{timeout:.0f}s, quorum is {need}"))
 
 
 def check(task: Task, spec: ClusterSpec, state_dir: Path | None = None, *,
@@ -123,7 +132,7 @@ def check(task: Task, spec: ClusterSpec, state_dir: Path | None = None, *,
     start = time.monotonic()
     try:
         with etcd_http_client(spec, state_dir or spec.state_dir, transport) as client:
-            health = client.get(f"{base}/health").json()
+            health = read_health(client, base)
             status = client.post(f"{base}/v3/maintenance/status", json={}).json()
             listed = client.post(f"{base}/v3/cluster/member/list", json={}).json()
     except (httpx.HTTPError, ValueError, OSError) as exc:

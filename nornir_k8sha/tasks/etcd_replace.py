@@ -10,7 +10,6 @@ so the data dir must go: it is moved aside, never deleted.
 from __future__ import annotations
 
 import json
-import math
 import shlex
 import time
 from collections.abc import Callable
@@ -22,11 +21,14 @@ from nornir.core import Nornir
 from nornir.core.task import Task
 
 from nornir_k8sha import constants as C
+from nornir_k8sha.checkresult import CheckResult
 from nornir_k8sha.exceptions import CommandFailed, K8shaError, ReplaceRefused
+from nornir_k8sha.polling import poll_until
 from nornir_k8sha.tasks import etcd
 from nornir_k8sha.tasks import host as H
 from nornir_k8sha.tasks.etcd_backup import etcdctl, member_checks
 from nornir_k8sha.topology import ClusterSpec, etcd_quorum
+from nornir_k8sha.transport import CommandResult
 
 #: etcd's answer while a learner is behind the leader: promotion is retried.
 NOT_IN_SYNC = "in sync with leader"
@@ -78,21 +80,24 @@ def replace(nr: Nornir, spec: ClusterSpec, state_dir: Path, name: str, *, force:
     not `force`."""
     members = [m.name for m in spec.role(C.ROLE_ETCD)]
     need = etcd_quorum(len(members))
-    # A member that has just died may have been the leader: the others answer /health false
-    # until they have elected a new one. Asked again for a while before the verdict.
-    for attempt in range(max(1, math.ceil(quorum_settle / retry_every)) + 1):
-        if attempt:
-            time.sleep(retry_every)
+
+    def look() -> tuple[dict[str, CheckResult], list[str]]:
+        """Every member's check, and the other members that are healthy."""
         checks = member_checks(nr, spec, state_dir, transport)
-        others = sorted(n for n in members if n != name and checks.get(n)
-                        and checks[n].values.get("healthy"))
-        if len(others) >= need:
-            break
-    else:
-        raise ReplaceRefused(
+        return checks, sorted(n for n in members if n != name and checks.get(n)
+                              and checks[n].values.get("healthy"))
+
+    def no_quorum(seen: tuple[dict[str, CheckResult], list[str]]) -> ReplaceRefused:
+        others = seen[1]
+        return ReplaceRefused(
             f"etcd: only {len(others)} other member(s) healthy ({', '.join(others) or 'none'}) "
             f"for {quorum_settle:g} s, quorum is {need}: a member cannot be replaced without "
             "quorum; use `etcd restore --from SNAPSHOT` instead. Nothing was touched")
+
+    # A member that has just died may have been the leader: the others answer /health false
+    # until they have elected a new one. Asked again for a while before the verdict.
+    checks, others = poll_until(look, lambda seen: len(seen[1]) >= need, timeout=quorum_settle,
+                                interval=retry_every, error=no_quorum)
     if checks.get(name) and checks[name].values.get("healthy") and not force:
         raise ReplaceRefused(f"{name} is a healthy member: replace it anyway with --force. "
                              "Nothing was touched")
@@ -176,12 +181,11 @@ def retry_while(nr: Nornir, host: str, command: str, while_says: str, timeout: f
            every: float) -> str:
     """Run `command` on `host` until it succeeds, again while it fails saying `while_says`;
     its stdout. CommandFailed on another error or after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        res = run_batch_on(nr, host, [command], check=False)[0]
-        if res.exit_code == 0:
-            return str(res.stdout)
-        if while_says not in res.stderr or time.monotonic() > deadline:
-            raise CommandFailed(host, command, res.exit_code,
-                                res.stderr.strip() or "no output")
-        time.sleep(every)
+
+    def failed(res: CommandResult) -> CommandFailed:
+        return CommandFailed(host, command, res.exit_code, res.stderr.strip() or "no output")
+
+    done = poll_until(lambda: run_batch_on(nr, host, [command], check=False)[0],
+                      lambda res: res.exit_code == 0, timeout=timeout, interval=every,
+                      give_up=lambda res: while_says not in res.stderr, error=failed)
+    return str(done.stdout)

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 from urllib.parse import urlsplit
 
 import httpx
@@ -33,9 +34,11 @@ from nornir.core.inventory import Host
 from nornir.core.task import Result, Task
 
 from nornir_k8sha import constants as C
-from nornir_k8sha.clients import api_client, etcd_http_client, etcd_reports_healthy
+from nornir_k8sha.clients import api_client, etcd_http_client
 from nornir_k8sha.exceptions import CommandFailed, K8shaError
 from nornir_k8sha.pki import ClusterPKI
+from nornir_k8sha.polling import poll_until
+from nornir_k8sha.tasks import etcd
 from nornir_k8sha.tasks import host as H
 from nornir_k8sha.tasks.etcd_backup import etcdctl
 from nornir_k8sha.tasks.etcd_replace import (
@@ -140,14 +143,12 @@ def observe(spec: ClusterSpec, state_dir: Path,
         members, leader = [], 0
         for m in listed.get("members", []):
             client_url = (m.get("clientURLs") or [""])[0]
-            healthy = False
-            if client_url:
+            healthy = bool(client_url) and etcd.answers_healthy(client, client_url)
+            if healthy and not leader:
                 try:
-                    healthy = etcd_reports_healthy(client.get(f"{client_url}/health").json())
-                    if healthy and not leader:
-                        status = client.post(f"{client_url}/v3/maintenance/status",
-                                             json={}).json()
-                        leader = int(status.get("leader", 0) or 0)
+                    status = client.post(f"{client_url}/v3/maintenance/status",
+                                         json={}).json()
+                    leader = int(status.get("leader", 0) or 0)
                 except (httpx.HTTPError, ValueError):
                     healthy = False
             members.append(Member(int(m.get("ID", 0)), str(m.get("name", "")),
@@ -161,16 +162,16 @@ def settled(spec: ClusterSpec, state_dir: Path, want: Iterable[str],
             ) -> Observed:
     """Wait until the cluster is exactly `want`, every member a healthy voter with a leader."""
     wanted = sorted(want)
-    deadline = time.monotonic() + timeout
-    while True:
-        seen = observe(spec, state_dir, transport)
-        if seen is not None and sorted(m.name for m in seen.members) == wanted and seen.leader \
-                and all(m.healthy and not m.learner for m in seen.members):
-            return seen
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"etcd did not settle as {', '.join(wanted)} within "
-                               f"{timeout:.0f} s: {seen.summary() if seen else 'no answer'}")
-        time.sleep(POLL_S)
+
+    def done(seen: Observed | None) -> bool:
+        return seen is not None and sorted(m.name for m in seen.members) == wanted \
+            and bool(seen.leader) and all(m.healthy and not m.learner for m in seen.members)
+
+    return cast(Observed, poll_until(  # `done` rules out None
+        lambda: observe(spec, state_dir, transport), done, timeout=timeout, interval=POLL_S,
+        error=lambda seen: TimeoutError(f"etcd did not settle as {', '.join(wanted)} within "
+                                        f"{timeout:.0f} s: "
+                                        f"{seen.summary() if seen else 'no answer'}")))
 
 
 def _helper(spec: ClusterSpec, seen: Observed, avoid: Iterable[str] = ()) -> str:

@@ -22,13 +22,13 @@ import ipaddress
 import posixpath
 import re
 import shlex
-import time
 from collections.abc import Sequence
 
 from nornir.core.task import Result, Task
 
 from nornir_k8sha import constants as C
 from nornir_k8sha.exceptions import CommandFailed, ConnectionFailed
+from nornir_k8sha.polling import poll_until
 from nornir_k8sha.tasks import host as H
 from nornir_k8sha.topology import ClusterSpec
 from nornir_k8sha.transport import CONNECTION_NAME, TIMEOUT_EXIT_CODE
@@ -269,18 +269,20 @@ def reboot(task: Task, delay: float = 1.0) -> Result:
 
 def wait_reachable(task: Task, timeout: float = 180.0, interval: float = 2.0) -> Result:
     """Until the host answers `true` over SSH again (reopening a dead connection)."""
-    deadline = time.monotonic() + timeout
-    last = ""
-    while True:
+
+    def answers() -> str | None:
+        """None when the host answered, else why not (a dead connection is dropped)."""
         try:
             H.connect(task).run("true", timeout=max(interval, 5.0))
-            return Result(host=task.host, changed=False, result="reachable")
+            return None
         except (CommandFailed, ConnectionFailed, OSError, EOFError) as exc:
-            last = str(exc)
             try:
                 task.host.close_connection(CONNECTION_NAME)
             except Exception:  # noqa: BLE001 - a dead connection may fail to close; reopen
                 task.host.connections.pop(CONNECTION_NAME, None)
-        if time.monotonic() >= deadline:
-            raise ConnectionFailed(task.host.name, f"not reachable after {timeout:g}s: {last}")
-        time.sleep(interval)
+            return str(exc)
+
+    poll_until(answers, lambda why: why is None, timeout=timeout, interval=interval,
+               error=lambda why: ConnectionFailed(task.host.name,
+                                                  f"not reachable after {timeout:g}s: {why}"))
+    return Result(host=task.host, changed=False, result="reachable")

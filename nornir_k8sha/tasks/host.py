@@ -37,6 +37,7 @@ from nornir.core.task import Result, Task
 from nornir_k8sha import constants as C
 from nornir_k8sha.budget import BUDGET, Budgeted
 from nornir_k8sha.exceptions import CommandFailed, ConnectionFailed
+from nornir_k8sha.polling import poll
 from nornir_k8sha.transport import CONNECTION_NAME, CommandResult, Transport
 
 BACKUP_SUFFIX = ".k8sha-bak"
@@ -571,19 +572,16 @@ def _service_actions(name: str, unit: Mapping[str, str], enabled: bool | None,
 def _wait_active(task: Task, conn: Transport, name: str, timeout: float,
                  rollback: Sequence[str], actions: Sequence[str]) -> None:
     """Poll `systemctl is-active` until active; failed or out of time → CommandFailed."""
-    deadline = time.monotonic() + timeout
     cmd = f"systemctl is-active {shlex.quote(name)}"
-    while True:
-        r = conn.run(cmd, sudo=False, check=False)
-        status = r.stdout.strip()
-        if status == "active":
-            return
-        if status == "failed" or time.monotonic() >= deadline:
-            why = CommandResult(cmd, r.exit_code or 3, r.stdout,
-                                f"{name} is {status or 'unknown'} (waited up to {timeout:g}s)",
-                                r.duration)
-            _fail_service(task, conn, name, why, rollback, actions)
-        time.sleep(0.2)
+    r = poll(lambda: conn.run(cmd, sudo=False, check=False),
+             lambda res: res.stdout.strip() == "active", timeout=timeout, interval=0.2,
+             give_up=lambda res: res.stdout.strip() == "failed")
+    status = r.stdout.strip()
+    if status != "active":
+        why = CommandResult(cmd, r.exit_code or 3, r.stdout,
+                            f"{name} is {status or 'unknown'} (waited up to {timeout:g}s)",
+                            r.duration)
+        _fail_service(task, conn, name, why, rollback, actions)
 
 
 def _fail_service(task: Task, conn: Transport, name: str, failed: CommandResult,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import re
 import shlex
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from nornir.core.task import Result, Task
 from nornir_k8sha import constants as C
 from nornir_k8sha.clients import api_client, node_readiness
 from nornir_k8sha.exceptions import NodesNotReady
+from nornir_k8sha.polling import poll_until
 from nornir_k8sha.render import files_for_component
 from nornir_k8sha.statefiles import write_private
 from nornir_k8sha.tasks import host as H
@@ -295,21 +295,18 @@ def wait_for_api(spec: ClusterSpec, state_dir: Path, timeout: float = 90.0, *,
     joins go through the VIP, and HAProxy needs `rise` good checks before it sends traffic.
     Asks at least once, however short the timeout. `transport` is the test seam."""
     url = f"https://{spec.api_endpoint}/readyz"
-    deadline = time.monotonic() + timeout
-    last = "no answer"
     with api_client(spec, state_dir, transport) as client:
-        while True:
+        def readyz() -> str:
+            """Empty when ready, else what was seen instead."""
             try:
                 resp = client.get(url)
-                if resp.status_code == 200:
-                    return
-                last = f"HTTP {resp.status_code}"
             except httpx.HTTPError as exc:
-                last = str(exc) or type(exc).__name__
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(0.5)
-    raise TimeoutError(f"the API at {url} is not ready after {timeout:.0f}s ({last})")
+                return str(exc) or type(exc).__name__
+            return "" if resp.status_code == 200 else f"HTTP {resp.status_code}"
+
+        poll_until(readyz, lambda seen: not seen, timeout=timeout, interval=0.5,
+                   error=lambda seen: TimeoutError(f"the API at {url} is not ready after "
+                                                   f"{timeout:.0f}s ({seen})"))
 
 
 def wait_for_nodes(spec: ClusterSpec, state_dir: Path, timeout: float = 90.0, *,
@@ -319,21 +316,20 @@ def wait_for_nodes(spec: ClusterSpec, state_dir: Path, timeout: float = 90.0, *,
     `NodesNotReady` naming the hosts that are not Ready nodes. `transport`: the test seam."""
     wanted = {h.name for h in spec.kubernetes_nodes()}
     missing = wanted
-    deadline = time.monotonic() + timeout
     with api_client(spec, state_dir, transport) as client:
-        while True:
+        def not_ready() -> set[str]:
+            """The hosts not Ready nodes (as last seen: an unanswered ask changes nothing)."""
+            nonlocal missing
             try:
                 items = client.get(f"https://{spec.api_endpoint}/api/v1/nodes").json()
                 ready = node_readiness(items.get("items", []))
                 missing = {n for n in wanted if not ready.get(n)}
-                if not missing:
-                    return
             except (httpx.HTTPError, ValueError):
                 pass
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(1.0)
-    raise NodesNotReady(missing, timeout)
+            return missing
+
+        poll_until(not_ready, lambda seen: not seen, timeout=timeout, interval=1.0,
+                   error=lambda seen: NodesNotReady(seen, timeout))
 
 
 def fetch_admin_kubeconfig(

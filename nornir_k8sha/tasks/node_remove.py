@@ -11,7 +11,6 @@ is touched.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from nornir_k8sha import constants as C
 from nornir_k8sha.checkresult import CheckResult
 from nornir_k8sha.clients import api_client
 from nornir_k8sha.exceptions import CommandFailed
+from nornir_k8sha.polling import poll_until
 from nornir_k8sha.tasks import haproxy, kubeadm
 from nornir_k8sha.tasks.one_host import run_on
 from nornir_k8sha.topology import ClusterSpec
@@ -111,15 +111,14 @@ def _reconfigure_haproxy(nr: Nornir, remaining: ClusterSpec, state_dir: Path, pr
     """haproxy.cfg of the remaining cluster on `proxy` (validated, reloaded), then wait until
     its stats show an apiserver backend up."""
     run_on(nr, proxy, haproxy.configure, spec=remaining, state_dir=state_dir)
-    deadline = time.monotonic() + HAPROXY_BACK_S
-    while True:
-        multi = nr.filter(name=proxy).run(task=haproxy.check, spec=remaining,
-                                          transport=transport, on_failed=True)[proxy]
-        res = multi[0].result
-        if isinstance(res, CheckResult) and res.ok:
-            return
-        if time.monotonic() > deadline:
-            why = res.message if isinstance(res, CheckResult) else "no answer"
-            raise TimeoutError(f"{proxy}: no apiserver backend up {HAPROXY_BACK_S:.0f} s after "
-                               f"its reload ({why}); the other HAProxy nodes were not changed")
-        time.sleep(POLL_S)
+
+    def stats() -> CheckResult | None:
+        res = nr.filter(name=proxy).run(task=haproxy.check, spec=remaining,
+                                        transport=transport, on_failed=True)[proxy][0].result
+        return res if isinstance(res, CheckResult) else None
+
+    poll_until(stats, lambda res: res is not None and res.ok, timeout=HAPROXY_BACK_S,
+               interval=POLL_S, error=lambda res: TimeoutError(
+                   f"{proxy}: no apiserver backend up {HAPROXY_BACK_S:.0f} s after its reload "
+                   f"({res.message if res else 'no answer'}); the other HAProxy nodes were not "
+                   "changed"))

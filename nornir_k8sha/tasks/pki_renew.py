@@ -34,6 +34,7 @@ from nornir_k8sha import constants as C
 from nornir_k8sha.checkresult import CheckResult
 from nornir_k8sha.exceptions import CommandFailed
 from nornir_k8sha.pki import CertStatus, ClusterPKI, days_left_of, reissue
+from nornir_k8sha.polling import poll_until
 from nornir_k8sha.tasks import apiserver, etcd, faults, harbor
 from nornir_k8sha.tasks import host as H
 from nornir_k8sha.tasks.component import upload_pki
@@ -182,16 +183,17 @@ def _etcd_order(nr: Nornir, spec: ClusterSpec, state_dir: Path, members: list[st
 def _wait_etcd(nr: Nornir, spec: ClusterSpec, state_dir: Path, member: str,
                transport: httpx.BaseTransport | None) -> None:
     """Every member healthy again with one leader; a restarted leader hands over first."""
-    deadline = time.monotonic() + ETCD_BACK_S
-    while True:
-        checks = member_checks(nr, spec, state_dir, transport)
-        if checks and all(r.ok for r in etcd.assess(spec, checks)):
-            return
-        if time.monotonic() > deadline:
-            bad = ", ".join(f"{n}: {r.message}" for n, r in sorted(checks.items()) if not r.ok)
-            raise TimeoutError(f"{member}: etcd not healthy {ETCD_BACK_S:.0f} s after its "
-                               f"restart ({bad}); the members after it were not restarted")
-        time.sleep(POLL_S)
+
+    def all_healthy(checks: dict[str, CheckResult]) -> bool:
+        return bool(checks) and all(r.ok for r in etcd.assess(spec, checks))
+
+    def not_back(checks: dict[str, CheckResult]) -> TimeoutError:
+        bad = ", ".join(f"{n}: {r.message}" for n, r in sorted(checks.items()) if not r.ok)
+        return TimeoutError(f"{member}: etcd not healthy {ETCD_BACK_S:.0f} s after its "
+                            f"restart ({bad}); the members after it were not restarted")
+
+    poll_until(lambda: member_checks(nr, spec, state_dir, transport), all_healthy,
+               timeout=ETCD_BACK_S, interval=POLL_S, error=not_back)
 
 
 def hand_over_leadership(nr: Nornir, spec: ClusterSpec, state_dir: Path, leader: str,
@@ -224,16 +226,13 @@ def restart_apiserver(nr: Nornir, spec: ClusterSpec, state_dir: Path, master: st
 
 def _until(nr: Nornir, spec: ClusterSpec, state_dir: Path, master: str,
            transport: httpx.BaseTransport | None, *, healthy: bool, within: float) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        res = _check_quietly(nr, spec, state_dir, master, transport)
-        if res is not None and res.ok == healthy:
-            return
-        if time.monotonic() > deadline:
-            what = "healthy" if healthy else "stopped"
-            raise TimeoutError(f"{master}: apiserver not {what} {within:.0f} s after its "
-                               "restart; the masters after it were not restarted")
-        time.sleep(POLL_S)
+    """Until `master`'s apiserver check is `healthy` (True) or not (False: it has stopped)."""
+    what = "healthy" if healthy else "stopped"
+    poll_until(lambda: _check_quietly(nr, spec, state_dir, master, transport),
+               lambda res: res is not None and res.ok == healthy, timeout=within,
+               interval=POLL_S, error=lambda _: TimeoutError(
+                   f"{master}: apiserver not {what} {within:.0f} s after its restart; the "
+                   "masters after it were not restarted"))
 
 
 def _check_quietly(nr: Nornir, spec: ClusterSpec, state_dir: Path, master: str,

@@ -9,7 +9,6 @@ went. A session that timed out is not trusted again: the rollback runs on a fres
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ from netmiko.exceptions import (
 )
 
 from nornir_k8sha import constants as C
+from nornir_k8sha.polling import poll
 from nornir_k8sha.tasks.switch.base import Attempt, Platform
 from nornir_k8sha.tasks.switch.tree import redact
 
@@ -57,14 +57,10 @@ def established(platform: Platform, conn: Any) -> set[str]:
 
 
 def wait_sessions(platform: Platform, conn: Any, wanted: set[str], timeout: float,
-                  poll: float = C.SWITCH_POSTCHECK_POLL) -> set[str]:
+                  poll_s: float = C.SWITCH_POSTCHECK_POLL) -> set[str]:
     """The sessions of `wanted` still not Established when `timeout` runs out (empty: all up)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        missing = wanted - established(platform, conn)
-        if not missing or time.monotonic() >= deadline:
-            return missing
-        time.sleep(poll)
+    return poll(lambda: wanted - established(platform, conn), lambda missing: not missing,
+                timeout=timeout, interval=poll_s)
 
 
 def rollback(platform: Platform, conn: Any, run: Attempt, *, live: bool) -> tuple[bool, str]:
@@ -98,7 +94,7 @@ def sessions_back(platform: Platform, conn: Any, before: set[str], timeout: floa
     them failing, and the back-off that follows would hold them Idle for up to two minutes
     with the good config back in place."""
     if not before:
-        return "no session was up before"
+        return established_again(before)
     try:
         down = sorted(before - established(platform, conn))
         if down:
@@ -109,8 +105,16 @@ def sessions_back(platform: Platform, conn: Any, before: set[str], timeout: floa
     if missing:
         return (f"BGP session(s) {', '.join(sorted(missing))} still not Established "
                 f"{timeout:g}s after the rollback")
-    cleared = f" (cleared {', '.join(down)})" if down else ""
-    return f"{len(before)} session(s) Established again{cleared}"
+    return established_again(before, cleared=down)
+
+
+def established_again(before: set[str], cleared: list[str] | None = None) -> str:
+    """How the sessions that were up before a change came back (the one wording of it, after a
+    change kept and after a rollback): `2 session(s) Established again (cleared ...)`."""
+    if not before:
+        return "no session was up before"
+    how = f" (cleared {', '.join(cleared)})" if cleared else ""
+    return f"{len(before)} session(s) Established again{how}"
 
 
 def first_line(e: BaseException) -> str:
@@ -164,6 +168,5 @@ def apply(platform: Platform, conn: Any, run: Attempt, reconnect: Callable[[], A
         saved = platform.finish(conn, run)
     finally:
         leave_config_mode(conn)
-    up = f"{len(before)} session(s) Established again" if before else "no session was up before"
-    return Outcome(True, True, "; ".join(x for x in (f"applied, {up}", saved) if x),
-                   output=output)
+    kept = f"applied, {established_again(before)}"
+    return Outcome(True, True, "; ".join(x for x in (kept, saved) if x), output=output)
