@@ -59,7 +59,7 @@ from nornir_k8sha import constants as C
 from nornir_k8sha.budget import BUDGET
 from nornir_k8sha.exceptions import CommandFailed, ConnectionFailed
 from nornir_k8sha.sshcontrol import MAX_SOCKET_PATH, control_dir
-from nornir_k8sha.sshmux import OpenSSHMaster, ProcessChannel, ProcessSocket
+from nornir_k8sha.sshmux import OpenSSHMaster
 from nornir_k8sha.transport import (
     BatchScript,
     CommandResult,
@@ -314,12 +314,19 @@ class SSHTransport:
         try:
             return self._session(wire, shown, stdin, limit, sudo, prompt, ready)
         except _NeverOpened:
-            # its master vanished under the request (the host went away and came back): the
-            # command never ran, so once more, on a new master
-            log.debug("%s: SSH master gone before the session opened; once more", self.host)
-            with self._open_lock:
-                self._master.answers()  # type: ignore[union-attr] # a dead one's socket goes
+            # the master vanished under the request (the host went away and came back), or
+            # could not open a session in time (its link is cut): the command never ran, so
+            # once more, on a new master, which has a connect timeout of its own
+            log.debug("%s: no session from the SSH master; once more on a new one", self.host)
+            self._drop_master()
             return self._session(wire, shown, stdin, limit, sudo, prompt, ready)
+
+    def _drop_master(self) -> None:
+        """End a master that failed a session (a hung one would fail the next one too)."""
+        assert self._master is not None
+        with self._open_lock:
+            self._master.stop()
+            self._master.answers()  # a dead one's socket goes too
 
     def _session(self, wire: str, shown: str, stdin: bytes | None, limit: float, sudo: bool,
                  prompt: str, ready: str) -> tuple[int, bytes, bytes]:
@@ -328,7 +335,7 @@ class SSHTransport:
             with self._open_lock:
                 self._ensure_alive()
                 if self._master is not None:
-                    chan: Any = ProcessChannel(self._master.exec_argv(wire))
+                    chan: Any = self._master.session(wire)
                 else:
                     try:
                         chan = self.client.get_transport().open_session(  # type: ignore
@@ -549,12 +556,29 @@ class SSHTransport:
             self._ensure_alive()
             try:
                 if self._master is not None:
-                    self._sftp = paramiko.SFTPClient(ProcessSocket(self._master.sftp_argv()))
+                    self._sftp = self._master_sftp()
                 else:
                     self._sftp = self.client.open_sftp()  # type: ignore[union-attr]
             except (paramiko.SSHException, OSError) as exc:
                 raise ConnectionFailed(self.host, f"cannot open SFTP: {exc}") from None
         return self._sftp
+
+    def _master_sftp(self) -> paramiko.SFTPClient:
+        """SFTP riding the master; once more on a new master when it never answered (a hung
+        master: see `_exec`). Callers hold `_open_lock`."""
+        assert self._master is not None
+        sock = self._master.sftp()
+        try:
+            return paramiko.SFTPClient(sock)
+        except (paramiko.SSHException, OSError):
+            sock.close()
+            if not sock.open_expired:
+                raise
+        log.debug("%s: no SFTP from the SSH master; once more on a new one", self.host)
+        self._master.stop()
+        self._master.answers()
+        self._ensure_alive()
+        return paramiko.SFTPClient(self._master.sftp())
 
     def _mkdirs(self, sftp: paramiko.SFTPClient, directory: str) -> None:
         missing = []

@@ -19,6 +19,10 @@ Safety:
   request; the project keeps secrets out of both (stdin or files carry them).
 - Password logins cannot ride a master (BatchMode): they stay on paramiko.
 
+A session must open within the connect timeout (`OpenSSHMaster.session`: a marker on stderr):
+riding a master skips the connect and its timeout, and a master whose link was cut would hold
+a request until its keep-alives give up. One that does not open in time is ended, its master
+stopped, and the command runs once more on a new master, which has a connect timeout.
 A master that is gone or dies is not fatal. A socket with no master behind it is removed
 (`answers`). When a master dies under a session request (its host rebooted: the next packet
 meets a reset), the OpenSSH client either connects on its own for that command ("read from
@@ -37,6 +41,7 @@ import socket
 import subprocess
 import tempfile
 import threading
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -158,6 +163,21 @@ class OpenSSHMaster:
 
     # --- clients riding it ----------------------------------------------------------------
 
+    def session(self, command: str) -> ProcessChannel:
+        """`command` in a new session of the master, which must open within the connect
+        timeout. Riding a master skips the connect, and with it the connect timeout: a master
+        whose link was cut (a partition, a host frozen) would hold a session request until its
+        keep-alives give up (45 s). So the session first prints a marker to stderr, and a
+        session not open in time counts as never opened (`ProcessChannel.never_opened`)."""
+        mark = f"K8SHA-OPEN-{uuid.uuid4().hex[:12]}"
+        return ProcessChannel(self.exec_argv(f"printf '%s\\n' {mark} >&2; {command}"),
+                              opened=f"{mark}\n".encode(), open_timeout=self.connect_timeout)
+
+    def sftp(self) -> ProcessSocket:
+        """An SFTP stream riding the master; its first answer must come within the connect
+        timeout, for the same reason as `session`."""
+        return ProcessSocket(self.sftp_argv(), open_timeout=self.connect_timeout)
+
     def exec_argv(self, command: str) -> list[str]:
         """A client that runs `command` in a new session of the master (never a master itself)."""
         return [*self._base, "-o", "ControlMaster=no", "-T", "--", self.hostname, command]
@@ -174,10 +194,22 @@ class ProcessChannel:
     kinds of channel.
     """
 
-    def __init__(self, argv: Sequence[str]) -> None:
+    def __init__(self, argv: Sequence[str], *, opened: bytes | None = None,
+                 open_timeout: float | None = None) -> None:
         self._proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, start_new_session=True)
         self._lock = threading.Lock()
+        # `opened`: the marker the session prints to stderr first; stderr is held back until
+        # it is seen (and then passed on without it); not seen within `open_timeout`: the
+        # client is ended and the session counts as never opened
+        self._mark = opened
+        self._held = bytearray()
+        self.open_expired = False
+        self._timer: threading.Timer | None = None
+        if opened is not None and open_timeout is not None:
+            self._timer = threading.Timer(open_timeout, self._expire)
+            self._timer.daemon = True
+            self._timer.start()
         self._bufs = (bytearray(), bytearray())
         self._stderr_seen = bytearray()  # all of it, for `never_opened`
         self._wake_r, self._wake_w = os.pipe()
@@ -201,24 +233,71 @@ class ProcessChannel:
             except OSError:
                 data = b""
             with self._lock:
-                if data:
-                    self._bufs[index].extend(data)
-                    if index == 1 and len(self._stderr_seen) < 65536:
-                        self._stderr_seen.extend(data)
-                else:
+                if not data:
+                    if index == 1 and self._held:  # never opened: what ssh said, unheld
+                        self._bufs[1].extend(self._held)
+                        self._held.clear()
                     self._open_streams -= 1
                     self.eof_received = self._open_streams == 0
+                elif index == 1:
+                    if len(self._stderr_seen) < 65536:
+                        self._stderr_seen.extend(data)
+                    self._bufs[1].extend(self._unmark(data))
+                else:
+                    self._bufs[0].extend(data)
                 self._wake()
             if not data:
                 break
-        if self.eof_received:
+        stream.close()  # type: ignore[attr-defined] # its reader closes it: never under a read
+        if self.eof_received and not self.status_event.is_set():
             code = self._proc.wait()
             with self._lock:
-                self._code = code
-                self.status_event.set()
-                self._wake()
+                if not self.status_event.is_set():
+                    self._code = code
+                    self.status_event.set()
+                    self._wake()
+
+    def _unmark(self, data: bytes) -> bytes:
+        """stderr as the command wrote it: held back until the open marker has been seen, then
+        everything but the marker. Callers hold `_lock`."""
+        if self._mark is None:
+            return data
+        self._held.extend(data)
+        at = self._held.find(self._mark)
+        if at < 0:
+            return b""
+        if self._timer is not None:
+            self._timer.cancel()
+        out = bytes(self._held[:at] + self._held[at + len(self._mark):])
+        self._held.clear()
+        self._mark = None
+        return out
+
+    def _expire(self) -> None:
+        """The session did not open in time: end the client; nothing ran (the marker comes
+        first), so the caller may try again on a new master."""
+        with self._lock:
+            if self._mark is None or self.closed:
+                return
+            self.open_expired = True
+        with contextlib.suppress(OSError):
+            self._proc.kill()
+        code = self._proc.wait()
+        # the master still holds the client's stdio (passed to it for the session) and will
+        # until it is stopped: no end of stream will come, so say it ended
+        with self._lock:
+            if self._held:
+                self._bufs[1].extend(self._held)
+                self._held.clear()
+            self._code = code
+            self.eof_received = True
+            self.status_event.set()
+            self._wake()
 
     def _wake(self) -> None:
+        """Callers hold `_lock` (so the pipe is never written after `close` closed it)."""
+        if self.closed:
+            return
         try:
             os.write(self._wake_w, b"x")
         except (BlockingIOError, OSError):
@@ -267,8 +346,8 @@ class ProcessChannel:
 
     def never_opened(self) -> bool:
         """The client died before its master opened the session (so nothing ran)."""
-        return (self.status_event.is_set() and self._code == 255
-                and any(m in self._stderr_seen for m in NEVER_OPENED))
+        return self.open_expired or (self.status_event.is_set() and self._code == 255
+                                     and any(m in self._stderr_seen for m in NEVER_OPENED))
 
     def sendall(self, data: bytes) -> None:
         stdin = self._proc.stdin
@@ -290,28 +369,32 @@ class ProcessChannel:
         """End the client (a timed-out command's session closes with it) and its threads."""
         if self.closed:
             return
-        self.closed = True
+        with self._lock:
+            self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
         if self._proc.poll() is None:
             self._proc.kill()
         self.shutdown_write()
         self._proc.wait()
-        for t in self._readers:
-            t.join(timeout=5)
-        for stream in (self._proc.stdout, self._proc.stderr):
-            if stream is not None:
-                stream.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        if not self.open_expired:  # else the master holds the streams open until it is stopped
+            for t in self._readers:
+                t.join(timeout=5)
+        with self._lock:  # readers still running wake no more (`_wake`), and close their own
+            os.close(self._wake_r)
+            os.close(self._wake_w)
 
 
 class ProcessSocket:
     """A byte stream over a client process running the `sftp` subsystem: what paramiko's
     `SFTPClient` needs of its socket (send, recv, close; the rest are no-ops)."""
 
-    def __init__(self, argv: Sequence[str]) -> None:
+    def __init__(self, argv: Sequence[str], *, open_timeout: float | None = None) -> None:
         self._proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=subprocess.DEVNULL, start_new_session=True)
         self._closed = False
+        self._first_within = open_timeout  # the first answer's deadline (see OpenSSHMaster.sftp)
+        self.open_expired = False
 
     @property
     def closed(self) -> bool:
@@ -327,6 +410,12 @@ class ProcessSocket:
 
     def recv(self, n: int) -> bytes:
         assert self._proc.stdout is not None
+        if self._first_within is not None:
+            wait, self._first_within = self._first_within, None
+            if not select.select([self._proc.stdout], [], [], wait)[0]:
+                self.open_expired = True  # the session never opened: end it, read as EOF
+                self._proc.kill()
+                return b""
         try:
             return os.read(self._proc.stdout.fileno(), n)
         except OSError:

@@ -4,6 +4,7 @@ and nothing persists where it should not (password logins, a control directory n
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -19,7 +20,7 @@ import pytest
 
 from nornir_k8sha.connection import SSHTransport
 from nornir_k8sha.sshcontrol import control_dir, stop_masters
-from tests.sshserver import SSHTestServer
+from tests.sshserver import SSHD, RealSSHD, SSHTestServer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -234,3 +235,62 @@ def test_a_socket_left_by_a_killed_master_is_replaced(srv: SSHTestServer,
         assert len(_masters(sock)) == 1
     finally:
         again.close()
+
+
+needs_sshd = pytest.mark.skipif(not SSHD.exists() or os.geteuid() != 0,
+                                reason="needs root and /usr/sbin/sshd (openssh-server)")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and int((proc / "stat").read_text().rsplit(")", 1)[1]
+                                           .split()[1]) == pid:
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+@needs_sshd
+def test_a_master_whose_host_stopped_answering_is_replaced_within_the_connect_timeout(
+        tmp_path: Path) -> None:
+    """Riding a master skips the connect and its timeout. When the far end of a master stops
+    answering (a cut link, a frozen host), a session must still fail or move on within the
+    connect timeout, not hang until keep-alives give up (45 s)."""
+    sshd = RealSSHD(tmp_path / "sshd").start()
+    assert sshd.proc is not None
+    frozen: list[int] = []
+    try:
+        c = SSHTransport("real", "127.0.0.1", port=sshd.port, key_file=sshd.client_key_file,
+                         known_hosts=sshd.write_known_hosts(tmp_path / "kh"),
+                         connect_timeout=1.0, command_timeout=30.0)
+        assert c.persistent and c.run("echo up").stdout == "up\n"
+        c.put(b"x", str(tmp_path / "f"))
+        frozen = _children(sshd.proc.pid)  # the sshd serving the master: it stops answering
+        assert frozen
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        assert c.run("echo moved").stdout == "moved\n"  # on a new master, the listener answers
+        assert time.monotonic() - t0 < 10
+        assert c._master_starts == 2
+        fresh = SSHTransport("real", "127.0.0.1", port=sshd.port,
+                             key_file=sshd.client_key_file, known_hosts=tmp_path / "kh",
+                             connect_timeout=1.0)
+        assert not fresh.handshake  # it found the new master
+        more = [p for p in _children(sshd.proc.pid) if p not in frozen]
+        for pid in more:  # that one stops answering too: SFTP must not wait for it either
+            os.kill(pid, signal.SIGSTOP)
+        frozen += more
+        t0 = time.monotonic()
+        assert fresh.get(str(tmp_path / "f")) == b"x"
+        assert time.monotonic() - t0 < 10
+        fresh.close()
+        c.close()
+    finally:
+        for pid in frozen:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGCONT)
+        sshd.stop()
