@@ -175,7 +175,11 @@ class SSHTransport:
         """Connect, unless a master answers already (the handshake this whole design saves
         the next process). Callers hold `_open_lock`, or run in `__init__`."""
         assert self._master is not None
-        if self._master.start():
+        try:
+            started = self._master.start()
+        except ConnectionFailed as exc:  # the master knows the address; we know the host's name
+            raise ConnectionFailed(self.host, exc.reason) from None
+        if started:
             self._master_starts += 1
 
     def _connect(self, password: str | None, key_file: Any, known_hosts: Any, strict: bool,

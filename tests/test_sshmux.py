@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from nornir_k8sha.connection import SSHTransport
+from nornir_k8sha.exceptions import ConnectionFailed
 from nornir_k8sha.sshcontrol import control_dir, stop_masters
 from tests.sshserver import SSHD, RealSSHD, SSHTestServer
 
@@ -294,3 +295,25 @@ def test_a_master_whose_host_stopped_answering_is_replaced_within_the_connect_ti
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGCONT)
         sshd.stop()
+
+
+def test_a_master_that_cannot_reconnect_names_the_inventory_host(
+        srv: SSHTestServer, known_hosts: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plugin opens by address and the task layer renames the connection to the inventory
+    host; a later reconnect (the link was cut) must fail under that name, as paramiko's does."""
+    c = connect(srv, known_hosts)
+    try:
+        c.host = "haproxy2"
+        assert c._master is not None
+        c._master.stop()
+
+        def unreachable() -> bool:
+            raise ConnectionFailed("127.0.0.1", "127.0.0.1: timed out after 1s")
+
+        monkeypatch.setattr(c._master, "start", unreachable)
+        with pytest.raises(ConnectionFailed) as info:
+            c.run("true")
+        assert info.value.host == "haproxy2"
+        assert str(info.value).startswith("haproxy2: cannot connect: 127.0.0.1: timed out")
+    finally:
+        c.close()
