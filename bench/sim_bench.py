@@ -56,7 +56,7 @@ from nornir_k8sha.ociimage import probe_image  # noqa: E402
 from nornir_k8sha.phases import default_stages  # noqa: E402
 from nornir_k8sha.report import RunReport, critical_path  # noqa: E402
 from nornir_k8sha.tasks import apiserver, keepalived  # noqa: E402
-from nornir_k8sha.tasks.harbor import probe_reference  # noqa: E402
+from nornir_k8sha.tasks.harbor import UNTRUSTED_MARK  # noqa: E402
 from nornir_k8sha.tasks.kubeadm import KUBERNETES_KEYRING  # noqa: E402
 from nornir_k8sha.testing import (  # noqa: E402
     FakeFleet,
@@ -142,12 +142,9 @@ class SimulatedCluster:
             host.on(r"^kubeadm version", lambda h, c, s, v=version: (
                 f"v{v}\n" if "kubeadm" in h.debian.packages else (127, "", "not found\n")))
             host.on(r"gpg --dearmor", lambda h, c, s: h.write(KUBERNETES_KEYRING, b"k") or "")
-            ref = probe_reference(spec)
             digest = probe_image(spec.name).digest
-            host.on(r"image pull --hosts-dir /nonexistent", exit_code=1,
-                    stderr="x509: certificate signed by unknown authority\n")
-            host.on(r"image pull --hosts-dir /etc", stdout=f"{ref} application/vnd.oci "
-                    f"{digest} 1.0 KiB linux/amd64\n")
+            host.on(r"image pull --hosts-dir /etc", stdout=f"unpacking linux/amd64 {digest}...\n"
+                    f"\n{UNTRUSTED_MARK} 1\n")
         for h in spec.hosts:
             if not h.has_role(C.ROLE_SWITCHES):
                 fleet.host(h.name).on(r"^date \+%s", lambda *_: f"{time.time():.9f}\n")
@@ -158,7 +155,7 @@ class SimulatedCluster:
                 f"TCP  {vip}:{port} wlc\n{routes if i == 0 else ''}")
             peers = {str(s.address): {"state": "Established", "pfxSnt": int(i == 0),
                                       "pfxRcd": 0} for s in spec.director_peers(director)}
-            fleet.host(director.name).on(r"^vtysh -c 'show bgp", stdout=json.dumps(
+            fleet.host(director.name).on(r"show bgp ipv4 unicast summary json", stdout=json.dumps(
                 {"ipv4Unicast": {"peers": peers}}))
         self.transport = httpx.MockTransport(self.answer)
 

@@ -84,6 +84,8 @@ HARBOR_YML = f"{HARBOR_DIR}/harbor.yml"
 HARBOR_INSTALLER = f"{HARBOR_DIR}/install.sh"
 FRR_CONF = "/etc/frr/frr.conf"
 FRR_DAEMONS = "/etc/frr/daemons"
+#: bgpd's vty socket (FRR's vty directory as Debian builds it), the one `vtysh -d bgpd` talks to.
+FRR_BGPD_VTY = "/var/run/frr/bgpd.vty"
 KUBERNETES_SYSCTL = "/etc/sysctl.d/99-kubernetes.conf"
 KUBERNETES_MODULES = "/etc/modules-load.d/k8s.conf"
 #: Where a node learns the registry's name when DNS does not know it.

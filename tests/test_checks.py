@@ -4,7 +4,13 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -17,7 +23,7 @@ from nornir_k8sha.checks.sweep import etcd_members, haproxy_backends, vip_and_ip
 from nornir_k8sha.clients import parse_bgp_summary, parse_haproxy_csv
 from nornir_k8sha.inventory import open_nornir
 from nornir_k8sha.ociimage import probe_image
-from nornir_k8sha.tasks import apiserver, certificates, etcd, haproxy, harbor, keepalived
+from nornir_k8sha.tasks import apiserver, certificates, etcd, frr, haproxy, harbor, keepalived
 from nornir_k8sha.testing import FakeFleet, FakeRegistry, install_fake
 from nornir_k8sha.topology import load_cluster_spec
 
@@ -33,6 +39,8 @@ apiserver,BACKEND,0,0,0,1,400,3,0,0,0,0,,0,0,0,0,UP,2
 stats,FRONTEND,,,1,1,4000,2,0,0,0,0,0,,,,,OPEN,
 """
 
+#: The directors' BGP read, as the fakes see it (bgpd over its socket, or vtysh).
+BGPD_ASKED = "bgp ipv4 unicast summary json"
 FRR_SUMMARY = """{"ipv4Unicast":{"routerId":"10.88.0.11","as":65010,"peers":{
 "10.88.0.71":{"remoteAs":65000,"state":"Established","pfxRcd":0,"pfxSnt":1},
 "10.88.0.72":{"remoteAs":65000,"state":"Active","pfxRcd":0,"pfxSnt":0}}}}"""
@@ -201,16 +209,16 @@ def test_haproxy_check_up_down_and_unreachable(cx: CheckContext) -> None:
 
 def test_bgp_check_names_the_switch_whose_session_is_down(cx: CheckContext) -> None:
     fleet = install_fake(cx.nr, FakeFleet())
-    fleet.host("lvs1").on(r"^vtysh", stdout=FRR_SUMMARY)
-    fleet.host("lvs2").on(r"^vtysh", stdout=FRR_SUMMARY.replace("Active", "Established")
-                          .replace('"pfxSnt":1', '"pfxSnt":0'))
+    fleet.host("lvs1").on(BGPD_ASKED, stdout=FRR_SUMMARY)
+    fleet.host("lvs2").on(BGPD_ASKED, stdout=FRR_SUMMARY.replace("Active", "Established")
+                           .replace('"pfxSnt":1', '"pfxSnt":0'))
     out = {r.target: r for r in bgp_sessions(cx)}
     assert out["lvs1"].status == "failed" and "switch2 (Active)" in out["lvs1"].message
     assert out["lvs2"].status == "ok" and "not announcing" in out["lvs2"].message
     assert out["lvs2"].values["announcing"] is False
 
 
-def test_bgp_check_asks_vtysh_again_once_when_it_ends_without_an_exit_status(
+def test_bgp_check_asks_bgpd_again_once_when_it_ends_without_an_exit_status(
         cx: CheckContext) -> None:
     fleet = install_fake(cx.nr, FakeFleet())
     answers = {"lvs1": [(-1, "", "")], "lvs2": [(-1, "", ""), (-1, "", "")]}
@@ -219,12 +227,66 @@ def test_bgp_check_asks_vtysh_again_once_when_it_ends_without_an_exit_status(
         return lambda host, command, stdin: (answers[name].pop(0) if answers[name]
                                              else FRR_SUMMARY)
     for name in answers:
-        fleet.host(name).on(r"^vtysh", vtysh(name))
+        fleet.host(name).on(BGPD_ASKED, vtysh(name))
     out = {r.target: r for r in bgp_sessions(cx)}
     assert "switch2 (Active)" in out["lvs1"].message  # the second answer was read
-    assert out["lvs2"].status == "failed" and out["lvs2"].message == "vtysh: exit -1"
-    assert [len([c for c in fleet.host(n).commands() if c.startswith("vtysh")])
+    assert out["lvs2"].status == "failed" and out["lvs2"].message == "bgpd: exit -1"
+    assert [len([c for c in fleet.host(n).commands() if frr.SHOW_SUMMARY in c])
             for n in ("lvs1", "lvs2")] == [2, 2]
+
+
+def _vty_server(path: str, answer: bytes, asked: list[bytes]) -> threading.Thread:
+    """bgpd's vty socket as vtysh finds it: one NUL-ended command in, the output and three NULs
+    and a status byte out (sent in two parts, as a long answer arrives)."""
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+
+    def serve() -> None:
+        with srv:
+            conn, _ = srv.accept()
+            with conn:
+                data = b""
+                while not data.endswith(b"\0"):
+                    data += conn.recv(4096)
+                asked.append(data)
+                conn.sendall(answer[:10])
+                time.sleep(0.05)
+                conn.sendall(answer[10:])
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.skipif(shutil.which("perl") is None, reason="needs perl")
+def test_bgp_summary_asks_bgpd_over_its_vty_socket_without_starting_vtysh() -> None:
+    """The director's command, run by a real /bin/sh and perl against a stand-in bgpd socket:
+    bgpd's JSON and its status come back, and vtysh (a stand-in on PATH that records each run)
+    starts only where there is no socket."""
+    with tempfile.TemporaryDirectory(dir="/tmp") as d:
+        vty, ran = f"{d}/bgpd.vty", Path(d, "vtysh-ran")
+        Path(d, "vtysh").write_text(f"#!/bin/sh\necho \"$@\" >> {ran}\necho '{{}}'\n")
+        Path(d, "vtysh").chmod(0o755)
+        env = {"PATH": f"{d}:/usr/bin:/bin"}
+
+        def ask() -> subprocess.CompletedProcess[str]:
+            return subprocess.run(["/bin/sh", "-c", frr.summary_command(vty)], env=env,
+                                  capture_output=True, text=True, timeout=10)
+
+        asked: list[bytes] = []
+        served = _vty_server(vty, FRR_SUMMARY.encode() + b"\0\0\0\0", asked)
+        out = ask()
+        served.join(5)
+        assert (out.returncode, out.stdout) == (0, FRR_SUMMARY), out.stderr
+        assert asked == [frr.SHOW_SUMMARY.encode() + b"\0"]
+        assert not ran.exists()  # no vtysh process
+        os.unlink(vty)
+        served = _vty_server(vty, b"% Unknown command\0\0\0\2", asked)
+        assert ask().returncode == 2  # bgpd's status is the exit status
+        served.join(5)
+        os.unlink(vty)
+        out = ask()  # no bgpd socket: vtysh answers
+        assert ran.read_text().split("\n")[0] == f"-c {frr.SHOW_SUMMARY}"
 
 
 # --- Kubernetes ------------------------------------------------------------------------------
@@ -311,15 +373,15 @@ def test_checks_run_concurrently_and_failures_set_exit_code(cx: CheckContext) ->
 
 def _ctr(fleet: FakeFleet, host: str, spec, *, pulls: bool = True, digest: str | None = None,
          untrusted_pulls: bool = False) -> None:
+    """The node answers the registry probe (both pulls in one command) as ctr would."""
     ref = harbor.probe_reference(spec)
     digest = digest or probe_image(spec.name).digest
-    f = fleet.host(host)
-    f.on(r"--hosts-dir /etc/containerd/certs.d", exit_code=0 if pulls else 1,
-         stdout=f"{ref}: resolved       |++++++|\nelapsed: 0.1 s    total:   0.0 B (0.0 B/s)\n"
-                f"unpacking linux/amd64 {digest}...\ndone: 3.328841ms\t\n"
-         if pulls else "", stderr="" if pulls else "ctr: failed to resolve reference: x509")
-    f.on(r"--hosts-dir /nonexistent", exit_code=0 if untrusted_pulls else 1,
-         stdout="" if untrusted_pulls else "ctr: x509: certificate signed by unknown authority")
+    pulled = (f"{ref}: resolved       |++++++|\nelapsed: 0.1 s    total:   0.0 B (0.0 B/s)\n"
+              f"unpacking linux/amd64 {digest}...\ndone: 3.328841ms\t\n" if pulls else "")
+    fleet.host(host).on(
+        r"(?s)--hosts-dir /nonexistent .*--hosts-dir /etc/containerd/certs.d", exit_code=0 if pulls
+        else 1, stdout=f"{pulled}\n{harbor.UNTRUSTED_MARK} {0 if untrusted_pulls else 1}\n",
+        stderr="" if pulls else "ctr: failed to resolve reference: x509")
 
 
 def test_registry_check_pulls_with_the_cluster_ca_and_is_refused_without(cx) -> None:
@@ -338,11 +400,52 @@ def test_registry_check_pulls_with_the_cluster_ca_and_is_refused_without(cx) -> 
     assert out["worker2"].status == "failed" and "expected" in out["worker2"].message
     assert out["master3"].status == "failed" and "without the cluster CA" in \
         out["master3"].message
-    # two ctr processes per node: the pull names the digest it stored, no `ctr image ls`
+    # two ctr processes per node, in one exec channel: the pull names the digest it stored
+    # (no `ctr image ls`), the refusal runs beside it
     for h in nodes:
         ran = fleet.host(h.name).commands()
-        assert sum(c.count("ctr -n ") for c in ran) == 2, ran
+        assert sum(c.count(" image pull ") for c in ran) == 2, ran
         assert not any(" image ls" in c for c in ran), ran
+        assert fleet.host(h.name).round_trips == 1, ran
+
+
+def test_registry_probe_runs_both_pulls_in_one_shell_and_reports_each(tmp_path: Path,
+                                                                      cx: CheckContext) -> None:
+    """The probe command itself, run by a real /bin/sh with a stand-in `ctr` on PATH: each
+    pull runs once, with no progress display, the refusal beside the pull, and the output says
+    how each one ended."""
+    log = tmp_path / "ctr.log"
+    (tmp_path / "ctr").write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> {log}\n'
+        'case "$*" in\n'
+        f'  *nonexistent*) [ -e {tmp_path}/untrusted-pulls ] && exit 0; echo x509 >&2; exit 1;;\n'
+        f'  *) [ -e {tmp_path}/trusted-fails ] && {{ echo "ctr: x509" >&2; exit 1; }}\n'
+        '     echo "unpacking linux/amd64 sha256:abc..."; echo "done: 1ms";;\n'
+        "esac\n")
+    (tmp_path / "ctr").chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
+
+    def probe() -> subprocess.CompletedProcess[str]:
+        log.write_text("")
+        return subprocess.run(["/bin/sh", "-c", harbor.probe_command(cx.spec)], env=env,
+                              capture_output=True, text=True, timeout=10)
+
+    ok = probe()
+    assert ok.returncode == 0, ok.stderr
+    assert harbor.pulled_digest(ok.stdout) == "sha256:abc"
+    assert harbor.untrusted_exit(ok.stdout) == 1
+    pulls = log.read_text().splitlines()
+    assert len(pulls) == 2 and sum("/nonexistent" in p for p in pulls) == 1, pulls
+    # without its progress display (it spins until its next tick after a pull ends)
+    assert all(p.startswith("--debug ") for p in pulls), pulls
+    (tmp_path / "untrusted-pulls").touch()
+    assert harbor.untrusted_exit(probe().stdout) == 0
+    (tmp_path / "trusted-fails").touch()
+    bad = probe()
+    assert bad.returncode == 1 and "x509" in bad.stderr
+    assert harbor.untrusted_exit(bad.stdout) == 0
+    assert harbor.untrusted_exit("unpacking linux/amd64 sha256:abc...\n") is None
 
 
 def registry_from_nodes_row(cx: CheckContext, nodes) -> list[CheckResult]:  # noqa: ANN001

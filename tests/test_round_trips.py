@@ -26,6 +26,7 @@ from nornir_k8sha.phases.network import Network
 from nornir_k8sha.pki import ClusterPKI
 from nornir_k8sha.render import files_for_component
 from nornir_k8sha.report import HostOutcome, RunReport
+from nornir_k8sha.tasks import frr
 from nornir_k8sha.tasks import kubeadm as K
 from nornir_k8sha.testing import FakeFleet, FakeHost, FakeUnit, install_fake
 from nornir_k8sha.topology import ClusterSpec, load_cluster_spec
@@ -122,7 +123,7 @@ def _network(spec: ClusterSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         return reply
 
     for name in asked:
-        fleet.host(name).on(r"^vtysh", vtysh(name))
+        fleet.host(name).on(frr.SHOW_SUMMARY, vtysh(name))
 
     def configure(self, ctx: DeployContext, hosts: list[str]) -> list[HostOutcome]:  # noqa: ANN001
         configuring.set()
