@@ -121,18 +121,22 @@ def test_batch_stops_at_a_failing_middle_command(conn: SSHTransport, tmp_path: P
 
 
 def test_batching_beats_one_channel_per_command(conn: SSHTransport, srv: SSHTestServer) -> None:
+    """A batch is one session (one exec request on the wire), whatever it holds; what that
+    saves in time is measured in bench/, never asserted here."""
     srv.delay = 0.1  # what sshd costs per new session on a real host
     cmds = [f"echo {i}" for i in range(20)]
+    before = len(srv.commands)
     t0 = time.monotonic()
     batch = conn.run_batch(cmds)
     t_batch = time.monotonic() - t0
+    sessions_for_batch = len(srv.commands) - before
     t0 = time.monotonic()
     separate = [conn.run(c) for c in cmds]
     t_separate = time.monotonic() - t0
     print(f"\n20 commands: one channel {t_batch:.2f}s, separate channels {t_separate:.2f}s")
     assert [r.stdout for r in batch] == [r.stdout for r in separate] == [f"{i}\n"
                                                                          for i in range(20)]
-    assert t_batch < t_separate / 4
+    assert sessions_for_batch == 1 and len(srv.commands) - before == 21
 
 
 def test_command_timeout_and_connection_still_usable(conn: SSHTransport) -> None:
