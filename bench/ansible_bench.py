@@ -18,6 +18,13 @@ Run from the repository root, as root (it builds labs), under the shared lab loc
    `deploy --phase lb --limit <directors>`: fresh once, then `--rounds` no-ops.
 4. `lab down`; a table: seconds per tier, fresh and no-op (median), changed on the no-op runs,
    and the ratio (the faster Ansible strategy / this tool). Goals: no-op >= 10x, fresh >= 5x.
+
+Both sides keep SSH masters across runs on one lab (Ansible: ControlPersist in its own control
+dir, ended before the lab is; this tool: its persistent masters, which `lab down`/`lab up` end
+via `sshcontrol.stop_masters`). Each of our runs prints its handshakes (from its report): a
+fresh run must show one per host it reaches, else it rode a master left from an earlier lab.
+Each run also prints the controller's CPU (the command, its children and the detached SSH
+masters) and the lab hosts' CPU (their cgroups).
 """
 
 from __future__ import annotations
@@ -54,10 +61,15 @@ def lab_ssh_paths(inventory: Path) -> tuple[Path, Path]:
     return (REPO / extras["key_file"]).resolve(), (REPO / extras["known_hosts"]).resolve()
 
 
+def tier_hosts(spec: ClusterSpec, tier: str) -> list:
+    """The hosts a tier's playbook (and our command for it) works on."""
+    return spec.role({"haproxy": C.ROLE_HAPROXY, "directors": C.ROLE_LVS,
+                      "etcd": C.ROLE_ETCD}.get(tier, C.ROLE_WORKERS))
+
+
 def ours_command(spec: ClusterSpec, tier: str, inventory: Path) -> tuple[list[str], str | None]:
     """This tool's command for the same work as a tier's playbook."""
-    names = ",".join(h.name for h in spec.role(
-        {"haproxy": C.ROLE_HAPROXY, "directors": C.ROLE_LVS}.get(tier, C.ROLE_WORKERS)))
+    names = ",".join(h.name for h in tier_hosts(spec, tier))
     if tier in ("haproxy", "directors"):
         return ["deploy", "-i", str(inventory), "--json", "--phase", "lb", "--limit", names], None
     if tier == "etcd":
@@ -129,6 +141,23 @@ def probe_hosts(spec: ClusterSpec, key: Path, known: Path, rounds: int = 3) -> N
                               timeout=10)
 
 
+def shakes(run: runner.Run, hosts: int | None = None) -> str:
+    """ " handshakes=H/N" of one of our runs (N: the hosts it reaches, on a fresh run, where
+    H < N would mean it rode a master an earlier lab left), "" for Ansible's."""
+    if run.handshakes is None:
+        return ""
+    text = f" handshakes={run.handshakes}" + (f"/{hosts}" if hosts is not None else "")
+    if hosts is not None and run.handshakes < hosts:
+        text += " (RODE AN OLD MASTER: not a fresh run)"
+    return text
+
+
+def cpu(run: runner.Run) -> str:
+    """The controller's CPU (the command, its children and the SSH masters) and the hosts'."""
+    return (f" cpu={run.cpu_s + run.master_cpu_s:.2f}s (masters {run.master_cpu_s:.2f}s)"
+            f" hosts_cpu={run.hosts_cpu_s:.2f}s")
+
+
 def fmt(run: runner.Run | None, cap: float | None = None) -> str:
     if run is None:
         return "-"
@@ -184,8 +213,8 @@ def main() -> int:
             fresh = runner.run_playbook(playbook_bin, books[tier], strategy=strategy,
                                         timeout=cap, log_dir=logs, label=f"{strategy}-{tier}-0",
                                         control_dir=control)
-            print(f"{side:16} {tier:10} fresh  {fmt(fresh, cap)} changed={fresh.changed}",
-                  flush=True)
+            print(f"{side:16} {tier:10} fresh  {fmt(fresh, cap)} changed={fresh.changed}"
+                  f"{cpu(fresh)}", flush=True)
             res[(side, tier)] = {"fresh": fresh, "no-op": []}
             if tier == "directors" and fresh.timed_out:
                 continue
@@ -195,8 +224,8 @@ def main() -> int:
                                             label=f"{strategy}-{tier}-{r + 1}",
                                             control_dir=control)
                 res[(side, tier)]["no-op"].append(again)  # type: ignore[union-attr]
-                print(f"{side:16} {tier:10} no-op  {fmt(again, cap)} changed={again.changed}",
-                      flush=True)
+                print(f"{side:16} {tier:10} no-op  {fmt(again, cap)} changed={again.changed}"
+                      f"{cpu(again)}", flush=True)
         if gen.COMBINED in books:
             res[(side, gen.COMBINED)] = {"fresh": None, "no-op": []}
             for r in range(args.rounds):
@@ -206,21 +235,21 @@ def main() -> int:
                                             control_dir=control)
                 res[(side, gen.COMBINED)]["no-op"].append(again)  # type: ignore[union-attr]
                 print(f"{side:16} {gen.COMBINED:10} no-op  {fmt(again)} "
-                      f"changed={again.changed}", flush=True)
+                      f"changed={again.changed}{cpu(again)}", flush=True)
         runner.close_control_masters(control)
 
     runner.fresh_lab(args.inventory)
     for tier in tiers:
         cmd, script = ours_command(spec, tier, args.inventory)
         fresh = runner.run_cli(cmd, script=script)
-        print(f"{'nornir-k8sha':16} {tier:10} fresh  {fmt(fresh)} changed={fresh.changed}",
-              flush=True)
+        print(f"{'nornir-k8sha':16} {tier:10} fresh  {fmt(fresh)} changed={fresh.changed}"
+              f"{shakes(fresh, len(tier_hosts(spec, tier)))}{cpu(fresh)}", flush=True)
         res[("nornir-k8sha", tier)] = {"fresh": fresh, "no-op": []}
         for _ in range(args.rounds):
             again = runner.run_cli(cmd, script=script)
             res[("nornir-k8sha", tier)]["no-op"].append(again)  # type: ignore[union-attr]
-            print(f"{'nornir-k8sha':16} {tier:10} no-op  {fmt(again)} changed={again.changed}",
-                  flush=True)
+            print(f"{'nornir-k8sha':16} {tier:10} no-op  {fmt(again)} changed={again.changed}"
+                  f"{shakes(again)}{cpu(again)}", flush=True)
     if gen.COMBINED in books:
         names = ",".join(h.name for h in (*spec.role(C.ROLE_HAPROXY), *spec.role(C.ROLE_ETCD)))
         cmd = ["deploy", "-i", str(args.inventory), "--json", "--phase", "lb", "--phase", "etcd",
@@ -230,7 +259,7 @@ def main() -> int:
             again = runner.run_cli(cmd)
             res[("nornir-k8sha", gen.COMBINED)]["no-op"].append(again)  # type: ignore[union-attr]
             print(f"{'nornir-k8sha':16} {gen.COMBINED:10} no-op  {fmt(again)} "
-                  f"changed={again.changed}", flush=True)
+                  f"changed={again.changed}{shakes(again)}{cpu(again)}", flush=True)
         tiers = [*tiers, gen.COMBINED]
     runner.run_cli(["lab", "down", "-i", str(args.inventory)], timeout=300)
     print_table(res, strategies, tiers, args.uml_timeout, version, started)
@@ -274,6 +303,11 @@ def print_table(res: dict, strategies: list[str], tiers: list[str], cap: float, 
                 cell = fmt(run, cap if tier == "directors" else None)
                 if run is not None and kind == "no-op":
                     cell += f" ({run.changed} ch)"
+                if side == "nornir-k8sha" and entry is not None:
+                    hs = [r.handshakes for r in ([entry["fresh"]] if kind == "fresh"
+                                                 else entry["no-op"]) if r is not None]
+                    if hs and None not in hs:
+                        cell += f" [{max(hs)} hs]"
                 cells.append(cell)
                 if side != "nornir-k8sha" and run is not None:
                     secs = cap if run.timed_out else run.seconds
@@ -295,7 +329,9 @@ def print_table(res: dict, strategies: list[str], tiers: list[str], cap: float, 
     for row in [head, *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
     print("fresh: one run on a new lab; no-op: median of the re-runs, (N ch) = most tasks/hosts "
-          "reported changed in one re-run; ratio: the faster Ansible strategy / nornir-k8sha")
+          "reported changed in one re-run; [N hs] = most SSH handshakes of ours in one run "
+          "(the others rode a persistent master); ratio: the faster Ansible strategy / "
+          "nornir-k8sha")
 
 
 if __name__ == "__main__":

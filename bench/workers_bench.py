@@ -136,8 +136,9 @@ def measure(n: int, work: Path, rounds: int, strategy: str) -> dict:
     row["pss_prepared_mib"], row["rss_prepared_mib"] = lab_memory(inventory)
     row["machine_prepared_delta_mib"] = machine_used_mib() - before
     print(f"N={n}: lab up {row['lab_up_s']:.1f} s, {row['pss_mib']:.0f} MiB PSS; ours fresh "
-          f"{runs[0].seconds:.2f} s, no-op {[round(r.seconds, 2) for r in runs[1:]]}",
-          flush=True)
+          f"{runs[0].seconds:.2f} s ({runs[0].handshakes} handshakes for {len(workers)} "
+          f"workers), no-op {[round(r.seconds, 2) for r in runs[1:]]} "
+          f"({[r.handshakes for r in runs[1:]]} handshakes)", flush=True)
 
     runner.fresh_lab(inventory)
     control = work / f"cp-{n}-{int(time.time())}"
@@ -164,8 +165,20 @@ def _cell(run: dict | float) -> str:
 
 
 def _cpu(run: dict) -> str:
-    """The controller's CPU seconds and the machine's busy share during a run."""
-    return f"{run.get('cpu_s', 0):.1f}, {100 * run.get('machine_busy', 0):.0f}%"
+    """The controller's CPU seconds (the command, its children and the detached SSH masters),
+    the lab hosts' CPU seconds and the machine's busy share during a run."""
+    ours = run.get("cpu_s", 0) + run.get("master_cpu_s", 0)
+    return (f"{ours:.1f}, {run.get('hosts_cpu_s', 0):.1f}, "
+            f"{100 * run.get('machine_busy', 0):.0f}%")
+
+
+def _shakes(row: dict) -> str:
+    """Our handshakes: fresh / the most in one no-op ("-" when the report had none)."""
+    fresh = row["ours_fresh"].get("handshakes")
+    noop = [r.get("handshakes") for r in row["ours_noop"]]
+    if fresh is None or None in noop:
+        return "-"
+    return f"{fresh} / {max(noop)}"
 
 
 def show(results: dict[str, dict]) -> None:
@@ -175,8 +188,9 @@ def show(results: dict[str, dict]) -> None:
         return
     head = ["extra", "workers", "lab hosts", "lab up s", "PSS MiB", "RSS sum MiB",
             "machine +MiB", "prepared: PSS", "RSS sum", "machine +", "ours fresh s",
-            "(CPU s, busy)", "ours no-op s", "ansible fresh s", "(CPU s, busy)",
-            "ansible no-op s", "ratio fresh", "ratio no-op"]
+            "(CPU s, hosts s, busy)", "ours no-op s", "(CPU s, hosts s, busy)", "handshakes",
+            "ansible fresh s", "(CPU s, hosts s, busy)", "ansible no-op s",
+            "ratio fresh", "ratio no-op"]
     table = [head]
     for r in rows:
         table.append([str(r["extra"]), str(r["workers"]), str(r["hosts"]), f"{r['lab_up_s']:.1f}",
@@ -184,6 +198,7 @@ def show(results: dict[str, dict]) -> None:
                       f"{r['machine_delta_mib']:.0f}", f"{r['pss_prepared_mib']:.0f}",
                       f"{r['rss_prepared_mib']:.0f}", f"{r['machine_prepared_delta_mib']:.0f}",
                       _cell(r["ours_fresh"]), _cpu(r["ours_fresh"]), _cell(_noop(r, "ours")),
+                      _cpu(r["ours_noop"][-1]), _shakes(r),
                       _cell(r["ansible_fresh"]), _cpu(r["ansible_fresh"]),
                       _cell(_noop(r, "ansible")),
                       f"{r['ansible_fresh']['seconds'] / r['ours_fresh']['seconds']:.1f}x",
