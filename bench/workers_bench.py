@@ -1,7 +1,7 @@
 """Scale on real hosts (issue 12.4): the lab with N extra workers, the workers' node
 preparation by this tool and by the Ansible playbook, and the lab's memory; prints the curves.
 
-    sudo .venv/bin/python bench/workers_bench.py --workers 10,30,60 [--rounds 2]
+    sudo .venv/bin/python bench/workers_bench.py --workers 10,30,60 [--rounds 2] [--ours-only]
     sudo .venv/bin/python bench/workers_bench.py --show          # the curves measured so far
 
 For each N: a copy of inventory/lab with N extra workers (`wx01`.. at 10.88.0.101..; the lab
@@ -102,7 +102,7 @@ def _kept(run: runner.Run) -> dict:
     return {**vars(run), "log": "" if run.ok else run.log}
 
 
-def measure(n: int, work: Path, rounds: int, strategy: str) -> dict:
+def measure(n: int, work: Path, rounds: int, strategy: str, *, ansible: bool = True) -> dict:
     inventory = write_inventory(work / f"inventory-{n}", n)
     spec = load_cluster_spec(inventory)
     workers = spec.role(C.ROLE_WORKERS)
@@ -140,6 +140,9 @@ def measure(n: int, work: Path, rounds: int, strategy: str) -> dict:
           f"workers), no-op {[round(r.seconds, 2) for r in runs[1:]]} "
           f"({[r.handshakes for r in runs[1:]]} handshakes)", flush=True)
 
+    if not ansible:
+        runner.run_cli(["lab", "down", "-i", str(inventory)], timeout=600)
+        return row
     runner.fresh_lab(inventory)
     control = work / f"cp-{n}-{int(time.time())}"
     aruns = [runner.run_playbook(playbook_bin, books["workers"], strategy=strategy,
@@ -193,16 +196,19 @@ def show(results: dict[str, dict]) -> None:
             "ratio fresh", "ratio no-op"]
     table = [head]
     for r in rows:
+        if "ansible_fresh" not in r:  # measured with --ours-only
+            ansible = ["-"] * 5
+        else:
+            ansible = [_cell(r["ansible_fresh"]), _cpu(r["ansible_fresh"]),
+                       _cell(_noop(r, "ansible")),
+                       f"{r['ansible_fresh']['seconds'] / r['ours_fresh']['seconds']:.1f}x",
+                       f"{_noop(r, 'ansible') / _noop(r, 'ours'):.1f}x"]
         table.append([str(r["extra"]), str(r["workers"]), str(r["hosts"]), f"{r['lab_up_s']:.1f}",
                       f"{r['pss_mib']:.0f}", f"{r['rss_mib']:.0f}",
                       f"{r['machine_delta_mib']:.0f}", f"{r['pss_prepared_mib']:.0f}",
                       f"{r['rss_prepared_mib']:.0f}", f"{r['machine_prepared_delta_mib']:.0f}",
                       _cell(r["ours_fresh"]), _cpu(r["ours_fresh"]), _cell(_noop(r, "ours")),
-                      _cpu(r["ours_noop"][-1]), _shakes(r),
-                      _cell(r["ansible_fresh"]), _cpu(r["ansible_fresh"]),
-                      _cell(_noop(r, "ansible")),
-                      f"{r['ansible_fresh']['seconds'] / r['ours_fresh']['seconds']:.1f}x",
-                      f"{_noop(r, 'ansible') / _noop(r, 'ours'):.1f}x"])
+                      _cpu(r["ours_noop"][-1]), _shakes(r), *ansible])
     widths = [max(len(t[i]) for t in table) for i in range(len(head))]
     print(f"\nworkers' node preparation at scale — {rows[0]['ansible']} ({rows[0]['strategy']}); "
           f"{os.cpu_count()} cores")
@@ -211,6 +217,8 @@ def show(results: dict[str, dict]) -> None:
     small, big = rows[0], rows[-1]
     if len(rows) > 1:
         for side in ("ours", "ansible"):
+            if f"{side}_fresh" not in small or f"{side}_fresh" not in big:
+                continue
             fresh = big[f"{side}_fresh"]["seconds"] / small[f"{side}_fresh"]["seconds"]
             noop = _noop(big, side) / _noop(small, side)
             print(f"{side}: {small['extra']} -> {big['extra']} extra workers: fresh x{fresh:.2f}, "
@@ -229,6 +237,8 @@ def main() -> int:
     ap.add_argument("--results", type=Path, default=None,
                     help="JSON of the sizes measured (default: WORK/results.json)")
     ap.add_argument("--show", action="store_true", help="print the saved curves only")
+    ap.add_argument("--ours-only", action="store_true",
+                    help="leave the Ansible side out (half the lab time at 60 workers)")
     args = ap.parse_args()
     results_file = args.results or args.work / "results.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
@@ -238,7 +248,8 @@ def main() -> int:
             return 2
         args.work.mkdir(parents=True, exist_ok=True)
         for n in [int(x) for x in args.workers.split(",") if x]:
-            results[str(n)] = measure(n, args.work, args.rounds, args.strategy)
+            results[str(n)] = measure(n, args.work, args.rounds, args.strategy,
+                                      ansible=not args.ours_only)
             results_file.write_text(json.dumps(results, indent=1))
     show(results)
     return 0
