@@ -98,10 +98,18 @@ def _hosts_cpu() -> dict[str, float]:
     return out
 
 
+def _is_lab_master(args: list[bytes]) -> bool:
+    """Ours keep their argv (`ssh ... -o ControlPersist=60 -f -N -- 10.88.0.11`); Ansible's
+    rename themselves `ssh: CONTROL_PATH [mux]`, their control paths under this repository."""
+    if args and args[0].startswith(b"ssh: ") and args[0].rstrip().endswith(b"[mux]"):
+        return str(REPO).encode() in args[0]
+    return any(b"ControlPersist" in a for a in args) and any(
+        a.startswith(LAB_ADDRESS_PREFIX.encode()) for a in args)
+
+
 def _masters_cpu() -> dict[int, float]:
-    """CPU seconds of each live persistent SSH master to a lab host (ours: ControlMaster=yes;
-    Ansible's: ControlPersist), by PID. Masters detach from whoever started them, so no
-    rusage of ours ever counts them."""
+    """CPU seconds of each live persistent SSH master to a lab host (ours and Ansible's), by
+    PID. Masters detach from whoever started them, so no rusage of ours ever counts them."""
     out = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -109,9 +117,7 @@ def _masters_cpu() -> dict[int, float]:
         try:
             if (proc / "comm").read_text().strip() != "ssh":
                 continue
-            args = (proc / "cmdline").read_bytes().split(b"\0")
-            if not any(b"ControlPersist" in a for a in args) or not any(
-                    a.startswith(LAB_ADDRESS_PREFIX.encode()) for a in args):
+            if not _is_lab_master((proc / "cmdline").read_bytes().split(b"\0")):
                 continue
             fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
             out[int(proc.name)] = (int(fields[11]) + int(fields[12])) / _TICK
