@@ -21,8 +21,9 @@ Run from the repository root, as root (it builds labs), under the shared lab loc
 
 Both sides keep SSH masters across runs on one lab (Ansible: ControlPersist in its own control
 dir, ended before the lab is; this tool: its persistent masters, which `lab down`/`lab up` end
-via `sshcontrol.stop_masters`). Each of our runs prints its handshakes (from its report): a
-fresh run must show one per host it reaches, else it rode a master left from an earlier lab.
+via `sshcontrol.stop_masters`). Before each fresh run of ours the bench ends our masters to
+every lab host (the previous tier's cluster lock leaves masters to the etcd members) and prints
+how many still answered (masters_before, must be 0) and the run's handshakes (its report's).
 Each run also prints the controller's CPU (the command, its children and the detached SSH
 masters) and the lab hosts' CPU (their cgroups).
 """
@@ -46,6 +47,7 @@ import runner  # noqa: E402  (bench/ansible/runner.py)
 from nornir_k8sha import constants as C  # noqa: E402
 from nornir_k8sha.inventory import open_nornir  # noqa: E402
 from nornir_k8sha.pki import ClusterPKI  # noqa: E402
+from nornir_k8sha.sshcontrol import control_dir, stop_masters  # noqa: E402
 from nornir_k8sha.topology import ClusterSpec, load_cluster_spec  # noqa: E402
 
 REPO = runner.REPO
@@ -142,14 +144,25 @@ def probe_hosts(spec: ClusterSpec, key: Path, known: Path, rounds: int = 3) -> N
 
 
 def shakes(run: runner.Run, hosts: int | None = None) -> str:
-    """ " handshakes=H/N" of one of our runs (N: the hosts it reaches, on a fresh run, where
-    H < N would mean it rode a master an earlier lab left), "" for Ansible's."""
+    """ " handshakes=H/N" of one of our runs (its report's; N: the hosts of the tier), "" for
+    Ansible's. The report counts the connections its phases open: not those the command's
+    cluster lock opened to the etcd members before (their handshakes are paid, uncounted)."""
     if run.handshakes is None:
         return ""
-    text = f" handshakes={run.handshakes}" + (f"/{hosts}" if hosts is not None else "")
-    if hosts is not None and run.handshakes < hosts:
-        text += " (RODE AN OLD MASTER: not a fresh run)"
-    return text
+    return f" handshakes={run.handshakes}" + (f"/{hosts}" if hosts is not None else "")
+
+
+def no_masters(spec: ClusterSpec) -> int:
+    """End our persistent masters to every lab host, so that a fresh run of ours opens its
+    connections as Ansible's fresh run of the tier does (a tier's `deploy` takes the cluster
+    lock on the etcd members, and the masters it leaves would carry the next tier's first
+    commands); returns how many control sockets still answer afterwards (must be 0)."""
+    addresses = [str(h.address) for h in spec.hosts]
+    stop_masters(addresses)
+    directory = control_dir()
+    left = [s for s in (directory.iterdir() if directory else ())
+            if s.is_socket() and s.name.split("~")[0] in addresses]
+    return len(left)
 
 
 def cpu(run: runner.Run) -> str:
@@ -170,7 +183,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-i", "--inventory", type=Path, default=Path("inventory/lab"))
     ap.add_argument("--rounds", type=int, default=3, help="no-op runs per tier and side")
-    ap.add_argument("--strategies", default="linear,free")
+    ap.add_argument("--strategies", default="linear,free",
+                    help="Ansible strategies; '' runs this tool's side alone")
     ap.add_argument("--uml-timeout", type=float, default=240.0,
                     help="cap on Ansible's directors play, seconds")
     ap.add_argument("--tiers", default="haproxy,etcd,workers,directors",
@@ -241,9 +255,11 @@ def main() -> int:
     runner.fresh_lab(args.inventory)
     for tier in tiers:
         cmd, script = ours_command(spec, tier, args.inventory)
+        left = no_masters(spec)
         fresh = runner.run_cli(cmd, script=script)
         print(f"{'nornir-k8sha':16} {tier:10} fresh  {fmt(fresh)} changed={fresh.changed}"
-              f"{shakes(fresh, len(tier_hosts(spec, tier)))}{cpu(fresh)}", flush=True)
+              f"{shakes(fresh, len(tier_hosts(spec, tier)))} masters_before={left}{cpu(fresh)}",
+              flush=True)
         res[("nornir-k8sha", tier)] = {"fresh": fresh, "no-op": []}
         for _ in range(args.rounds):
             again = runner.run_cli(cmd, script=script)
