@@ -18,6 +18,14 @@ Run from the repository root, as root (it builds labs), under the shared lab loc
    `deploy --phase lb --limit <directors>`: fresh once, then `--rounds` no-ops.
 4. `lab down`; a table: seconds per tier, fresh and no-op (median), changed on the no-op runs,
    and the ratio (the faster Ansible strategy / this tool). Goals: no-op >= 10x, fresh >= 5x.
+
+Both sides keep SSH masters across runs on one lab (Ansible: ControlPersist in its own control
+dir, ended before the lab is; this tool: its persistent masters, which `lab down`/`lab up` end
+via `sshcontrol.stop_masters`). Before each fresh run of ours the bench ends our masters to
+every lab host (the previous tier's cluster lock leaves masters to the etcd members) and prints
+how many still answered (masters_before, must be 0) and the run's handshakes (its report's).
+Each run also prints the controller's CPU (the command, its children and the detached SSH
+masters) and the lab hosts' CPU (their cgroups).
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ import runner  # noqa: E402  (bench/ansible/runner.py)
 from nornir_k8sha import constants as C  # noqa: E402
 from nornir_k8sha.inventory import open_nornir  # noqa: E402
 from nornir_k8sha.pki import ClusterPKI  # noqa: E402
+from nornir_k8sha.sshcontrol import control_dir, stop_masters  # noqa: E402
 from nornir_k8sha.topology import ClusterSpec, load_cluster_spec  # noqa: E402
 
 REPO = runner.REPO
@@ -54,10 +63,15 @@ def lab_ssh_paths(inventory: Path) -> tuple[Path, Path]:
     return (REPO / extras["key_file"]).resolve(), (REPO / extras["known_hosts"]).resolve()
 
 
+def tier_hosts(spec: ClusterSpec, tier: str) -> list:
+    """The hosts a tier's playbook (and our command for it) works on."""
+    return spec.role({"haproxy": C.ROLE_HAPROXY, "directors": C.ROLE_LVS,
+                      "etcd": C.ROLE_ETCD}.get(tier, C.ROLE_WORKERS))
+
+
 def ours_command(spec: ClusterSpec, tier: str, inventory: Path) -> tuple[list[str], str | None]:
     """This tool's command for the same work as a tier's playbook."""
-    names = ",".join(h.name for h in spec.role(
-        {"haproxy": C.ROLE_HAPROXY, "directors": C.ROLE_LVS}.get(tier, C.ROLE_WORKERS)))
+    names = ",".join(h.name for h in tier_hosts(spec, tier))
     if tier in ("haproxy", "directors"):
         return ["deploy", "-i", str(inventory), "--json", "--phase", "lb", "--limit", names], None
     if tier == "etcd":
@@ -129,6 +143,34 @@ def probe_hosts(spec: ClusterSpec, key: Path, known: Path, rounds: int = 3) -> N
                               timeout=10)
 
 
+def shakes(run: runner.Run, hosts: int | None = None) -> str:
+    """ " handshakes=H/N" of one of our runs (its report's; N: the hosts of the tier), "" for
+    Ansible's. The report counts the connections its phases open: not those the command's
+    cluster lock opened to the etcd members before (their handshakes are paid, uncounted)."""
+    if run.handshakes is None:
+        return ""
+    return f" handshakes={run.handshakes}" + (f"/{hosts}" if hosts is not None else "")
+
+
+def no_masters(spec: ClusterSpec) -> int:
+    """End our persistent masters to every lab host, so that a fresh run of ours opens its
+    connections as Ansible's fresh run of the tier does (a tier's `deploy` takes the cluster
+    lock on the etcd members, and the masters it leaves would carry the next tier's first
+    commands); returns how many control sockets still answer afterwards (must be 0)."""
+    addresses = [str(h.address) for h in spec.hosts]
+    stop_masters(addresses)
+    directory = control_dir()
+    left = [s for s in (directory.iterdir() if directory else ())
+            if s.is_socket() and s.name.split("~")[0] in addresses]
+    return len(left)
+
+
+def cpu(run: runner.Run) -> str:
+    """The controller's CPU (the command, its children and the SSH masters) and the hosts'."""
+    return (f" cpu={run.cpu_s + run.master_cpu_s:.2f}s (masters {run.master_cpu_s:.2f}s)"
+            f" hosts_cpu={run.hosts_cpu_s:.2f}s")
+
+
 def fmt(run: runner.Run | None, cap: float | None = None) -> str:
     if run is None:
         return "-"
@@ -141,7 +183,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-i", "--inventory", type=Path, default=Path("inventory/lab"))
     ap.add_argument("--rounds", type=int, default=3, help="no-op runs per tier and side")
-    ap.add_argument("--strategies", default="linear,free")
+    ap.add_argument("--strategies", default="linear,free",
+                    help="Ansible strategies; '' runs this tool's side alone")
     ap.add_argument("--uml-timeout", type=float, default=240.0,
                     help="cap on Ansible's directors play, seconds")
     ap.add_argument("--tiers", default="haproxy,etcd,workers,directors",
@@ -184,8 +227,8 @@ def main() -> int:
             fresh = runner.run_playbook(playbook_bin, books[tier], strategy=strategy,
                                         timeout=cap, log_dir=logs, label=f"{strategy}-{tier}-0",
                                         control_dir=control)
-            print(f"{side:16} {tier:10} fresh  {fmt(fresh, cap)} changed={fresh.changed}",
-                  flush=True)
+            print(f"{side:16} {tier:10} fresh  {fmt(fresh, cap)} changed={fresh.changed}"
+                  f"{cpu(fresh)}", flush=True)
             res[(side, tier)] = {"fresh": fresh, "no-op": []}
             if tier == "directors" and fresh.timed_out:
                 continue
@@ -195,8 +238,8 @@ def main() -> int:
                                             label=f"{strategy}-{tier}-{r + 1}",
                                             control_dir=control)
                 res[(side, tier)]["no-op"].append(again)  # type: ignore[union-attr]
-                print(f"{side:16} {tier:10} no-op  {fmt(again, cap)} changed={again.changed}",
-                      flush=True)
+                print(f"{side:16} {tier:10} no-op  {fmt(again, cap)} changed={again.changed}"
+                      f"{cpu(again)}", flush=True)
         if gen.COMBINED in books:
             res[(side, gen.COMBINED)] = {"fresh": None, "no-op": []}
             for r in range(args.rounds):
@@ -206,31 +249,34 @@ def main() -> int:
                                             control_dir=control)
                 res[(side, gen.COMBINED)]["no-op"].append(again)  # type: ignore[union-attr]
                 print(f"{side:16} {gen.COMBINED:10} no-op  {fmt(again)} "
-                      f"changed={again.changed}", flush=True)
+                      f"changed={again.changed}{cpu(again)}", flush=True)
         runner.close_control_masters(control)
 
     runner.fresh_lab(args.inventory)
     for tier in tiers:
         cmd, script = ours_command(spec, tier, args.inventory)
+        left = no_masters(spec)
         fresh = runner.run_cli(cmd, script=script)
-        print(f"{'nornir-k8sha':16} {tier:10} fresh  {fmt(fresh)} changed={fresh.changed}",
+        print(f"{'nornir-k8sha':16} {tier:10} fresh  {fmt(fresh)} changed={fresh.changed}"
+              f"{shakes(fresh, len(tier_hosts(spec, tier)))} masters_before={left}{cpu(fresh)}",
               flush=True)
         res[("nornir-k8sha", tier)] = {"fresh": fresh, "no-op": []}
         for _ in range(args.rounds):
             again = runner.run_cli(cmd, script=script)
             res[("nornir-k8sha", tier)]["no-op"].append(again)  # type: ignore[union-attr]
-            print(f"{'nornir-k8sha':16} {tier:10} no-op  {fmt(again)} changed={again.changed}",
-                  flush=True)
+            print(f"{'nornir-k8sha':16} {tier:10} no-op  {fmt(again)} changed={again.changed}"
+                  f"{shakes(again)}{cpu(again)}", flush=True)
     if gen.COMBINED in books:
         names = ",".join(h.name for h in (*spec.role(C.ROLE_HAPROXY), *spec.role(C.ROLE_ETCD)))
         cmd = ["deploy", "-i", str(args.inventory), "--json", "--phase", "lb", "--phase", "etcd",
                "--limit", names]
         res[("nornir-k8sha", gen.COMBINED)] = {"fresh": None, "no-op": []}
+        runner.run_cli(cmd)  # warm-up: the masters to these hosts, as Ansible's are by now
         for _ in range(args.rounds):
             again = runner.run_cli(cmd)
             res[("nornir-k8sha", gen.COMBINED)]["no-op"].append(again)  # type: ignore[union-attr]
             print(f"{'nornir-k8sha':16} {gen.COMBINED:10} no-op  {fmt(again)} "
-                  f"changed={again.changed}", flush=True)
+                  f"changed={again.changed}{shakes(again)}{cpu(again)}", flush=True)
         tiers = [*tiers, gen.COMBINED]
     runner.run_cli(["lab", "down", "-i", str(args.inventory)], timeout=300)
     print_table(res, strategies, tiers, args.uml_timeout, version, started)
@@ -274,6 +320,11 @@ def print_table(res: dict, strategies: list[str], tiers: list[str], cap: float, 
                 cell = fmt(run, cap if tier == "directors" else None)
                 if run is not None and kind == "no-op":
                     cell += f" ({run.changed} ch)"
+                if side == "nornir-k8sha" and entry is not None:
+                    hs = [r.handshakes for r in ([entry["fresh"]] if kind == "fresh"
+                                                 else entry["no-op"]) if r is not None]
+                    if hs and None not in hs:
+                        cell += f" [{max(hs)} hs]"
                 cells.append(cell)
                 if side != "nornir-k8sha" and run is not None:
                     secs = cap if run.timed_out else run.seconds
@@ -295,7 +346,9 @@ def print_table(res: dict, strategies: list[str], tiers: list[str], cap: float, 
     for row in [head, *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
     print("fresh: one run on a new lab; no-op: median of the re-runs, (N ch) = most tasks/hosts "
-          "reported changed in one re-run; ratio: the faster Ansible strategy / nornir-k8sha")
+          "reported changed in one re-run; [N hs] = most SSH handshakes of ours in one run "
+          "(the others rode a persistent master); ratio: the faster Ansible strategy / "
+          "nornir-k8sha")
 
 
 if __name__ == "__main__":

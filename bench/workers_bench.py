@@ -1,7 +1,7 @@
 """Scale on real hosts (issue 12.4): the lab with N extra workers, the workers' node
 preparation by this tool and by the Ansible playbook, and the lab's memory; prints the curves.
 
-    sudo .venv/bin/python bench/workers_bench.py --workers 10,30,60 [--rounds 2]
+    sudo .venv/bin/python bench/workers_bench.py --workers 10,30,60 [--rounds 2] [--ours-only]
     sudo .venv/bin/python bench/workers_bench.py --show          # the curves measured so far
 
 For each N: a copy of inventory/lab with N extra workers (`wx01`.. at 10.88.0.101..; the lab
@@ -102,7 +102,7 @@ def _kept(run: runner.Run) -> dict:
     return {**vars(run), "log": "" if run.ok else run.log}
 
 
-def measure(n: int, work: Path, rounds: int, strategy: str) -> dict:
+def measure(n: int, work: Path, rounds: int, strategy: str, *, ansible: bool = True) -> dict:
     inventory = write_inventory(work / f"inventory-{n}", n)
     spec = load_cluster_spec(inventory)
     workers = spec.role(C.ROLE_WORKERS)
@@ -136,9 +136,13 @@ def measure(n: int, work: Path, rounds: int, strategy: str) -> dict:
     row["pss_prepared_mib"], row["rss_prepared_mib"] = lab_memory(inventory)
     row["machine_prepared_delta_mib"] = machine_used_mib() - before
     print(f"N={n}: lab up {row['lab_up_s']:.1f} s, {row['pss_mib']:.0f} MiB PSS; ours fresh "
-          f"{runs[0].seconds:.2f} s, no-op {[round(r.seconds, 2) for r in runs[1:]]}",
-          flush=True)
+          f"{runs[0].seconds:.2f} s ({runs[0].handshakes} handshakes for {len(workers)} "
+          f"workers), no-op {[round(r.seconds, 2) for r in runs[1:]]} "
+          f"({[r.handshakes for r in runs[1:]]} handshakes)", flush=True)
 
+    if not ansible:
+        runner.run_cli(["lab", "down", "-i", str(inventory)], timeout=600)
+        return row
     runner.fresh_lab(inventory)
     control = work / f"cp-{n}-{int(time.time())}"
     aruns = [runner.run_playbook(playbook_bin, books["workers"], strategy=strategy,
@@ -164,8 +168,20 @@ def _cell(run: dict | float) -> str:
 
 
 def _cpu(run: dict) -> str:
-    """The controller's CPU seconds and the machine's busy share during a run."""
-    return f"{run.get('cpu_s', 0):.1f}, {100 * run.get('machine_busy', 0):.0f}%"
+    """The controller's CPU seconds (the command, its children and the detached SSH masters),
+    the lab hosts' CPU seconds and the machine's busy share during a run."""
+    ours = run.get("cpu_s", 0) + run.get("master_cpu_s", 0)
+    return (f"{ours:.1f}, {run.get('hosts_cpu_s', 0):.1f}, "
+            f"{100 * run.get('machine_busy', 0):.0f}%")
+
+
+def _shakes(row: dict) -> str:
+    """Our handshakes: fresh / the most in one no-op ("-" when the report had none)."""
+    fresh = row["ours_fresh"].get("handshakes")
+    noop = [r.get("handshakes") for r in row["ours_noop"]]
+    if fresh is None or None in noop:
+        return "-"
+    return f"{fresh} / {max(noop)}"
 
 
 def show(results: dict[str, dict]) -> None:
@@ -175,19 +191,24 @@ def show(results: dict[str, dict]) -> None:
         return
     head = ["extra", "workers", "lab hosts", "lab up s", "PSS MiB", "RSS sum MiB",
             "machine +MiB", "prepared: PSS", "RSS sum", "machine +", "ours fresh s",
-            "(CPU s, busy)", "ours no-op s", "ansible fresh s", "(CPU s, busy)",
-            "ansible no-op s", "ratio fresh", "ratio no-op"]
+            "(CPU s, hosts s, busy)", "ours no-op s", "(CPU s, hosts s, busy)", "handshakes",
+            "ansible fresh s", "(CPU s, hosts s, busy)", "ansible no-op s",
+            "ratio fresh", "ratio no-op"]
     table = [head]
     for r in rows:
+        if "ansible_fresh" not in r:  # measured with --ours-only
+            ansible = ["-"] * 5
+        else:
+            ansible = [_cell(r["ansible_fresh"]), _cpu(r["ansible_fresh"]),
+                       _cell(_noop(r, "ansible")),
+                       f"{r['ansible_fresh']['seconds'] / r['ours_fresh']['seconds']:.1f}x",
+                       f"{_noop(r, 'ansible') / _noop(r, 'ours'):.1f}x"]
         table.append([str(r["extra"]), str(r["workers"]), str(r["hosts"]), f"{r['lab_up_s']:.1f}",
                       f"{r['pss_mib']:.0f}", f"{r['rss_mib']:.0f}",
                       f"{r['machine_delta_mib']:.0f}", f"{r['pss_prepared_mib']:.0f}",
                       f"{r['rss_prepared_mib']:.0f}", f"{r['machine_prepared_delta_mib']:.0f}",
                       _cell(r["ours_fresh"]), _cpu(r["ours_fresh"]), _cell(_noop(r, "ours")),
-                      _cell(r["ansible_fresh"]), _cpu(r["ansible_fresh"]),
-                      _cell(_noop(r, "ansible")),
-                      f"{r['ansible_fresh']['seconds'] / r['ours_fresh']['seconds']:.1f}x",
-                      f"{_noop(r, 'ansible') / _noop(r, 'ours'):.1f}x"])
+                      _cpu(r["ours_noop"][-1]), _shakes(r), *ansible])
     widths = [max(len(t[i]) for t in table) for i in range(len(head))]
     print(f"\nworkers' node preparation at scale — {rows[0]['ansible']} ({rows[0]['strategy']}); "
           f"{os.cpu_count()} cores")
@@ -196,6 +217,8 @@ def show(results: dict[str, dict]) -> None:
     small, big = rows[0], rows[-1]
     if len(rows) > 1:
         for side in ("ours", "ansible"):
+            if f"{side}_fresh" not in small or f"{side}_fresh" not in big:
+                continue
             fresh = big[f"{side}_fresh"]["seconds"] / small[f"{side}_fresh"]["seconds"]
             noop = _noop(big, side) / _noop(small, side)
             print(f"{side}: {small['extra']} -> {big['extra']} extra workers: fresh x{fresh:.2f}, "
@@ -214,6 +237,8 @@ def main() -> int:
     ap.add_argument("--results", type=Path, default=None,
                     help="JSON of the sizes measured (default: WORK/results.json)")
     ap.add_argument("--show", action="store_true", help="print the saved curves only")
+    ap.add_argument("--ours-only", action="store_true",
+                    help="leave the Ansible side out (half the lab time at 60 workers)")
     args = ap.parse_args()
     results_file = args.results or args.work / "results.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
@@ -223,7 +248,8 @@ def main() -> int:
             return 2
         args.work.mkdir(parents=True, exist_ok=True)
         for n in [int(x) for x in args.workers.split(",") if x]:
-            results[str(n)] = measure(n, args.work, args.rounds, args.strategy)
+            results[str(n)] = measure(n, args.work, args.rounds, args.strategy,
+                                      ansible=not args.ours_only)
             results_file.write_text(json.dumps(results, indent=1))
     show(results)
     return 0

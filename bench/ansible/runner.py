@@ -45,12 +45,25 @@ class Run:
     cpu_s: float = 0.0
     #: share of this machine's CPUs busy during the run (the lab's hosts run on them too)
     machine_busy: float = 0.0
+    #: CPU seconds of the persistent SSH masters to lab hosts (either side's: they are
+    #: detached, so `cpu_s` misses them) — the controller's share of every command they carry
+    master_cpu_s: float = 0.0
+    #: CPU seconds the lab's hosts used (their cgroups' cpu.stat), all of them
+    hosts_cpu_s: float = 0.0
+    #: this tool only (its report's `resources`): SSH connections held open at once and how
+    #: many connections needed a handshake (the others rode a persistent master); None for
+    #: Ansible
+    peak_open: int | None = None
+    handshakes: int | None = None
 
 
 class Meter:
-    """Wall clock, children's CPU time and the machine's busy share over one run."""
+    """Wall clock, children's CPU time, the SSH masters' and the lab hosts' CPU time and the
+    machine's busy share over one run."""
 
     def __init__(self) -> None:
+        self.masters = _masters_cpu()
+        self.hosts = _hosts_cpu()
         self.wall = time.monotonic()
         self.cpu = _children_cpu()
         self.stat = _cpu_stat()
@@ -61,7 +74,56 @@ class Meter:
         busy0, total0 = self.stat
         busy1, total1 = _cpu_stat()
         run.machine_busy = (busy1 - busy0) / max(total1 - total0, 1)
+        masters = _masters_cpu()
+        run.master_cpu_s = sum(cpu - self.masters.get(pid, 0.0) for pid, cpu in masters.items())
+        hosts = _hosts_cpu()
+        run.hosts_cpu_s = sum(cpu - self.hosts.get(h, 0.0) for h, cpu in hosts.items())
         return run
+
+
+#: the lab's hosts' cgroups (v2); each host's cpu.stat counts every process of that host
+HOST_CGROUPS = Path("/sys/fs/cgroup/unified")
+LAB_ADDRESS_PREFIX = "10.88."
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _hosts_cpu() -> dict[str, float]:
+    """CPU seconds of each lab host so far (usage_usec of its cgroup), by cgroup path."""
+    out = {}
+    for stat in HOST_CGROUPS.glob("k8sha-*/*/cpu.stat"):
+        try:
+            out[str(stat.parent)] = int(stat.read_text().split()[1]) / 1e6
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def _is_lab_master(args: list[bytes]) -> bool:
+    """Ours keep their argv (`ssh ... -o ControlPersist=60 -f -N -- 10.88.0.11`); Ansible's
+    rename themselves `ssh: CONTROL_PATH [mux]`, their control paths under this repository."""
+    if args and args[0].startswith(b"ssh: ") and args[0].rstrip().endswith(b"[mux]"):
+        return str(REPO).encode() in args[0]
+    return any(b"ControlPersist" in a for a in args) and any(
+        a.startswith(LAB_ADDRESS_PREFIX.encode()) for a in args)
+
+
+def _masters_cpu() -> dict[int, float]:
+    """CPU seconds of each live persistent SSH master to a lab host (ours and Ansible's), by
+    PID. Masters detach from whoever started them, so no rusage of ours ever counts them."""
+    out = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if (proc / "comm").read_text().strip() != "ssh":
+                continue
+            if not _is_lab_master((proc / "cmdline").read_bytes().split(b"\0")):
+                continue
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            out[int(proc.name)] = (int(fields[11]) + int(fields[12])) / _TICK
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
 
 
 def _children_cpu() -> float:
@@ -201,6 +263,10 @@ def run_cli(args: list[str], *, timeout: float = 600.0, script: str | None = Non
         try:
             doc = json.loads(proc.stdout)
             run.changed, run.failed = int(doc.get("changed", 0)), list(doc.get("failed_hosts", []))
+            used = doc.get("resources") or {}
+            if "handshakes" in used:
+                run.handshakes = int(used["handshakes"])
+                run.peak_open = int(used.get("peak_open_connections", 0))
         except ValueError:
             pass
     return run
