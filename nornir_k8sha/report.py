@@ -132,8 +132,9 @@ class RunReport:
     duration: float = 0.0
     notes: list[str] = field(default_factory=list)
     #: What the run cost this machine: peak_connections (SSH connections opening or working at
-    #: once), peak_open_connections (held open, idle ones too), handshakes (connections opened
-    #: that were not riding a persistent master already), peak_rss_mb.
+    #: once), peak_open_connections (held open, idle ones too), handshakes (connections the
+    #: run opened that were not riding a persistent master already; the ones a deploy's cluster
+    #: lock opened on the etcd members just before its phases are not counted), peak_rss_mb.
     resources: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

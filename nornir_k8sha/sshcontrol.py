@@ -24,6 +24,13 @@ NAME_CHARS, HASH_CHARS, SEP = 24, 12, "~"
 MAX_SOCKET_PATH = 108 - 17 - 1
 
 
+def lock_path(socket: Path) -> Path:
+    """The lock file that keeps two master starts to one address apart: one per address and
+    port (not per socket), so their number stays that of the hosts ever reached."""
+    address, port = socket.name.split(SEP)[:2]
+    return socket.parent / f"{address}{SEP}{port}.lock"
+
+
 def socket_path(directory: Path, hostname: str, port: int, identity: str) -> Path:
     """The control socket of a master to `hostname:port`; `identity` is everything else that
     decides whom it reaches and how (user, key, known_hosts...), hashed."""

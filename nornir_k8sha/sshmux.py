@@ -47,7 +47,7 @@ from pathlib import Path
 
 from nornir_k8sha import constants as C
 from nornir_k8sha.exceptions import ConnectionFailed
-from nornir_k8sha.sshcontrol import SSH_BINARY, socket_path
+from nornir_k8sha.sshcontrol import SSH_BINARY, lock_path, socket_path
 
 #: what the OpenSSH client dies with (exit 255) when its master vanished between accepting the
 #: session request and receiving the client's stdio: the session never opened, the command
@@ -112,7 +112,7 @@ class OpenSSHMaster:
         """Connect and leave a master in the background for `persist` idle seconds. False when
         another connection or process started one meanwhile (a lock file beside the socket keeps
         two from starting at once: the loser would linger as a plain backgrounded connection)."""
-        with open(f"{self.socket}.lock", "a") as lock:
+        with open(lock_path(self.socket), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if self.answers():
                 return False

@@ -211,7 +211,11 @@ def test_connections_opened_at_once_start_one_master(srv: SSHTestServer,
         assert len(conns) == 6 and srv.handshakes == before + 1
         assert sum(c.handshake for c in conns) == 1
         assert all(c.run("echo one").stdout == "one\n" for c in conns)
-        assert len(_masters(conns[0]._master.socket)) == 1  # type: ignore[union-attr]
+        sock = conns[0]._master.socket  # type: ignore[union-attr]
+        assert len(_masters(sock)) == 1
+        # one lock file per address and port, however many configurations reach it
+        assert sorted(p.name for p in sock.parent.glob(f"127.0.0.1~{srv.port}*.lock")) == [
+            f"127.0.0.1~{srv.port}.lock"]
     finally:
         for c in conns:
             c.close()
