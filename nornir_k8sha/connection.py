@@ -58,7 +58,7 @@ import paramiko
 from nornir_k8sha import constants as C
 from nornir_k8sha.budget import BUDGET
 from nornir_k8sha.exceptions import CommandFailed, ConnectionFailed
-from nornir_k8sha.sshcontrol import MAX_SOCKET_PATH, control_dir
+from nornir_k8sha.sshcontrol import MAX_SOCKET_PATH, SSH_BINARY, control_dir
 from nornir_k8sha.sshmux import OpenSSHMaster
 from nornir_k8sha.transport import (
     BatchScript,
@@ -154,7 +154,7 @@ class SSHTransport:
                     known_hosts: Any, strict: bool, timeout: float) -> OpenSSHMaster | None:
         """An OpenSSH master when one can be used: persist > 0, a key login (BatchMode cannot
         type passwords), an `ssh` client installed and a control directory that is ours."""
-        if persist <= 0 or password is not None or shutil.which("ssh") is None:
+        if persist <= 0 or password is not None or shutil.which(SSH_BINARY) is None:
             return None
         directory = control_dir()
         if directory is None:
@@ -330,7 +330,6 @@ class SSHTransport:
         assert self._master is not None
         with self._open_lock:
             self._master.stop()
-            self._master.answers()  # a dead one's socket goes too
 
     def _session(self, wire: str, shown: str, stdin: bytes | None, limit: float, sudo: bool,
                  prompt: str, ready: str) -> tuple[int, bytes, bytes]:
@@ -350,15 +349,16 @@ class SSHTransport:
             try:
                 if self._master is None:
                     chan.exec_command(wire)
+                failure: CommandFailed | None = None
                 try:
                     result = self._pump(chan, shown, stdin, limit, sudo,
                                         prompt.encode(), (ready + "\n").encode())
-                except CommandFailed:  # e.g. "sudo refused": maybe sudo never started at all
-                    if self._master is not None and chan.never_opened():
-                        raise _NeverOpened from None
-                    raise
+                except CommandFailed as exc:  # e.g. "sudo refused": sudo may never have started
+                    failure = exc
                 if self._master is not None and chan.never_opened():
-                    raise _NeverOpened
+                    raise _NeverOpened from None
+                if failure is not None:
+                    raise failure
                 return result
             finally:
                 chan.close()
@@ -580,7 +580,6 @@ class SSHTransport:
                 raise
         log.debug("%s: no SFTP from the SSH master; once more on a new one", self.host)
         self._master.stop()
-        self._master.answers()
         self._ensure_alive()
         return paramiko.SFTPClient(self._master.sftp())
 

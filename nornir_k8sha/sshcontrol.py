@@ -38,6 +38,14 @@ def socket_path(directory: Path, hostname: str, port: int, identity: str) -> Pat
     return directory / f"{hostname[:NAME_CHARS]}{SEP}{port}{SEP}{digest}"
 
 
+def exit_master(socket: Path) -> None:
+    """Ask the master on this control socket to exit now (`ssh -O exit`): the one way we end
+    a master, ours or one another process left."""
+    subprocess.run([SSH_BINARY, "-F", "none", "-o", f"ControlPath={socket}", "-O", "exit", "--",
+                    "master"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, timeout=10, check=False)
+
+
 def stop_masters(addresses: Iterable[str]) -> int:
     """Ask every master of ours to these addresses to exit (`ssh -O exit`); how many there were.
 
@@ -50,9 +58,7 @@ def stop_masters(addresses: Iterable[str]) -> int:
     stopped = 0
     for sock in sorted(directory.iterdir()) if directory else ():
         if sock.name.split(SEP)[0] in wanted and sock.is_socket():
-            subprocess.run([SSH_BINARY, "-F", "none", "-o", f"ControlPath={sock}", "-O", "exit",
-                            "--", "master"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, timeout=10, check=False)
+            exit_master(sock)
             stopped += 1
     return stopped
 

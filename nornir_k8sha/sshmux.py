@@ -28,7 +28,7 @@ A master that is gone or dies is not fatal. A socket with no master behind it is
 meets a reset), the OpenSSH client either connects on its own for that command ("read from
 master failed": measured, exit 0 with the command's output) or dies before the session opened
 ("send fds failed", exit 255, nothing ran): then `SSHTransport` runs it once more on a new
-master. Two connections opening at once start one master (a lock file beside the socket).
+master. Two connections opening at once start one master (a lock file per address).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from pathlib import Path
 
 from nornir_k8sha import constants as C
 from nornir_k8sha.exceptions import ConnectionFailed
-from nornir_k8sha.sshcontrol import SSH_BINARY, lock_path, socket_path
+from nornir_k8sha.sshcontrol import SSH_BINARY, exit_master, lock_path, socket_path
 
 #: what the OpenSSH client dies with (exit 255) when its master vanished between accepting the
 #: session request and receiving the client's stdio: the session never opened, the command
@@ -110,7 +110,7 @@ class OpenSSHMaster:
 
     def start(self) -> bool:
         """Connect and leave a master in the background for `persist` idle seconds. False when
-        another connection or process started one meanwhile (a lock file beside the socket keeps
+        another connection or process started one meanwhile (a lock file per address keeps
         two from starting at once: the loser would linger as a plain backgrounded connection)."""
         with open(lock_path(self.socket), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -137,11 +137,11 @@ class OpenSSHMaster:
                 raise ConnectionFailed(self.host, f"{self.hostname}: {self._reason(errors.read())}")
 
     def stop(self) -> None:
-        """Ask the master to exit now (`ssh -O exit`); nothing when there is none."""
+        """End the master now, and remove its socket if no master was behind it any more;
+        nothing when there is none. The next session starts a new one."""
         if self.alive():
-            subprocess.run([*self._base, "-O", "exit", "--", self.hostname],
-                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, timeout=10, check=False)
+            exit_master(self.socket)
+            self.answers()
 
     def _reason(self, stderr: bytes) -> str:
         """What the failed start means, in the words paramiko's path uses for the same."""
@@ -170,19 +170,19 @@ class OpenSSHMaster:
         keep-alives give up (45 s). So the session first prints a marker to stderr, and a
         session not open in time counts as never opened (`ProcessChannel.never_opened`)."""
         mark = f"K8SHA-OPEN-{uuid.uuid4().hex[:12]}"
-        return ProcessChannel(self.exec_argv(f"printf '%s\\n' {mark} >&2; {command}"),
+        return ProcessChannel(self._exec_argv(f"printf '%s\\n' {mark} >&2; {command}"),
                               opened=f"{mark}\n".encode(), open_timeout=self.connect_timeout)
 
     def sftp(self) -> ProcessSocket:
         """An SFTP stream riding the master; its first answer must come within the connect
         timeout, for the same reason as `session`."""
-        return ProcessSocket(self.sftp_argv(), open_timeout=self.connect_timeout)
+        return ProcessSocket(self._sftp_argv(), open_timeout=self.connect_timeout)
 
-    def exec_argv(self, command: str) -> list[str]:
+    def _exec_argv(self, command: str) -> list[str]:
         """A client that runs `command` in a new session of the master (never a master itself)."""
         return [*self._base, "-o", "ControlMaster=no", "-T", "--", self.hostname, command]
 
-    def sftp_argv(self) -> list[str]:
+    def _sftp_argv(self) -> list[str]:
         return [*self._base, "-o", "ControlMaster=no", "-T", "-s", "--", self.hostname, "sftp"]
 
 
@@ -234,9 +234,8 @@ class ProcessChannel:
                 data = b""
             with self._lock:
                 if not data:
-                    if index == 1 and self._held:  # never opened: what ssh said, unheld
-                        self._bufs[1].extend(self._held)
-                        self._held.clear()
+                    if index == 1:
+                        self._unhold()  # never opened: what ssh itself said
                     self._open_streams -= 1
                     self.eof_received = self._open_streams == 0
                 elif index == 1:
@@ -273,6 +272,12 @@ class ProcessChannel:
         self._mark = None
         return out
 
+    def _unhold(self) -> None:
+        """Pass on the stderr held back while waiting for the marker (the session will not open:
+        it is ssh's own message). Callers hold `_lock`."""
+        self._bufs[1].extend(self._held)
+        self._held.clear()
+
     def _expire(self) -> None:
         """The session did not open in time: end the client; nothing ran (the marker comes
         first), so the caller may try again on a new master."""
@@ -286,9 +291,7 @@ class ProcessChannel:
         # the master still holds the client's stdio (passed to it for the session) and will
         # until it is stopped: no end of stream will come, so say it ended
         with self._lock:
-            if self._held:
-                self._bufs[1].extend(self._held)
-                self._held.clear()
+            self._unhold()
             self._code = code
             self.eof_received = True
             self.status_event.set()
