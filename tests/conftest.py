@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from nornir_k8sha import polling
+from tests.sshserver import SSHTestServer
 
 REPO = Path(__file__).resolve().parent.parent
 LAB_INVENTORY = REPO / "inventory" / "lab"
@@ -113,3 +114,26 @@ def fake_time(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
     fake = FakeTime()
     monkeypatch.setattr(polling, "time", fake)
     return fake
+
+
+# --- the SSH test server (tests/sshserver.py) ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHTestServer]:
+    srv = SSHTestServer(tmp_path_factory.mktemp("sshd")).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def srv(server: SSHTestServer) -> Iterator[SSHTestServer]:
+    """The shared server, reset to its defaults after each test."""
+    yield server
+    server.delay = 0.0
+    server.sudo_password = ""
+
+
+@pytest.fixture
+def known_hosts(srv: SSHTestServer, tmp_path: Path) -> Path:
+    return srv.write_known_hosts(tmp_path / "known_hosts")

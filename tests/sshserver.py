@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paramiko.common import MSG_CHANNEL_REQUEST
 
+from nornir_k8sha.connection import SSHTransport
+
 FAKE_SUDO = r"""#!/bin/sh
 # Test stand-in for sudo: -S (password on stdin, prompt from -p), -n (never ask), then the command.
 mode=ask; prompt="[sudo] password: "
@@ -401,3 +403,12 @@ class RealSSHD:
         key = self.host_key
         path.write_text(f"[127.0.0.1]:{self.port} {key.get_name()} {key.get_base64()}\n")
         return path
+
+
+def connect(srv: SSHTestServer, known_hosts: Path | None, **kw: Any) -> SSHTransport:
+    """An `SSHTransport` as "node1" to the test server, with test-sized timeouts."""
+    opts: dict[str, Any] = {"port": srv.port, "key_file": srv.client_key_file,
+                            "known_hosts": known_hosts, "connect_timeout": 5.0,
+                            "command_timeout": 20.0}
+    opts.update(kw)
+    return SSHTransport("node1", "127.0.0.1", **opts)

@@ -18,35 +18,7 @@ from nornir.core.task import Result, Task
 from nornir_k8sha.connection import K8shaSSH, SSHTransport
 from nornir_k8sha.exceptions import CommandFailed, ConnectionFailed
 from nornir_k8sha.transport import CommandTimeout, Transport
-from tests.sshserver import SSHD, LocalSFTP, RealSSHD, SSHTestServer, make_key
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHTestServer]:
-    srv = SSHTestServer(tmp_path_factory.mktemp("sshd")).start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def srv(server: SSHTestServer) -> Iterator[SSHTestServer]:
-    """The shared server, reset to its defaults after each test."""
-    yield server
-    server.delay = 0.0
-    server.sudo_password = ""
-
-
-@pytest.fixture
-def known_hosts(srv: SSHTestServer, tmp_path: Path) -> Path:
-    return srv.write_known_hosts(tmp_path / "known_hosts")
-
-
-def connect(srv: SSHTestServer, known_hosts: Path | None, **kw: object) -> SSHTransport:
-    opts: dict = {"port": srv.port, "key_file": srv.client_key_file, "known_hosts": known_hosts,
-                  "connect_timeout": 5.0, "command_timeout": 20.0}
-    opts.update(kw)
-    return SSHTransport("node1", "127.0.0.1", **opts)  # type: ignore[arg-type]
-
+from tests.sshserver import SSHD, LocalSFTP, RealSSHD, SSHTestServer, connect, make_key
 
 #: the two ways `k8sha_ssh` carries sessions: paramiko in this process, or an OpenSSH master
 #: (sshmux) that outlives it; every test on `conn` runs on both

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,28 +20,9 @@ import pytest
 from nornir_k8sha.connection import SSHTransport
 from nornir_k8sha.exceptions import ConnectionFailed
 from nornir_k8sha.sshcontrol import control_dir, stop_masters
-from tests.sshserver import SSHD, RealSSHD, SSHTestServer
+from tests.sshserver import SSHD, RealSSHD, SSHTestServer, connect
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHTestServer]:
-    server = SSHTestServer(tmp_path_factory.mktemp("sshd")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def known_hosts(srv: SSHTestServer, tmp_path: Path) -> Path:
-    return srv.write_known_hosts(tmp_path / "known_hosts")
-
-
-def connect(srv: SSHTestServer, known_hosts: Path, **kw: object) -> SSHTransport:
-    opts: dict = {"port": srv.port, "key_file": srv.client_key_file, "known_hosts": known_hosts,
-                  "connect_timeout": 5.0, "command_timeout": 20.0}
-    opts.update(kw)
-    return SSHTransport("node1", "127.0.0.1", **opts)  # type: ignore[arg-type]
 
 
 def test_the_next_process_rides_the_master_without_a_handshake(
