@@ -96,13 +96,17 @@ class SSHTransport:
         sudo_password: str | None = None,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         persist: float = C.DEFAULT_SSH_PERSIST_S,
+        shell: bool = True,
     ) -> None:
         self.host = host
         self.hostname = hostname
         self.port = port
         self.username = username
         self.command_timeout = command_timeout
-        self.sudo_default = (username != "root") if sudo is None else bool(sudo)
+        #: the login runs a command in a POSIX shell (False: a switch's CLI, which gets each
+        #: command as it is: no sudo, no batches)
+        self.shell = shell
+        self.sudo_default = shell and ((username != "root") if sudo is None else bool(sudo))
         self._sudo_password = sudo_password if sudo_password is not None else password
         self._open_lock = threading.Lock()
         self._sessions = threading.BoundedSemaphore(max_sessions)
@@ -278,6 +282,9 @@ class SSHTransport:
         """Run `commands` in ONE channel; one CommandResult per command that ran."""
         if not commands:
             return []
+        if not self.shell:
+            raise CommandFailed(self.host, f"<batch of {len(commands)}>", 1,
+                                "a batch needs a shell; this login has none (shell: false)")
         script = BatchScript.build(commands, stop_on_error)
         start = time.monotonic()
         try:
@@ -300,7 +307,7 @@ class SSHTransport:
 
     def _use_sudo(self, sudo: bool | None) -> bool:
         wanted = self.sudo_default if sudo is None else sudo
-        return wanted and self.username != "root"
+        return wanted and self.shell and self.username != "root"
 
     def _exec(self, command: str, sudo: bool, stdin: bytes | None, timeout: float | None,
               shown: str | None = None) -> tuple[int, bytes, bytes]:
@@ -338,7 +345,7 @@ class SSHTransport:
             with self._open_lock:
                 self._ensure_alive()
                 if self._master is not None:
-                    chan: Any = self._master.session(wire)
+                    chan: Any = self._master.session(wire, shell=self.shell)
                 else:
                     try:
                         chan = self.client.get_transport().open_session(  # type: ignore
@@ -660,6 +667,7 @@ class K8shaSSH:
             sudo=extras.get("sudo"), sudo_password=extras.get("sudo_password"),
             max_sessions=int(extras.get("max_sessions", DEFAULT_MAX_SESSIONS)),
             persist=float(extras.get("persist", C.DEFAULT_SSH_PERSIST_S)),
+            shell=bool(extras.get("shell", True)),
         )
 
     @property
@@ -675,7 +683,7 @@ class K8shaSSH:
 
 
 _EXTRAS = {"key_file", "known_hosts", "strict_host_key", "connect_timeout", "command_timeout",
-           "sudo", "sudo_password", "max_sessions", "persist"}
+           "sudo", "sudo_password", "max_sessions", "persist", "shell"}
 
 
 def resolve_path(path: str | os.PathLike[str]) -> Path:

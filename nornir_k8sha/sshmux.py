@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import select
 import socket
 import subprocess
@@ -55,6 +56,12 @@ from nornir_k8sha.sshcontrol import SSH_BINARY, exit_master, lock_path, socket_p
 #: connecting on its own; after the session opened a lost master is not safely retried.
 NEVER_OPENED = (b"mux_client_request_session: send fds failed",
                 b"mux_client_request_session: write packet")
+#: what a client riding a master logs at debug1 when the master answers its session request,
+#: which the master defers until the host has confirmed the channel open (mux.c: "reply is
+#: deferred, sent by mux_session_confirm"): the session is open, whatever runs in it. With
+#: what `-v` printed before it (its version line), none of it the command's.
+OPENED_BY_CLIENT = re.compile(
+    rb"\A[\s\S]*?debug1: mux_client_request_session: master session id: \d+\r?\n")
 
 
 class OpenSSHMaster:
@@ -163,12 +170,17 @@ class OpenSSHMaster:
 
     # --- clients riding it ----------------------------------------------------------------
 
-    def session(self, command: str) -> ProcessChannel:
+    def session(self, command: str, *, shell: bool = True) -> ProcessChannel:
         """`command` in a new session of the master, which must open within the connect
         timeout. Riding a master skips the connect, and with it the connect timeout: a master
         whose link was cut (a partition, a host frozen) would hold a session request until its
-        keep-alives give up (45 s). So the session first prints a marker to stderr, and a
-        session not open in time counts as never opened (`ProcessChannel.never_opened`)."""
+        keep-alives give up (45 s). So a session not open in time counts as never opened
+        (`ProcessChannel.never_opened`). How it is seen open: a shell prints a marker to stderr
+        first; a switch's CLI (`shell=False`) cannot, so there the client says it (`-v`: its
+        one debug line when the master's peer confirmed the session, OPENED_BY_CLIENT)."""
+        if not shell:
+            return ProcessChannel(self._exec_argv(command, verbose=True), opened=OPENED_BY_CLIENT,
+                                  open_timeout=self.connect_timeout)
         mark = f"K8SHA-OPEN-{uuid.uuid4().hex[:12]}"
         return ProcessChannel(self._exec_argv(f"printf '%s\\n' {mark} >&2; {command}"),
                               opened=f"{mark}\n".encode(), open_timeout=self.connect_timeout)
@@ -178,9 +190,11 @@ class OpenSSHMaster:
         timeout, for the same reason as `session`."""
         return ProcessSocket(self._sftp_argv(), open_timeout=self.connect_timeout)
 
-    def _exec_argv(self, command: str) -> list[str]:
-        """A client that runs `command` in a new session of the master (never a master itself)."""
-        return [*self._base, "-o", "ControlMaster=no", "-T", "--", self.hostname, command]
+    def _exec_argv(self, command: str, *, verbose: bool = False) -> list[str]:
+        """A client that runs `command` in a new session of the master (never a master itself);
+        `verbose`: it logs at debug1 (`-v` overrides the LogLevel before it)."""
+        return [*self._base, *(["-v"] if verbose else []), "-o", "ControlMaster=no", "-T", "--",
+                self.hostname, command]
 
     def _sftp_argv(self) -> list[str]:
         return [*self._base, "-o", "ControlMaster=no", "-T", "-s", "--", self.hostname, "sftp"]
@@ -194,7 +208,7 @@ class ProcessChannel:
     kinds of channel.
     """
 
-    def __init__(self, argv: Sequence[str], *, opened: bytes | None = None,
+    def __init__(self, argv: Sequence[str], *, opened: bytes | re.Pattern[bytes] | None = None,
                  open_timeout: float | None = None) -> None:
         self._proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, start_new_session=True)
@@ -202,7 +216,7 @@ class ProcessChannel:
         # `opened`: the marker the session prints to stderr first; stderr is held back until
         # it is seen (and then passed on without it); not seen within `open_timeout`: the
         # client is ended and the session counts as never opened
-        self._mark = opened
+        self._mark = (re.compile(re.escape(opened)) if isinstance(opened, bytes) else opened)
         self._held = bytearray()
         self.open_expired = False
         self._timer: threading.Timer | None = None
@@ -262,12 +276,12 @@ class ProcessChannel:
         if self._mark is None:
             return data
         self._held.extend(data)
-        at = self._held.find(self._mark)
-        if at < 0:
+        found = self._mark.search(self._held)
+        if found is None:
             return b""
         if self._timer is not None:
             self._timer.cancel()
-        out = bytes(self._held[:at] + self._held[at + len(self._mark):])
+        out = bytes(self._held[:found.start()] + self._held[found.end():])
         self._held.clear()
         self._mark = None
         return out

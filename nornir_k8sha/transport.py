@@ -36,6 +36,9 @@ from nornir_k8sha.exceptions import CommandFailed
 TIMEOUT_EXIT_CODE = 124
 #: Name of the Nornir connection plugin (pyproject entry point).
 CONNECTION_NAME = "k8sha_ssh"
+#: The same plugin under a second name: a switch's read-only CLI session as its netmiko user
+#: (`tasks/switch/reads.py`), beside the host's own `k8sha_ssh` connection.
+SWITCH_READS_CONNECTION = "k8sha_switch_reads"
 
 
 @dataclass(frozen=True)

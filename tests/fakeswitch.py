@@ -125,6 +125,8 @@ class FakeSwitch:
         self.received: list[str] = []
         #: bare newlines received (netmiko sends one to find the prompt)
         self.blank_lines = 0
+        self.logins = 0  # interactive sessions (netmiko's)
+        self.exec_requests = 0  # commands sent as exec requests (`answer`)
         self.checkpoints: dict[str, Tree] = {}
         self.history: list[Tree] = [copy.deepcopy(self.running)]  # Junos rollback 0, 1, ...
         self.held: set[str] = set()  # sessions held Idle by the back-off (idle_hold)
@@ -256,7 +258,23 @@ class FakeSwitch:
 
     # --- SSH -------------------------------------------------------------------------------
     def serve(self, chan: paramiko.Channel) -> None:
+        self.logins += 1
         Session(self, chan).run()
+
+    def answer(self, chan: paramiko.Channel, command: str) -> None:
+        """One exec request (`ssh switch COMMAND`): the CLI runs it and answers with its output
+        alone, no banner, echo or prompt; a refused command exits 1, as vtysh does."""
+        line = command.strip()
+        self.exec_requests += 1
+        out = Session(self, chan).handle(line) or ""
+        refused = out == ERRORS[self.platform].format(line=line)
+        try:
+            chan.sendall((out + "\n").encode())
+            chan.send_exit_status(1 if refused else 0)
+            chan.shutdown_write()
+            chan.close()
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
 
 
 class Session:

@@ -190,6 +190,9 @@ class SSHTestServer:
         self.commands: list[str] = []
         #: Interactive shells (a switch CLI, tests/fakeswitch.py): called with each shell channel.
         self.shell: Any = None
+        #: A login without a shell (a switch CLI): called with each exec request's channel and
+        #: command instead of /bin/sh.
+        self.cli: Any = None
         self.fakebin = directory / "bin"
         self.fakebin.mkdir(exist_ok=True)
         (self.fakebin / "sudo").write_text(FAKE_SUDO)
@@ -286,6 +289,9 @@ class SSHTestServer:
     def exec(self, chan: paramiko.Channel, command: str) -> None:
         with self._lock:
             self.commands.append(command)
+        if self.cli is not None:
+            self.cli(chan, command)
+            return
         time.sleep(self.delay)
         env = {"PATH": f"{self.fakebin}:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
                "FAKE_SUDO_PASSWORD": self.sudo_password, "HOME": str(self.directory)}

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from nornir_k8sha.connection import SSHTransport
-from nornir_k8sha.exceptions import ConnectionFailed
+from nornir_k8sha.exceptions import CommandFailed, ConnectionFailed
 from nornir_k8sha.sshcontrol import control_dir, stop_masters
 from tests.sshserver import SSHD, RealSSHD, SSHTestServer, connect
 
@@ -239,18 +239,20 @@ def _children(pid: int) -> list[int]:
 
 
 @needs_sshd
+@pytest.mark.parametrize("shell", [True, False], ids=["shell", "cli"])
 def test_a_master_whose_host_stopped_answering_is_replaced_within_the_connect_timeout(
-        tmp_path: Path) -> None:
+        tmp_path: Path, shell: bool) -> None:
     """Riding a master skips the connect and its timeout. When the far end of a master stops
     answering (a cut link, a frozen host), a session must still fail or move on within the
-    connect timeout, not hang until keep-alives give up (45 s)."""
+    connect timeout, not hang until keep-alives give up (45 s). Also for a login without a
+    shell (a switch CLI: the client, not a marker the shell prints, says the session opened)."""
     sshd = RealSSHD(tmp_path / "sshd").start()
     assert sshd.proc is not None
     frozen: list[int] = []
     try:
         c = SSHTransport("real", "127.0.0.1", port=sshd.port, key_file=sshd.client_key_file,
                          known_hosts=sshd.write_known_hosts(tmp_path / "kh"),
-                         connect_timeout=1.0, command_timeout=30.0)
+                         connect_timeout=1.0, command_timeout=30.0, shell=shell)
         assert c.persistent and c.run("echo up").stdout == "up\n"
         c.put(b"x", str(tmp_path / "f"))
         frozen = _children(sshd.proc.pid)  # the sshd serving the master: it stops answering
@@ -279,6 +281,24 @@ def test_a_master_whose_host_stopped_answering_is_replaced_within_the_connect_ti
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGCONT)
         sshd.stop()
+
+
+def test_a_login_without_a_shell_gets_each_command_as_it_is(
+        srv: SSHTestServer, known_hosts: Path) -> None:
+    """A switch's CLI (`shell: false`) runs what it is sent: no marker, no sudo, no batch
+    script; its output and errors come back alone, without the client's own lines. A session
+    seen open may run longer than the connect timeout."""
+    c = connect(srv, known_hosts, shell=False, sudo=True, connect_timeout=1.0)
+    try:
+        assert c.run("sleep 1.5; echo late").stdout == "late\n"
+        sent = len(srv.commands)
+        res = c.run("echo plain; echo oops >&2; exit 3", check=False)
+        assert (res.exit_code, res.stdout, res.stderr) == (3, "plain\n", "oops\n")
+        assert srv.commands[sent:] == ["echo plain; echo oops >&2; exit 3"]
+        with pytest.raises(CommandFailed, match="needs a shell"):
+            c.run_batch(["echo a", "echo b"])
+    finally:
+        c.close()
 
 
 def test_a_master_that_cannot_reconnect_names_the_inventory_host(

@@ -58,13 +58,21 @@ class Rig:
         self.inventory = self.make_inventory(change)
         return load_cluster_spec(self.inventory)
 
-    def run(self, task: Any, spec: ClusterSpec | None = None, **kw: Any) -> Any:
+    def run(self, task: Any, spec: ClusterSpec | None = None, *, key_login: bool = False,
+            **kw: Any) -> Any:
+        """`task` on switch1 in a new Nornir (as a new process would); netmiko logs in with the
+        password, or with `key_login` the key alone, checking the host key."""
         nr = open_nornir(self.inventory).filter(name="switch1")
         host = nr.inventory.hosts["switch1"]
         host.hostname, host.port = "127.0.0.1", self.server.port
         host.username, host.password = "netops", self.server.password
-        host.connection_options["netmiko"] = ConnectionOptions(
-            extras={"use_keys": False, "allow_agent": False, "conn_timeout": 5})
+        extras: dict[str, Any] = {"use_keys": False, "allow_agent": False, "conn_timeout": 5}
+        if key_login:
+            host.password = None
+            known = self.server.write_known_hosts(self.server.directory / "known_hosts")
+            extras.update(use_keys=True, key_file=str(self.server.client_key_file),
+                          ssh_strict=True, alt_host_keys=True, alt_key_file=str(known))
+        host.connection_options["netmiko"] = ConnectionOptions(extras=extras)
         try:
             return nr.run(task=task, spec=spec or self.spec, **kw)["switch1"][0]
         finally:
@@ -189,6 +197,39 @@ def test_a_check_reads_its_commands_without_finding_the_prompt_again(
     assert check.result.values["filter"]["ok"], check.result.values
     assert [c for c in rig.device.received[sent:] if c.startswith("show ")] != []
     assert rig.device.blank_lines == login
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_a_check_with_a_key_login_reads_by_exec_requests_riding_one_master(
+        make_inventory: InventoryFactory, server: SSHTestServer, platform: str) -> None:
+    """A switch netmiko reaches with a key alone is read by exec requests (`ssh switch CMD`,
+    the command as it is) riding a persistent master: no interactive login, and the next check
+    (a new Nornir, as the next process) pays no handshake."""
+    rig = Rig(make_inventory, server, platform)
+    assert not rig.run(switch.configure, **FAST).failed  # configured over netmiko
+    server.cli = rig.device.answer
+    logins, handshakes, sent = rig.device.logins, server.handshakes, len(server.commands)
+    first = rig.run(switch.check, key_login=True)
+    assert first.result.ok, first.result
+    assert first.result.values["filter"]["ok"], first.result.values
+    assert rig.device.logins == logins  # no netmiko session
+    assert rig.device.exec_requests == 3
+    assert all(c.startswith("show ") for c in server.commands[sent:]), server.commands[sent:]
+    assert server.handshakes == handshakes + 1
+    again = rig.run(switch.check, key_login=True)
+    assert again.result.ok, again.result
+    assert server.handshakes == handshakes + 1  # it rode the master the first one left
+    assert rig.device.exec_requests == 6
+
+
+def test_a_command_the_switch_refuses_over_exec_fails_the_check_naming_it(
+        make_inventory: InventoryFactory, server: SSHTestServer) -> None:
+    rig = Rig(make_inventory, server, "frr", reject=r"^show running-config")
+    server.cli = rig.device.answer
+    res = rig.run(switch.check, key_login=True)
+    assert res.failed
+    assert "`show running-config` exited 1: % Unknown command: show running-config" in str(
+        res.exception)
 
 
 def test_a_kept_change_and_a_rollback_say_the_sessions_back_in_one_wording() -> None:

@@ -13,14 +13,15 @@ post-check and a rollback per platform (apply.py):
 | juniper_junos | `commit confirmed N` + `rollback 1`                | (commit is persistent) |
 
 `check` reads BGP state from the switch (JSON where the platform has it) and returns structured
-data: per neighbour its state and prefixes, the VIP /32 route and its next hops, the filter.
+data: per neighbour its state and prefixes, the VIP /32 route and its next hops, the filter. It
+reads over exec channels riding a persistent SSH master when the switch takes a key login
+(reads.py), else over netmiko.
 Connections: nornir-netmiko with the native device types, `error_pattern` on every config
 send, `exit_config_mode()` in a `finally` (DESIGN.md 5).
 """
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
@@ -30,6 +31,7 @@ from nornir_k8sha import constants as C
 from nornir_k8sha.checkresult import failed, passed
 from nornir_k8sha.render import files_for_component
 from nornir_k8sha.tasks import host as H
+from nornir_k8sha.tasks.switch import reads
 from nornir_k8sha.tasks.switch.apply import apply
 from nornir_k8sha.tasks.switch.base import ERROR_PATTERN, Attempt, Platform
 from nornir_k8sha.tasks.switch.eos import EOS
@@ -120,31 +122,17 @@ def configure(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None,
                   result=f"{summary}; {outcome.message}")
 
 
-class _PromptKnown:
-    """The session as `check` reads it: each `show` reads up to the prompt netmiko found when
-    it logged in, instead of finding it again first (netmiko's default: a bare newline, a
-    round trip and its sleeps before every command, ~45 ms each). A check only reads, so the
-    prompt does not change between its commands. The prompt is matched as a whole last line
-    (the base prompt at a line start, the mode's suffix, `#` or `>`): netmiko's base prompt
-    alone is the hostname, which `show running-config` also prints."""
-
-    def __init__(self, conn: Any) -> None:
-        self._conn = conn
-        self._prompt = rf"(?:^|[\r\n]){re.escape(conn.base_prompt)}[^\r\n]*[#>]\s*$"
-
-    def send_command(self, command: str, **kwargs: Any) -> str:
-        return self._conn.send_command(command, expect_string=self._prompt, **kwargs)
-
-
 def check(task: Task, spec: ClusterSpec) -> Result:
     """BGP as this switch sees it (read-only): each expected neighbour Established with its
     prefix count, the VIP /32 received and installed via a director, and a filter that takes
     nothing but the VIP. `result` is a CheckResult whose values are state.verdict's dict
     (neighbors, vip_route, filter, platform); opening the session is bounded by
-    CHECK_TIMEOUT_S."""
+    CHECK_TIMEOUT_S. The reads ride a persistent SSH master when the switch takes a key
+    login (reads.py)."""
     start = time.monotonic()
     platform = platform_of(task)
-    conn = _PromptKnown(_netmiko(task, conn_timeout=C.CHECK_TIMEOUT_S))
+    conn = reads.session(task, lambda: _netmiko(task, conn_timeout=C.CHECK_TIMEOUT_S),
+                         C.CHECK_TIMEOUT_S)
     peers = [str(p.address) for p in spec.switch_peers(spec.host(task.host.name))]
     running = platform.parse(platform.running(conn))
     data = verdict(platform.neighbors(conn), platform.vip_route(conn, spec.vip),
