@@ -6,6 +6,7 @@ finds a session down, and after a switch that stops answering half-way."""
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -203,11 +204,21 @@ def test_a_check_reads_its_commands_without_finding_the_prompt_again(
 def test_a_check_with_a_key_login_reads_by_exec_requests_riding_one_master(
         make_inventory: InventoryFactory, server: SSHTestServer, platform: str) -> None:
     """A switch netmiko reaches with a key alone is read by exec requests (`ssh switch CMD`,
-    the command as it is) riding a persistent master: no interactive login, and the next check
-    (a new Nornir, as the next process) pays no handshake."""
+    the command as it is) riding a persistent master, its three reads side by side: no
+    interactive login, and the next check (a new Nornir, as the next process) pays no
+    handshake."""
     rig = Rig(make_inventory, server, platform)
     assert not rig.run(switch.configure, **FAST).failed  # configured over netmiko
-    server.cli = rig.device.answer
+    side_by_side = threading.Barrier(3, timeout=5)
+
+    def answer(chan: Any, command: str) -> None:  # the three reads must be in flight at once
+        try:
+            side_by_side.wait()
+        except threading.BrokenBarrierError:
+            command = "one read at a time"  # refused: the check fails
+        rig.device.answer(chan, command)
+
+    server.cli = answer
     logins, handshakes, sent = rig.device.logins, server.handshakes, len(server.commands)
     first = rig.run(switch.check, key_login=True)
     assert first.result.ok, first.result

@@ -134,10 +134,11 @@ def check(task: Task, spec: ClusterSpec) -> Result:
     conn = reads.session(task, lambda: _netmiko(task, conn_timeout=C.CHECK_TIMEOUT_S),
                          C.CHECK_TIMEOUT_S)
     peers = [str(p.address) for p in spec.switch_peers(spec.host(task.host.name))]
-    running = platform.parse(platform.running(conn))
-    data = verdict(platform.neighbors(conn), platform.vip_route(conn, spec.vip),
-                   platform.filter_state(running, spec.vip, peers), peers, spec.vip,
-                   spec.settings.bgp.announce_vip)
+    running_text, neighbors, route = reads.read_all(
+        conn, platform.running, platform.neighbors, lambda c: platform.vip_route(c, spec.vip))
+    running = platform.parse(running_text)
+    data = verdict(neighbors, route, platform.filter_state(running, spec.vip, peers), peers,
+                   spec.vip, spec.settings.bgp.announce_vip)
     data["platform"] = platform.name
     ok, message = data.pop("ok"), data.pop("message")
     res = (passed if ok else failed)(task.host.name, message, start, **data)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from nornir.core.inventory import Host
@@ -31,7 +32,7 @@ from nornir_k8sha.transport import SWITCH_READS_CONNECTION
 
 NETMIKO = "netmiko"
 
-__all__ = ["ExecReads", "PromptKnown", "exec_login", "session"]
+__all__ = ["ExecReads", "PromptKnown", "exec_login", "read_all", "session"]
 
 
 class PromptKnown:
@@ -102,3 +103,13 @@ def session(task: Task, open_netmiko: Callable[[], Any], connect_timeout: float)
         host.open_connection(SWITCH_READS_CONNECTION, task.nornir.config,
                              default_to_host_attributes=False, **login)
     return ExecReads(host.name, host.get_connection(SWITCH_READS_CONNECTION, task.nornir.config))
+
+
+def read_all(conn: Any, *reads: Callable[[Any], Any]) -> list[Any]:
+    """What each of `reads` returns from `conn`: side by side over exec requests (a channel
+    each: the switch's time is the slowest read, not their sum), one after the other over a
+    netmiko session (one terminal). The first read that failed raises."""
+    if not isinstance(conn, ExecReads):
+        return [read(conn) for read in reads]
+    with ThreadPoolExecutor(len(reads)) as pool:
+        return [f.result() for f in [pool.submit(read, conn) for read in reads]]
