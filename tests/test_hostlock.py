@@ -361,3 +361,18 @@ def test_a_member_whose_handshake_fails_is_unreachable_without_a_second_handshak
     assert held.unreachable == {"etcd1": "etcd1: cannot connect: 10.88.0.31: timed out after 10s"}
     assert sorted(Handshaking.opened) == MEMBERS  # etcd1's connect timeout paid once
     assert handshaking == ["etcd2: acquire", "etcd3: acquire"]
+
+
+def test_release_reaches_the_members_at_once(fleet: FakeFleet,
+                                             members: dict[str, ShellMember]) -> None:
+    held = L.acquire(nornir(fleet), SPEC, "deploy")
+    together = threading.Barrier(len(MEMBERS), timeout=3)  # one after the other: broken
+
+    def meet(*_: object) -> None:
+        together.wait()  # then the member's shell runs it
+
+    for m in MEMBERS:
+        fleet.host(m).on("rm -f", meet)
+    said: list[str] = []
+    L.release(nornir(fleet), held, say=said.append)
+    assert said == [] and all(m.holder() is None for m in members.values())

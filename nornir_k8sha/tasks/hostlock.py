@@ -34,7 +34,7 @@ import os
 import shlex
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from nornir.core import Nornir
@@ -161,19 +161,27 @@ class _Members:
         return res.exit_code, res.stdout
 
     def each(self, members: list[str], command: str, *, tries: int = 1) -> dict[str, str]:
-        """Run on each member; {member: error} for those that failed `tries` times (a member
-        rebooted by a fault fails once on its dead SSH session, then the connection
-        reconnects)."""
-        failed: dict[str, str] = {}
-        for m in members:
+        """Run on every member at once (a release, a heartbeat, giving back a minority: no
+        order to keep); {member: error}, in the members' order, for those that failed `tries`
+        times (a member rebooted by a fault fails once on its dead SSH session, then the
+        connection reconnects)."""
+
+        def one(member: str) -> str:
+            why = ""
             for _ in range(tries):
                 try:
-                    self.run(m, command)
-                    failed.pop(m, None)
-                    break
+                    self.run(member, command)
+                    return ""
                 except Exception as exc:  # noqa: BLE001 - a dead member: reported, not fatal
-                    failed[m] = str(exc) or type(exc).__name__
-        return failed
+                    why = str(exc) or type(exc).__name__
+            return why
+
+        if not members:
+            return {}
+        with ThreadPoolExecutor(max_workers=len(members),
+                                thread_name_prefix="k8sha-lock") as pool:
+            whys = list(pool.map(one, members))
+        return {m: why for m, why in zip(members, whys, strict=True) if why}
 
 
 def _try(members: _Members, member: str, me: Holder) -> Found | None:
