@@ -143,10 +143,19 @@ def probe_hosts(spec: ClusterSpec, key: Path, known: Path, rounds: int = 3) -> N
                               timeout=10)
 
 
+def reached(spec: ClusterSpec, tier: str) -> set[str]:
+    """The hosts our command for a tier connects to: the tier's, and the etcd members where
+    its cluster lock is taken (`deploy`; the workers' preparation script takes no lock)."""
+    hosts = {h.name for h in tier_hosts(spec, tier)}
+    if tier != "workers":
+        hosts |= {h.name for h in spec.role(C.ROLE_ETCD)}
+    return hosts
+
+
 def shakes(run: runner.Run, hosts: int | None = None) -> str:
-    """ " handshakes=H/N" of one of our runs (its report's; N: the hosts of the tier), "" for
-    Ansible's. The report counts the connections its phases open: not those the command's
-    cluster lock opened to the etcd members before (their handshakes are paid, uncounted)."""
+    """ " handshakes=H/N" of one of our runs (its report's, which counts the cluster lock's
+    connections to the etcd members too; N: the hosts the command reaches, `reached`), ""
+    for Ansible's."""
     if run.handshakes is None:
         return ""
     return f" handshakes={run.handshakes}" + (f"/{hosts}" if hosts is not None else "")
@@ -258,7 +267,7 @@ def main() -> int:
         left = no_masters(spec)
         fresh = runner.run_cli(cmd, script=script)
         print(f"{'nornir-k8sha':16} {tier:10} fresh  {fmt(fresh)} changed={fresh.changed}"
-              f"{shakes(fresh, len(tier_hosts(spec, tier)))} masters_before={left}{cpu(fresh)}",
+              f"{shakes(fresh, len(reached(spec, tier)))} masters_before={left}{cpu(fresh)}",
               flush=True)
         res[("nornir-k8sha", tier)] = {"fresh": fresh, "no-op": []}
         for _ in range(args.rounds):

@@ -57,13 +57,15 @@ class ConnectionBudget:
             self._limit = limit
             self._cond.notify_all()
 
-    def reset_peaks(self) -> None:
-        """Start a new run's measurement (connections already open still count as open)."""
+    def reset_peaks(self, *, handshakes: bool = True) -> None:
+        """Start a new run's measurement (connections already open still count as open).
+        `handshakes` False: keep the handshakes counted so far (see `measured`)."""
         with self._cond:
             self.peak_working = self._working
             self.peak_starting = sum(self._starting.values())
             self.peak_open = len(self._open)
-            self.handshakes = 0
+            if handshakes:
+                self.handshakes = 0
 
     @contextlib.contextmanager
     def working(self) -> Iterator[None]:
@@ -190,13 +192,16 @@ def measured(nr: Any, limit: int, budget: ConnectionBudget = BUDGET
     """A run under `limit` (the cluster's `ssh.max_connections`): the budget's limit and
     Nornir's threaded runner with as many workers. Yields a dict that holds the run's
     `snapshot()` once the block ends. Peaks are reset by the outermost run only, so the
-    post-checks inside a deploy add to the deploy's figures."""
+    post-checks inside a deploy add to the deploy's figures. Its handshakes are those since
+    the previous run of this process ended (the count restarts when a run ends, not when it
+    starts): a command's connections opened just before its run — a deploy's cluster lock on
+    the etcd members (tasks/hostlock.py), taken before its phases — are its own too."""
     with budget._cond:
         outermost = budget._runs == 0
         budget._runs += 1
     if outermost:
         budget.set_limit(limit)
-        budget.reset_peaks()
+        budget.reset_peaks(handshakes=False)
     runner = getattr(nr, "runner", None)
     if runner is not None and hasattr(runner, "num_workers"):
         runner.num_workers = budget.limit
@@ -207,3 +212,6 @@ def measured(nr: Any, limit: int, budget: ConnectionBudget = BUDGET
         with budget._cond:
             budget._runs -= 1
         resources.update(budget.snapshot())
+        if outermost:
+            with budget._cond:
+                budget.handshakes = 0

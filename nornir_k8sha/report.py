@@ -133,8 +133,8 @@ class RunReport:
     notes: list[str] = field(default_factory=list)
     #: What the run cost this machine: peak_connections (SSH connections opening or working at
     #: once), peak_open_connections (held open, idle ones too), handshakes (connections the
-    #: run opened that were not riding a persistent master already; the ones a deploy's cluster
-    #: lock opened on the etcd members just before its phases are not counted), peak_rss_mb.
+    #: command opened that were not riding a persistent master already, the ones a deploy's
+    #: cluster lock opened on the etcd members just before its phases included), peak_rss_mb.
     resources: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

@@ -172,3 +172,26 @@ def test_only_connections_that_needed_a_handshake_count_as_handshakes() -> None:
     budget.reset_peaks()
     budget.opened(Conn(False))
     assert budget.snapshot()["handshakes"] == 0 and budget.snapshot()["peak_open_connections"] == 5
+
+
+def test_a_runs_handshakes_include_the_connections_opened_just_before_it() -> None:
+    """A deploy's cluster lock opens its connections to the etcd members before the phases'
+    run starts: the report counts them; the next run does not count them again."""
+
+    class Conn:
+        handshake = True
+
+    budget = ConnectionBudget(limit=50)
+    lock = [Conn(), Conn(), Conn()]  # the lock's three members, before the run
+    for c in lock:
+        budget.opened(c)
+    with measured(None, 50, budget) as first:
+        budget.opened(phase := Conn())
+        with measured(None, 50, budget) as inner:  # the post-checks: part of the deploy
+            pass
+    assert first["handshakes"] == 4 and inner["handshakes"] == 4
+    with measured(None, 50, budget) as second:  # the next run rides what is open
+        pass
+    assert second["handshakes"] == 0
+    for c in (*lock, phase):
+        budget.closed(c)

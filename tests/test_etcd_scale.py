@@ -5,6 +5,7 @@ in which order) and `deploy` refusing a change that would break quorum before to
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -193,6 +194,27 @@ def test_a_new_master_reloads_the_haproxy_nodes_one_at_a_time(
     (first, a0, a1), (second, b0, b1) = sorted(windows, key=lambda w: w[1])
     assert {first, second} == {"haproxy1", "haproxy2"} and b0 >= a1, windows
 
+
+
+def test_fresh_haproxy_nodes_start_at_once_only_running_ones_take_turns(
+        tmp_path: Path) -> None:
+    """The turns are for reloads of nodes that serve: a node whose haproxy is not running yet
+    serves nothing a start could interrupt, so fresh nodes start at once."""
+    from .test_components import UNITS, deploy
+
+    fleet = FakeFleet(debian=True)
+    for name in load_cluster_spec(LAB_INVENTORY).hosts:
+        for unit in UNITS:
+            fleet.host(name.name).debian.units[unit] = FakeUnit()
+    together = threading.Barrier(2, timeout=3)  # one after the other: broken, the start fails
+    for proxy in ("haproxy1", "haproxy2"):
+        def meet(host, command: str, stdin: bytes | None) -> object:  # noqa: ANN001
+            together.wait()
+            return host.debian(host, command, stdin)
+        fleet.host(proxy).on(r"^systemctl start haproxy$", meet)
+    report = deploy(LAB_INVENTORY, fleet, [LoadBalancers()], tmp_path)
+    assert report.exit_code == 0, report.phase("lb").hosts
+    assert all(fleet.host(p).debian.units["haproxy"].active for p in ("haproxy1", "haproxy2"))
 
 # --- shrink: the leader hands over first, one member at a time, each host retired ---------------
 

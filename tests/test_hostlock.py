@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from nornir.core.plugins.connections import ConnectionPluginRegister
 from typer.testing import CliRunner
 
 from nornir_k8sha import constants as C
@@ -23,11 +24,13 @@ from nornir_k8sha.cli import app
 from nornir_k8sha.cli import deploy as cli_deploy
 from nornir_k8sha.cli import etcd as cli_etcd
 from nornir_k8sha.cli import runbook as cli_runbook
-from nornir_k8sha.exceptions import OperationLocked
+from nornir_k8sha.connection import K8shaSSH
+from nornir_k8sha.exceptions import ConnectionFailed, OperationLocked
 from nornir_k8sha.inventory import open_nornir
 from nornir_k8sha.tasks import hostlock as L
-from nornir_k8sha.testing import FakeFleet, FakeHost, install_fake
+from nornir_k8sha.testing import FakeFleet, FakeHost, Gauge, install_fake
 from nornir_k8sha.topology import load_cluster_spec
+from nornir_k8sha.transport import CONNECTION_NAME
 
 from .conftest import LAB_INVENTORY
 
@@ -261,6 +264,115 @@ def test_release_tries_a_member_again_after_its_ssh_session_died(
     held = L.acquire(nornir(fleet), SPEC, "runbook run verify-ha.yaml")
     tries = iter([(255, "", "Socket is closed")])  # rebooted by a power cut: once
     fleet.host("etcd1").on("rm -f", lambda *_: next(tries, None))
+    said: list[str] = []
+    L.release(nornir(fleet), held, say=said.append)
+    assert said == [] and all(m.holder() is None for m in members.values())
+
+
+# --- opening the members' connections ------------------------------------------------------
+
+
+class Handshaking:
+    """A `k8sha_ssh` plugin whose open (the SSH handshake) returns only once every lock
+    member's open is in flight (a barrier: opened one after the other, the first one waits
+    in vain and fails); the connection it opens is the member's FakeHost. `refuse`: members
+    whose handshake fails (a dead host), after the barrier."""
+
+    fleet: FakeFleet
+    barrier: threading.Barrier
+    gauge: Gauge
+    opened: list[str]
+    refuse: set[str] = set()
+
+    def open(self, hostname: str | None, username: str | None, password: str | None,
+             port: int | None, platform: str | None, extras: dict | None = None,
+             configuration: object = None) -> None:
+        name = next(h.name for h in SPEC.hosts if str(h.address) == hostname)
+        self.opened.append(name)
+        with self.gauge.inside():
+            self.barrier.wait()
+        if name in self.refuse:
+            raise ConnectionFailed(name, f"{hostname}: timed out after 10s")
+        self.connection = self.fleet.host(name)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def handshaking(fleet: FakeFleet, members: dict[str, ShellMember],
+                monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Connections opened through `Handshaking` (not pre-installed fakes) by the Nornir objects
+    of `handshaking_nornir`; returns the log of lock commands as they reached the members:
+    "member: acquire" / "member: release"."""
+    tries: list[str] = []
+    for name, member in members.items():
+        def logged(host: FakeHost, command: str, stdin: bytes | None,
+                   member: ShellMember = member) -> tuple:
+            tries.append(f"{host.name}: {'acquire' if ' ln ' in command else 'release'}")
+            return member(host, command, stdin)
+        fleet.hosts[name].handler = logged
+    monkeypatch.setattr(Handshaking, "fleet", fleet, raising=False)
+    monkeypatch.setattr(Handshaking, "barrier", threading.Barrier(len(MEMBERS), timeout=3),
+                        raising=False)
+    monkeypatch.setattr(Handshaking, "gauge", Gauge(), raising=False)
+    monkeypatch.setattr(Handshaking, "opened", [], raising=False)
+    monkeypatch.setattr(Handshaking, "refuse", set())
+    return tries
+
+
+def handshaking_nornir(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    """A Nornir on the lab inventory whose connections open through `Handshaking` (opening a
+    Nornir registers the real plugin: put in place after it)."""
+    available = ConnectionPluginRegister.available
+    monkeypatch.setitem(available, CONNECTION_NAME, K8shaSSH)
+    nr = open_nornir(LAB_INVENTORY)
+    monkeypatch.setitem(available, CONNECTION_NAME, Handshaking)
+    return nr
+
+
+def test_the_members_connections_open_at_once_the_tries_go_in_name_order_and_stop_at_a_conflict(
+        members: dict[str, ShellMember], handshaking: list[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    held = L.acquire(handshaking_nornir(monkeypatch), SPEC, "deploy")
+    assert held.members == MEMBERS and held.unreachable == {}
+    assert Handshaking.gauge.peak == len(MEMBERS)  # every handshake in flight at once
+    assert handshaking == [f"{m}: acquire" for m in MEMBERS]  # then tried one at a time
+    Handshaking.barrier = threading.Barrier(1)  # release opens its connections one by one
+    L.release(handshaking_nornir(monkeypatch), held)
+    assert all(m.holder() is None for m in members.values())
+
+    handshaking.clear()
+    Handshaking.barrier = threading.Barrier(len(MEMBERS), timeout=3)
+    plant(members, other_operator(), on=["etcd2"])
+    with pytest.raises(OperationLocked, match="locked by alice@ws-alice .*lock file on etcd2"):
+        L.acquire(handshaking_nornir(monkeypatch), SPEC, "deploy")
+    # etcd2's conflict stopped the attempt: etcd3 (connected) was never tried, etcd1 given back
+    assert handshaking == ["etcd1: acquire", "etcd2: acquire", "etcd1: release"]
+    assert members["etcd1"].holder() is None and members["etcd3"].holder() is None
+
+
+def test_a_member_whose_handshake_fails_is_unreachable_without_a_second_handshake(
+        members: dict[str, ShellMember], handshaking: list[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    Handshaking.refuse = {"etcd1"}
+    held = L.acquire(handshaking_nornir(monkeypatch), SPEC, "etcd replace etcd1")
+    assert held.members == ["etcd2", "etcd3"]
+    assert held.unreachable == {"etcd1": "etcd1: cannot connect: 10.88.0.31: timed out after 10s"}
+    assert sorted(Handshaking.opened) == MEMBERS  # etcd1's connect timeout paid once
+    assert handshaking == ["etcd2: acquire", "etcd3: acquire"]
+
+
+def test_release_reaches_the_members_at_once(fleet: FakeFleet,
+                                             members: dict[str, ShellMember]) -> None:
+    held = L.acquire(nornir(fleet), SPEC, "deploy")
+    together = threading.Barrier(len(MEMBERS), timeout=3)  # one after the other: broken
+
+    def meet(*_: object) -> None:
+        together.wait()  # then the member's shell runs it
+
+    for m in MEMBERS:
+        fleet.host(m).on("rm -f", meet)
     said: list[str] = []
     L.release(nornir(fleet), held, say=said.append)
     assert said == [] and all(m.holder() is None for m in members.values())

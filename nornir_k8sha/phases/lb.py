@@ -2,7 +2,8 @@
 
 The HAProxy nodes are configured in parallel but reload one at a time (a lock shared by the
 phase's hosts): a master added to the inventory changes every node's backend list, and the VIP
-must always have a node that is not in the middle of a reload."""
+must always have a node that is not in the middle of a reload. A node whose haproxy is not
+running yet (a fresh deploy) starts without waiting: it serves nothing a start interrupts."""
 
 from __future__ import annotations
 

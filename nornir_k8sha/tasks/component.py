@@ -12,7 +12,7 @@ from __future__ import annotations
 import shlex
 import threading
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,8 +66,9 @@ def apply_component(
     `start`, services are also enabled and started when they are not.
     `known_units`: the units' state as `probe` read it before this step, with nothing changed
     on the host since; used only when none of the component's files changed either.
-    `one_at_a_time`: held around a reload/restart, shared by the hosts of one rollout, so that
-    no two of them reload at once (HAProxy nodes behind the VIP).
+    `one_at_a_time`: held around a reload/restart of a running service, shared by the hosts
+    of one rollout, so that no two of them reload at once (HAProxy nodes behind the VIP); a
+    service not running yet is started without it (it serves nothing a start interrupts).
     """
 
     me = spec.host(task.host.name)
@@ -91,7 +92,15 @@ def apply_component(
     restarts = []
     for service, how in actions.items():
         inputs_changed = touched.get(service, False)
-        serial = one_at_a_time if inputs_changed and one_at_a_time is not None else nullcontext()
+        known = None if changed_files or known_units is None else known_units.get(service)
+        serial: AbstractContextManager[object] = nullcontext()
+        if inputs_changed and one_at_a_time is not None:
+            # a running service reloads (restarts) in its turn; one not running yet (a fresh
+            # node) serves nothing a start could interrupt: it starts at once. The state read
+            # here is the one `service` reads first: passed on, it costs no round trip.
+            known = H.unit_state(H.connect(task), service)
+            if H.is_running(known):
+                serial = one_at_a_time
         with serial:
             r = H.service(
                 task,
@@ -101,8 +110,7 @@ def apply_component(
                 reload_if_changed=inputs_changed and how == "reload",
                 restart_if_changed=inputs_changed and how == "restart",
                 rollback=backups.get(service, ()),
-                known=None if changed_files or known_units is None
-                else known_units.get(service),
+                known=known,
             )
         if r.changed:
             restarts.append(f"{how} {service}" if inputs_changed else f"start {service}")

@@ -36,8 +36,9 @@ def configure(task: Task, spec: ClusterSpec, state_dir: Path, *,
               ) -> Result:
     """Packages, the real-server VIP, the cluster CA the health checks verify apiservers with
     (placed before haproxy.cfg is validated: `haproxy -c` opens it), then haproxy.cfg.
-    `one_at_a_time`: shared by the HAProxy nodes of one deploy, held around a reload (a new
-    master changes every node's backend list: they reload one after the other)."""
+    `one_at_a_time`: shared by the HAProxy nodes of one deploy, held around a reload of a
+    running haproxy (a new master changes every node's backend list: they reload one after
+    the other; a node not serving yet starts at once)."""
     H.honour_dry_run(task, dry_run)
     probed = probe(task, PACKAGES, ["haproxy", C.REALSERVER_SERVICE])
     pk = H.packages(task, names=PACKAGES, known=probed.packages)

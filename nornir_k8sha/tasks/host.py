@@ -493,13 +493,13 @@ def service(task: Task, *, unit: str | None = None, name: str | None = None,
     if state not in SERVICE_STATES:
         raise ValueError(f"service {name}: state must be one of {SERVICE_STATES}, not {state!r}")
     conn = connect(task)
-    unit = dict(known) if known is not None else _unit(conn, name)
+    unit = dict(known) if known is not None else unit_state(conn, name)
     pre: list[str] = []
     if unit.get("NeedDaemonReload") == "yes" or unit.get("LoadState") == "not-found":
         pre.append("systemctl daemon-reload")
         if not task.is_dry_run(dry_run):
             conn.run(pre[0])
-            unit = _unit(conn, name)
+            unit = unit_state(conn, name)
             if unit.get("LoadState") == "not-found":
                 raise CommandFailed(task.host.name, f"systemctl show {name}", 1,
                                     f"unit {name} not found")
@@ -527,9 +527,16 @@ def service(task: Task, *, unit: str | None = None, name: str | None = None,
 UNIT_PROBE = "systemctl show -p LoadState,ActiveState,UnitFileState,NeedDaemonReload {unit}"
 
 
-def _unit(conn: Transport, name: str) -> dict[str, str]:
+def unit_state(conn: Transport, name: str) -> dict[str, str]:
+    """The unit's properties (`UNIT_PROBE`), read now: what `service` reads first, or takes as
+    `known` from a caller that read them moments ago."""
     r = conn.run(UNIT_PROBE.format(unit=shlex.quote(name)), sudo=False, check=False)
     return parse_unit(r.stdout)
+
+
+def is_running(unit: Mapping[str, str]) -> bool:
+    """The unit (as `unit_state` read it) is running: active, reloading or starting."""
+    return unit.get("ActiveState", "") in _RUNNING
 
 
 def parse_unit(stdout: str) -> dict[str, str]:
@@ -552,7 +559,7 @@ def _service_actions(name: str, unit: Mapping[str, str], enabled: bool | None,
         actions.append(f"{SKIP_SYSV} systemctl enable {q}")
     elif enabled is False and file_state in ("enabled", "enabled-runtime"):
         actions.append(f"{SKIP_SYSV} systemctl disable {q}")
-    running = unit.get("ActiveState", "") in _RUNNING
+    running = is_running(unit)
     if state == "stopped":
         if running:
             actions.append(f"systemctl stop {q}")

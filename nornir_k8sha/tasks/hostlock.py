@@ -10,7 +10,10 @@ Where: one file, `HOST_LOCK_FILE`, on a MAJORITY of the etcd members. Why there:
   has no quorum.
 
 How: the members are tried one at a time in name order and the first conflict stops the
-attempt, so two contenders meet on the same (first reachable) member and exactly one wins. On a
+attempt, so two contenders meet on the same (first reachable) member and exactly one wins.
+Their connections are opened all at once beforehand (`_Members.open_all`): the SSH handshake is
+the dear part of a try on a fresh command, and opening a connection takes no lock, so a fresh
+`deploy` pays one handshake's time for the lock instead of one per member. On a
 member the file is created atomically with its whole content: written to a private temp name,
 then `ln` (link(2) fails if the lock exists) — a reader never sees a half-written holder.
 The file says who (user@machine), pid, since when, what command, and a token; release and
@@ -30,7 +33,8 @@ import contextlib
 import os
 import shlex
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from nornir.core import Nornir
@@ -40,6 +44,7 @@ from nornir_k8sha.exceptions import OperationLocked
 from nornir_k8sha.oplock import Holder
 from nornir_k8sha.tasks import host as H
 from nornir_k8sha.topology import ClusterSpec, etcd_quorum
+from nornir_k8sha.transport import Transport
 
 #: Bound of one lock command on a member (connect + run): a dead member costs this, once.
 COMMAND_TIMEOUT_S = 10.0
@@ -119,30 +124,64 @@ class _Members:
 
     def __init__(self, nr: Nornir) -> None:
         self.nr = nr
+        #: member -> its connection being opened by `open_all` (or the error it failed with)
+        self._opening: dict[str, Future[Transport]] = {}
+
+    def open_all(self, members: Sequence[str]) -> None:
+        """Start opening the connections to `members` at once, each in a thread of its own,
+        and return: a try then waits for its own member's connection only. A member whose
+        connection fails keeps that error for this object's life (a dead member costs the
+        connect timeout once, not once per try). Daemon threads: a command that stops at
+        a conflict never waits at exit for a dead member's timeout."""
+        for member in members:
+            if member in self._opening:
+                continue
+            opening: Future[Transport] = Future()
+            self._opening[member] = opening
+            threading.Thread(target=self._open_into, args=(member, opening),
+                             name=f"k8sha-lock-open-{member}", daemon=True).start()
+
+    def _open_into(self, member: str, opening: Future[Transport]) -> None:
+        try:
+            opening.set_result(self._open(member))
+        except BaseException as exc:  # noqa: BLE001 - handed to the try that waits for it
+            opening.set_exception(exc)
+
+    def _open(self, member: str) -> Transport:
+        host = self.nr.inventory.hosts[member]
+        return H.open_connection(host, self.nr.config, connect_timeout=COMMAND_TIMEOUT_S)
 
     def run(self, member: str, command: str) -> tuple[int, str]:
         """(exit code, stdout); raises on an unreachable member (any error: named by caller)."""
-        host = self.nr.inventory.hosts[member]
-        conn = H.open_connection(host, self.nr.config, connect_timeout=COMMAND_TIMEOUT_S)
+        opening = self._opening.get(member)
+        conn = opening.result() if opening is not None else self._open(member)
         res = conn.run(command, timeout=COMMAND_TIMEOUT_S, check=False)
         if res.exit_code not in (0, C.HOST_LOCK_HELD_EXIT):
             raise RuntimeError(f"exit {res.exit_code}: {res.stderr.strip()[:200]}")
         return res.exit_code, res.stdout
 
     def each(self, members: list[str], command: str, *, tries: int = 1) -> dict[str, str]:
-        """Run on each member; {member: error} for those that failed `tries` times (a member
-        rebooted by a fault fails once on its dead SSH session, then the connection
-        reconnects)."""
-        failed: dict[str, str] = {}
-        for m in members:
+        """Run on every member at once (a release, a heartbeat, giving back a minority: no
+        order to keep); {member: error}, in the members' order, for those that failed `tries`
+        times (a member rebooted by a fault fails once on its dead SSH session, then the
+        connection reconnects)."""
+
+        def one(member: str) -> str:
+            why = ""
             for _ in range(tries):
                 try:
-                    self.run(m, command)
-                    failed.pop(m, None)
-                    break
+                    self.run(member, command)
+                    return ""
                 except Exception as exc:  # noqa: BLE001 - a dead member: reported, not fatal
-                    failed[m] = str(exc) or type(exc).__name__
-        return failed
+                    why = str(exc) or type(exc).__name__
+            return why
+
+        if not members:
+            return {}
+        with ThreadPoolExecutor(max_workers=len(members),
+                                thread_name_prefix="k8sha-lock") as pool:
+            whys = list(pool.map(one, members))
+        return {m: why for m, why in zip(members, whys, strict=True) if why}
 
 
 def _try(members: _Members, member: str, me: Holder) -> Found | None:
@@ -168,6 +207,7 @@ def acquire(nr: Nornir, spec: ClusterSpec, command: str, *, break_lock: bool = F
     runner = _Members(nr)
     names = lock_members(spec)
     need = etcd_quorum(len(names))
+    runner.open_all(names)  # the handshakes at once; the tries below stay one at a time
     for _ in range(3):  # a holder that vanished while we looked, or one we broke: try again
         got: list[str] = []
         unreachable: dict[str, str] = {}
