@@ -25,6 +25,7 @@ from nornir_k8sha.tasks.switch import eos, frr, ios, junos, nxos, state
 from nornir_k8sha.tasks.switch.plan import plan, restore_commands
 from nornir_k8sha.tasks.switch.state import FilterState, Neighbor, VipRoute, verdict
 from nornir_k8sha.topology import ClusterSpec, load_cluster_spec
+from nornir_k8sha.transport import SWITCH_READS_CONNECTION, CommandResult
 
 from .conftest import LAB_INVENTORY, InventoryFactory
 from .fakeswitch import FakeSwitch, Session
@@ -311,6 +312,7 @@ def test_an_frr_switch_is_driven_by_netmiko_as_cisco_ios(monkeypatch: pytest.Mon
     nr = open_nornir(LAB_INVENTORY).filter(name="switch1")
     host = nr.inventory.hosts["switch1"]
     host.platform = "frr"
+    host.password = "a password login: no persistent master, so netmiko reads too"
     opened: dict[str, object] = {}
 
     def fake_open(self: Host, connection: str, configuration: object, **kw: object) -> None:
@@ -323,3 +325,36 @@ def test_an_frr_switch_is_driven_by_netmiko_as_cisco_ios(monkeypatch: pytest.Mon
     assert opened["connection"] == "netmiko" and opened["platform"] == "cisco_ios"
     assert opened["extras"]["conn_timeout"] == C.CHECK_TIMEOUT_S  # a check is bounded
     assert not result.result.ok  # a switch that says nothing proves nothing
+
+
+def test_a_key_login_switch_is_read_as_netmikos_user_over_a_login_without_a_shell(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from nornir.core.inventory import Host
+
+    nr = open_nornir(LAB_INVENTORY).filter(name="switch1")
+    opened: dict[str, object] = {}
+    sent: list[str] = []
+
+    class Reads:
+        def run(self, command: str, **_: object) -> CommandResult:
+            sent.append(command)
+            return CommandResult(command, 0, "", "", 0.0)
+
+    def fake_open(self: Host, connection: str, configuration: object, **kw: object) -> None:
+        opened.update(kw, connection=connection)
+        self.connections[connection] = type("P", (), {"connection": Reads()})()
+
+    monkeypatch.setattr(Host, "open_connection", fake_open)
+    result = nr.run(task=switch.check, spec=load_cluster_spec(LAB_INVENTORY))["switch1"][0]
+    assert result.exception is None, result.exception
+    assert opened["connection"] == SWITCH_READS_CONNECTION
+    assert (opened["hostname"], opened["username"], opened["password"]) == (
+        "10.88.0.71", "netops", None)
+    extras = opened["extras"]
+    assert isinstance(extras, dict)
+    assert extras["shell"] is False and extras["strict_host_key"] is True
+    assert extras["known_hosts"] == ".k8sha/lab/ssh/known_hosts"
+    assert extras["connect_timeout"] == C.CHECK_TIMEOUT_S
+    assert sorted(sent) == ["show ip bgp summary", "show ip route 10.88.0.100",
+                            "show running-config"]
+    assert not result.result.ok
