@@ -12,10 +12,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _loaded_after(statement: str, modules: list[str]) -> list[str]:
     code = (f"import sys\n{statement}\n"
-            f"print(' '.join(m for m in {modules!r} if m in sys.modules))")
+            f"print('\\nloaded:', *(m for m in {modules!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                          text=True, check=True, timeout=60)
-    return out.stdout.split()
+    return out.stdout.splitlines()[-1].split()[1:]  # the last line: what a command printed
 
 
 def test_check_does_not_load_the_template_engine() -> None:
@@ -26,3 +26,43 @@ def test_check_does_not_load_the_template_engine() -> None:
 def test_rendering_still_loads_it_on_first_use() -> None:
     assert _loaded_after("from nornir_k8sha.render import template\n"
                          "template('keepalived/keepalived.conf.j2')", ["jinja2"]) == ["jinja2"]
+
+
+def test_a_deferred_invoke_still_serves_paramikos_match_exec() -> None:
+    code = ("from nornir_k8sha.cli import startup\n"
+            "with startup.imports():\n    import paramiko\n"
+            "before = 'invoke.collection' in sys.modules\n"
+            "config = paramiko.SSHConfig.from_text('Match exec \"true\"\\n  User bob\\n')\n"
+            "assert config.lookup('somehost')['user'] == 'bob'\n"
+            "print('body loaded before:', before)")
+    out = subprocess.run([sys.executable, "-c", f"import sys\n{code}"], cwd=REPO,
+                         capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "body loaded before: False"
+
+
+def test_the_package_loads_its_topology_api_on_first_use() -> None:
+    assert _loaded_after("import nornir_k8sha", ["pydantic", "nornir"]) == []
+    assert _loaded_after("from nornir_k8sha import ClusterSpec, load_cluster_spec\n"
+                         "load_cluster_spec('inventory/lab')", ["pydantic"]) == ["pydantic"]
+
+
+def test_the_collector_is_back_on_after_a_commands_imports() -> None:
+    import gc
+
+    from nornir_k8sha.cli import startup
+
+    frozen = gc.get_freeze_count()
+    with startup.imports():
+        assert not gc.isenabled()
+        made = [[n] for n in range(1000)]  # tracked objects, alive at the freeze
+    assert gc.isenabled()
+    assert gc.get_freeze_count() >= frozen + len(made)
+    gc.unfreeze()
+    gc.disable()  # a program that runs with the collector off keeps it off
+    try:
+        with startup.imports():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+        gc.unfreeze()
