@@ -66,3 +66,35 @@ def test_the_collector_is_back_on_after_a_commands_imports() -> None:
     finally:
         gc.enable()
         gc.unfreeze()
+
+
+def test_a_host_registers_a_connection_plugin_when_it_first_opens_one(monkeypatch) -> None:
+    from importlib import metadata
+
+    from nornir.core.plugins.connections import ConnectionPluginRegister
+
+    from nornir_k8sha import inventory
+
+    opened = []
+
+    class Plugin:
+        def open(self, **kwargs: object) -> None:
+            opened.append(kwargs["hostname"])
+            self.connection = "a session"
+
+        def close(self) -> None:
+            pass
+
+    entry = metadata.EntryPoint("k8sha_test_plugin", "x:y", inventory.CONNECTION_PLUGINS_GROUP)
+    monkeypatch.setattr(metadata.EntryPoint, "load", lambda self: Plugin)
+    monkeypatch.setattr(inventory.metadata, "entry_points",
+                        lambda group, name: [entry] if name == entry.name else [])
+    nr = inventory.open_nornir(REPO / "inventory" / "lab")
+    try:
+        assert "k8sha_test_plugin" not in ConnectionPluginRegister.available
+        host = nr.inventory.hosts["master1"]
+        assert host.get_connection("k8sha_test_plugin", nr.config) == "a session"
+        assert opened == [host.hostname]
+        assert ConnectionPluginRegister.get_plugin("k8sha_test_plugin") is Plugin
+    finally:
+        ConnectionPluginRegister.available.pop("k8sha_test_plugin", None)
