@@ -28,6 +28,45 @@ def test_rendering_still_loads_it_on_first_use() -> None:
                          "template('keepalived/keepalived.conf.j2')", ["jinja2"]) == ["jinja2"]
 
 
+#: What a command's start loads that it may not: netmiko (switches only), invoke's body
+#: (paramiko's `Match exec` only), the pydantic models before the command asks for them.
+SWITCHES_ONLY = ["netmiko", "nornir_netmiko", "nornir_k8sha.tasks.switch"]
+INVOKE_BODY = ["invoke.collection", "invoke.context", "unittest.mock"]
+
+
+def _command_start(command: str, modules: list[str]) -> list[str]:
+    """`modules` loaded once the command line has imported `command` (as the console script
+    does: `--help` stops right after) and opened its Nornir on the lab's inventory, as
+    `check` and `deploy` do before their first host."""
+    return _loaded_after(
+        f"sys.argv = ['nornir-k8sha', {command!r}, '--help']\n"
+        "from nornir_k8sha.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "from nornir_k8sha.inventory import open_nornir\n"
+        "open_nornir('inventory/lab')", modules)
+
+
+def test_check_and_deploy_start_without_netmiko_or_invoke() -> None:
+    # check loads netmiko in its switches row, deploy in its network phase: not at the start
+    for command in ("check", "deploy"):
+        assert _command_start(command, SWITCHES_ONLY + INVOKE_BODY) == [], command
+
+
+def test_the_switches_row_and_the_network_phase_still_load_netmiko() -> None:
+    assert _loaded_after("from nornir_k8sha.checks.sweep import switch_sessions\n"
+                         "from nornir_k8sha.checks import CheckContext\n"
+                         "from nornir_k8sha.inventory import open_nornir\n"
+                         "from nornir_k8sha.topology import load_cluster_spec\n"
+                         "spec = load_cluster_spec('inventory/lab')\n"
+                         "class Never:\n"
+                         "    def run(self, *a, **k): return {}\n"
+                         "cx = CheckContext(spec, None, spec.state_dir)\n"
+                         "CheckContext.run = Never.run\n"
+                         "switch_sessions(cx)", ["netmiko"]) == ["netmiko"]
+    assert _loaded_after("from nornir_k8sha.phases.network import _switch\n"
+                         "_switch().connect", ["netmiko"]) == ["netmiko"]
+
+
 def test_a_deferred_invoke_still_serves_paramikos_match_exec() -> None:
     code = ("from nornir_k8sha.cli import startup\n"
             "with startup.imports():\n    import paramiko\n"

@@ -32,7 +32,6 @@ from nornir_k8sha.tasks import (
     haproxy,
     harbor,
     keepalived,
-    switch,
 )
 from nornir_k8sha.topology import ClusterSpec, HostSpec
 
@@ -111,6 +110,9 @@ def switch_sessions(cx: CheckContext) -> list[CheckResult]:
     switches = cx.spec.role(C.ROLE_SWITCHES)
     if not switches:
         return [skipped("-", "no switches in the inventory")]
+    # netmiko (~30 ms) is imported with the first switch, while the other rows wait on hosts
+    from nornir_k8sha.tasks import switch  # lazy: start-up, netmiko only with switches
+
     return list(cx.run(switch.check, switches).values())
 
 
