@@ -1,6 +1,7 @@
 """What a whole command pays before and after its hosts' work (issue 12.3): a timeline.
 
     sudo .venv/bin/python bench/startup_bench.py [--repeat 5] [--profile FILE] [-- ARGS...]
+    sudo .venv/bin/python bench/startup_bench.py --trees BEFORE AFTER [--repeat 5] [-- ARGS...]
 
 Runs `python -m nornir_k8sha ARGS` (default: `check -i inventory/lab --json`) as a whole
 process `--repeat` times and prints, per mark, the median seconds from the moment the process
@@ -14,6 +15,10 @@ own functions in the child (`_child`); the code run is the command's, unchanged.
 Run it from the repository root of the code to measure (it imports `nornir_k8sha` from the
 working directory, as `python -m` does); the lab must be up and deployed for the lab's
 inventory.
+
+`--trees A B`: the plain whole command (no marks), alternating between two checkouts (e.g. the
+code before a change exported with `git archive`, its `.k8sha` a link to this one's), `--repeat`
+each: median, min and max wall seconds per tree, and the exit codes.
 """
 
 from __future__ import annotations
@@ -135,9 +140,29 @@ def run_once(argv: list[str], profile: str | None = None) -> dict:
     return data
 
 
+def compare(trees: list[str], argv: list[str], repeat: int) -> None:
+    """The whole command from each tree in turn, `repeat` rounds; wall seconds per tree."""
+    walls: dict[str, list[float]] = {t: [] for t in trees}
+    codes: dict[str, list[int]] = {t: [] for t in trees}
+    for _ in range(repeat):
+        for tree in trees:
+            start = time.monotonic()
+            proc = subprocess.run([sys.executable, "-m", "nornir_k8sha", *argv], cwd=tree,
+                                  capture_output=True, text=True)
+            walls[tree].append(time.monotonic() - start)
+            codes[tree].append(proc.returncode)
+    print(f"`{' '.join(argv)}`, {repeat} rounds alternating, load average "
+          f"{os.getloadavg()[0]:.2f}")
+    for tree in trees:
+        v = walls[tree]
+        print(f"{tree:40} median {statistics.median(v):.3f} s ({min(v):.3f}-{max(v):.3f}), "
+              f"each {' '.join(f'{x:.3f}' for x in v)}, exit {codes[tree]}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--trees", nargs=2, help="alternate the whole command between two checkouts")
     ap.add_argument("--profile", help="cProfile of the last run to this file")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("argv", nargs="*")
@@ -145,6 +170,9 @@ def main() -> None:
     argv = args.argv or DEFAULT
     if args.child:
         _child(argv, args.child[0], float(args.child[1]), args.profile)
+        return
+    if args.trees:
+        compare(args.trees, argv, args.repeat)
         return
     runs = [run_once(argv, args.profile if i == args.repeat - 1 else None)
             for i in range(args.repeat)]

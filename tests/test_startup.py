@@ -35,13 +35,14 @@ INVOKE_BODY = ["invoke.collection", "invoke.context", "unittest.mock"]
 
 
 def _command_start(command: str, modules: list[str]) -> list[str]:
-    """`modules` loaded once the command line has imported `command` (as the console script
-    does: `--help` stops right after) and opened its Nornir on the lab's inventory, as
-    `check` and `deploy` do before their first host."""
+    """`modules` loaded once the command line has imported `command` as the console script
+    does and opened its Nornir on the lab's inventory, as `check` and `deploy` do before they
+    reach their first host."""
     return _loaded_after(
-        f"sys.argv = ['nornir-k8sha', {command!r}, '--help']\n"
-        "from nornir_k8sha.cli import main\n"
-        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "from nornir_k8sha.cli import startup\n"
+        "with startup.imports():\n"
+        "    from nornir_k8sha.cli import commands\n"
+        f"    commands.build({command!r})\n"
         "from nornir_k8sha.inventory import open_nornir\n"
         "open_nornir('inventory/lab')", modules)
 
@@ -50,6 +51,12 @@ def test_check_and_deploy_start_without_netmiko_or_invoke() -> None:
     # check loads netmiko in its switches row, deploy in its network phase: not at the start
     for command in ("check", "deploy"):
         assert _command_start(command, SWITCHES_ONLY + INVOKE_BODY) == [], command
+
+
+def test_check_starts_without_rich_which_json_output_never_draws_with() -> None:
+    assert _command_start("check", ["rich", "rich.console"]) == []
+    assert _loaded_after("from nornir_k8sha import console\nconsole.out()",
+                         ["rich.console"]) == ["rich.console"]
 
 
 def test_the_switches_row_and_the_network_phase_still_load_netmiko() -> None:

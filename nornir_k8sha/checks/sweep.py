@@ -12,11 +12,10 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from nornir.core import Nornir
-from rich.console import Console
 
 from nornir_k8sha import budget
 from nornir_k8sha import constants as C
@@ -34,6 +33,9 @@ from nornir_k8sha.tasks import (
     keepalived,
 )
 from nornir_k8sha.topology import ClusterSpec, HostSpec
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @dataclass
