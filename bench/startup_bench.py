@@ -65,9 +65,16 @@ def _child(argv: list[str], marks_file: str, started: float, profile: str | None
         atexit.register(lambda: (profiler.disable(), profiler.dump_stats(profile)))
     sys.argv = ["nornir_k8sha", *argv]
     sys.path.insert(0, os.getcwd())
-    from nornir_k8sha.cli import commands
+    import contextlib
 
-    group = commands._group(commands.COMMANDS[argv[0]][0])
+    try:  # the command line's own way of importing a command, where it has one
+        from nornir_k8sha.cli.startup import imports as importing
+    except ImportError:
+        importing = contextlib.nullcontext
+    with importing():
+        from nornir_k8sha.cli import commands
+
+        group = commands._group(commands.COMMANDS[argv[0]][0])
     mark("command's modules imported")
 
     def wrap(module: object, name: str, before: str | None, after: str | None) -> None:
@@ -93,7 +100,6 @@ def _child(argv: list[str], marks_file: str, started: float, profile: str | None
     wrap(group, "finish", "finish starts", None)
     real_lock = getattr(group, "one_operation", None)
     if real_lock is not None:
-        import contextlib
 
         @contextlib.contextmanager
         def lock(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
