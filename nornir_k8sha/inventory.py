@@ -9,6 +9,7 @@ known to be good.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -295,15 +296,18 @@ def register_connection_plugin(name: str) -> None:
 
     `InitNornir` imports every installed plugin when it opens, e.g. nornir-netmiko and with it
     netmiko (~30 ms), which a command reaching no switch never uses (issue 12.3); a host of
-    `open_nornir` registers a plugin when it first opens a connection of it instead. An unknown
-    name stays unregistered: Nornir then raises its PluginNotRegistered as before."""
+    `open_nornir` registers such a plugin when it first opens a connection of it instead. An
+    unknown name stays unregistered: Nornir then raises its PluginNotRegistered as before."""
     if name in ConnectionPluginRegister.available:
         return
+    _register(lambda entry: entry.name == name)
+
+
+def _register(wanted: Callable[[metadata.EntryPoint], bool]) -> None:
     with _plugins_lock:  # a run's hosts open their first connections at once
-        if name in ConnectionPluginRegister.available:
-            return
-        for entry in metadata.entry_points(group=CONNECTION_PLUGINS_GROUP, name=name):
-            ConnectionPluginRegister.register(entry.name, entry.load())
+        for entry in metadata.entry_points(group=CONNECTION_PLUGINS_GROUP):
+            if wanted(entry) and entry.name not in ConnectionPluginRegister.available:
+                ConnectionPluginRegister.register(entry.name, entry.load())
 
 
 class PluginHost(Host):
@@ -364,8 +368,11 @@ def open_nornir(directory: Path | str, *, num_workers: int = 20) -> Nornir:
     """A Nornir on the inventory dir, with our SSH plugin as every Linux host's connection.
 
     What `InitNornir` would make of the same configuration (threaded runner, this inventory
-    plugin, Nornir's logging off), without its scans of every installed plugin: the connection
-    plugins are registered as the hosts first open them (`PluginHost`)."""
+    plugin, Nornir's logging off), without its scans of every installed plugin. This package's
+    own connection plugin (`k8sha_ssh`: every Linux host's) is registered now, in this thread,
+    as InitNornir did; another (nornir-netmiko's, with netmiko) when a host first opens one
+    (`PluginHost`)."""
+    _register(lambda entry: entry.module.split(".")[0] == __name__.split(".")[0])
     config = Config.from_dict(
         runner={"plugin": "threaded", "options": {"num_workers": num_workers}},
         inventory={"plugin": INVENTORY_PLUGIN, "options": {"directory": str(directory)}},

@@ -133,8 +133,7 @@ def test_a_host_registers_a_connection_plugin_when_it_first_opens_one(monkeypatc
 
     entry = metadata.EntryPoint("k8sha_test_plugin", "x:y", inventory.CONNECTION_PLUGINS_GROUP)
     monkeypatch.setattr(metadata.EntryPoint, "load", lambda self: Plugin)
-    monkeypatch.setattr(inventory.metadata, "entry_points",
-                        lambda group, name: [entry] if name == entry.name else [])
+    monkeypatch.setattr(inventory.metadata, "entry_points", lambda group: [entry])
     nr = inventory.open_nornir(REPO / "inventory" / "lab")
     try:
         assert "k8sha_test_plugin" not in ConnectionPluginRegister.available
