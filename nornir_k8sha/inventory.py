@@ -8,13 +8,16 @@ known to be good.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import yaml
-from nornir import InitNornir
 from nornir.core import Nornir
+from nornir.core.configuration import Config
 from nornir.core.inventory import (
     ConnectionOptions,
     Defaults,
@@ -25,7 +28,10 @@ from nornir.core.inventory import (
     Inventory,
     ParentGroups,
 )
+from nornir.core.plugins.connections import ConnectionPluginRegister
 from nornir.core.plugins.inventory import InventoryPluginRegister
+from nornir.core.state import GlobalState
+from nornir.plugins.runners import ThreadedRunner
 
 from nornir_k8sha.exceptions import InventoryError
 
@@ -280,6 +286,41 @@ def _connection_options(entry: dict[str, Any]) -> dict[str, ConnectionOptions]:
     }
 
 
+#: Nornir's entry-point group of connection plugins (`k8sha_ssh`, nornir-netmiko's `netmiko`).
+CONNECTION_PLUGINS_GROUP = "nornir.plugins.connections"
+_plugins_lock = threading.Lock()
+
+
+def register_connection_plugin(name: str) -> None:
+    """Register the installed connection plugin `name` (its entry point) unless it already is.
+
+    `InitNornir` imports every installed plugin when it opens, e.g. nornir-netmiko and with it
+    netmiko (~30 ms), which a command reaching no switch never uses (issue 12.3); a host of
+    `open_nornir` registers such a plugin when it first opens a connection of it instead. An
+    unknown name stays unregistered: Nornir then raises its PluginNotRegistered as before."""
+    if name in ConnectionPluginRegister.available:
+        return
+    _register(lambda entry: entry.name == name)
+
+
+def _register(wanted: Callable[[metadata.EntryPoint], bool]) -> None:
+    with _plugins_lock:  # a run's hosts open their first connections at once
+        for entry in metadata.entry_points(group=CONNECTION_PLUGINS_GROUP):
+            if wanted(entry) and entry.name not in ConnectionPluginRegister.available:
+                ConnectionPluginRegister.register(entry.name, entry.load())
+
+
+class PluginHost(Host):
+    """Nornir's Host, registering a connection plugin the first time it opens one of it."""
+
+    __slots__ = ()
+
+    def open_connection(self, connection: str, configuration: Config,
+                        *args: Any, **kwargs: Any) -> Any:
+        register_connection_plugin(connection)
+        return super().open_connection(connection, configuration, *args, **kwargs)
+
+
 def _element(kind: type[Host] | type[Group], name: str, entry: dict[str, Any],
              defaults: Defaults) -> Host | Group:
     return kind(name=name, hostname=entry.get("hostname"), port=entry.get("port"),
@@ -299,7 +340,7 @@ def inventory_from_raw(raw: RawInventory) -> Inventory:
         connection_options=_connection_options(raw.defaults))
     groups = Groups({str(n): _element(Group, str(n), e or {}, defaults)
                      for n, e in raw.groups.items()})
-    hosts = Hosts({str(n): _element(Host, str(n), e or {}, defaults)
+    hosts = Hosts({str(n): _element(PluginHost, str(n), e or {}, defaults)
                    for n, e in raw.hosts.items()})
     for kind, elements in ((raw.groups, groups), (raw.hosts, hosts)):
         for name, element in elements.items():
@@ -324,9 +365,20 @@ InventoryPluginRegister.register(INVENTORY_PLUGIN, DirectoryInventory)
 
 
 def open_nornir(directory: Path | str, *, num_workers: int = 20) -> Nornir:
-    """A Nornir on the inventory dir, with our SSH plugin as every Linux host's connection."""
-    return InitNornir(
+    """A Nornir on the inventory dir, with our SSH plugin as every Linux host's connection.
+
+    What `InitNornir` would make of the same configuration (threaded runner, this inventory
+    plugin, Nornir's logging off), without its scans of every installed plugin. This package's
+    own connection plugin (`k8sha_ssh`: every Linux host's) is registered now, in this thread,
+    as InitNornir did; another (nornir-netmiko's, with netmiko) when a host first opens one
+    (`PluginHost`)."""
+    _register(lambda entry: entry.module.split(".")[0] == __name__.split(".")[0])
+    config = Config.from_dict(
         runner={"plugin": "threaded", "options": {"num_workers": num_workers}},
         inventory={"plugin": INVENTORY_PLUGIN, "options": {"directory": str(directory)}},
         logging={"enabled": False},
     )
+    config.logging.configure()
+    return Nornir(inventory=DirectoryInventory(str(directory)).load(),
+                  runner=ThreadedRunner(num_workers=num_workers), config=config,
+                  data=GlobalState(dry_run=False))

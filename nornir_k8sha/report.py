@@ -13,18 +13,17 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from nornir.core.task import AggregatedResult, MultiResult
-from rich.cells import cell_len
-from rich.console import Console
-from rich.live import Live
-from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
 
 from nornir_k8sha import constants as C
+from nornir_k8sha.console import escape
 from nornir_k8sha.statefiles import write_private
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
 Status = Literal["ok", "changed", "failed", "skipped", "pending", "running"]
 
@@ -291,7 +290,7 @@ def _first_lines(text: str, n: int = 6) -> str:
     return "\n".join(lines[:n]) + (" …" if len(lines) > n else "")
 
 
-# --- rendering ---------------------------------------------------------------------------------
+# --- rendering (rich is imported when something is drawn: `--json` draws nothing) -------------
 
 
 #: Width assumed when no console is given (a pipe without COLUMNS gets 80 from rich too).
@@ -306,6 +305,10 @@ def fitted_table(title: str, names: Sequence[str], detail: str,
     host, a status) never break inside a word — each keeps its full width when it fits, else
     wraps at spaces, never narrower than its longest word — and the last column, the detail,
     takes the rest and folds. (Left to rich, every column shrinks and names break mid-word.)"""
+    from rich.cells import cell_len
+    from rich.table import Table
+    from rich.text import Text
+
     rows = [list(r) for r in rows]
     plain = [[Text.from_markup(cell).plain for cell in row[:len(names)]] for row in rows]
     full = [max([cell_len(n), *(cell_len(r[i]) for r in plain)]) for i, n in enumerate(names)]
@@ -448,6 +451,8 @@ class LiveProgress:
 
     def __init__(self, report: RunReport, console: Console, enabled: bool) -> None:
         self.report = report
+        from rich.live import Live
+
         self.enabled = enabled and console.is_terminal
         self._live = Live(
             console=console, refresh_per_second=4, transient=True,

@@ -21,6 +21,7 @@ import typer
 
 from nornir_k8sha import console
 from nornir_k8sha import constants as C
+from nornir_k8sha.cli import startup
 from nornir_k8sha.cli.common import InventoryOpt, JsonOpt, load_analysis
 from nornir_k8sha.exceptions import InventoryError, K8shaError
 
@@ -105,9 +106,15 @@ def build(command: str | None = None) -> typer.Typer:
 
 
 def main() -> None:
+    """Run the command named in argv (`startup`: its imports with the collector paused, and
+    its end)."""
     command = sys.argv[1] if len(sys.argv) > 1 else None
     try:
-        build(command)()
+        with startup.imports():
+            app = build(command)
+        app()
     except K8shaError as exc:  # last resort: never a traceback for our own errors
         console.error(str(exc))
         sys.exit(C.EXIT_INVALID if isinstance(exc, InventoryError) else C.EXIT_FAILED)
+    finally:
+        startup.exiting()

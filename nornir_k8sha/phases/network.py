@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from types import ModuleType
 
 from nornir.core.task import Result, Task
 
@@ -11,7 +12,7 @@ from nornir_k8sha import constants as C
 from nornir_k8sha.checks import CheckContext, bgp_sessions
 from nornir_k8sha.deploy import DeployContext, NornirPhase, run_task
 from nornir_k8sha.report import HostOutcome
-from nornir_k8sha.tasks import frr, switch
+from nornir_k8sha.tasks import frr
 
 BGP_SETTLE_TIMEOUT = 30.0
 
@@ -66,15 +67,22 @@ class Network(NornirPhase):
 
     def task(self, task: Task, ctx: DeployContext) -> Result:
         if ctx.spec.host(task.host.name).has_role(C.ROLE_SWITCHES):
-            return switch.configure(task, ctx.spec)
+            return _switch().configure(task, ctx.spec)
         return frr.configure(task, ctx.spec)
+
+
+def _switch() -> ModuleType:
+    """The switches' task module: it imports netmiko (~30 ms), which a deploy without this
+    phase (`--phase lb`, ...) never uses; imported by `prepare`, beside the earlier stages."""
+    from nornir_k8sha.tasks import switch  # lazy: start-up, netmiko only when switches are reached
+    return switch
 
 
 def _open_session(task: Task) -> Result:
     """Open the switch's session; a switch that cannot be reached is reported by `configure`,
     which tries again."""
     try:
-        switch.connect(task)
+        _switch().connect(task)
     except Exception as exc:  # noqa: BLE001 - the configure step reports it
         return Result(host=task.host, result=f"not connected yet: {type(exc).__name__}")
     return Result(host=task.host, result="connected")
