@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -24,6 +24,7 @@ from nornir_k8sha.exceptions import InventoryError, OperationLocked
 from nornir_k8sha.lab import network as lab_network
 from nornir_k8sha.oplock import operation_lock
 from nornir_k8sha.report import RunReport, print_summary
+from nornir_k8sha.tasks import host as H
 from nornir_k8sha.tasks.hostlock import cluster_lock
 from nornir_k8sha.topology import Analysis, ClusterSpec, Finding, analyse
 
@@ -111,15 +112,19 @@ def finish(report: RunReport, spec: ClusterSpec, as_json: bool, report_file: Pat
 
 @contextlib.contextmanager
 def one_operation(spec: ClusterSpec, command: str, *, dry_run: bool, nr: Nornir | None,
-                  break_lock: bool = False) -> Iterator[None]:
+                  break_lock: bool = False, open_first: Collection[str] = ()) -> Iterator[None]:
     """Hold the cluster's locks for a command that changes hosts (deploy, reset, runbooks,
     day-2): the local one (`.k8sha/<cluster>/operation.lock`), then the one on the hosts
     (tasks/hostlock.py: a majority of the etcd members), so a second operator on this or
     another machine exits 1 naming the holder. A dry run changes nothing: no lock. Both are
-    released however the block ends. `nr` None: the local lock only (no host to reach)."""
+    released however the block ends. `nr` None: the local lock only (no host to reach).
+    `open_first`: hosts the command will reach, whose connections open while the lock is
+    taken (their handshakes off the command's path)."""
     if dry_run:
         yield
         return
+    if nr is not None and open_first:
+        H.open_ahead(nr, sorted(open_first))
     try:
         with operation_lock(spec.state_dir, command, share_inside=True), \
                 (cluster_lock(nr, spec, command, break_lock=break_lock, say=console.warn)

@@ -71,13 +71,25 @@ def deploy(
     ctx = DeployContext(spec, nr, report, dry_run=dry_run, limit=limit_set,
                         state_dir=spec.state_dir, http=HTTP_TRANSPORT,
                         shared=shared)
-    with one_operation(spec, "deploy", dry_run=dry_run, nr=nr, break_lock=break_lock), \
+    with one_operation(spec, "deploy", dry_run=dry_run, nr=nr, break_lock=break_lock,
+                       open_first=hosts_reached_first(spec, limit_set, phase)), \
             LiveProgress(report, console.out(), enabled=not as_json):
         run_stages(ctx, default_stages(), only=set(phase) if phase else None)
     if not as_json and not dry_run and report.exit_code == 0:
         report.notes.extend(next_steps(spec, inventory))
     report.notes.extend(harbor_note(spec))
     finish(report, spec, as_json, report_file)
+
+
+def hosts_reached_first(spec: ClusterSpec, limit: frozenset[str] | None,
+                        phases: list[str] | None) -> set[str]:
+    """The Linux hosts a deploy is sure to reach: those of `--limit`, or every one when all
+    phases run (the preflight reaches every host). `--phase` alone: none (a phase reaches
+    only its roles' hosts, which the phase knows, not this command)."""
+    linux = {h.name for h in spec.hosts if not h.has_role(C.ROLE_SWITCHES)}
+    if limit is not None:
+        return linux & limit
+    return set() if phases else linux
 
 
 def etcd_membership_refusal(spec: ClusterSpec, inventory: Path,

@@ -26,10 +26,11 @@ import fnmatch
 import shlex
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
+from nornir.core import Nornir
 from nornir.core.configuration import Config
 from nornir.core.inventory import Host
 from nornir.core.task import Result, Task
@@ -57,7 +58,8 @@ _RUNNING = {"active", "reloading", "activating"}
 
 
 _open_guard = threading.Lock()
-_open_locks: dict[int, threading.Lock] = {}
+_open_locks: dict[int, threading.RLock] = {}  # re-entered by `_open_quietly`
+_failed_ahead: dict[int, ConnectionFailed] = {}  # id(host) -> why `open_ahead` could not open it
 
 
 def connect(task: Task, *, connect_timeout: float | None = None) -> Transport:
@@ -83,6 +85,30 @@ def honour_dry_run(task: Task, dry_run: bool | None) -> None:
         task.global_dry_run = dry_run
 
 
+def open_ahead(nr: Nornir, names: Iterable[str]) -> None:
+    """Start opening these hosts' connections, each in a thread of its own, and return: a
+    command opens the hosts it will reach while it does something else first (a deploy takes
+    the cluster lock meanwhile). Whoever reaches a host next waits for its opening (the
+    per-host lock of `open_connection`); a host that could not be opened hands that failure
+    to the next opener once, so a dead host costs its connect timeout once, not twice."""
+    for name in names:
+        host = nr.inventory.hosts[name]
+        threading.Thread(target=_open_quietly, args=(host, nr.config), daemon=True,
+                         name=f"k8sha-open-ahead-{name}").start()
+
+
+def _open_quietly(host: Host, config: Config) -> None:
+    with _open_guard:
+        lock = _open_locks.setdefault(id(host), threading.RLock())
+    with lock:  # held until the failure, if any, is recorded: the next opener waits for it
+        try:
+            open_connection(host, config)
+        except ConnectionFailed as exc:
+            _failed_ahead[id(host)] = exc
+        except Exception:  # noqa: BLE001 - anything else: the next opener meets it itself
+            pass
+
+
 def open_connection(host: Host, config: Config, *,
                     connect_timeout: float | None = None) -> Transport:
     """`connect` for code outside a task: same locking, same host naming, same budget.
@@ -94,8 +120,11 @@ def open_connection(host: Host, config: Config, *,
             conn: Transport = host.get_connection(CONNECTION_NAME, config)
         else:
             with _open_guard:
-                lock = _open_locks.setdefault(id(host), threading.Lock())
+                lock = _open_locks.setdefault(id(host), threading.RLock())
             with lock:
+                failed = _failed_ahead.pop(id(host), None)
+                if failed is not None:
+                    raise failed
                 if CONNECTION_NAME not in host.connections:
                     params = host.get_connection_parameters(CONNECTION_NAME)
                     extras = None
