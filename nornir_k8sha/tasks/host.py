@@ -133,8 +133,10 @@ def open_connection(host: Host, config: Config, *,
                         extras["connect_timeout"] = connect_timeout
                     with BUDGET.opening(f"{params.hostname}:{params.port or C.SSH_PORT}"):
                         host.open_connection(CONNECTION_NAME, config, extras=extras)
-                conn = host.get_connection(CONNECTION_NAME, config)
-                BUDGET.opened(conn)
+                    conn = host.get_connection(CONNECTION_NAME, config)
+                    BUDGET.opened(conn)  # by its opener only: one who waited for it opened none
+                else:
+                    conn = host.get_connection(CONNECTION_NAME, config)
     except ConnectionFailed as exc:
         if exc.host == host.name:
             raise

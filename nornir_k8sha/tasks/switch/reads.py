@@ -27,6 +27,7 @@ from nornir.core.inventory import Host
 from nornir.core.task import Task
 
 from nornir_k8sha import constants as C
+from nornir_k8sha.budget import BUDGET
 from nornir_k8sha.exceptions import CommandFailed
 from nornir_k8sha.transport import SWITCH_READS_CONNECTION
 
@@ -102,6 +103,7 @@ def session(task: Task, open_netmiko: Callable[[], Any], connect_timeout: float)
     if SWITCH_READS_CONNECTION not in host.connections:
         host.open_connection(SWITCH_READS_CONNECTION, task.nornir.config,
                              default_to_host_attributes=False, **login)
+        BUDGET.opened(host.get_connection(SWITCH_READS_CONNECTION, task.nornir.config))
     return ExecReads(host.name, host.get_connection(SWITCH_READS_CONNECTION, task.nornir.config))
 
 
