@@ -93,6 +93,8 @@ class SimFleet(FakeFleet):
 class FakeSwitch:
     """Enough of netmiko for the switch task: a running config that learns what is sent."""
 
+    base_prompt = "switch"  # netmiko finds it at login; the check reads up to it
+
     def __init__(self, latency: LatencyModel | None) -> None:
         self.running = "hostname switch\n"
         self.latency = latency
@@ -113,7 +115,7 @@ class FakeSwitch:
     def exit_config_mode(self) -> str:
         return ""
 
-    def commit(self) -> str:
+    def commit(self, **_: object) -> str:  # Junos: `commit confirmed N`, then a plain commit
         return ""
 
 
@@ -189,7 +191,10 @@ class SimulatedCluster:
         if request.url.path.endswith("/status"):
             return httpx.Response(200, json={"header": {"member_id": str(100 + me)},
                                              "leader": "100", "dbSize": 20480, "raftTerm": 2})
-        return httpx.Response(200, json={"members": [{"name": m.name} for m in members]})
+        port = self.spec.settings.etcd.client_port
+        return httpx.Response(200, json={"members": [  # what the deploy's etcd_scale.observe reads
+            {"ID": str(100 + i), "name": m.name, "peerURLs": [f"https://{m.address}:2380"],
+             "clientURLs": [f"https://{m.address}:{port}"]} for i, m in enumerate(members)]})
 
 
 def refuse_network() -> None:
