@@ -4,8 +4,9 @@
 
 Generates an N-host inventory (bench/gen_inventory.py; the registry is Debian's
 docker-registry, as in the lab), puts a `FakeFleet(debian=True, latency=LatencyModel())` in
-place of SSH (SimulatedDebian hosts: dpkg/apt, systemd, sysctl, files) and fake netmiko
-connections on the switches, and answers every HTTP call (etcd, the API through the VIP,
+place of SSH (SimulatedDebian hosts: dpkg/apt, systemd, sysctl, files), puts each switch behind
+a loopback SSH server as a scripted switch of its platform (tests/fakeswitch.py, reached by
+netmiko's real drivers), and answers every HTTP call (etcd, the API through the VIP,
 HAProxy's stats, the registry) with one `httpx.MockTransport` through the deploy's own seam
 (`DeployContext.http`, `run_checks(transport=)`): a healthy, Ready cluster; the VIP's raw
 TCP probe is replaced as the unit tests replace it. Nothing leaves this process (a connect
@@ -44,6 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "bench"), str(REPO)]
 
 from gen_inventory import write as write_inventory  # noqa: E402
+from nornir.core.inventory import ConnectionOptions  # noqa: E402
 
 from nornir_k8sha import constants as C  # noqa: E402
 from nornir_k8sha.budget import peak_rss_mb  # noqa: E402
@@ -67,6 +69,8 @@ from nornir_k8sha.testing import (  # noqa: E402
     install_fake,
 )
 from nornir_k8sha.topology import ClusterSpec, load_cluster_spec  # noqa: E402
+from tests.fakeswitch import FakeSwitch as ScriptedSwitch  # noqa: E402
+from tests.sshserver import SSHTestServer  # noqa: E402
 from tests.test_phases_join import FakeApiserver, SimulatedKubeadm  # noqa: E402
 
 
@@ -88,35 +92,6 @@ class SimFleet(FakeFleet):
                 self.hosts[name] = FakeHost(name, handler=AnyUnitDebian(), latency=self.latency,
                                             gauge=self.gauge)
             return self.hosts[name]
-
-
-class FakeSwitch:
-    """Enough of netmiko for the switch task: a running config that learns what is sent."""
-
-    base_prompt = "switch"  # netmiko finds it at login; the check reads up to it
-
-    def __init__(self, latency: LatencyModel | None) -> None:
-        self.running = "hostname switch\n"
-        self.latency = latency
-
-    def _wait(self) -> None:
-        if self.latency is not None:
-            time.sleep(self.latency.exec)
-
-    def send_command(self, command: str, **_: object) -> str:
-        self._wait()
-        return self.running if command.startswith("show ") else ""
-
-    def send_config_set(self, lines: list[str], **_: object) -> str:
-        self._wait()
-        self.running += "\n".join(lines) + "\n"
-        return "ok"
-
-    def exit_config_mode(self) -> str:
-        return ""
-
-    def commit(self, **_: object) -> str:  # Junos: `commit confirmed N`, then a plain commit
-        return ""
 
 
 class SimulatedCluster:
@@ -212,11 +187,28 @@ def refuse_network() -> None:
     socket.socket.connect = connect  # type: ignore[method-assign]
 
 
-def install_switches(nr: Any, spec: ClusterSpec, latency: LatencyModel | None) -> None:
+def install_switches(nr: Any, spec: ClusterSpec, work: Path) -> list[SSHTestServer]:
+    """Every switch a scripted switch of its platform (tests/fakeswitch.py) behind an SSH
+    server on loopback (tests/sshserver.py), reached by netmiko's real drivers as the unit
+    tests reach them: its checkpoint, commit and BGP state as the platform's task reads them.
+    The latency model is for the Linux hosts; a switch costs what a local netmiko session
+    costs. The servers are the caller's to stop."""
+    peers = {str(d.address): spec.settings.bgp.lvs_asn for d in spec.role(C.ROLE_LVS)}
+    servers = []
     for switch in spec.role(C.ROLE_SWITCHES):
         host = nr.inventory.hosts[switch.name]
-        host.connections["netmiko"] = type("P", (), {"connection": FakeSwitch(latency),
-                                                     "close": lambda self: None})()
+        base = (f"set system host-name {switch.name}\n" if host.platform == "juniper_junos"
+                else f"hostname {switch.name}\n")
+        device = ScriptedSwitch(host.platform or "cisco_ios", hostname=switch.name,
+                                running_text=base, peers=dict(peers), vip=str(spec.vip))
+        server = SSHTestServer(work / f"ssh-{switch.name}").start()
+        server.shell = device.serve
+        servers.append(server)
+        host.hostname, host.port = "127.0.0.1", server.port
+        host.username, host.password = "netops", server.password
+        host.connection_options["netmiko"] = ConnectionOptions(
+            extras={"use_keys": False, "allow_agent": False, "conn_timeout": 10})
+    return servers
 
 
 def timed_run(label: str, action: Any, fleet: FakeFleet) -> tuple[str, float, float, Any, float]:
@@ -240,7 +232,7 @@ def run(hosts: int, connections: int, latency: LatencyModel | None, work: Path
     nr = open_nornir(inventory)
     fleet = SimFleet(latency=latency)
     install_fake(nr, fleet)
-    install_switches(nr, spec, latency)
+    servers = install_switches(nr, spec, work)
     cluster = SimulatedCluster(spec, fleet)
     # the VIP's TCP probe is a raw socket with no transport seam: answered here as the unit
     # tests answer it (tests/test_checks.py), from the simulated cluster
@@ -252,12 +244,17 @@ def run(hosts: int, connections: int, latency: LatencyModel | None, work: Path
                             http=cluster.transport)
         return run_stages(ctx, default_stages())
 
-    rows = [timed_run("fresh deploy", deploy, fleet)]
-    trips_fresh = fleet.round_trips()
-    rows.append(timed_run("no-op re-run", deploy, fleet))
-    trips_noop = {h: n - trips_fresh.get(h, 0) for h, n in fleet.round_trips().items()}
-    rows.append(timed_run("check", lambda: run_checks(spec, nr, state_dir=state,
-                                                      transport=cluster.transport), fleet))
+    try:
+        rows = [timed_run("fresh deploy", deploy, fleet)]
+        trips_fresh = fleet.round_trips()
+        rows.append(timed_run("no-op re-run", deploy, fleet))
+        trips_noop = {h: n - trips_fresh.get(h, 0) for h, n in fleet.round_trips().items()}
+        rows.append(timed_run("check", lambda: run_checks(spec, nr, state_dir=state,
+                                                          transport=cluster.transport), fleet))
+    finally:
+        nr.close_connections()
+        for server in servers:
+            server.stop()
     fleet.trips_fresh, fleet.trips_noop = trips_fresh, trips_noop  # type: ignore[attr-defined]
     return rows, fleet, spec
 
