@@ -290,7 +290,9 @@ def test_down_leaves_nothing_then_up_again(lab) -> None:  # noqa: ANN001
 NON_ROOT_CLI = """
 import os, sys
 from nornir_k8sha import cli  # imported as root: the venv may not be readable by nobody
-import nornir_k8sha.lab.faults, nornir_k8sha.lab.lab  # (the CLI imports these lazily)
+import nornir_k8sha.cli.commands, nornir_k8sha.cli.lab
+import nornir_k8sha.lab.faults, nornir_k8sha.lab.lab
+import rich.console, rich.table  # (all lazy in the CLI: a command imports what it draws)
 os.setgroups([]); os.setgid(65534); os.setuid(65534)
 sys.argv = ["nornir-k8sha", "lab", "up", "-i", sys.argv[1]]
 cli.main()
