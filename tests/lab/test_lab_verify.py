@@ -126,8 +126,12 @@ def test_slower_haproxy_checks_grow_the_bound_and_a_tight_bound_fails(
             slow["expectation"]["explanation"]
         assert fast["figures"]["takeover_s"] is not None
         assert slow["figures"]["takeover_s"] > fast["figures"]["takeover_s"], (fast, slow)
-        # the frozen apiserver: requests failed for longer, within the grown bound
-        assert fast_frozen["figures"]["failed"] > 0, fast_frozen["figures"]
+        # the frozen apiserver: requests failed for longer, within the grown bound. The fast
+        # case may see no failed request at all (0 s: twice in CI on 2026-12-04, 162 requests,
+        # none failed; why no fresh read reached the frozen master in its ~1-2 s before DOWN
+        # is not understood): what must hold is that the slow checks leave clients failing
+        # longer than the fast ones do, and longer than the fast bound
+        assert slow_frozen["figures"]["failed"] > 0, slow_frozen["figures"]
         assert slow_frozen["figures"]["downtime_s"] > fast_frozen["figures"]["downtime_s"], (
             fast_frozen["figures"], slow_frozen["figures"])
         assert slow_frozen["figures"]["downtime_s"] > fast_frozen["expectation"]["downtime_s"]
