@@ -17,6 +17,7 @@ import pytest
 from nornir.core import Nornir
 
 from nornir_k8sha import constants as C
+from nornir_k8sha.checkresult import CheckResult
 from nornir_k8sha.deploy import DeployContext, LocalPhase, NornirPhase, run_stages
 from nornir_k8sha.inventory import open_nornir
 from nornir_k8sha.phases.control_plane import wait_until_joinable
@@ -106,11 +107,13 @@ ESTABLISHED = ('{"ipv4Unicast":{"peers":{"10.88.0.71":{"state":"Established","pf
 
 
 def _network(spec: ClusterSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-             configured: str, summary: str = ESTABLISHED
+             configured: str, summary: str = ESTABLISHED,
+             switch_views: list[list[CheckResult]] | None = None, settle: float = 0.0,
              ) -> tuple[list[HostOutcome], dict[str, list[bool]]]:
     """Run the network phase with every host's configure answering `configured` (ok or
     changed). Returns the outcomes and, per director, for each vtysh asked: whether the
-    configure was still running then."""
+    configure was still running then. `switch_views`: what the switches' own check says, one
+    list of rows per look (the last one repeats); none: every switch settled."""
     nr = open_nornir(LAB_INVENTORY)
     fleet = install_fake(nr, FakeFleet())
     configuring = threading.Event()
@@ -133,8 +136,14 @@ def _network(spec: ClusterSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         configuring.clear()
         return [HostOutcome(h, configured) for h in hosts]  # type: ignore[arg-type]
 
+    views = list(switch_views or [[]])
+
+    def switches_say(cx: object) -> list[CheckResult]:
+        return views.pop(0) if len(views) > 1 else views[0]
+
     monkeypatch.setattr(NornirPhase, "run", configure)
-    monkeypatch.setattr("nornir_k8sha.phases.network.BGP_SETTLE_TIMEOUT", 0.0)
+    monkeypatch.setattr("nornir_k8sha.phases.network.BGP_SETTLE_TIMEOUT", settle)
+    monkeypatch.setattr("nornir_k8sha.phases.network.switch_sessions", switches_say)
     ctx = DeployContext(spec, nr, RunReport("deploy", spec.name), state_dir=tmp_path)
     phase = Network()
     return phase.run(ctx, phase.hosts(ctx)), asked
@@ -152,6 +161,20 @@ def test_after_a_change_the_network_phase_reads_bgp_again(
     outcomes, asked = _network(spec, tmp_path, monkeypatch, "changed")
     assert asked == {"lvs1": [True, False], "lvs2": [True, False]}
     assert all(o.status == "changed" for o in outcomes)
+
+
+def test_after_a_change_the_switches_route_to_the_vip_is_waited_for(
+        spec: ClusterSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The directors' sessions are up, but a switch has not installed the VIP /32 yet (the
+    route comes a moment after the session): the phase looks again instead of leaving it to
+    the post-checks; a switch that never gets it fails, naming what it lacks."""
+    late = CheckResult("switch1", "failed", "VIP 10.88.0.100/32 not received")
+    outcomes, _ = _network(spec, tmp_path, monkeypatch, "changed", switch_views=[[late], []],
+                           settle=5.0)
+    assert all(o.status == "changed" for o in outcomes)
+    outcomes, _ = _network(spec, tmp_path, monkeypatch, "changed", switch_views=[[late]])
+    failed = {o.host: o.message for o in outcomes if o.status == "failed"}
+    assert list(failed) == ["switch1"] and "not received" in failed["switch1"]
 
 
 def test_a_session_down_is_still_waited_for_and_fails_the_director(

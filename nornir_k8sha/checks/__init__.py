@@ -15,6 +15,8 @@ from nornir_k8sha.checks.sweep import (
     bgp_sessions,
     run_checks,
     show_checks,
+    switch_sessions,
 )
 
-__all__ = ["CHECKS", "CheckContext", "SweepRow", "bgp_sessions", "run_checks", "show_checks"]
+__all__ = ["CHECKS", "CheckContext", "SweepRow", "bgp_sessions", "run_checks", "show_checks",
+           "switch_sessions"]

@@ -9,7 +9,7 @@ from types import ModuleType
 from nornir.core.task import Result, Task
 
 from nornir_k8sha import constants as C
-from nornir_k8sha.checks import CheckContext, bgp_sessions
+from nornir_k8sha.checks import CheckContext, bgp_sessions, switch_sessions
 from nornir_k8sha.deploy import DeployContext, NornirPhase, run_task
 from nornir_k8sha.report import HostOutcome
 from nornir_k8sha.tasks import frr
@@ -36,8 +36,10 @@ class Network(NornirPhase):
             run_task(ctx, switches, _open_session, "connect")
 
     def run(self, ctx: DeployContext, hosts: list[str]) -> list[HostOutcome]:
-        """Configure, then wait (bounded) until every director's sessions are Established, so
-        the post-checks see a settled BGP rather than a session still in OpenSent.
+        """Configure, then wait (bounded) until every director's sessions are Established and,
+        when something changed, every switch has them and the VIP /32 installed (the route
+        comes a moment after the session), so the post-checks see a settled BGP rather than a
+        session still in OpenSent or a route not yet received.
 
         The first look at the sessions is taken while the hosts are being configured: when no
         host changed, BGP is as it was then, and sessions Established then need no second look
@@ -48,18 +50,17 @@ class Network(NornirPhase):
             first = early.submit(bgp_sessions, cx) if waits else None
             outcomes = super().run(ctx, hosts)
             seen = first.result() if first is not None else []
-        directors = [o for o in outcomes if ctx.spec.host(o.host).has_role(C.ROLE_LVS)]
         if not waits or any(o.status == "failed" for o in outcomes):
             return outcomes
         bad = {r.target: r.message for r in seen if r.status == "failed"}
         unchanged = all(o.status == "ok" for o in outcomes)
         deadline = time.monotonic() + BGP_SETTLE_TIMEOUT
         while bad or not unchanged:
-            bad = {r.target: r.message for r in bgp_sessions(cx) if r.status == "failed"}
+            bad = _unsettled(cx)
             if not bad or time.monotonic() > deadline:
                 break
             time.sleep(1.0)
-        for o in directors:
+        for o in outcomes:
             if o.host in bad:
                 o.status = "failed"
                 o.message = f"{bad[o.host]} (after {BGP_SETTLE_TIMEOUT:.0f}s)"
@@ -76,6 +77,13 @@ def _switch() -> ModuleType:
     phase (`--phase lb`, ...) never uses; imported by `prepare`, beside the earlier stages."""
     from nornir_k8sha.tasks import switch  # lazy: start-up, netmiko only when switches are reached
     return switch
+
+
+def _unsettled(cx: CheckContext) -> dict[str, str]:
+    """Host -> what is not settled yet: the directors' sessions (their side) first, then each
+    switch's view of them with the VIP /32 (the same checks the post-checks run)."""
+    bad = {r.target: r.message for r in bgp_sessions(cx) if r.status == "failed"}
+    return bad or {r.target: r.message for r in switch_sessions(cx) if r.status == "failed"}
 
 
 def _open_session(task: Task) -> Result:
