@@ -86,7 +86,7 @@ def hosts_reached_first(spec: ClusterSpec, limit: frozenset[str] | None,
     """The Linux hosts a deploy is sure to reach: those of `--limit`, or every one when all
     phases run (the preflight reaches every host). `--phase` alone: none (a phase reaches
     only its roles' hosts, which the phase knows, not this command)."""
-    linux = {h.name for h in spec.hosts if not h.has_role(C.ROLE_SWITCHES)}
+    linux = {h.name for role in C.LINUX_ROLES for h in spec.role(role)}  # preflight's roles
     if limit is not None:
         return linux & limit
     return set() if phases else linux
