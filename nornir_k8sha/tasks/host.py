@@ -97,10 +97,14 @@ def open_ahead(nr: Nornir, names: Iterable[str]) -> None:
                          name=f"k8sha-open-ahead-{name}").start()
 
 
-def _open_quietly(host: Host, config: Config) -> None:
+def _open_lock(host: Host) -> threading.RLock:
+    """The host's opening lock: one opener at a time, the others wait for its outcome."""
     with _open_guard:
-        lock = _open_locks.setdefault(id(host), threading.RLock())
-    with lock:  # held until the failure, if any, is recorded: the next opener waits for it
+        return _open_locks.setdefault(id(host), threading.RLock())
+
+
+def _open_quietly(host: Host, config: Config) -> None:
+    with _open_lock(host):  # held until a failure is recorded: the next opener waits for it
         try:
             open_connection(host, config)
         except ConnectionFailed as exc:
@@ -119,9 +123,7 @@ def open_connection(host: Host, config: Config, *,
         if CONNECTION_NAME in host.connections:
             conn: Transport = host.get_connection(CONNECTION_NAME, config)
         else:
-            with _open_guard:
-                lock = _open_locks.setdefault(id(host), threading.RLock())
-            with lock:
+            with _open_lock(host):
                 failed = _failed_ahead.pop(id(host), None)
                 if failed is not None:
                     raise failed
