@@ -306,20 +306,27 @@ class FakeNetmiko:
         return ""
 
 
-def test_an_frr_switch_is_driven_by_netmiko_as_cisco_ios(monkeypatch: pytest.MonkeyPatch) -> None:
+def record_opens(monkeypatch: pytest.MonkeyPatch, conn: object) -> dict[str, object]:
+    """Every host's `open_connection` records its arguments (the last call's) and gives
+    `conn` as the connection."""
     from nornir.core.inventory import Host
 
-    nr = open_nornir(LAB_INVENTORY).filter(name="switch1")
-    host = nr.inventory.hosts["switch1"]
-    host.platform = "frr"
-    host.password = "a password login: no persistent master, so netmiko reads too"
     opened: dict[str, object] = {}
 
     def fake_open(self: Host, connection: str, configuration: object, **kw: object) -> None:
         opened.update(kw, connection=connection)
-        self.connections[connection] = type("P", (), {"connection": FakeNetmiko()})()
+        self.connections[connection] = type("P", (), {"connection": conn})()
 
     monkeypatch.setattr(Host, "open_connection", fake_open)
+    return opened
+
+
+def test_an_frr_switch_is_driven_by_netmiko_as_cisco_ios(monkeypatch: pytest.MonkeyPatch) -> None:
+    nr = open_nornir(LAB_INVENTORY).filter(name="switch1")
+    host = nr.inventory.hosts["switch1"]
+    host.platform = "frr"
+    host.password = "a password login: no persistent master, so netmiko reads too"
+    opened = record_opens(monkeypatch, FakeNetmiko())
     result = nr.run(task=switch.check, spec=load_cluster_spec(LAB_INVENTORY))["switch1"][0]
     assert result.exception is None, result.exception
     assert opened["connection"] == "netmiko" and opened["platform"] == "cisco_ios"
@@ -329,10 +336,7 @@ def test_an_frr_switch_is_driven_by_netmiko_as_cisco_ios(monkeypatch: pytest.Mon
 
 def test_a_key_login_switch_is_read_as_netmikos_user_over_a_login_without_a_shell(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from nornir.core.inventory import Host
-
     nr = open_nornir(LAB_INVENTORY).filter(name="switch1")
-    opened: dict[str, object] = {}
     sent: list[str] = []
 
     class Reads:
@@ -340,11 +344,7 @@ def test_a_key_login_switch_is_read_as_netmikos_user_over_a_login_without_a_shel
             sent.append(command)
             return CommandResult(command, 0, "", "", 0.0)
 
-    def fake_open(self: Host, connection: str, configuration: object, **kw: object) -> None:
-        opened.update(kw, connection=connection)
-        self.connections[connection] = type("P", (), {"connection": Reads()})()
-
-    monkeypatch.setattr(Host, "open_connection", fake_open)
+    opened = record_opens(monkeypatch, Reads())
     result = nr.run(task=switch.check, spec=load_cluster_spec(LAB_INVENTORY))["switch1"][0]
     assert result.exception is None, result.exception
     assert opened["connection"] == SWITCH_READS_CONNECTION
