@@ -88,7 +88,7 @@ def exec_login(host: Host, connect_timeout: float) -> dict[str, Any] | None:
     if known_hosts:
         ours["known_hosts"] = known_hosts
     return {"hostname": params.hostname, "username": params.username, "password": None,
-            "port": int(params.port or extras.get("port") or 22), "platform": None,
+            "port": int(params.port or extras.get("port") or C.SSH_PORT), "platform": None,
             "extras": ours}
 
 
