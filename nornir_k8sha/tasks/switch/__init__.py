@@ -61,22 +61,22 @@ def _netmiko(task: Task, *, fresh: bool = False, conn_timeout: float | None = No
     by (an `frr` switch is driven as `cisco_ios`). `fresh`: drop the old session first (it
     timed out and may still be stuck mid-command). `conn_timeout` bounds opening it (checks)."""
     host = task.host
-    if fresh and "netmiko" in host.connections:
+    if fresh and reads.NETMIKO in host.connections:
         # No graceful logout: it would wait on the stuck session. Drop the transport.
-        old = host.connections.pop("netmiko")
+        old = host.connections.pop(reads.NETMIKO)
         try:
             old.connection.paramiko_cleanup()
         except Exception:  # noqa: BLE001 - a dead session may fail to close; it is gone anyway
             pass
-    if "netmiko" not in host.connections and (host.platform in NETMIKO_DEVICE_TYPE
+    if reads.NETMIKO not in host.connections and (host.platform in NETMIKO_DEVICE_TYPE
                                               or conn_timeout is not None):
-        extras = dict(host.get_connection_parameters("netmiko").extras or {})
+        extras = dict(host.get_connection_parameters(reads.NETMIKO).extras or {})
         if conn_timeout is not None:
             extras.update(conn_timeout=conn_timeout, auth_timeout=conn_timeout,
                           banner_timeout=conn_timeout)
-        host.open_connection("netmiko", task.nornir.config, extras=extras,
+        host.open_connection(reads.NETMIKO, task.nornir.config, extras=extras,
                              platform=NETMIKO_DEVICE_TYPE.get(host.platform, host.platform))
-    return host.get_connection("netmiko", task.nornir.config)
+    return host.get_connection(reads.NETMIKO, task.nornir.config)
 
 
 def connect(task: Task) -> None:
