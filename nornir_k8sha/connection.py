@@ -49,15 +49,16 @@ import stat as statmod
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 import paramiko
 
 from nornir_k8sha import constants as C
 from nornir_k8sha.budget import BUDGET
 from nornir_k8sha.exceptions import CommandFailed, ConnectionFailed
+from nornir_k8sha.muxclient import NotOpened
 from nornir_k8sha.sshcontrol import MAX_SOCKET_PATH, SSH_BINARY, control_dir
 from nornir_k8sha.sshmux import OpenSSHMaster
 from nornir_k8sha.transport import (
@@ -69,11 +70,13 @@ from nornir_k8sha.transport import (
 )
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_COMMAND_TIMEOUT = 300.0
 DEFAULT_MAX_SESSIONS = 8
 _MISSING_EXIT = 44  # exit code of our own "file is missing" probes under sudo
+_REFUSED_PAUSE_S = 0.05  # first pause before asking again for a session the host refused
 
 
 class SSHTransport:
@@ -323,14 +326,33 @@ class SSHTransport:
             wire = (f"sudo {flag} -- /bin/sh -c {shlex.quote(wrapper)} k8sha "
                     f"{ready} {shlex.quote(command)}")
         try:
-            return self._session(wire, shown, stdin, limit, sudo, prompt, ready)
-        except _NeverOpened:
+            return self._refusals_waited(
+                lambda: self._session(wire, shown, stdin, limit, sudo, prompt, ready))
+        except _NeverOpened as exc:
             # the master vanished under the request (the host went away and came back), or
             # could not open a session in time (its link is cut): the command never ran, so
             # once more, on a new master, which has a connect timeout of its own
-            log.debug("%s: no session from the SSH master; once more on a new one", self.host)
+            log.debug("%s: no session from the SSH master (%s); once more on a new one",
+                      self.host, exc.reason)
             self._drop_master()
-            return self._session(wire, shown, stdin, limit, sudo, prompt, ready)
+            return self._refusals_waited(
+                lambda: self._session(wire, shown, stdin, limit, sudo, prompt, ready))
+
+    def _refusals_waited(self, attempt: Callable[[], _T]) -> _T:
+        """`attempt()`, asked again while the host refuses the session (its MaxSessions: other
+        processes ride this master too; nothing ran), for up to a connect timeout."""
+        until = time.monotonic() + self._connect_args[4]
+        pause = _REFUSED_PAUSE_S
+        while True:
+            try:
+                return attempt()
+            except _NeverOpened as exc:
+                if not exc.refused:
+                    raise
+                if time.monotonic() >= until:
+                    raise ConnectionFailed(self.host, exc.reason) from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.5)
 
     def _drop_master(self) -> None:
         """End a master that failed a session (a hung one would fail the next one too)."""
@@ -345,7 +367,10 @@ class SSHTransport:
             with self._open_lock:
                 self._ensure_alive()
                 if self._master is not None:
-                    chan: Any = self._master.session(wire, shell=self.shell)
+                    try:
+                        chan: Any = self._master.session(wire)
+                    except NotOpened as exc:
+                        raise _NeverOpened(str(exc), refused=exc.refused) from None
                 else:
                     try:
                         chan = self.client.get_transport().open_session(  # type: ignore
@@ -363,7 +388,9 @@ class SSHTransport:
                 except CommandFailed as exc:  # e.g. "sudo refused": sudo may never have started
                     failure = exc
                 if self._master is not None and chan.never_opened():
-                    raise _NeverOpened from None
+                    why = chan.refusal or NotOpened("not opened within the connect timeout"
+                                                    if chan.open_expired else "master went away")
+                    raise _NeverOpened(str(why), refused=why.refused) from None
                 if failure is not None:
                     raise failure
                 return result
@@ -575,20 +602,27 @@ class SSHTransport:
         return self._sftp
 
     def _master_sftp(self) -> paramiko.SFTPClient:
-        """SFTP riding the master; once more on a new master when it never answered (a hung
-        master: see `_exec`). Callers hold `_open_lock`."""
+        """SFTP riding the master; once more on a new master when it never opened (a master
+        gone or hung: see `_exec`). Callers hold `_open_lock`."""
         assert self._master is not None
-        sock = self._master.sftp()
         try:
-            return paramiko.SFTPClient(sock)
-        except (paramiko.SSHException, OSError):
-            sock.close()
-            if not sock.open_expired:
-                raise
-        log.debug("%s: no SFTP from the SSH master; once more on a new one", self.host)
+            return self._refusals_waited(self._sftp_session)
+        except _NeverOpened as exc:
+            log.debug("%s: no SFTP from the SSH master (%s); once more on a new one", self.host,
+                      exc.reason)
         self._master.stop()
         self._ensure_alive()
-        return paramiko.SFTPClient(self._master.sftp())
+        try:
+            return self._refusals_waited(self._sftp_session)
+        except _NeverOpened as exc:
+            raise ConnectionFailed(self.host, f"cannot open SFTP: {exc.reason}") from None
+
+    def _sftp_session(self) -> paramiko.SFTPClient:
+        assert self._master is not None
+        try:
+            return paramiko.SFTPClient(self._master.sftp())
+        except NotOpened as exc:
+            raise _NeverOpened(str(exc), refused=exc.refused) from None
 
     def _mkdirs(self, sftp: paramiko.SFTPClient, directory: str) -> None:
         missing = []
@@ -697,7 +731,12 @@ class _UnknownHostKey(paramiko.SSHException):
 
 
 class _NeverOpened(Exception):
-    """A session's master vanished before the session opened; nothing ran."""
+    """A session the master did not open: nothing ran (`refused`: the host said no)."""
+
+    def __init__(self, reason: str, *, refused: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.refused = refused
 
 
 class _RejectUnknown(paramiko.MissingHostKeyPolicy):

@@ -371,7 +371,7 @@ class RealSSHD:
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
 
-    def start(self, attempts: int = 3) -> RealSSHD:
+    def start(self, attempts: int = 3, *, extra_config: str = "") -> RealSSHD:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
         for _ in range(attempts):
             with socket.socket() as s:
@@ -383,7 +383,7 @@ class RealSSHD:
                 f"AuthorizedKeysFile {self.directory}/authorized_keys\n"
                 "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
                 "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile none\n"
-                "UseDNS no\nSubsystem sftp /usr/lib/openssh/sftp-server\n")
+                "UseDNS no\nSubsystem sftp /usr/lib/openssh/sftp-server\n" + extra_config)
             log = self.directory / "sshd.log"
             self.proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(cfg)],
                                          stdout=subprocess.DEVNULL, stderr=log.open("wb"))

@@ -13,13 +13,14 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from nornir_k8sha.connection import SSHTransport
 from nornir_k8sha.exceptions import CommandFailed, ConnectionFailed
-from nornir_k8sha.sshcontrol import control_dir, stop_masters
+from nornir_k8sha.sshcontrol import SSH_BINARY, control_dir, stop_masters
 from tests.sshserver import SSHD, RealSSHD, SSHTestServer, connect
 
 REPO = Path(__file__).resolve().parent.parent
@@ -97,6 +98,36 @@ def test_a_master_that_dies_under_a_session_request_is_replaced(
         settled = srv.handshakes
         assert settled in (before + 1, before + 2)
         assert c.run("echo still").stdout == "still\n" and srv.handshakes == settled
+    finally:
+        c.close()
+
+
+def test_sessions_riding_a_master_start_no_local_process(
+        srv: SSHTestServer, known_hosts: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command, a batch and SFTP riding a master are sessions we ask the master for over its
+    control socket (OpenSSH's mux protocol), not `ssh` client processes: each process cost
+    the controller ~6 ms of CPU, ten of them per fresh worker."""
+    c = connect(srv, known_hosts)
+    try:
+        assert c.persistent
+        spawned: list[object] = []
+        real_popen = subprocess.Popen
+
+        def recorded(argv: object, *args: object, **kwargs: object) -> object:
+            if isinstance(argv, list) and argv[:1] == [SSH_BINARY]:  # not the test server's
+                spawned.append(argv)
+            return real_popen(argv, *args, **kwargs)  # type: ignore[call-overload]
+
+        monkeypatch.setattr(subprocess, "Popen", recorded)
+        assert c.run("echo one").stdout == "one\n"
+        assert [r.stdout for r in c.run_batch(["echo a", "echo b"])] == ["a\n", "b\n"]
+        failed = c.run("echo oops >&2; exit 7", check=False)
+        assert (failed.exit_code, failed.stderr) == (7, "oops\n")
+        assert c.run("cat", stdin=b"fed").stdout == "fed"
+        path = str(known_hosts.parent / "f")
+        c.put(b"data", path)
+        assert c.get(path) == b"data"
+        assert spawned == []
     finally:
         c.close()
 
@@ -280,6 +311,25 @@ def test_a_master_whose_host_stopped_answering_is_replaced_within_the_connect_ti
         for pid in frozen:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGCONT)
+        sshd.stop()
+
+
+@needs_sshd
+def test_sessions_the_host_refuses_are_asked_again(tmp_path: Path) -> None:
+    """sshd allows MaxSessions sessions per connection. Every process riding a master shares
+    them, so the host may refuse one: nothing ran, and it is asked for again until a session
+    ends (for up to a connect timeout), not failed."""
+    sshd = RealSSHD(tmp_path / "sshd").start(extra_config="MaxSessions 2\n")
+    try:
+        c = SSHTransport("real", "127.0.0.1", port=sshd.port, key_file=sshd.client_key_file,
+                         known_hosts=sshd.write_known_hosts(tmp_path / "kh"),
+                         connect_timeout=5.0, max_sessions=6)
+        assert c.persistent
+        with ThreadPoolExecutor(6) as pool:
+            outs = list(pool.map(lambda i: c.run(f"sleep 0.3; echo {i}").stdout, range(6)))
+        assert outs == [f"{i}\n" for i in range(6)]
+        c.close()
+    finally:
         sshd.stop()
 
 
