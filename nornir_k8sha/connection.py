@@ -24,6 +24,8 @@ come from the host as usual):
       max_sessions: 8                       # concurrent channels (OpenSSH allows 10 per conn)
       persist: 60                           # idle seconds the OpenSSH master outlives this
                                             #   process for the next one; 0: paramiko, no reuse
+      kex_algorithms: null                  # key exchanges allowed, comma-separated (OpenSSH's
+                                            #   KexAlgorithms); null: the client's defaults
 
 Without `key_file` and password, the SSH agent and ~/.ssh keys are tried, as `ssh` does.
 
@@ -76,6 +78,8 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_COMMAND_TIMEOUT = 300.0
 DEFAULT_MAX_SESSIONS = 8
 _MISSING_EXIT = 44  # exit code of our own "file is missing" probes under sudo
+#: the RFC 8731 name paramiko knows by libssh's older one
+_PARAMIKO_KEX_NAMES = {"curve25519-sha256": "curve25519-sha256@libssh.org"}
 _REFUSED_PAUSE_S = 0.05  # first pause before asking again for a session the host refused
 
 
@@ -100,6 +104,7 @@ class SSHTransport:
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         persist: float = C.DEFAULT_SSH_PERSIST_S,
         shell: bool = True,
+        kex_algorithms: str | None = None,
     ) -> None:
         self.host = host
         self.hostname = hostname
@@ -122,6 +127,7 @@ class SSHTransport:
         self._sftp: paramiko.SFTPClient | None = None
         self._ids: dict[str, dict[int, str]] | None = None  # u: uid->name, g: gid->name,
         #                                                   pg: uid->primary gid
+        self._kex = [k.strip() for k in (kex_algorithms or "").split(",") if k.strip()]
         self._connect_args = (password, key_file, known_hosts, strict_host_key, connect_timeout)
         self._master = self._master_for(persist, password, key_file, known_hosts,
                                         strict_host_key, connect_timeout)
@@ -171,7 +177,8 @@ class SSHTransport:
         key, kh = self._paths(key_file, known_hosts, strict)
         master = OpenSSHMaster(self.host, self.hostname, port=self.port, username=self.username,
                                key_file=key, known_hosts=kh, strict=strict,
-                               connect_timeout=timeout, persist=persist, directory=directory)
+                               connect_timeout=timeout, persist=persist, directory=directory,
+                               kex_algorithms=",".join(self._kex) or None)
         if len(str(master.socket)) > MAX_SOCKET_PATH:
             log.debug("%s: control socket path %s too long; not persisting", self.host,
                       master.socket)
@@ -199,6 +206,10 @@ class SSHTransport:
         else:
             client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
         kwargs: dict[str, Any] = {}
+        if self._kex:  # paramiko offers what it knows: take away what was not allowed
+            known = paramiko.Transport._preferred_kex  # noqa: SLF001 - its list of names
+            allowed = {_PARAMIKO_KEX_NAMES.get(k, k) for k in self._kex}
+            kwargs["disabled_algorithms"] = {"kex": [k for k in known if k not in allowed]}
         if key_path is not None:
             kwargs.update(key_filename=str(key_path), look_for_keys=False, allow_agent=False)
         elif password is not None:
@@ -702,6 +713,7 @@ class K8shaSSH:
             max_sessions=int(extras.get("max_sessions", DEFAULT_MAX_SESSIONS)),
             persist=float(extras.get("persist", C.DEFAULT_SSH_PERSIST_S)),
             shell=bool(extras.get("shell", True)),
+            kex_algorithms=extras.get("kex_algorithms"),
         )
 
     @property
@@ -717,7 +729,7 @@ class K8shaSSH:
 
 
 _EXTRAS = {"key_file", "known_hosts", "strict_host_key", "connect_timeout", "command_timeout",
-           "sudo", "sudo_password", "max_sessions", "persist", "shell"}
+           "sudo", "sudo_password", "max_sessions", "persist", "shell", "kex_algorithms"}
 
 
 def resolve_path(path: str | os.PathLike[str]) -> Path:

@@ -49,13 +49,16 @@ class OpenSSHMaster:
 
     def __init__(self, host: str, hostname: str, *, port: int, username: str,
                  key_file: Path | None, known_hosts: Path | None, strict: bool,
-                 connect_timeout: float, persist: float, directory: Path) -> None:
+                 connect_timeout: float, persist: float, directory: Path,
+                 kex_algorithms: str | None = None) -> None:
         self.host = host
         self.hostname = hostname
         self.persist = persist
         self.connect_timeout = connect_timeout
         self.known_hosts = known_hosts
         who = f"{username}@{hostname}:{port} key={key_file} kh={known_hosts} strict={strict}"
+        if kex_algorithms:  # a master of weaker key exchanges must not carry a stricter config
+            who += f" kex={kex_algorithms}"
         self.socket = socket_path(directory, hostname, port, who)
         opts = {
             "BatchMode": "yes", "ControlPath": str(self.socket), "Port": str(port),
@@ -65,6 +68,8 @@ class OpenSSHMaster:
         }
         if key_file is not None:
             opts.update(IdentityFile=str(key_file), IdentitiesOnly="yes")
+        if kex_algorithms:
+            opts["KexAlgorithms"] = kex_algorithms
         if strict:
             opts.update(StrictHostKeyChecking="yes",
                         UserKnownHostsFile=str(known_hosts or "~/.ssh/known_hosts"))

@@ -333,6 +333,36 @@ def test_sessions_the_host_refuses_are_asked_again(tmp_path: Path) -> None:
         sshd.stop()
 
 
+@needs_sshd
+@pytest.mark.parametrize("kex", [None, "curve25519-sha256"])
+def test_the_key_exchange_is_the_clients_default_unless_kex_algorithms_says(
+        tmp_path: Path, kex: str | None) -> None:
+    """OpenSSH 9.2's default key exchange is post-quantum (sntrup761x25519-sha512), ~60 ms of
+    the controller's CPU per handshake on the lab's VM; `kex_algorithms` lets an operator
+    trade it for a classical one (~10 ms). The host sees what was negotiated."""
+    sshd = RealSSHD(tmp_path / "sshd").start(extra_config="LogLevel DEBUG1\n")
+    try:
+        c = SSHTransport("real", "127.0.0.1", port=sshd.port, key_file=sshd.client_key_file,
+                         known_hosts=sshd.write_known_hosts(tmp_path / "kh"),
+                         kex_algorithms=kex)
+        assert c.persistent and c.run("echo up").stdout == "up\n"
+        c.close()
+        assert c._master is not None
+        c._master.stop()
+        paramiko_login = SSHTransport("real", "127.0.0.1", port=sshd.port,
+                                      key_file=sshd.client_key_file,
+                                      known_hosts=tmp_path / "kh", persist=0, kex_algorithms=kex)
+        assert paramiko_login.run("echo pm").stdout == "pm\n"
+        paramiko_login.close()
+    finally:
+        sshd.stop()
+    log = (tmp_path / "sshd" / "sshd.log").read_text(errors="replace")
+    agreed = [line.split("kex: algorithm: ")[1].split()[0] for line in log.splitlines()
+              if "kex: algorithm: " in line]
+    # the master's, then paramiko's (which offers no post-quantum exchange at all)
+    assert agreed == [kex or "sntrup761x25519-sha512", "curve25519-sha256@libssh.org"]
+
+
 def test_a_login_without_a_shell_gets_each_command_as_it_is(
         srv: SSHTestServer, known_hosts: Path) -> None:
     """A switch's CLI (`shell: false`) runs what it is sent: no marker, no sudo, no batch
