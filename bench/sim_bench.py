@@ -13,11 +13,17 @@ TCP probe is replaced as the unit tests replace it. Nothing leaves this process 
 beyond loopback raises). Then, timed: a fresh deploy (every real phase), a no-op re-run,
 and `check`.
 
-The latency model sleeps what each call costs on the lab (DESIGN.md 5, docs/benchmarks.md):
-connect 0.2 s, an exec channel 0.12 s (+5 ms per command of a batch), an SFTP operation
-0.05 s. The engine's own cost is what the process spends on CPU (`time.process_time`), per
-host and in total; `--no-latency` runs the same with no sleeps (wall = engine). Memory is the
-process's peak RSS. Not a test.
+The latency model spends what each call costs on the lab's hosts (`LatencyModel()`, measured
+by bench/ssh_costs_bench.py: sessions riding OpenSSH masters): it sleeps the host's latency
+(connect 0.21 s; an exec session 3 ms, +2 ms per further command of a batch; an SFTP
+operation 1 ms) and burns the controller's CPU for the call: in the calling thread, holding
+the GIL, 0.6 ms an exec session and 0.3 ms an SFTP operation; outside the GIL, as the `ssh`
+process does, 69 ms a handshake (OpenSSH's default post-quantum key exchange; 9.6 ms with
+`--kex classical`, curve25519-sha256). `--model paramiko-era` uses the model of 2026-12-03
+instead (connect 0.2 s, an exec channel 0.12 s, an SFTP operation 0.05 s, no CPU). The
+engine's own cost is what the process spends on CPU (`time.process_time`), per host and in
+total; `--no-latency` runs the same with no sleeps (wall = engine). Memory is the process's
+peak RSS. Not a test.
 """
 
 from __future__ import annotations
@@ -61,6 +67,8 @@ from nornir_k8sha.tasks import apiserver, keepalived  # noqa: E402
 from nornir_k8sha.tasks.harbor import UNTRUSTED_MARK  # noqa: E402
 from nornir_k8sha.tasks.kubeadm import KUBERNETES_KEYRING  # noqa: E402
 from nornir_k8sha.testing import (  # noqa: E402
+    CLASSICAL_KEX_CONNECT_CPU,
+    PARAMIKO_ERA,
     FakeFleet,
     FakeHost,
     FakeRegistry,
@@ -264,8 +272,17 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, default=1000)
     parser.add_argument("--connections", type=int, default=100)
     parser.add_argument("--no-latency", action="store_true", help="no sleeps: engine only")
+    parser.add_argument("--model", choices=("lab", "paramiko-era"), default="lab",
+                        help="the latency model: the lab's measured costs (default) or the "
+                        "model of 2026-12-03, before persistent masters")
+    parser.add_argument("--kex", choices=("default", "classical"), default="default",
+                        help="the handshake's CPU: OpenSSH's default (post-quantum) key exchange "
+                        "or curve25519-sha256 (the connection option kex_algorithms)")
     args = parser.parse_args()
-    latency = None if args.no_latency else LatencyModel()
+    latency = (None if args.no_latency else
+               PARAMIKO_ERA if args.model == "paramiko-era" else
+               LatencyModel(cpu_connect=CLASSICAL_KEX_CONNECT_CPU) if args.kex == "classical"
+               else LatencyModel())
     refuse_network()
     work = Path(tempfile.mkdtemp(prefix="k8sha-sim-"))
     cwd = Path.cwd()

@@ -55,15 +55,35 @@ Handler = Callable[["FakeHost", str, "bytes | None"], Any]
 
 @dataclass(frozen=True)
 class LatencyModel:
-    """What a call costs on a real host, slept by a FakeHost so that a simulated fleet takes
-    the time a real one would. Defaults: the lab's measured SSH costs (DESIGN.md 5,
-    docs/benchmarks.md): connect (TCP, handshake, auth) 0.1-0.3 s, a new exec channel
-    0.1-0.15 s, each command of a batch a few ms, an SFTP operation ~0.05 s."""
+    """What a call costs, spent by a FakeHost so that a simulated fleet takes the time a real
+    one would: the host's latency (slept) and the controller's own CPU for the call (burnt in
+    the calling thread, as the real transport's Python code holds the GIL).
 
-    connect: float = 0.2
-    exec: float = 0.12
-    per_command: float = 0.005
-    sftp: float = 0.05
+    Defaults: `bench/ssh_costs_bench.py` on the lab (docs/benchmarks.md, "what one SSH
+    operation costs"), sessions riding an OpenSSH master asked for in-process (`muxclient`).
+    `PARAMIKO_ERA` is the model of 2026-12-03, before persistent masters: connect 0.2 s, a new
+    exec channel 0.12 s, an SFTP operation 0.05 s, no controller CPU modelled."""
+
+    connect: float = 0.21
+    exec: float = 0.003
+    per_command: float = 0.002
+    sftp: float = 0.001
+    #: controller CPU seconds per exec session (a batch is one) and per SFTP operation, in
+    #: this process (burnt holding the GIL)
+    cpu_exec: float = 0.0006
+    cpu_sftp: float = 0.0003
+    #: controller CPU seconds of a handshake, in the `ssh` process that starts the master
+    #: (burnt without the GIL, on any core). OpenSSH 9.2's default key exchange
+    #: (sntrup761x25519-sha512) costs most of it: `CLASSICAL_KEX_CONNECT_CPU` with
+    #: curve25519-sha256 (the connection option `kex_algorithms`)
+    cpu_connect: float = 0.069
+
+
+#: the model before persistent masters (2026-12-03): paramiko channels, nothing on the CPU
+PARAMIKO_ERA = LatencyModel(connect=0.2, exec=0.12, per_command=0.005, sftp=0.05, cpu_exec=0.0,
+                            cpu_sftp=0.0, cpu_connect=0.0)
+#: a handshake's controller CPU with `kex_algorithms: curve25519-sha256` (ssh_costs_bench)
+CLASSICAL_KEX_CONNECT_CPU = 0.0096
 
 
 class Gauge:
@@ -165,34 +185,51 @@ class FakeHost:
         """Every path that was written, renamed onto or removed."""
         return [c.path for c in self.calls if c.op in ("put", "rename", "remove")]
 
+    def connect(self) -> None:
+        """Open the simulated connection, once: what the latency model says a handshake costs
+        (slept, and the `ssh` process's CPU burnt outside the GIL), holding a connection slot,
+        before the first call's own round trip (a real task gets its connection, then times
+        its commands)."""
+        with self._lock:
+            if self.connected:
+                return
+            self.connected = True
+        BUDGET.opened(self)
+        if self.latency is not None:
+            with BUDGET.working():
+                with self._lock:
+                    self.slept += self.latency.connect
+                _burn_outside_gil(self.latency.cpu_connect)
+                time.sleep(self.latency.connect)
+
     @contextlib.contextmanager
-    def _trip(self, cost: float = 0.0) -> Iterator[None]:
-        """One round trip: counted, measured by the fleet's gauge, slept per the latency
-        model (the first one also opens the simulated connection)."""
+    def _trip(self, cost: float = 0.0, cpu: float = 0.0) -> Iterator[None]:
+        """One round trip: counted, measured by the fleet's gauge, spent per the latency
+        model (a first one opens the simulated connection first)."""
+        self.connect()
         with self.gauge.inside() if self.gauge is not None else contextlib.nullcontext():
             with self._lock:
                 self.round_trips += 1
-                first, self.connected = not self.connected, True
-            if first:
-                BUDGET.opened(self)
             if self.latency is not None:
-                cost += self.latency.connect if first else 0.0
                 with self._lock:
                     self.slept += cost
+                _burn(cpu)
                 time.sleep(cost)
             yield
 
-    def _cost(self, kind: str, commands: int = 1) -> float:
+    def _cost(self, kind: str, commands: int = 1) -> tuple[float, float]:
+        """(seconds of latency, seconds of controller CPU) of one call."""
         if self.latency is None:
-            return 0.0
+            return 0.0, 0.0
         if kind == "exec":
-            return self.latency.exec + self.latency.per_command * max(0, commands - 1)
-        return self.latency.sftp
+            return (self.latency.exec + self.latency.per_command * max(0, commands - 1),
+                    self.latency.cpu_exec)
+        return self.latency.sftp, self.latency.cpu_sftp
 
     # -- the Transport protocol --
     def run(self, command: str, *, sudo: bool | None = None, stdin: bytes | str | None = None,
             timeout: float | None = None, check: bool = True) -> CommandResult:
-        with self._trip(self._cost("exec")):
+        with self._trip(*self._cost("exec")):
             result = self._run_one(command, sudo, stdin)
         if check and result.exit_code != 0:
             raise CommandFailed(self.name, command, result.exit_code, result.stderr)
@@ -209,7 +246,7 @@ class FakeHost:
                   stop_on_error: bool = True, timeout: float | None = None,
                   check: bool = True) -> list[CommandResult]:
         results = []
-        with self._trip(self._cost("exec", len(commands))):
+        with self._trip(*self._cost("exec", len(commands))):
             for cmd in commands:
                 r = self._run_one(cmd, sudo, None)
                 results.append(r)
@@ -222,19 +259,19 @@ class FakeHost:
     def put(self, content: bytes | str, path: str, mode: int = 0o644, *,
             owner: str | None = None) -> None:
         data = content.encode() if isinstance(content, str) else content
-        with self._trip(self._cost("sftp")), self._lock:
+        with self._trip(*self._cost("sftp")), self._lock:
             self.calls.append(Call("put", path=path, mode=mode))
             self.files[path] = data
             self.modes[path] = mode
             self.owners[path] = _owner_group(owner or "root")
 
     def get(self, path: str) -> bytes | None:
-        with self._trip(self._cost("sftp")), self._lock:
+        with self._trip(*self._cost("sftp")), self._lock:
             self.calls.append(Call("get", path=path))
             return self.files.get(path)
 
     def stat(self, path: str) -> FileInfo | None:
-        with self._trip(self._cost("sftp")), self._lock:
+        with self._trip(*self._cost("sftp")), self._lock:
             self.calls.append(Call("stat", path=path))
             if path not in self.files:
                 return None
@@ -242,7 +279,7 @@ class FakeHost:
             return FileInfo(self.modes.get(path, 0o644), user, group)
 
     def rename(self, src: str, dst: str) -> None:
-        with self._trip(self._cost("sftp")), self._lock:
+        with self._trip(*self._cost("sftp")), self._lock:
             self.calls.append(Call("rename", command=src, path=dst))
             if src not in self.files:
                 raise FileNotFoundError(src)
@@ -251,7 +288,7 @@ class FakeHost:
             self.owners[dst] = self.owners.pop(src, "root:root")
 
     def remove(self, path: str) -> None:
-        with self._trip(self._cost("sftp")), self._lock:
+        with self._trip(*self._cost("sftp")), self._lock:
             self.calls.append(Call("remove", path=path))
             for d in (self.files, self.modes, self.owners):
                 d.pop(path, None)
@@ -274,6 +311,31 @@ class FakeHost:
             if got is not None:
                 return got
         return CommandResult(command, 0, "", "", 0.0)
+
+
+def _burn(seconds: float) -> None:
+    """Spend `seconds` of this thread's CPU (the controller's share of a simulated call)."""
+    if seconds <= 0:
+        return
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+_PBKDF2_PER_CPU_SECOND: list[float] = []  # calibrated once
+
+
+def _burn_outside_gil(seconds: float) -> None:
+    """Spend `seconds` of CPU without holding the GIL (OpenSSL's PBKDF2 releases it), as
+    another process would: other threads keep running."""
+    if seconds <= 0:
+        return
+    if not _PBKDF2_PER_CPU_SECOND:
+        start = time.thread_time()
+        hashlib.pbkdf2_hmac("sha256", b"k8sha", b"calibrate", 20000)
+        _PBKDF2_PER_CPU_SECOND.append(20000 / max(time.thread_time() - start, 1e-6))
+    rounds = max(1, int(seconds * _PBKDF2_PER_CPU_SECOND[0]))
+    hashlib.pbkdf2_hmac("sha256", b"k8sha", b"handshake", rounds)
 
 
 def _owner_group(owner: str) -> str:
@@ -336,6 +398,7 @@ class _FakePlugin:
 
     @property
     def connection(self) -> FakeHost:
+        self.fake.connect()  # when a task reaches for the connection, as opening one would
         return self.fake
 
     def open(self, *args: Any, **kwargs: Any) -> None:  # pragma: no cover - never reopened
