@@ -15,11 +15,12 @@ and `check`.
 
 The latency model spends what each call costs on the lab's hosts (`LatencyModel()`, measured
 by bench/ssh_costs_bench.py: sessions riding OpenSSH masters): it sleeps the host's latency
-(connect 0.21 s; an exec session 3 ms, +2 ms per further command of a batch; an SFTP
-operation 1 ms) and burns the controller's CPU for the call: in the calling thread, holding
-the GIL, 0.6 ms an exec session and 0.3 ms an SFTP operation; outside the GIL, as the `ssh`
-process does, 69 ms a handshake (OpenSSH's default post-quantum key exchange; 9.6 ms with
-`--kex classical`, curve25519-sha256). `--model paramiko-era` uses the model of 2026-12-03
+(connect 0.14 s; an exec session 2.3 ms, +1.9 ms per further command of a batch; an SFTP
+operation 0.6 ms) and burns the controller's CPU for the call: in the calling thread, holding
+the GIL, 0.65 ms an exec session (+0.3 ms per further command) and 0.35 ms an SFTP
+operation; outside the GIL, as the `ssh` process does, 83 ms a handshake (OpenSSH's default
+post-quantum key exchange; 13.6 ms with `--kex classical`, curve25519-sha256).
+`--model paramiko-era` uses the model of 2026-12-03
 instead (connect 0.2 s, an exec channel 0.12 s, an SFTP operation 0.05 s, no CPU). The
 engine's own cost is what the process spends on CPU (`time.process_time`), per host and in
 total; `--no-latency` runs the same with no sleeps (wall = engine). Memory is the process's

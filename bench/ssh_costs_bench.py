@@ -24,9 +24,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from nornir.core.inventory import ConnectionOptions  # noqa: E402
+
 from nornir_k8sha.inventory import open_nornir  # noqa: E402
 from nornir_k8sha.sshcontrol import stop_masters  # noqa: E402
 from nornir_k8sha.tasks import host as H  # noqa: E402
+from nornir_k8sha.transport import CONNECTION_NAME  # noqa: E402
 
 PROBE_FILE = "/tmp/k8sha-ssh-costs"
 
@@ -52,15 +55,25 @@ def main() -> int:
     ap.add_argument("-i", "--inventory", default=str(REPO / "inventory" / "lab"))
     ap.add_argument("--hosts", default="etcd1,worker1,lvs1")
     ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--kex-algorithms", default=None,
+                    help="the connection option kex_algorithms for this run (default: the "
+                    "inventory's)")
     args = ap.parse_args()
     nr = open_nornir(args.inventory)
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average "
-          f"{os.getloadavg()[0]:.2f}, {args.rounds} rounds; wall = median ms, cpu = mean ms "
+          f"{os.getloadavg()[0]:.2f}, {args.rounds} rounds, key exchange "
+          f"{args.kex_algorithms or 'the inventory default'}; wall = median ms, cpu = mean ms "
           "of controller CPU")
     print(f"{'host':10} {'connect':>16} {'exec':>16} {'batch of 5':>16} {'sftp get':>16} "
           f"{'sftp put':>16}")
     for name in args.hosts.split(","):
         host = nr.inventory.hosts[name]
+        if args.kex_algorithms:
+            params = host.get_connection_parameters(CONNECTION_NAME)
+            extras = {**(params.extras or {}), "kex_algorithms": args.kex_algorithms}
+            host.connection_options[CONNECTION_NAME] = ConnectionOptions(
+                hostname=params.hostname, port=params.port, username=params.username,
+                password=params.password, platform=params.platform, extras=extras)
         stop_masters([host.hostname])  # a new connection: no master waiting
         cpu0, t0 = _cpu(), time.perf_counter()
         conn = H.open_connection(host, nr.config)

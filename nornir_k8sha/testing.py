@@ -64,26 +64,29 @@ class LatencyModel:
     `PARAMIKO_ERA` is the model of 2026-12-03, before persistent masters: connect 0.2 s, a new
     exec channel 0.12 s, an SFTP operation 0.05 s, no controller CPU modelled."""
 
-    connect: float = 0.21
-    exec: float = 0.003
-    per_command: float = 0.002
-    sftp: float = 0.001
-    #: controller CPU seconds per exec session (a batch is one) and per SFTP operation, in
-    #: this process (burnt holding the GIL)
-    cpu_exec: float = 0.0006
-    cpu_sftp: float = 0.0003
+    # 2026-12-04 15:11 UTC, load 4 (docs/benchmarks.md): a container's wall times less the
+    # controller's CPU for the call, which is spent apart below
+    connect: float = 0.14
+    exec: float = 0.0023
+    per_command: float = 0.0019
+    sftp: float = 0.0006
+    #: controller CPU seconds per exec session (a batch is one, plus `cpu_per_command` for each
+    #: further command) and per SFTP operation, in this process (burnt holding the GIL)
+    cpu_exec: float = 0.00065
+    cpu_per_command: float = 0.0003
+    cpu_sftp: float = 0.00035
     #: controller CPU seconds of a handshake, in the `ssh` process that starts the master
     #: (burnt without the GIL, on any core). OpenSSH 9.2's default key exchange
     #: (sntrup761x25519-sha512) costs most of it: `CLASSICAL_KEX_CONNECT_CPU` with
     #: curve25519-sha256 (the connection option `kex_algorithms`)
-    cpu_connect: float = 0.069
+    cpu_connect: float = 0.083
 
 
 #: the model before persistent masters (2026-12-03): paramiko channels, nothing on the CPU
 PARAMIKO_ERA = LatencyModel(connect=0.2, exec=0.12, per_command=0.005, sftp=0.05, cpu_exec=0.0,
-                            cpu_sftp=0.0, cpu_connect=0.0)
+                            cpu_per_command=0.0, cpu_sftp=0.0, cpu_connect=0.0)
 #: a handshake's controller CPU with `kex_algorithms: curve25519-sha256` (ssh_costs_bench)
-CLASSICAL_KEX_CONNECT_CPU = 0.0096
+CLASSICAL_KEX_CONNECT_CPU = 0.0136
 
 
 class Gauge:
@@ -222,8 +225,9 @@ class FakeHost:
         if self.latency is None:
             return 0.0, 0.0
         if kind == "exec":
-            return (self.latency.exec + self.latency.per_command * max(0, commands - 1),
-                    self.latency.cpu_exec)
+            more = max(0, commands - 1)
+            return (self.latency.exec + self.latency.per_command * more,
+                    self.latency.cpu_exec + self.latency.cpu_per_command * more)
         return self.latency.sftp, self.latency.cpu_sftp
 
     # -- the Transport protocol --
