@@ -1,5 +1,8 @@
 """etcd: certificates, config and unit on every member, started together; wait for quorum.
 
+A new cluster (nothing observed running) starts its seed first and the others once it serves
+(`etcd.StartOrder`).
+
 On a RUNNING cluster (`etcd_scale.observe` finds one) the members it has keep running (a change
 of bootstrap-only lines restarts nothing) and each member new to the inventory joins as a
 learner, one at a time (`etcd_scale.grow`). Members that left the inventory are removed later,
