@@ -14,6 +14,7 @@ import pytest
 
 from nornir_k8sha import constants as C
 from nornir_k8sha.deploy import DeployContext, run_stages
+from nornir_k8sha.exceptions import ConnectionFailed
 from nornir_k8sha.inventory import open_nornir
 from nornir_k8sha.phases.etcd import OBSERVED, EtcdPhase
 from nornir_k8sha.pki import ClusterPKI
@@ -123,3 +124,17 @@ def test_a_seed_whose_configure_ended_holds_no_member_back(
     nr.filter(name="etcd3").run(task=order.before_start)
     asked = [c for c in seed.commands() if "/dev/tcp" in c]
     assert len(asked) == 1  # asked once, then both went on
+
+
+def test_a_seed_that_cannot_be_reached_fails_alone_and_the_others_start(
+        spec: ClusterSpec, fleet: FakeFleet, tmp_path: Path) -> None:
+    def lost(host: FakeHost, command: str, stdin: Any) -> None:
+        raise ConnectionFailed(host.name, "no route to host")
+
+    fleet.host("etcd1").on(r"", lost)  # every command: the seed cannot be reached
+    report = deploy(spec, fleet, tmp_path)
+    hosts = report.phase("etcd").hosts
+    assert hosts["etcd1"].status == "failed"
+    assert {n: hosts[n].status for n in ("etcd2", "etcd3")} == {"etcd2": "changed",
+                                                                  "etcd3": "changed"}
+    assert all(fleet.host(n).debian.units["etcd"].active for n in ("etcd2", "etcd3"))

@@ -23,6 +23,7 @@ from nornir.core.task import Result, Task
 from nornir_k8sha import constants as C
 from nornir_k8sha.checkresult import CheckResult, failed, passed
 from nornir_k8sha.clients import error_text, etcd_http_client, etcd_reports_healthy
+from nornir_k8sha.exceptions import K8shaError
 from nornir_k8sha.polling import poll, poll_until
 from nornir_k8sha.render import files_for_component
 from nornir_k8sha.tasks import host as H
@@ -85,11 +86,14 @@ class StartOrder:
             if self._asked:
                 return
             self._asked = True
-            seed = H.open_connection(self.nr.inventory.hosts[self.seed], self.nr.config)
-            poll(lambda: seed.run(SEED_SERVES, sudo=False, check=False,
-                                  timeout=SEED_ASK_S + 5).exit_code == 0,
-                 bool, timeout=self.timeout, interval=0.0,
-                 give_up=lambda _: self.seed_ended.is_set())
+            try:
+                seed = H.open_connection(self.nr.inventory.hosts[self.seed], self.nr.config)
+                poll(lambda: seed.run(SEED_SERVES, sudo=False, check=False,
+                                      timeout=SEED_ASK_S + 5).exit_code == 0,
+                     bool, timeout=self.timeout, interval=0.0,
+                     give_up=lambda _: self.seed_ended.is_set())
+            except K8shaError:  # the seed cannot be asked (unreachable): it fails on its own
+                return
 
 
 #: Seconds one question to the seed keeps trying on the host, every 20 ms, before it answers
