@@ -242,6 +242,10 @@ PROBE_CLEANUP_TIMEOUT_S = 15.0
 #: lost: a member just powered off may have been the leader, and the rest answer false until
 #: they have elected another (an election or two; seen in CI right after `lab fault kill-host`).
 ETCD_QUORUM_SETTLE_S = 10.0
+#: How long the other members of a NEW etcd cluster wait for the first (the seed,
+#: tasks/etcd.py `StartOrder`) to serve before they start anyway: it serves 0.05-0.3 s after
+#: its start on the lab; a seed that never does costs the others this much, once.
+ETCD_SEED_SERVE_WAIT_S = 10.0
 #: Kubernetes' leader-election defaults (--leader-elect-lease-duration/-renew-deadline/
 #: -retry-period of kube-controller-manager and kube-scheduler): kubeadm keeps them, our
 #: templates set none, and the lab's stand-in uses the same values.

@@ -462,8 +462,8 @@ class SimulatedDebian:
         if "apt-get install" in command:
             return self._apt_install(command)
         if words[0] == "systemctl":
-            if words[1:2] == ["daemon-reload"]:
-                self._load_unit_files(host)
+            if words[1:2] in (["daemon-reload"], ["enable"], ["disable"]):
+                self._load_unit_files(host)  # systemctl enable/disable reload systemd too
             return self._systemctl([w for w in shlex.split(command)[1:] if w != "--"])
         if words[0] == "journalctl":
             return (0, "fake journal line 1\nfake journal line 2\n", "")
@@ -512,10 +512,12 @@ class SimulatedDebian:
 
     def _systemctl(self, args: list[str]) -> Any:
         verb, names = args[0], [a for a in args[1:] if not a.startswith("-")]
-        if verb == "daemon-reload":
+        reloads = verb in ("enable", "disable") and all(n in self.units for n in names)
+        if verb == "daemon-reload" or reloads:  # a successful enable/disable reloads systemd
             for u in self.units.values():
                 u.need_daemon_reload = False
-            return (0, "", "")
+            if verb == "daemon-reload":
+                return (0, "", "")
         if verb == "show":
             name = names[-1]
             if name not in self.units:
@@ -526,14 +528,16 @@ class SimulatedDebian:
             return (f"LoadState=loaded\nActiveState={active}\nUnitFileState="
                     f"{'enabled' if u.enabled else 'disabled'}\nNeedDaemonReload="
                     f"{'yes' if u.need_daemon_reload else 'no'}\n")
-        if not names or names[0] not in self.units:
-            return (5, "", f"Failed to {verb} unit: Unit {names[0] if names else '?'} not found.\n")
+        missing = [n for n in names if n not in self.units] or ([] if names else ["?"])
+        if missing:
+            return (5, "", f"Failed to {verb} unit: Unit {missing[0]} not found.\n")
         u = self.units[names[0]]
         if verb == "is-active":
             state = "failed" if u.failed else ("active" if u.active else "inactive")
             return (0 if u.active else 3, state + "\n", "")
-        if verb in ("enable", "disable"):
-            u.enabled = verb == "enable"
+        if verb in ("enable", "disable"):  # several units in one call, as systemctl does
+            for name in names:
+                self.units[name].enabled = verb == "enable"
         elif verb == "stop":
             u.active = False
         elif verb in ("start", "restart", "reload", "reload-or-restart"):

@@ -396,9 +396,12 @@ class ClusterSpec:
         free = iter(p for p in DEFAULT_VRRP_PRIORITIES if p not in taken)
         return {h.name: h.data.vrrp_priority or next(free) for h in self.role(C.ROLE_LVS)}
 
+    def etcd_peer_url(self, host: HostSpec) -> str:
+        """The peer URL of etcd member `host`, as etcd.conf.yml and `initial-cluster` give it."""
+        return f"https://{host.address}:{self.settings.etcd.peer_port}"
+
     def etcd_initial_cluster(self) -> str:
-        port = self.settings.etcd.peer_port
-        return ",".join(f"{h.name}=https://{h.address}:{port}" for h in self.role(C.ROLE_ETCD))
+        return ",".join(f"{h.name}={self.etcd_peer_url(h)}" for h in self.role(C.ROLE_ETCD))
 
     def etcd_endpoints(self) -> list[str]:
         port = self.settings.etcd.client_port

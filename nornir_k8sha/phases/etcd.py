@@ -1,5 +1,8 @@
 """etcd: certificates, config and unit on every member, started together; wait for quorum.
 
+A new cluster (nothing observed running) starts its seed first and the others once it serves
+(`etcd.StartOrder`).
+
 On a RUNNING cluster (`etcd_scale.observe` finds one) the members it has keep running (a change
 of bootstrap-only lines restarts nothing) and each member new to the inventory joins as a
 learner, one at a time (`etcd_scale.grow`). Members that left the inventory are removed later,
@@ -19,6 +22,8 @@ from nornir_k8sha.topology import EtcdMembershipPlan
 #: ctx.shared key: the running cluster as observed before anything was touched (the deploy
 #: command observes it once to refuse a change that breaks quorum; None: nothing runs).
 OBSERVED = "etcd_observed"
+#: ctx.shared key: the order in which a new cluster's members start (etcd.StartOrder)
+START_ORDER = "etcd_start_order"
 
 
 def membership(ctx: DeployContext) -> EtcdMembershipPlan | None:
@@ -38,7 +43,12 @@ class EtcdPhase(NornirPhase):
     def task(self, task: Task, ctx: DeployContext) -> Result:
         plan = ctx.shared.get("etcd_plan")
         if plan is None:
-            return etcd.configure(task, ctx.spec, ctx.state_dir)
+            order = ctx.shared.get(START_ORDER)
+            try:
+                return etcd.configure(task, ctx.spec, ctx.state_dir, order=order)
+            finally:
+                if order is not None and task.host.name == order.seed:
+                    order.seed_ended.set()
         mode = "joining" if task.host.name in plan.adds else "running"
         return etcd.configure(task, ctx.spec, ctx.state_dir, mode=mode)
 
@@ -52,6 +62,8 @@ class EtcdPhase(NornirPhase):
                                 "left out by --limit: members join only with the whole etcd "
                                 "group in the run") for h in hosts]
         ctx.shared["etcd_plan"] = plan
+        if plan is None and hosts:  # a new cluster: the seed starts first (etcd.StartOrder)
+            ctx.shared[START_ORDER] = etcd.StartOrder(ctx.nr, ctx.spec, hosts)
         outcomes = super().run(ctx, hosts)
         if ctx.dry_run or all(o.status == "failed" for o in outcomes):
             for o in outcomes:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shlex
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +58,8 @@ def apply_component(
     start: bool = True,
     known_units: Mapping[str, Mapping[str, str]] | None = None,
     one_at_a_time: threading.Lock | None = None,
+    units_before: Mapping[str, Mapping[str, str]] | None = None,
+    before_start: Mapping[str, Callable[[], None]] | None = None,
 ) -> Result:
     """Upload `component`'s files; then for each service: `reload`/`restart` if its inputs changed.
 
@@ -69,6 +71,12 @@ def apply_component(
     `one_at_a_time`: held around a reload/restart of a running service, shared by the hosts
     of one rollout, so that no two of them reload at once (HAProxy nodes behind the VIP); a
     service not running yet is started without it (it serves nothing a start interrupts).
+    `units_before`: the units' state as `probe` read it before the uploads (whether a unit is
+    enabled does not change with its files): when files changed and several services are not
+    enabled yet, they are enabled in ONE `systemctl enable` (`host.enable_together`: one
+    systemd reload, not one each) before any of them starts.
+    `before_start`: service -> called right before that service is started or restarted for
+    its changed files (etcd's new members wait there for the first to serve).
     """
 
     me = spec.host(task.host.name)
@@ -89,10 +97,17 @@ def apply_component(
         if f.service:
             touched[f.service] = touched.get(f.service, False) or bool(r.changed)
     actions = services if services is not None else {s: "restart" for s in touched}
+    enabled_now: dict[str, dict[str, str]] = {}
+    if start and changed_files and units_before is not None and not task.is_dry_run():
+        off = [s for s in actions if not H.is_enabled(units_before.get(s, {}))]
+        if len(off) > 1:
+            enabled_now = H.enable_together(task, off, list(actions)) or {}
     restarts = []
     for service, how in actions.items():
         inputs_changed = touched.get(service, False)
         known = None if changed_files or known_units is None else known_units.get(service)
+        if known is None:
+            known = enabled_now.get(service)
         serial: AbstractContextManager[object] = nullcontext()
         if inputs_changed and one_at_a_time is not None:
             # a running service reloads (restarts) in its turn; one not running yet (a fresh
@@ -101,6 +116,9 @@ def apply_component(
             known = H.unit_state(H.connect(task), service)
             if H.is_running(known):
                 serial = one_at_a_time
+        if inputs_changed and before_start is not None and service in before_start \
+                and not task.is_dry_run():
+            before_start[service]()
         with serial:
             r = H.service(
                 task,

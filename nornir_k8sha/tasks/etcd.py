@@ -2,24 +2,29 @@
 
 All members start in the same phase (Nornir runs them in parallel), so the `new` cluster forms
 as soon as a quorum is up; `wait_for_quorum` then polls `/health` over mTLS from this machine.
+A new cluster's members start the seed first and the others once it serves (`StartOrder`: etcd
+3.4's bootstrap check otherwise costs members started at the same moment 1-2 s).
 """
 
 from __future__ import annotations
 
 import shlex
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
 import httpx
+from nornir.core import Nornir
 from nornir.core.task import Result, Task
 
 from nornir_k8sha import constants as C
 from nornir_k8sha.checkresult import CheckResult, failed, passed
 from nornir_k8sha.clients import error_text, etcd_http_client, etcd_reports_healthy
-from nornir_k8sha.polling import poll_until
+from nornir_k8sha.exceptions import K8shaError
+from nornir_k8sha.polling import poll, poll_until
 from nornir_k8sha.render import files_for_component
 from nornir_k8sha.tasks import host as H
 from nornir_k8sha.tasks.component import apply_component, probe, upload_pki
@@ -43,12 +48,74 @@ def after_bootstrap(conf: str) -> list[str]:
             and not line.lstrip().startswith(BOOTSTRAP_ONLY)]
 
 
+class StartOrder:
+    """The order in which the members of a NEW cluster start: the seed alone, then the others
+    together once it serves.
+
+    Why: before it serves, a member of a new cluster asks its peers, one after the other in the
+    sorted order of their peer URLs, whether it was bootstrapped already (etcd 3.4's
+    `isMemberBootstrapped`, 1 s timeout per peer). Members started at the same moment have all
+    bound their peer port and none serves yet (each is still asking): each question waits out
+    its timeout, 1-2 s on most fresh deploys measured on the lab. The seed is the member whose
+    peer URL sorts first, so that it is the first every other member asks: started alone, its
+    own questions are refused at once (nothing listens yet); the others, started once it
+    serves, get its answer at once. Then all elect a leader together, as before.
+
+    "Serves" is read on the seed itself, over its SSH connection: its metrics listener on
+    127.0.0.1 (plain HTTP, opened right after the peer listener starts serving; the client
+    port answers only once a leader is elected, and the peer port may be closed to us).
+    """
+
+    def __init__(self, nr: Nornir, spec: ClusterSpec, members: Sequence[str], *,
+                 timeout: float = C.ETCD_SEED_SERVE_WAIT_S) -> None:
+        self.nr = nr
+        self.seed = min(members, key=lambda n: spec.etcd_peer_url(spec.host(n)))
+        self.timeout = timeout
+        #: set when the seed's configure ended (it failed before serving: nobody waits longer)
+        self.seed_ended = threading.Event()
+        self._lock = threading.Lock()
+        self._asked = False
+
+    def before_start(self, task: Task) -> None:
+        """Right before `task`'s member starts etcd: the seed goes at once; the others wait
+        until the seed serves, its configure ended, or `timeout` s passed, and then start
+        whatever the answer (a seed that never serves slows them, never stops them)."""
+        if task.host.name == self.seed:
+            return
+        with self._lock:  # one member asks; the others find the answer
+            if self._asked:
+                return
+            self._asked = True
+            try:
+                seed = H.open_connection(self.nr.inventory.hosts[self.seed], self.nr.config)
+                poll(lambda: seed.run(SEED_SERVES, sudo=False, check=False,
+                                      timeout=SEED_ASK_S + 5).exit_code == 0,
+                     bool, timeout=self.timeout, interval=0.0,
+                     give_up=lambda _: self.seed_ended.is_set())
+            except K8shaError:  # the seed cannot be asked (unreachable): it fails on its own
+                return
+
+
+#: Seconds one question to the seed keeps trying on the host, every 20 ms, before it answers
+#: (the controller asks again until `StartOrder.timeout`, unless the seed's configure ended).
+SEED_ASK_S = 1
+#: Exit 0 once the member's metrics listener answers HTTP (bash's /dev/tcp: no curl needed).
+SEED_SERVES = "bash -c " + shlex.quote(
+    f"for i in $(seq {SEED_ASK_S * 50}); do "
+    f"(exec 3<>/dev/tcp/127.0.0.1/{C.ETCD_METRICS_PORT} && "
+    "printf 'GET /health HTTP/1.0\\r\\n\\r\\n' >&3 && read -r -t 2 line <&3 && "
+    '[ -n "$line" ]) 2>/dev/null && exit 0; sleep 0.02; done; exit 1')
+
+
 def configure(
     task: Task, spec: ClusterSpec, state_dir: Path, *, mode: Mode = "new",
-    dry_run: bool | None = None
+    dry_run: bool | None = None, order: StartOrder | None = None
 ) -> Result:
+    """One member's packages, certificates, config and units; etcd started (`new`: all the
+    members in this phase together, in `order` when given) or restarted for changed files."""
     H.honour_dry_run(task, dry_run)
-    services = {"etcd": "restart", C.ETCD_BACKUP_TIMER_UNIT: "restart"}
+    # the snapshot timer first: it is armed at once, where etcd's start waits for a quorum
+    services = {C.ETCD_BACKUP_TIMER_UNIT: "restart", "etcd": "restart"}
     extra = [f"cat {shlex.quote(C.ETCD_CONF)} {shlex.quote(C.ETCD_UNIT)} 2>/dev/null; echo "
              f"{_SPLIT}"] if mode == "running" else []
     probed = probe(task, PACKAGES, list(services), extra)
@@ -65,7 +132,10 @@ def configure(
     # the data dir is made and chowned by the unit itself (ExecStartPre in etcd.service.j2)
     # the snapshot timer is (re)started when its files change; etcd itself only by its own
     r = apply_component(task, spec, "etcd", services=services,
-                        known_units=None if pk.changed or certs else probed.units)
+                        known_units=None if pk.changed or certs else probed.units,
+                        units_before=probed.units,
+                        before_start=None if order is None else
+                        {"etcd": lambda: order.before_start(task)})
     if mode == "joining":
         # enabled, not running: Debian's package may have started it with its own defaults
         j = H.service(task, name="etcd", enabled=True, state="stopped")

@@ -572,6 +572,27 @@ def is_running(unit: Mapping[str, str]) -> bool:
     return unit.get("ActiveState", "") in _RUNNING
 
 
+def is_enabled(unit: Mapping[str, str]) -> bool:
+    """The unit (as `unit_state` read it) needs no `systemctl enable` (enabled, static...)."""
+    return unit.get("UnitFileState", "") in _ENABLED
+
+
+def enable_together(task: Task, names: Sequence[str],
+                    read: Sequence[str]) -> dict[str, dict[str, str]] | None:
+    """`systemctl enable` of the units `names` in ONE call, then the state of the units `read`
+    (`UNIT_PROBE`), in one exec channel: systemd reloads its configuration once for all the
+    units instead of once per `enable` (0.1-0.4 s each on a lab host). The states, taken just
+    after, are what `service` takes as `known`; None when the enable failed: each unit's own
+    `service` then enables it and words the error (journal, rollback)."""
+    q = " ".join(shlex.quote(n) for n in names)
+    res = connect(task).run_batch([f"{SKIP_SYSV} systemctl enable {q}",
+                                   *(UNIT_PROBE.format(unit=shlex.quote(u)) for u in read)],
+                                  stop_on_error=False, check=False)
+    if not res or res[0].exit_code != 0:
+        return None
+    return {u: parse_unit(r.stdout) for u, r in zip(read, res[1:], strict=True)}
+
+
 def parse_unit(stdout: str) -> dict[str, str]:
     """`systemctl show -p ...` output -> {property: value}."""
     props = {}
@@ -588,7 +609,7 @@ def _service_actions(name: str, unit: Mapping[str, str], enabled: bool | None,
     q = shlex.quote(name)
     actions = []
     file_state = unit.get("UnitFileState", "")
-    if enabled is True and file_state not in _ENABLED:
+    if enabled is True and not is_enabled(unit):
         actions.append(f"{SKIP_SYSV} systemctl enable {q}")
     elif enabled is False and file_state in ("enabled", "enabled-runtime"):
         actions.append(f"{SKIP_SYSV} systemctl disable {q}")
