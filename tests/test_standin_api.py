@@ -309,6 +309,30 @@ def test_what_one_apiserver_writes_the_other_serves_and_watches(cluster: Cluster
 
 
 @pytest.mark.parametrize("version", versions(edges_only=True))
+def test_lists_are_paged_by_limit_and_continue_like_the_real_server(
+        cluster: Cluster, version: str) -> None:
+    # the load probe's kept-alive reader lists with limit=1: one item, not every ConfigMap
+    # (a response that grew with every write the probe made); kubectl follows the tokens
+    ns = f"paged-{version.replace('.', '-') or 'x'}"
+    cluster.ok(version, "create", "namespace", ns)
+    for i in range(3):
+        cluster.ok(version, "create", "configmap", f"cm{i}", "-n", ns, "--from-literal=k=v")
+    pki = cluster.ca.parent
+    url = f"{cluster.url}/api/v1/namespaces/{ns}/configmaps"
+    code, _, body = https(f"{url}?limit=1", cluster.ca, (pki / "admin.crt", pki / "admin.key"))
+    first = json.loads(body)
+    assert code == 200 and [o["metadata"]["name"] for o in first["items"]] == ["cm0"]
+    assert first["metadata"]["remainingItemCount"] == 2 and first["metadata"]["continue"]
+    code, _, body = https(f"{url}?limit=5&continue={first['metadata']['continue']}", cluster.ca,
+                          (pki / "admin.crt", pki / "admin.key"))
+    rest = json.loads(body)
+    assert [o["metadata"]["name"] for o in rest["items"]] == ["cm1", "cm2"]
+    assert "continue" not in rest["metadata"]
+    table = cluster.ok(version, "get", "cm", "-n", ns, "--chunk-size=1").split()
+    assert [w for w in table if w.startswith("cm")] == ["cm0", "cm1", "cm2"]
+
+
+@pytest.mark.parametrize("version", versions(edges_only=True))
 def test_invalid_configmaps_are_422_with_the_reason(cluster: Cluster, version: str) -> None:
     bad = cluster.kubectl(version, "create", "configmap", "Bad_Name", "--from-literal=k=v")
     assert bad.returncode == 1
