@@ -118,6 +118,9 @@ class Request:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Go sets TCP_NODELAY on every TCP connection (kube-apiserver too); without it a small
+    # write waits for the peer's delayed ACK of the previous one (~40 ms a response)
+    disable_nagle_algorithm = True
     timeout = 30
     server: Server
 
@@ -173,9 +176,13 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(data)))
         self.send_header(sa.HEADER, "true")
-        self.end_headers()
+        # the headers and the body in one write, as Go's buffered response writer sends a small
+        # answer: not a header record the body follows ~40 ms later (Nagle, delayed ACK), where
+        # a proxy stopping in between cut every such answer after its headers
+        self._headers_buffer.append(b"\r\n")
         if self.command != "HEAD":
-            self.wfile.write(data)
+            self._headers_buffer.append(data)
+        self.flush_headers()
 
     def fail(self, err: ao.ApiError) -> None:
         self.send(err.code, err.status())
