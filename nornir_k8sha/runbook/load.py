@@ -254,7 +254,7 @@ class LoadProbe:
         `settle`: on that second attempt, says whether an answer other than `ok_status`
         still means success (the writer's 409 for its own object)."""
         start = time.monotonic()
-        first = ""
+        first, first_at = "", None
         while True:
             attempt = _Attempt()
             try:
@@ -262,15 +262,15 @@ class LoadProbe:
                 break
             except Exception as exc:  # noqa: BLE001 - any error is a failed request
                 if retry and not first and attempt.closed_before_answer(exc):
-                    first = error_text(exc)
+                    first, first_at = error_text(exc), time.monotonic()
                     continue
                 self._record(Sample(kind, start, time.monotonic(), False, None, error_text(exc),
-                                    seq, first))
+                                    seq, first, first_at))
                 return False
         ok = resp.status_code == ok_status or bool(first and settle and settle(resp))
         error = "" if ok else f"HTTP {resp.status_code}"
         self._record(Sample(kind, start, time.monotonic(), ok, resp.status_code, error, seq,
-                            first))
+                            first, first_at))
         return ok
 
     def _fresh_read(self, client: httpx.Client) -> None:

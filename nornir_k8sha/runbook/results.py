@@ -55,6 +55,8 @@ class Sample:
     #: the first attempt's error when the request was sent again on a new connection (the
     #: kept-alive clients do it like Go's net/http: runbook/load.py, docs/verify.md)
     retried: str = ""
+    #: when that first attempt failed (time.monotonic()): the request hung until then
+    retried_at: float | None = None
 
 
 @dataclass(frozen=True)

@@ -147,7 +147,8 @@ def _origin(case: CaseResult) -> float:
 def _sample_dict(s: Sample, t0: float) -> dict[str, Any]:
     return {"kind": s.kind, "start_s": round(s.start - t0, 3), "end_s": round(s.end - t0, 3),
             "ok": s.ok, "status": s.status, "error": s.error, "seq": s.seq,
-            "retried": s.retried}
+            "retried": s.retried,
+            "retried_at_s": None if s.retried_at is None else round(s.retried_at - t0, 3)}
 
 
 def _per_second(samples: Iterable[Sample], t0: float) -> list[dict[str, int]]:
