@@ -44,6 +44,10 @@ SSH_PORT = 22
 
 # --- paths on the hosts ------------------------------------------------------------------------
 KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
+#: An LVS director's IPVS sysctls (tasks/keepalived.py IPVS_SYSCTLS), and the modules-load.d file
+#: that loads ip_vs at boot before systemd-sysctl applies them (its keys exist only then).
+LVS_IPVS_SYSCTL = "/etc/sysctl.d/60-k8sha-ipvs.conf"
+LVS_IPVS_MODULES = "/etc/modules-load.d/k8sha-ipvs.conf"
 HAPROXY_CFG = "/etc/haproxy/haproxy.cfg"
 HAPROXY_STATS_SOCKET = "/run/haproxy/admin.sock"
 HAPROXY_PKI_DIR = "/etc/haproxy/pki"

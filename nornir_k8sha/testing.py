@@ -442,7 +442,8 @@ class SimulatedDebian:
 
     Understands `dpkg-query -W`, our `apt-get install` script, `systemctl show|enable|disable|
     start|stop|restart|reload|reload-or-restart|is-active|daemon-reload`, `journalctl -u`,
-    `sysctl -n KEY` and `sysctl -p FILE` (read from the fake's files). Anything else falls
+    `sysctl -n KEY`, `sysctl -p FILE` and `cat FILE... 2>/dev/null` (the fake's files; a
+    missing one is left out, exit 1). Anything else falls
     through to the next reply (exit 0, no output). Use: `FakeFleet(handler=SimulatedDebian())`
     shares one state between hosts; `FakeHost(name, handler=SimulatedDebian())` for one host.
     """
@@ -474,6 +475,9 @@ class SimulatedDebian:
             return self.sysctls[key] + "\n"
         if words[0] == "sysctl" and len(words) == 3 and words[1] == "-p":
             return self._sysctl_apply(host, shlex.split(command)[2])
+        if words[0] == "cat" and words[-1] == "2>/dev/null":
+            found = [host.read(p) for p in shlex.split(command)[1:-1]]
+            return (0 if None not in found else 1, "".join(f for f in found if f), "")
         return None
 
     def unit(self, name: str) -> FakeUnit:

@@ -85,6 +85,25 @@ def test_lb_phase_configures_then_changes_nothing(fleet: FakeFleet, tmp_path: Pa
     assert h1.debian.unit("haproxy").restarts == 0
 
 
+def test_directors_reschedule_new_connections_away_from_a_drained_node(
+        fleet: FakeFleet, tmp_path: Path) -> None:
+    # IPVS in DR mode keeps a closed connection's entry (FIN_WAIT) for 120 s and, by default,
+    # sends a new connection from the same client port to that entry's HAProxy even at weight
+    # 0: a drained node then still gets new connections (docs/runbooks.md, "Draining")
+    deploy(LAB_INVENTORY, fleet, [LoadBalancers()], tmp_path)
+    for name in ("lvs1", "lvs2"):
+        lvs = fleet.host(name)
+        assert lvs.debian.sysctls["net.ipv4.vs.expire_nodest_conn"] == "1"  # applied now
+        assert lvs.debian.sysctls["net.ipv4.vs.expire_quiescent_template"] == "1"
+        assert "net.ipv4.vs.expire_nodest_conn = 1" in (lvs.read(C.LVS_IPVS_SYSCTL) or "")
+        assert (lvs.read(C.LVS_IPVS_MODULES) or "").split() == ["ip_vs"]  # and at boot
+    assert fleet.host("haproxy1").read(C.LVS_IPVS_SYSCTL) is None
+    fleet.host("lvs1").debian.sysctls["net.ipv4.vs.expire_nodest_conn"] = "0"  # set back by hand
+    again = deploy(LAB_INVENTORY, fleet, [LoadBalancers()], tmp_path)
+    assert {h for h, o in again.phase("lb").hosts.items() if o.status == "changed"} == {"lvs1"}
+    assert fleet.host("lvs1").debian.sysctls["net.ipv4.vs.expire_nodest_conn"] == "1"
+
+
 def test_a_new_cluster_ca_reaches_haproxy_with_a_reload(fleet: FakeFleet, tmp_path: Path
                                                         ) -> None:
     deploy(LAB_INVENTORY, fleet, [LoadBalancers()], tmp_path)

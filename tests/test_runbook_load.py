@@ -69,6 +69,12 @@ class FakeAPI(ThreadingHTTPServer):
         self.connections: dict[str, int] = {}  # "METHOD path" opening a connection -> count
         self.client_cns: set[str] = set()
         self.release = threading.Event()
+        # like HAProxy stopped with a request in flight on a kept-alive connection: the
+        # (n+1)-th request on a connection is read, then the connection closes unanswered
+        # ("stored": a write is stored first; "other": stored with another seq, not ours)
+        self.cut_after = 0
+        self.cut_write = ""  # "" (before storing) | "stored" | "other"
+        self.cuts: dict[str, int] = {"GET": 0, "POST": 0}
 
     def count(self, key: str) -> int:
         with self.lock:
@@ -85,8 +91,20 @@ class Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.first = True
+        self.answered = 0  # requests answered on this connection
+
+    def _cut(self) -> None:
+        """Close this connection without answering (counted per method)."""
+        with self.server.lock:
+            self.server.cuts[self.command] += 1
+        self.close_connection = True
+        self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _cuts_now(self) -> bool:
+        return bool(self.server.cut_after) and self.answered >= self.server.cut_after
 
     def _answer(self, status: int, body: Any) -> None:
+        self.answered += 1
         data = json.dumps(body).encode() if not isinstance(body, bytes) else body
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -117,6 +135,9 @@ class Handler(BaseHTTPRequestHandler):
         if mode == "hang":
             srv.release.wait(10)
             self.close_connection = True
+            return False
+        if self._cuts_now() and not (self.command == "POST" and srv.cut_write):
+            self._cut()
             return False
         return True
 
@@ -150,8 +171,13 @@ class Handler(BaseHTTPRequestHandler):
             seq = int(body["data"]["seq"])
             if srv.lose_every and seq % srv.lose_every == 0:
                 srv.dropped.append(name)  # acknowledged below, yet never stored
+            elif self._cuts_now() and srv.cut_write == "other":
+                srv.store[name] = body | {"data": {"seq": str(seq + 1000)}}
             else:
                 srv.store[name] = body
+        if self._cuts_now():  # cut_write: the write is stored, its answer never sent
+            self._cut()
+            return
         self._answer(201, body)
 
     def do_DELETE(self) -> None:  # noqa: N802
@@ -307,6 +333,47 @@ def test_fresh_reads_use_a_new_connection_each_the_keepalive_reader_one(
     assert api.connections[f"GET {CM_PREFIX}"] == 1  # every kept-alive read on one connection
 
 
+def cut_kept_alive(api: FakeAPI, pki_dir: Path, cuts: int = 3) -> tuple[list[Sample], LoadProbe]:
+    """Run the probe until `cuts` kept-alive reads and writes each met a connection closed
+    unanswered (every 4th request on a connection)."""
+    api.cut_after = 3
+    probe = probe_for(api, pki_dir, read_interval=0.05, request_timeout=10)
+    with probe:
+        wait_for(lambda: min(api.cuts.values()) >= cuts, f"{cuts} reads and writes cut")
+    samples, _ = probe.stop()
+    return samples, probe
+
+
+def test_kept_alive_clients_resend_like_go_when_a_reused_connection_closes_unanswered(
+        api: FakeAPI, pki_dir: Path) -> None:
+    # what HAProxy's stop does to a kept-alive connection with a request in flight: Go's
+    # net/http (kubectl, client-go) sends an idempotent request again on a new connection
+    samples, probe = cut_kept_alive(api, pki_dir)
+    kept = [s for s in samples if s.kind in ("read-keepalive", "write")]
+    assert kept and [s for s in kept if not s.ok] == []
+    retried = [s for s in kept if s.retried]
+    assert {s.kind for s in retried} == {"read-keepalive", "write"}
+    assert all("without sending a response" in s.retried for s in retried)
+    assert not any(s.retried for s in samples if s.kind == "read-fresh")
+    assert probe.audit_writes(timeout=5) == (sum(1 for s in kept if s.kind == "write"), 0)
+
+
+def test_a_resent_write_that_had_landed_is_acknowledged_only_if_it_is_ours(
+        api: FakeAPI, pki_dir: Path) -> None:
+    # the first attempt was stored but its answer lost: the retry meets 409 AlreadyExists
+    api.cut_write = "stored"
+    samples, probe = cut_kept_alive(api, pki_dir)
+    landed = [s for s in samples if s.kind == "write" and s.retried]
+    assert landed and all(s.ok and s.status == 409 for s in landed)
+    assert probe.audit_writes(timeout=5)[1] == 0
+    # ... and a 409 for an object that carries another sequence number is no acknowledgement
+    api.cut_write, api.cuts = "other", {"GET": 0, "POST": 0}
+    samples, probe = cut_kept_alive(api, pki_dir)
+    other = [s for s in samples if s.kind == "write" and s.retried]
+    assert other and all(not s.ok and s.error == "HTTP 409" for s in other)
+    assert not {f"{probe.prefix}-{probe.run_id}-{s.seq}" for s in other} & set(probe.acknowledged)
+
+
 def test_lost_writes_are_found_by_the_audit(api: FakeAPI, pki_dir: Path) -> None:
     api.lose_every = 3
     probe = probe_for(api, pki_dir, read_interval=1.0)
@@ -340,6 +407,7 @@ def test_a_hanging_api_gives_timeouts_and_stop_still_returns(api: FakeAPI, pki_d
                  "3 requests timed out")
     samples, _ = probe.stop()
     assert samples and all(not s.ok and "timed out" in s.error for s in samples)
+    assert not any(s.retried for s in samples)  # a timeout is never sent again
     assert not any(t.is_alive() for t in probe._threads)
 
 

@@ -224,3 +224,18 @@ def test_a_partial_outage_lasts_as_long_as_requests_keep_failing() -> None:
     stray = reads([0.5, 7.5], ok=False)
     assert figures([*samples, *stray], fault_at=2.0, lifted_at=7.0, acknowledged=0, lost=0,
                    partial=True).downtime_s == pytest.approx(fig.downtime_s)
+
+
+def test_a_request_that_hung_until_its_cut_and_was_sent_again_counts_as_failing() -> None:
+    """A frozen apiserver: the kept-alive read sent at 2.0 s hangs until HAProxy cuts its
+    session at 4.0 s, then succeeds at once on a new connection (load.py sends it again, as
+    Go's net/http would). Nothing failed, but a client waited 2 s: the failing window of a
+    partial outage keeps it; for any other case it is a success like the others."""
+    samples = reads(every(0, 6))
+    hung = Sample("read-keepalive", 2.0, 4.05, True, 200, retried="Server disconnected",
+                  retried_at=4.0)
+    fig = figures([*samples, hung], fault_at=1.5, lifted_at=5.0, acknowledged=0, lost=0,
+                  partial=True)
+    assert fig.failed == 0 and fig.downtime_s == pytest.approx(2.0)
+    assert figures([*samples, hung], fault_at=1.5, lifted_at=5.0, acknowledged=0,
+                   lost=0).downtime_s == 0.0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import socket
 import ssl
 import subprocess
 import time
@@ -306,6 +307,50 @@ def test_what_one_apiserver_writes_the_other_serves_and_watches(cluster: Cluster
         finally:
             watcher.terminate()
     cluster.ok(version, other, "delete", "cm", "shared")
+
+
+@pytest.mark.parametrize("version", versions(edges_only=True))
+def test_lists_are_paged_by_limit_and_continue_like_the_real_server(
+        cluster: Cluster, version: str) -> None:
+    # the load probe's kept-alive reader lists with limit=1: one item, not every ConfigMap
+    # (a response that grew with every write the probe made); kubectl follows the tokens
+    ns = f"paged-{version.replace('.', '-') or 'x'}"
+    cluster.ok(version, "create", "namespace", ns)
+    for i in range(3):
+        cluster.ok(version, "create", "configmap", f"cm{i}", "-n", ns, "--from-literal=k=v")
+    pki = cluster.ca.parent
+    url = f"{cluster.url}/api/v1/namespaces/{ns}/configmaps"
+    code, _, body = https(f"{url}?limit=1", cluster.ca, (pki / "admin.crt", pki / "admin.key"))
+    first = json.loads(body)
+    assert code == 200 and [o["metadata"]["name"] for o in first["items"]] == ["cm0"]
+    assert first["metadata"]["remainingItemCount"] == 2 and first["metadata"]["continue"]
+    code, _, body = https(f"{url}?limit=5&continue={first['metadata']['continue']}", cluster.ca,
+                          (pki / "admin.crt", pki / "admin.key"))
+    rest = json.loads(body)
+    assert [o["metadata"]["name"] for o in rest["items"]] == ["cm1", "cm2"]
+    assert "continue" not in rest["metadata"]
+    table = cluster.ok(version, "get", "cm", "-n", ns, "--chunk-size=1").split()
+    assert [w for w in table if w.startswith("cm")] == ["cm0", "cm1", "cm2"]
+
+
+def test_an_answer_goes_out_in_one_write_with_its_headers(cluster: Cluster) -> None:
+    # like Go's buffered response writer (and TCP_NODELAY): a small answer is one TLS record,
+    # not a header record with the body ~40 ms behind it, which a proxy stopping in between
+    # (haproxy-maintenance) cut after the headers
+    pki = cluster.ca.parent
+    ctx = ssl.create_default_context(cafile=str(cluster.ca))
+    ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+    host, port = cluster.url.removeprefix("https://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname=host) as tls:
+        for _ in range(3):  # on a kept-alive connection, as the load probe's reader asks
+            tls.sendall(f"GET /api/v1/namespaces/default/configmaps?limit=1 HTTP/1.1\r\n"
+                        f"Host: {host}\r\n\r\n".encode())
+            record = tls.recv(65536)  # one TLS record at the most
+            head, _, body = record.partition(b"\r\n\r\n")
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            assert head.startswith(b"HTTP/1.1 200") and len(body) == length > 0
 
 
 @pytest.mark.parametrize("version", versions(edges_only=True))

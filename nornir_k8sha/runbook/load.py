@@ -13,6 +13,16 @@ the first kind):
   acknowledged only by `201 Created`. `audit_writes()` reads every acknowledged write back
   after recovery: an acknowledged write that is gone is a lost write.
 
+The two kept-alive clients retry like Go's net/http Transport (kubectl, client-go): a request
+sent on a *reused* connection that the server closed (EOF or reset) before any answer began is
+sent once more on a new connection, if it is idempotent (transport.go `shouldRetryRequest`,
+request.go `isReplayable`: GET, or a request marked idempotent). The writer's create is
+idempotent by its name (the apiserver refuses a second create of a name with 409
+AlreadyExists), so it is retried too, and a 409 to the retry acknowledges the write only when
+the object read back carries its sequence number: a write that got lost, or was not ours,
+still shows. Nothing else is retried: not a timeout, not a fresh connection's failure, not an
+answer cut off after it began. The sample keeps the first attempt's error (`retried`).
+
 Every request becomes a `Sample` (time.monotonic() start/end, ok, status, error). Each request
 is bounded by a short timeout, the whole probe by `max_seconds` and a sample cap; `stop()`
 joins with a timeout and never hangs.
@@ -44,6 +54,33 @@ CONFIGMAPS_PATH = "/api/v1/namespaces/{namespace}/configmaps"
 #: Label on every ConfigMap the writer creates: which run wrote it (for people and cleanup).
 RUN_LABEL = "k8sha.io/verify-run"
 MARK_KINDS: tuple[str, ...] = get_args(MarkKind)
+#: What httpcore raises when the server closed the connection before sending any response
+#: (Go's net/http: errServerClosedIdle / transportReadFromServerError).
+NO_RESPONSE = "without sending a response"
+
+
+class _Attempt:
+    """httpx's `trace` extension for one attempt: did it open a new connection (else it went
+    on a reused one), and did the response's headers arrive (then nothing is retried)?"""
+
+    def __init__(self) -> None:
+        self.connected = False
+        self.answered = False
+
+    def __call__(self, event: str, info: dict[str, Any]) -> None:
+        if event.startswith("connection.connect_tcp."):
+            self.connected = True
+        elif event == "http11.receive_response_headers.complete":
+            self.answered = True
+
+    def closed_before_answer(self, exc: Exception) -> bool:
+        """True when Go's Transport would send the request again: a reused connection the
+        server closed (EOF, reset) before any answer."""
+        if self.connected or self.answered:
+            return False
+        if isinstance(exc, httpx.RemoteProtocolError):
+            return NO_RESPONSE in str(exc)
+        return isinstance(exc, httpx.ReadError | httpx.WriteError)
 
 
 class LoadProbe:
@@ -207,22 +244,38 @@ class LoadProbe:
             if len(self._samples) >= self.max_samples:
                 self._stop.set()
 
-    def _request(self, kind: SampleKind, send: Callable[[], httpx.Response],
-                 ok_status: int = 200, seq: int | None = None) -> httpx.Response | None:
+    def _request(self, kind: SampleKind, send: Callable[[dict[str, Any]], httpx.Response],
+                 ok_status: int = 200, seq: int | None = None, *, retry: bool = False,
+                 settle: Callable[[httpx.Response], bool] | None = None) -> bool:
+        """One request (`send` gets httpx's request extensions); True when it succeeded.
+
+        `retry`: an idempotent request of a kept-alive client, sent once more on a new
+        connection when its reused one was closed before any answer (module docstring).
+        `settle`: on that second attempt, says whether an answer other than `ok_status`
+        still means success (the writer's 409 for its own object)."""
         start = time.monotonic()
-        try:
-            resp = send()
-        except Exception as exc:  # noqa: BLE001 - any error is a failed request; the load goes on
-            self._record(Sample(kind, start, time.monotonic(), False, None, error_text(exc), seq))
-            return None
-        ok = resp.status_code == ok_status
+        first, first_at = "", None
+        while True:
+            attempt = _Attempt()
+            try:
+                resp = send({"trace": attempt})
+                break
+            except Exception as exc:  # noqa: BLE001 - any error is a failed request
+                if retry and not first and attempt.closed_before_answer(exc):
+                    first, first_at = error_text(exc), time.monotonic()
+                    continue
+                self._record(Sample(kind, start, time.monotonic(), False, None, error_text(exc),
+                                    seq, first, first_at))
+                return False
+        ok = resp.status_code == ok_status or bool(first and settle and settle(resp))
         error = "" if ok else f"HTTP {resp.status_code}"
-        self._record(Sample(kind, start, time.monotonic(), ok, resp.status_code, error, seq))
-        return resp
+        self._record(Sample(kind, start, time.monotonic(), ok, resp.status_code, error, seq,
+                            first, first_at))
+        return ok
 
     def _fresh_read(self, client: httpx.Client) -> None:
-        self._request("read-fresh", lambda: client.get(
-            self.base + READYZ_PATH, headers={"Connection": "close"}))
+        self._request("read-fresh", lambda ext: client.get(
+            self.base + READYZ_PATH, headers={"Connection": "close"}, extensions=ext))
 
     def _fresh_loop(self, client: httpx.Client, deadline: float) -> None:
         """Start a fresh read every interval, unless max_inflight are still running."""
@@ -245,7 +298,8 @@ class LoadProbe:
     def _keepalive_loop(self, client: httpx.Client, deadline: float) -> None:
         url = self.base + CONFIGMAPS_PATH.format(namespace=self.namespace)
         self._paced(deadline, self.read_interval, lambda: self._request(
-            "read-keepalive", lambda: client.get(url, params={"limit": "1"})))
+            "read-keepalive", lambda ext: client.get(url, params={"limit": "1"}, extensions=ext),
+            retry=True))
 
     def _write_loop(self, client: httpx.Client, deadline: float) -> None:
         url = self.base + CONFIGMAPS_PATH.format(namespace=self.namespace)
@@ -261,8 +315,12 @@ class LoadProbe:
                     "data": {"seq": str(seq)}}
             with self._lock:
                 self._attempted.append(name)
-            resp = self._request("write", lambda: client.post(url, json=body), 201, seq)
-            if resp is not None and resp.status_code == 201:
+
+            def ours(resp: httpx.Response) -> bool:  # a 409 to the retry: did the first land?
+                return resp.status_code == 409 and self._holds(client, name, seq)
+
+            if self._request("write", lambda ext: client.post(url, json=body, extensions=ext),
+                             201, seq, retry=True, settle=ours):
                 with self._lock:
                     self._acknowledged[name] = seq
 
@@ -280,6 +338,14 @@ class LoadProbe:
     def _configmap_url(self, name: str) -> str:
         return f"{self.base}{CONFIGMAPS_PATH.format(namespace=self.namespace)}/{name}"
 
+    def _holds(self, client: httpx.Client, name: str, seq: int) -> bool:
+        """One read: is ConfigMap `name` there with sequence number `seq`?"""
+        try:
+            resp = client.get(self._configmap_url(name))
+            return resp.status_code == 200 and _seq_of(resp) == str(seq)
+        except (httpx.HTTPError, ValueError):
+            return False
+
     def _read_back(self, client: httpx.Client, name: str, seq: int, deadline: float) -> bool:
         """True when the ConfigMap is there with its sequence number; retries errors until
         `deadline` (past it, nothing more is asked: the audit stays bounded)."""
@@ -292,9 +358,13 @@ class LoadProbe:
                 return False
             if resp is not None and resp.status_code == 200:
                 try:
-                    data = (resp.json() or {}).get("data") or {}
+                    return _seq_of(resp) == str(seq)
                 except ValueError:  # not JSON: not our ConfigMap
                     return False
-                return data.get("seq") == str(seq)
             time.sleep(min(self.read_interval * 3, max(0.0, deadline - time.monotonic())))
         return False
+
+
+def _seq_of(resp: httpx.Response) -> str | None:
+    """The `seq` of the ConfigMap in a response (ValueError when it is not JSON)."""
+    return ((resp.json() or {}).get("data") or {}).get("seq")

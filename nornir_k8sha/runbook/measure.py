@@ -14,7 +14,9 @@ Definitions (docs/verify.md repeats them for people):
   broken backend keeps receiving requests. The downtime is then the larger of that gap and
   the failing window: from the start of the first failed request (not before the fault was
   applied) to the end of the last one, among the requests that failed after the fault was
-  applied and began before its lift: how long clients could be left hanging or failing;
+  applied and began before its lift: how long clients could be left hanging or failing. A
+  kept-alive request that hung until its connection was cut and then succeeded when sent
+  again (load.py) counts there as failing from its start to the cut;
 - detect: fault applied -> start of the first failed request ending after it;
 - recover: fault lifted (the lifting step began; when never lifted, the fault was applied;
   with no fault time, the first failure) -> the later of two moments: the API is back for
@@ -117,12 +119,15 @@ def figures(samples: Sequence[Sample], *, fault_at: float | None, lifted_at: flo
 def failing_window(samples: Sequence[Sample], fault_at: float | None,
                    lifted_at: float | None) -> float:
     """First failed request's start (not before the fault) -> last one's end, of those failed
-    after the fault and begun before its lift (0 when none failed)."""
+    after the fault and begun before its lift (0 when none failed). A request sent again after
+    its connection was cut counts as failing until the cut (`retried_at`)."""
     since = fault_at if fault_at is not None else float("-inf")
     until = lifted_at if lifted_at is not None else float("inf")
-    hit = [s for s in samples if not s.ok and s.end > since and s.start < until]
+    spans = [(s.start, s.end) for s in samples if not s.ok]
+    spans += [(s.start, s.retried_at) for s in samples if s.ok and s.retried_at is not None]
+    hit = [(a, b) for a, b in spans if b > since and a < until]
     # a request in flight when the fault struck waited before it too: not outage time
-    return max(s.end for s in hit) - max(since, min(s.start for s in hit)) if hit else 0.0
+    return max(b for _, b in hit) - max(since, min(a for a, _ in hit)) if hit else 0.0
 
 
 def acknowledged_in_fault(samples: Sequence[Sample], marks: Sequence[Mark], fault_at: float,

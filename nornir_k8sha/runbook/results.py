@@ -52,6 +52,11 @@ class Sample:
     status: int | None = None  # HTTP status, None when no answer
     error: str = ""
     seq: int | None = None
+    #: the first attempt's error when the request was sent again on a new connection (the
+    #: kept-alive clients do it like Go's net/http: runbook/load.py, docs/verify.md)
+    retried: str = ""
+    #: when that first attempt failed (time.monotonic()): the request hung until then
+    retried_at: float | None = None
 
 
 @dataclass(frozen=True)

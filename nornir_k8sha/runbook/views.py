@@ -146,7 +146,9 @@ def _origin(case: CaseResult) -> float:
 
 def _sample_dict(s: Sample, t0: float) -> dict[str, Any]:
     return {"kind": s.kind, "start_s": round(s.start - t0, 3), "end_s": round(s.end - t0, 3),
-            "ok": s.ok, "status": s.status, "error": s.error, "seq": s.seq}
+            "ok": s.ok, "status": s.status, "error": s.error, "seq": s.seq,
+            "retried": s.retried,
+            "retried_at_s": None if s.retried_at is None else round(s.retried_at - t0, 3)}
 
 
 def _per_second(samples: Iterable[Sample], t0: float) -> list[dict[str, int]]:
@@ -161,7 +163,8 @@ def _case_dict(case: CaseResult) -> dict[str, Any]:
     t0 = _origin(case)
     failed = [s for s in case.samples if not s.ok]
     by_kind = {kind: {"requests": sum(1 for s in case.samples if s.kind == kind),
-                      "failed": sum(1 for s in failed if s.kind == kind)}
+                      "failed": sum(1 for s in failed if s.kind == kind),
+                      "retried": sum(1 for s in case.samples if s.kind == kind and s.retried)}
                for kind, _ in LANES}
     return {
         "name": case.name, "title": case.title, "verdict": case.verdict, "reason": case.reason,
@@ -180,6 +183,10 @@ def _case_dict(case: CaseResult) -> dict[str, Any]:
             "per_second": _per_second(case.samples, t0),
             "failed": [_sample_dict(s, t0) for s in failed[:JSON_MAX_FAILED_SAMPLES]],
             "failed_left_out": max(0, len(failed) - JSON_MAX_FAILED_SAMPLES),
+            # sent again on a new connection after the server closed a kept-alive one
+            # before answering (docs/verify.md): what the first attempt met
+            "retried": [_sample_dict(s, t0) for s in case.samples
+                        if s.retried][:JSON_MAX_FAILED_SAMPLES],
             # where every write must be refused: the ones that were not, to explain them
             "acknowledged_in_fault": [_sample_dict(s, t0) for s in _refused_yet_acked(case)],
         },

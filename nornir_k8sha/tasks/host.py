@@ -464,15 +464,12 @@ def sysctl(task: Task, *, settings: Mapping[str, Any], path: str,
 
     `known`: the results of `sysctl_probes(settings)` the caller ran moments ago in a batch of
     its own (one round trip fewer); trust them only while nothing has changed on the host."""
-    body = "".join(f"{k} = {_sysctl_value(v)}\n" for k, v in settings.items())
-    content = "# managed by nornir-k8sha\n" + body
-    written = file(task, path=path, content=content, mode=0o644, dry_run=dry_run)
+    written = file(task, path=path, content=sysctl_content(settings), mode=0o644,
+                   dry_run=dry_run)
     conn = connect(task)
-    keys = list(settings)
     live = known if known is not None else conn.run_batch(
         sysctl_probes(settings), sudo=False, stop_on_error=False, check=False)
-    differs = [k for k, r in zip(keys, live, strict=False)
-               if r.exit_code != 0 or r.stdout.split() != _sysctl_value(settings[k]).split()]
+    differs = sysctls_differing(settings, live)
     if not written.changed and not differs:
         return Result(host=task.host, changed=False, result="sysctls in place")
     diff = "\n".join(x for x in (written.diff, *(f"# sysctl {k} -> "
@@ -487,6 +484,19 @@ def sysctl(task: Task, *, settings: Mapping[str, Any], path: str,
 def sysctl_probes(settings: Mapping[str, Any]) -> list[str]:
     """The commands that read `settings`' running values, one per key, in order."""
     return [f"sysctl -n {shlex.quote(k)}" for k in settings]
+
+
+def sysctl_content(settings: Mapping[str, Any]) -> str:
+    """The sysctl.d file `sysctl` writes for `settings`."""
+    return "# managed by nornir-k8sha\n" + "".join(
+        f"{k} = {_sysctl_value(v)}\n" for k, v in settings.items())
+
+
+def sysctls_differing(settings: Mapping[str, Any], live: Sequence[CommandResult]) -> list[str]:
+    """The keys whose running value (`live`: the results of `sysctl_probes(settings)`) is not
+    the wanted one."""
+    return [k for k, r in zip(settings, live, strict=False)
+            if r.exit_code != 0 or r.stdout.split() != _sysctl_value(settings[k]).split()]
 
 
 def _sysctl_value(value: Any) -> str:

@@ -21,19 +21,52 @@ from nornir_k8sha.topology import ClusterSpec
 PACKAGES = ["keepalived", "ipvsadm"]
 #: Load IPVS and prove it is there (before keepalived programs it).
 IP_VS = "modprobe ip_vs 2>/dev/null || true; grep -q '^ip_vs' /proc/modules"
+#: How IPVS treats a connection entry whose real server is drained (weight 0) or gone, as
+#: kube-proxy's IPVS mode sets them (docs/runbooks.md, "Draining an HAProxy node"):
+#: - expire_nodest_conn: a new connection (SYN) whose client port matches an old entry to a
+#:   weight-0 real server is scheduled afresh instead of going to the drained node. In DR mode
+#:   the director sees only the client's half, so the entries of closed connections stay in
+#:   FIN_WAIT for 120 s and a reused port hits them (conn_reuse_mode 1 reschedules only
+#:   TIME_WAIT); measured on the lab: 35 of 39 ports reused within 120 s went to the same
+#:   node, drained or not. It also expires, instead of silently dropping, the packets of a
+#:   connection whose real server keepalived removed, so its client learns at once.
+#: - expire_quiescent_template: the same for persistence templates (`lvs.persistence_timeout`).
+IPVS_SYSCTLS = {
+    "net.ipv4.vs.expire_nodest_conn": "1",
+    "net.ipv4.vs.expire_quiescent_template": "1",
+}
+#: C.LVS_IPVS_MODULES: ip_vs at boot, so that systemd-sysctl finds the keys above.
+IPVS_MODULES_CONTENT = "ip_vs\n"
 
 
 def configure(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None) -> Result:
-    """Packages, the ip_vs module, keepalived.conf (validated by `keepalived -t`), reload."""
+    """Packages, the ip_vs module (now and at boot), the IPVS sysctls, keepalived.conf
+    (validated by `keepalived -t`), reload."""
     H.honour_dry_run(task, dry_run)
-    probed = probe(task, PACKAGES, ["keepalived"], [] if task.is_dry_run() else [IP_VS])
+    # after the module load (its keys exist then), in the same exec channel: the IPVS files'
+    # contents and the live sysctls; when all hold, they cost no round trip of their own
+    ipvs_probes = [f"cat {C.LVS_IPVS_MODULES} {C.LVS_IPVS_SYSCTL} 2>/dev/null",
+                   *H.sysctl_probes(IPVS_SYSCTLS)]
+    probed = probe(task, PACKAGES, ["keepalived"],
+                   [] if task.is_dry_run() else [IP_VS, *ipvs_probes])
     pk = H.packages(task, names=PACKAGES, known=probed.packages)
-    for r in probed.extra:  # the module load (not in a dry run)
+    load, files, live = probed.extra[:1], probed.extra[1:2], probed.extra[2:]  # none: dry run
+    for r in load:  # the module load
         if not r.ok:
             raise CommandFailed(task.host.name, r.command, r.exit_code, r.stderr)
+    in_place = (not pk.changed and bool(files) and files[0].stdout == IPVS_MODULES_CONTENT
+                + H.sysctl_content(IPVS_SYSCTLS) and not H.sysctls_differing(IPVS_SYSCTLS, live))
+    done = []
+    if not in_place:
+        for step in (H.file(task, path=C.LVS_IPVS_MODULES, content=IPVS_MODULES_CONTENT),
+                     H.sysctl(task, settings=IPVS_SYSCTLS, path=C.LVS_IPVS_SYSCTL)):
+            done += [step] if step.changed else []
     r = apply_component(task, spec, "keepalived", services={"keepalived": "reload"},
                         known_units=None if pk.changed else probed.units)
-    r.changed = r.changed or bool(pk.changed)
+    r.changed = r.changed or bool(pk.changed) or bool(done)
+    r.diff = "\n".join(d for d in (*(s.diff for s in done), r.diff) if d)
+    if done:
+        r.result = ", ".join([C.LVS_IPVS_SYSCTL, *([] if r.result == "unchanged" else [r.result])])
     return r
 
 

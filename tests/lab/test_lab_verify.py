@@ -130,8 +130,11 @@ def test_slower_haproxy_checks_grow_the_bound_and_a_tight_bound_fails(
         # case may see no failed request at all (0 s: twice in CI on 2026-12-04, 162 requests,
         # none failed; why no fresh read reached the frozen master in its ~1-2 s before DOWN
         # is not understood): what must hold is that the slow checks leave clients failing
-        # longer than the fast ones do, and longer than the fast bound
-        assert slow_frozen["figures"]["failed"] > 0, slow_frozen["figures"]
+        # longer than the fast ones do, and longer than the fast bound. A kept-alive request
+        # that hung there is sent again once HAProxy cuts it, as kubectl's would be, and
+        # succeeds: it counts in the window as hung (samples.retried), not as failed
+        hung = len(slow_frozen["samples"]["retried"])
+        assert slow_frozen["figures"]["failed"] + hung > 0, slow_frozen["figures"]
         assert slow_frozen["figures"]["downtime_s"] > fast_frozen["figures"]["downtime_s"], (
             fast_frozen["figures"], slow_frozen["figures"])
         assert slow_frozen["figures"]["downtime_s"] > fast_frozen["expectation"]["downtime_s"]
