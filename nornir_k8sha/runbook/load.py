@@ -13,15 +13,14 @@ the first kind):
   acknowledged only by `201 Created`. `audit_writes()` reads every acknowledged write back
   after recovery: an acknowledged write that is gone is a lost write.
 
-The two kept-alive clients retry like Go's net/http Transport (kubectl, client-go): a request
-sent on a *reused* connection that the server closed (EOF or reset) before any answer began is
-sent once more on a new connection, if it is idempotent (transport.go `shouldRetryRequest`,
-request.go `isReplayable`: GET, or a request marked idempotent). The writer's create is
-idempotent by its name (the apiserver refuses a second create of a name with 409
-AlreadyExists), so it is retried too, and a 409 to the retry acknowledges the write only when
-the object read back carries its sequence number: a write that got lost, or was not ours,
-still shows. Nothing else is retried: not a timeout, not a fresh connection's failure, not an
-answer cut off after it began. The sample keeps the first attempt's error (`retried`).
+The kept-alive reader retries as kubectl and client-go do: a GET sent on a *reused* connection
+that the server closed (EOF or reset) before any answer began is sent once more on a new
+connection (Go's net/http Transport: transport.go `shouldRetryRequest`, request.go
+`isReplayable`; client-go's rest.Request also retries GETs on a reset or EOF). The writer is
+never retried: client-go does not retry writes ("they are not idempotent", request.go), so a
+create cut before its answer is a failed request here as it is an error for kubectl. Nothing
+else is retried: not a timeout, not a fresh connection's failure, not an answer cut off after
+it began. The sample keeps the first attempt's error (`retried`).
 
 Every request becomes a `Sample` (time.monotonic() start/end, ok, status, error). Each request
 is bounded by a short timeout, the whole probe by `max_seconds` and a sample cap; `stop()`
@@ -245,14 +244,12 @@ class LoadProbe:
                 self._stop.set()
 
     def _request(self, kind: SampleKind, send: Callable[[dict[str, Any]], httpx.Response],
-                 ok_status: int = 200, seq: int | None = None, *, retry: bool = False,
-                 settle: Callable[[httpx.Response], bool] | None = None) -> bool:
+                 ok_status: int = 200, seq: int | None = None, *,
+                 retry: bool = False) -> bool:
         """One request (`send` gets httpx's request extensions); True when it succeeded.
 
-        `retry`: an idempotent request of a kept-alive client, sent once more on a new
-        connection when its reused one was closed before any answer (module docstring).
-        `settle`: on that second attempt, says whether an answer other than `ok_status`
-        still means success (the writer's 409 for its own object)."""
+        `retry`: a GET of the kept-alive reader, sent once more on a new connection when its
+        reused one was closed before any answer (module docstring)."""
         start = time.monotonic()
         first, first_at = "", None
         while True:
@@ -267,7 +264,7 @@ class LoadProbe:
                 self._record(Sample(kind, start, time.monotonic(), False, None, error_text(exc),
                                     seq, first, first_at))
                 return False
-        ok = resp.status_code == ok_status or bool(first and settle and settle(resp))
+        ok = resp.status_code == ok_status
         error = "" if ok else f"HTTP {resp.status_code}"
         self._record(Sample(kind, start, time.monotonic(), ok, resp.status_code, error, seq,
                             first, first_at))
@@ -315,12 +312,8 @@ class LoadProbe:
                     "data": {"seq": str(seq)}}
             with self._lock:
                 self._attempted.append(name)
-
-            def ours(resp: httpx.Response) -> bool:  # a 409 to the retry: did the first land?
-                return resp.status_code == 409 and self._holds(client, name, seq)
-
             if self._request("write", lambda ext: client.post(url, json=body, extensions=ext),
-                             201, seq, retry=True, settle=ours):
+                             201, seq):
                 with self._lock:
                     self._acknowledged[name] = seq
 
@@ -337,14 +330,6 @@ class LoadProbe:
 
     def _configmap_url(self, name: str) -> str:
         return f"{self.base}{CONFIGMAPS_PATH.format(namespace=self.namespace)}/{name}"
-
-    def _holds(self, client: httpx.Client, name: str, seq: int) -> bool:
-        """One read: is ConfigMap `name` there with sequence number `seq`?"""
-        try:
-            resp = client.get(self._configmap_url(name))
-            return resp.status_code == 200 and _seq_of(resp) == str(seq)
-        except (httpx.HTTPError, ValueError):
-            return False
 
     def _read_back(self, client: httpx.Client, name: str, seq: int, deadline: float) -> bool:
         """True when the ConfigMap is there with its sequence number; retries errors until
