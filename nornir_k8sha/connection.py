@@ -128,6 +128,7 @@ class SSHTransport:
         self._ids: dict[str, dict[int, str]] | None = None  # u: uid->name, g: gid->name,
         #                                                   pg: uid->primary gid
         self._kex = [k.strip() for k in (kex_algorithms or "").split(",") if k.strip()]
+        self.connect_timeout = connect_timeout
         self._connect_args = (password, key_file, known_hosts, strict_host_key, connect_timeout)
         self._master = self._master_for(persist, password, key_file, known_hosts,
                                         strict_host_key, connect_timeout)
@@ -336,32 +337,39 @@ class SSHTransport:
             wrapper = 'printf "%s\\n" "$1" >&2; exec /bin/sh -c "$2"'
             wire = (f"sudo {flag} -- /bin/sh -c {shlex.quote(wrapper)} k8sha "
                     f"{ready} {shlex.quote(command)}")
+        return self._ride(lambda: self._session(wire, shown, stdin, limit, sudo, prompt, ready),
+                          "a session", self._drop_master)
+
+    def _ride(self, attempt: Callable[[], _T], what: str, new_master: Callable[[], None]) -> _T:
+        """`attempt()`, which opens `what` on the master (or runs on paramiko, which never
+        raises NotOpened). Not opened — the master vanished under the request (the host went
+        away and came back), or could not open it in time (its link is cut) — nothing ran:
+        once more, after `new_master()`, on a new master, which has a connect timeout of its
+        own. Refusals are waited out each time (`_refusals_waited`)."""
         try:
-            return self._refusals_waited(
-                lambda: self._session(wire, shown, stdin, limit, sudo, prompt, ready))
-        except _NeverOpened as exc:
-            # the master vanished under the request (the host went away and came back), or
-            # could not open a session in time (its link is cut): the command never ran, so
-            # once more, on a new master, which has a connect timeout of its own
-            log.debug("%s: no session from the SSH master (%s); once more on a new one",
-                      self.host, exc.reason)
-            self._drop_master()
-            return self._refusals_waited(
-                lambda: self._session(wire, shown, stdin, limit, sudo, prompt, ready))
+            return self._refusals_waited(attempt)
+        except NotOpened as exc:
+            log.debug("%s: no %s from the SSH master (%s); once more on a new one", self.host,
+                      what, exc)
+        new_master()
+        try:
+            return self._refusals_waited(attempt)
+        except NotOpened as exc:
+            raise ConnectionFailed(self.host, f"cannot open {what}: {exc}") from None
 
     def _refusals_waited(self, attempt: Callable[[], _T]) -> _T:
         """`attempt()`, asked again while the host refuses the session (its MaxSessions: other
         processes ride this master too; nothing ran), for up to a connect timeout."""
-        until = time.monotonic() + self._connect_args[4]
+        until = time.monotonic() + self.connect_timeout
         pause = _REFUSED_PAUSE_S
         while True:
             try:
                 return attempt()
-            except _NeverOpened as exc:
+            except NotOpened as exc:
                 if not exc.refused:
                     raise
                 if time.monotonic() >= until:
-                    raise ConnectionFailed(self.host, exc.reason) from None
+                    raise ConnectionFailed(self.host, str(exc)) from None
                 time.sleep(pause)
                 pause = min(pause * 2, 0.5)
 
@@ -378,10 +386,7 @@ class SSHTransport:
             with self._open_lock:
                 self._ensure_alive()
                 if self._master is not None:
-                    try:
-                        chan: Any = self._master.session(wire)
-                    except NotOpened as exc:
-                        raise _NeverOpened(str(exc), refused=exc.refused) from None
+                    chan: Any = self._master.session(wire)  # NotOpened: the master is gone
                 else:
                     try:
                         chan = self.client.get_transport().open_session(  # type: ignore
@@ -399,9 +404,8 @@ class SSHTransport:
                 except CommandFailed as exc:  # e.g. "sudo refused": sudo may never have started
                     failure = exc
                 if self._master is not None and chan.never_opened():
-                    why = chan.refusal or NotOpened("not opened within the connect timeout"
+                    raise chan.refusal or NotOpened("not opened within the connect timeout"
                                                     if chan.open_expired else "master went away")
-                    raise _NeverOpened(str(why), refused=why.refused) from None
                 if failure is not None:
                     raise failure
                 return result
@@ -614,26 +618,15 @@ class SSHTransport:
 
     def _master_sftp(self) -> paramiko.SFTPClient:
         """SFTP riding the master; once more on a new master when it never opened (a master
-        gone or hung: see `_exec`). Callers hold `_open_lock`."""
-        assert self._master is not None
-        try:
-            return self._refusals_waited(self._sftp_session)
-        except _NeverOpened as exc:
-            log.debug("%s: no SFTP from the SSH master (%s); once more on a new one", self.host,
-                      exc.reason)
-        self._master.stop()
-        self._ensure_alive()
-        try:
-            return self._refusals_waited(self._sftp_session)
-        except _NeverOpened as exc:
-            raise ConnectionFailed(self.host, f"cannot open SFTP: {exc.reason}") from None
+        gone or hung: see `_ride`). Callers hold `_open_lock`."""
+        master = self._master
+        assert master is not None
 
-    def _sftp_session(self) -> paramiko.SFTPClient:
-        assert self._master is not None
-        try:
-            return paramiko.SFTPClient(self._master.sftp())
-        except NotOpened as exc:
-            raise _NeverOpened(str(exc), refused=exc.refused) from None
+        def new_master() -> None:  # `_drop_master` would take the `_open_lock` we hold
+            master.stop()
+            self._ensure_alive()
+
+        return self._ride(lambda: paramiko.SFTPClient(master.sftp()), "SFTP", new_master)
 
     def _mkdirs(self, sftp: paramiko.SFTPClient, directory: str) -> None:
         missing = []
@@ -740,15 +733,6 @@ def resolve_path(path: str | os.PathLike[str]) -> Path:
 
 class _UnknownHostKey(paramiko.SSHException):
     pass
-
-
-class _NeverOpened(Exception):
-    """A session the master did not open: nothing ran (`refused`: the host said no)."""
-
-    def __init__(self, reason: str, *, refused: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.refused = refused
 
 
 class _RejectUnknown(paramiko.MissingHostKeyPolicy):

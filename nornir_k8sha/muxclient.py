@@ -37,7 +37,6 @@ MUX_S_FAILURE = 0x80000003
 MUX_S_EXIT_MESSAGE = 0x80000004
 MUX_S_ALIVE = 0x80000005
 MUX_S_SESSION_OPENED = 0x80000006
-MUX_S_TTY_ALLOC_FAIL = 0x80000008
 PROTOCOL_VERSION = 4
 NO_ESCAPE_CHAR = 0xFFFFFFFF
 #: what OpenSSH's client exits with when the session ended without an exit status (a signal
@@ -108,18 +107,24 @@ class _Control:
     def _send(self, body: bytes) -> None:
         self.sock.sendall(_u32(len(body)) + body)
 
+    def _packet(self) -> tuple[int, bytes] | None:
+        """The first whole packet received so far (after `feed`), taken off the inbox."""
+        if len(self._inbox) < 4:
+            return None
+        size = struct.unpack(">I", self._inbox[:4])[0]
+        if size > _MAX_PACKET:
+            raise OSError(f"mux packet of {size} bytes")
+        if len(self._inbox) < 4 + size:
+            return None
+        body = bytes(self._inbox[4:4 + size])
+        del self._inbox[:4 + size]
+        return struct.unpack(">I", body[:4])[0], body[4:]
+
     def packets(self) -> list[tuple[int, bytes]]:
-        """The whole packets received so far (after `feed`)."""
+        """Every whole packet received so far (after `feed`)."""
         found = []
-        while len(self._inbox) >= 4:
-            size = struct.unpack(">I", self._inbox[:4])[0]
-            if size > _MAX_PACKET:
-                raise OSError(f"mux packet of {size} bytes")
-            if len(self._inbox) < 4 + size:
-                break
-            body = bytes(self._inbox[4:4 + size])
-            del self._inbox[:4 + size]
-            found.append((struct.unpack(">I", body[:4])[0], body[4:]))
+        while (packet := self._packet()) is not None:
+            found.append(packet)
         return found
 
     def feed(self, data: bytes) -> None:
@@ -144,17 +149,12 @@ class _Control:
 
     def read(self) -> tuple[int, bytes]:
         """The next packet, blocking (within the socket's timeout)."""
-        while True:
-            got = self.packets()
-            if got:
-                kind, body = got[0]
-                for rest in reversed(got[1:]):  # keep any later ones for the next read
-                    self._inbox[:0] = _u32(len(rest[1]) + 4) + _u32(rest[0]) + rest[1]
-                return kind, body
+        while (packet := self._packet()) is None:
             data = self.sock.recv(65536)
             if not data:
                 raise OSError("master closed the control connection")
             self.feed(data)
+        return packet
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

@@ -45,7 +45,7 @@ from nornir_k8sha.sshcontrol import SSH_BINARY, exit_master, lock_path, socket_p
 
 
 class OpenSSHMaster:
-    """One host's OpenSSH master: starts it when missing, builds the client argv that rides it."""
+    """One host's OpenSSH master: starts it when missing, and opens sessions that ride it."""
 
     def __init__(self, host: str, hostname: str, *, port: int, username: str,
                  key_file: Path | None, known_hosts: Path | None, strict: bool,
