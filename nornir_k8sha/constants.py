@@ -239,6 +239,10 @@ PROBE_MAX_SAMPLES = 20000
 PROBE_MAX_INFLIGHT = 16
 #: A fresh-TLS read's own round trip, allowed on top of the sampling interval in every bound.
 PROBE_REQUEST_ALLOWANCE_S = 0.1
+#: Seconds without a failed request, after one that succeeded, before a case's load probe may
+#: stop: the lift itself can disrupt the API (a thawed VRRP master takes its VIP back), and a
+#: probe stopped inside that disruption would measure it as an outage that never ended.
+PROBE_SETTLE_S = 0.5
 #: Seconds the writes' read-back and the cleanup of the probe's ConfigMaps may take.
 PROBE_AUDIT_TIMEOUT_S = 30.0
 PROBE_CLEANUP_TIMEOUT_S = 15.0

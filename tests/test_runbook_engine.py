@@ -357,6 +357,10 @@ class FakeLoad:
         self.calls.append("stop")
         return [], list(self.marks)
 
+    def settled(self) -> bool:
+        self.asked += 1
+        return self.settle_after is not None and self.asked > self.settle_after
+
     def audit_writes(self, timeout: float = 30.0) -> tuple[int, int]:
         self.calls.append("audit")
         return 40, self.lost
@@ -365,6 +369,8 @@ class FakeLoad:
         self.calls.append("cleanup")
 
     lost = 0
+    asked = 0
+    settle_after: int | None = 0  # answers "not yet" this many times (None: never settles)
 
 
 def _instruments(load: FakeLoad, downtime: float, bound: float | None) -> Instruments:
@@ -406,6 +412,33 @@ def test_the_verdict_reads_figures_against_the_expectation(tmp_path, spec, nr, f
     assert load.calls == ["start", "stop", "audit", "cleanup"]
     assert [m.kind for m in case.marks] == ["fault", "applied", "lift", "steady"]
     assert case.expectation is not None and case.figures.writes_acknowledged == 40
+
+
+def test_the_probe_runs_on_after_the_steady_state_until_the_api_is_back_for_good(
+        tmp_path, spec, nr, fleet) -> None:
+    """The steady state can hold again while the lift's own disruption is under way (a thawed
+    VRRP master taking its VIP back): the probe must see it end, not be stopped inside it."""
+    loaded = _runbook(tmp_path, "- pause: 0.01", extra="load: true")
+    load = FakeLoad()
+    load.settle_after = 3
+    result = engine.run(loaded, spec, nr, _opts(
+        tmp_path, cases=["first"], instruments=_instruments(load, 0.4, 0.9)))
+    assert result.cases[0].verdict == "passed"
+    assert load.asked == 4 and load.calls == ["start", "stop", "audit", "cleanup"]
+
+
+def test_a_probe_that_never_settles_fails_the_case_when_the_recovery_time_runs_out(
+        tmp_path, spec, nr, fleet) -> None:
+    loaded = _runbook(tmp_path, "- pause: 0.01", extra="load: true")
+    load = FakeLoad()
+    load.settle_after = None
+    result = engine.run(loaded, spec, nr, _opts(
+        tmp_path, cases=["first"], instruments=_instruments(load, 0.4, 0.9)))
+    case = result.cases[0]
+    assert case.verdict == "failed"
+    assert case.reason == ("the load probe still saw requests fail when the recovery time (3s) "
+                           "ran out")
+    assert load.calls == ["start", "stop", "audit", "cleanup"]  # stopped and measured anyway
 
 
 def test_a_bound_set_by_the_user_replaces_the_computed_one(tmp_path, spec, nr, fleet) -> None:

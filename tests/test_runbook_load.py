@@ -373,6 +373,26 @@ def test_a_cut_write_that_had_landed_is_still_a_failed_request_and_not_acknowled
     assert probe.audit_writes(timeout=5)[1] == 0
 
 
+def test_the_probe_is_settled_only_once_the_api_answers_again_for_a_while(
+        api: FakeAPI, pki_dir: Path) -> None:
+    """What the runbook engine waits for before it stops a case's probe: a disruption the
+    lift causes is measured to its end instead of as an outage that never ended."""
+    probe = probe_for(api, pki_dir)
+    with probe:
+        wait_for(lambda: api.count("ok") >= 5, "requests served")
+        assert probe.settled(quiet=0.3)  # nothing failed yet
+        api.mode = "down"
+        wait_for(lambda: not probe.settled(quiet=0.3), "a failure recorded")
+        api.mode = "up"
+        assert not probe.settled(quiet=30)  # the last failure is not 30 s old
+        wait_for(lambda: probe.settled(quiet=0.3), "settled after the API came back")
+    samples, _ = probe.stop()
+    last_failure = max(s.end for s in samples if not s.ok)
+    assert any(s.ok and s.end > last_failure for s in samples)
+    assert figures(samples, fault_at=None, lifted_at=None, acknowledged=0,
+                   lost=0).api_recover_s is not None
+
+
 def test_lost_writes_are_found_by_the_audit(api: FakeAPI, pki_dir: Path) -> None:
     api.lose_every = 3
     probe = probe_for(api, pki_dir, read_interval=1.0)

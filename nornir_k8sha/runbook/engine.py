@@ -71,6 +71,8 @@ from nornir_k8sha.topology import ClusterSpec
 
 #: How often the steady state is polled while waiting for it to come back.
 STEADY_POLL_S = 2.0
+#: How often the load probe is asked whether the API is back for good.
+SETTLE_POLL_S = 0.1
 #: How long stopping the load probe may take.
 LOAD_STOP_S = 30.0
 #: How long the end of a method waits for a continuous probe's look in progress.
@@ -83,6 +85,7 @@ class LoadProbe(Protocol):
     def start(self) -> None: ...
     def mark(self, label: str, kind: str = "note") -> None: ...
     def stop(self) -> tuple[list[Any], list[Mark]]: ...
+    def settled(self) -> bool: ...
     def audit_writes(self, timeout: float = 30.0) -> tuple[int, int]: ...
     def cleanup(self) -> None: ...
 
@@ -353,9 +356,14 @@ class _Runner:
                      if not r.ok]
         try:
             say("waiting for the steady state")
-            back, cr.steady_after, why = self.await_steady()
+            deadline = time.monotonic() + self.loaded.runbook.recovery_max_time
+            back, cr.steady_after, why = self.await_steady(deadline)
             if back:
                 self.mark("steady state holds again", "steady")
+                if not self._await_settled(deadline):
+                    problems.append("the load probe still saw requests fail when the "
+                                    f"recovery time ({self.loaded.runbook.recovery_max_time:g}"
+                                    "s) ran out")
             else:
                 problems.append(f"steady state did not return within "
                                 f"{self.loaded.runbook.recovery_max_time:g}s: {why}")
@@ -420,13 +428,25 @@ class _Runner:
                 problems.append(f"{probe.name or probe.probe}: {why}")
         return not problems, results, "; ".join(problems)
 
-    def await_steady(self) -> tuple[bool, list[CheckResult], str]:
-        deadline = time.monotonic() + self.loaded.runbook.recovery_max_time
+    def await_steady(self, deadline: float) -> tuple[bool, list[CheckResult], str]:
         while True:
             ok, results, why = self.steady()
             if ok or time.monotonic() + STEADY_POLL_S > deadline:
                 return ok, results, why
             time.sleep(STEADY_POLL_S)
+
+    def _await_settled(self, deadline: float) -> bool:
+        """Keep the load probe running until the API is back for good (LoadProbe.settled), at
+        most until `deadline`. Why: the steady state can hold again while the lift's own
+        disruption is still under way (a thawed VRRP master taking its VIP back); a probe
+        stopped inside it would measure an outage that never ended."""
+        if self.load is None:
+            return True
+        while not self.load.settled():
+            if time.monotonic() + SETTLE_POLL_S > deadline:
+                return False
+            time.sleep(SETTLE_POLL_S)
+        return True
 
     # -- steps --
     def step(self, step: AnyStep, deadline: float) -> StepResult:

@@ -171,6 +171,18 @@ class LoadProbe:
             client.close()
         return samples, marks
 
+    def settled(self, quiet: float = C.PROBE_SETTLE_S) -> bool:
+        """True when the API looks back for good: no request failed, or one succeeded after the
+        newest failure and none has failed for `quiet` seconds. The engine waits for this
+        before it stops the probe, so that a disruption is measured to its end."""
+        now = time.monotonic()
+        with self._lock:
+            last_failure = max((s.end for s in self._samples if not s.ok), default=None)
+            if last_failure is None:
+                return True
+            return now - last_failure >= quiet and any(
+                s.ok and s.end > last_failure for s in self._samples)
+
     @property
     def acknowledged(self) -> dict[str, int]:
         """Name -> sequence number of every write the API acknowledged (201)."""
