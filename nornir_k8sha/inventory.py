@@ -8,6 +8,7 @@ known to be good.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -379,6 +380,12 @@ def open_nornir(directory: Path | str, *, num_workers: int = 20) -> Nornir:
         logging={"enabled": False},
     )
     config.logging.configure()
+    # "off" means silent: with no handler of its own, a task's exception (which our phases
+    # handle and report) reached stderr as a traceback through Python's last-resort handler.
+    # A NullHandler stops only that; handlers the caller put on the root logger still see it.
+    nornir_logger = logging.getLogger("nornir")
+    if not nornir_logger.handlers:
+        nornir_logger.addHandler(logging.NullHandler())
     return Nornir(inventory=DirectoryInventory(str(directory)).load(),
                   runner=ThreadedRunner(num_workers=num_workers), config=config,
                   data=GlobalState(dry_run=False))

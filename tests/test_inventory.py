@@ -6,6 +6,9 @@ and whatever it accepts Nornir must load.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -164,3 +167,27 @@ def test_open_nornir_refuses_a_bad_inventory(make_inventory: InventoryFactory) -
     inv = make_inventory(lambda h, g, d: h["lvs1"].update(group=["lvs"]))
     with pytest.raises(InventoryError, match="host lvs1: field 'group': unknown field"):
         open_nornir(inv)
+
+
+def test_a_failed_task_prints_no_traceback_yet_root_logging_still_sees_it(
+        make_inventory: InventoryFactory) -> None:
+    """Nornir logs every task exception at ERROR; with its logging off it reached stderr as a
+    traceback (Python's last-resort handler) in the middle of a deploy's output, for failures
+    our phases handle and report (a BGP poll retried). Run in a new interpreter: pytest's own
+    log capture would hide the last-resort handler."""
+    script = textwrap.dedent(f"""
+        import logging, sys
+        from nornir_k8sha.inventory import open_nornir
+        nr = open_nornir({str(make_inventory(lambda h, g, d: None))!r})
+        def boom(task):
+            raise RuntimeError("handled by the caller")
+        if sys.argv[1:] == ["root"]:
+            logging.basicConfig(level=logging.ERROR)
+        assert nr.filter(name="lvs1").run(task=boom).failed
+    """)
+    quiet = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr == ""
+    logged = subprocess.run([sys.executable, "-c", script, "root"], capture_output=True,
+                            text=True)
+    assert "failed with traceback" in logged.stderr  # a caller's own logging still gets it
