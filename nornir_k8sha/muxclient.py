@@ -171,11 +171,13 @@ class MuxSession:
     """A command in a new session of a master: the part of `paramiko.Channel` that
     `SSHTransport._pump` uses.
 
-    One reader thread moves the command's stdout and stderr (our ends of the pipes the master
-    writes) into buffers, reads the master's replies, and wakes `fileno()` (a pipe) whenever
-    there is something new, as paramiko's channels do, so one loop reads both kinds of channel.
-    A session the master has not opened within `open_timeout` is closed and counts as never
-    opened (`never_opened`): nothing ran.
+    No thread: our ends of the pipes the master writes (stdout, stderr) and the control
+    connection sit in one selector, whose own descriptor is `fileno()`, so the caller's poll
+    wakes when any of them has something; each question (`recv_ready`, `exit_status_ready`,
+    ...) first moves what is there into buffers, without blocking. Why: a reader thread per
+    session was ~0.12 ms of a session's ~0.85 ms of controller CPU, and every chunk of output
+    crossed two threads. A session the master has not opened within `open_timeout` is closed
+    and counts as never opened (`never_opened`): nothing ran.
     """
 
     def __init__(self, control: Path, command: str, *, open_timeout: float) -> None:
@@ -193,12 +195,16 @@ class MuxSession:
         for fd in (stdin_r, out_w, err_w):  # the master holds them now
             os.close(fd)
         ctl.sock.setblocking(False)
+        for fd in (out_r, err_r, self._stdin):
+            os.set_blocking(fd, False)
         self._ctl = ctl
-        self._lock = threading.Lock()
         self._bufs = (bytearray(), bytearray())
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._streams = {out_r: 0, err_r: 1}  # still open -> which buffer
+        self._sel = selectors.DefaultSelector()  # epoll on Linux: a descriptor of its own
+        for fd in self._streams:
+            self._sel.register(fd, selectors.EVENT_READ)
+        self._sel.register(ctl.sock, selectors.EVENT_READ)
+        self._ctl_open = True
         self.opened = False
         self.open_expired = False
         self.refusal: NotOpened | None = None
@@ -207,51 +213,44 @@ class MuxSession:
         self.status_event = threading.Event()
         self._code: int | None = None
         self._open_deadline = time.monotonic() + open_timeout
-        self._reader = threading.Thread(target=self._read, args=(out_r, err_r), daemon=True,
-                                        name="k8sha-mux-session")
-        self._reader.start()
 
-    def _read(self, out_r: int, err_r: int) -> None:
-        sel = selectors.DefaultSelector()
-        sel.register(out_r, selectors.EVENT_READ, 0)
-        sel.register(err_r, selectors.EVENT_READ, 1)
-        sel.register(self._ctl.sock, selectors.EVENT_READ, "ctl")
-        try:
-            going = True
-            while going and sel.get_map() and not self.closed:
-                wait = None if self.opened else max(0.0, self._open_deadline - time.monotonic())
-                events = sel.select(wait)
-                if not events and not self.opened:
-                    self.open_expired = True  # its link is cut: close it; nothing ran
-                    break
-                for key, _ in events:
-                    if key.data == "ctl":
-                        going = self._control(sel)  # False: it will never open
-                        continue
-                    data = _read_fd(key.fd)
-                    with self._lock:
-                        if data:
-                            self._bufs[key.data].extend(data)
-                        else:
-                            sel.unregister(key.fd)
-                        self._wake()
-        finally:
-            sel.close()
-            self._ctl.close()  # ends the session if it is still running (close() after a timeout)
-            for fd in (out_r, err_r):
+    def _service(self) -> None:
+        """Take in whatever the pipes and the master have for us now; never blocks. The
+        session has ended (`eof_received`, `status_event`) once both pipes reached their end
+        and the master closed the control connection, or the session will never open."""
+        if self.eof_received:
+            return
+        for key, _ in self._sel.select(0):
+            if key.fileobj is self._ctl.sock:
+                if not self._control():
+                    self._finish()
+                    return
+                continue
+            fd = key.fd
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if data:
+                self._bufs[self._streams[fd]].extend(data)
+            else:
+                self._sel.unregister(fd)
+                del self._streams[fd]
                 os.close(fd)
-            with self._lock:
-                self.eof_received = True
-                if self._code is None and self.opened and self.refusal is None:
-                    self._code = NO_EXIT_STATUS
-                self.status_event.set()
-                self._wake()
+        if not self.opened and time.monotonic() >= self._open_deadline:
+            self.open_expired = True  # its link is cut: close it; nothing ran
+            self._finish()
+        elif not self._streams and not self._ctl_open:
+            self._finish()
 
-    def _control(self, sel: selectors.BaseSelector) -> bool:
+    def _control(self) -> bool:
         """Read the master's replies; False when the session will never open."""
         packets = self._ctl.replies()
         if packets is None:
-            sel.unregister(self._ctl.sock)
+            self._sel.unregister(self._ctl.sock)
+            self._ctl_open = False
             return self.opened
         for kind, body in packets:
             if kind == MUX_S_SESSION_OPENED:
@@ -260,42 +259,42 @@ class MuxSession:
                 self.refusal = _refusal(kind, body)
                 return False
             elif kind == MUX_S_EXIT_MESSAGE and len(body) >= 8:
-                with self._lock:
-                    self._code = struct.unpack(">I", body[4:8])[0]
+                self._code = struct.unpack(">I", body[4:8])[0]
         return True
 
-    def _wake(self) -> None:
-        """Callers hold `_lock` (so the pipe is never written after `close` closed it)."""
-        if self._wake_w < 0:
-            return
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._wake_w, b"x")
+    def _finish(self) -> None:
+        """The session is over for us: closing the control connection ends it at the master
+        if it still runs (a timeout, a session never opened)."""
+        for fd in list(self._streams):
+            self._sel.unregister(fd)
+            os.close(fd)
+        self._streams.clear()
+        if self._ctl_open:
+            self._sel.unregister(self._ctl.sock)
+            self._ctl_open = False
+        self._ctl.close()
+        self.eof_received = True
+        if self._code is None and self.opened and self.refusal is None:
+            self._code = NO_EXIT_STATUS
+        self.status_event.set()
 
     def fileno(self) -> int:
-        return self._wake_r
-
-    def _ready(self, index: int) -> bool:
-        with self._lock:
-            if self._bufs[index]:
-                return True
-            if not (self._bufs[0] or self._bufs[1] or self.eof_received):
-                with contextlib.suppress(BlockingIOError, OSError):  # the wake-ups are spent
-                    while os.read(self._wake_r, 4096):
-                        pass
-            return False
+        """Readable when a pipe or the master has something (the selector's descriptor)."""
+        return self._sel.fileno()  # type: ignore[attr-defined]
 
     def recv_ready(self) -> bool:
-        return self._ready(0)
+        self._service()
+        return bool(self._bufs[0])
 
     def recv_stderr_ready(self) -> bool:
-        return self._ready(1)
+        self._service()
+        return bool(self._bufs[1])
 
     def _take(self, index: int, n: int) -> bytes:
-        with self._lock:
-            buf = self._bufs[index]
-            data = bytes(buf[:n])
-            del buf[:n]
-            return data
+        buf = self._bufs[index]
+        data = bytes(buf[:n])
+        del buf[:n]
+        return data
 
     def recv(self, n: int) -> bytes:
         return self._take(0, n)
@@ -304,10 +303,12 @@ class MuxSession:
         return self._take(1, n)
 
     def exit_status_ready(self) -> bool:
+        self._service()
         return self.status_event.is_set()
 
     def recv_exit_status(self) -> int:
-        self.status_event.wait()
+        while not self.exit_status_ready():
+            select.select([self.fileno()], [], [], 0.1)
         return NO_EXIT_STATUS if self._code is None else self._code
 
     def never_opened(self) -> bool:
@@ -315,12 +316,22 @@ class MuxSession:
         return self.status_event.is_set() and not self.opened
 
     def sendall(self, data: bytes) -> None:
+        """Write the command's stdin; while its pipe is full, keep taking its output in, so a
+        command that writes before it reads cannot stall us both."""
         if self._stdin < 0:
             return
         view = memoryview(data)
+        waiter = select.poll()
+        waiter.register(self._stdin, select.POLLOUT)
+        waiter.register(self.fileno(), select.POLLIN)
         while view:
             try:
                 view = view[os.write(self._stdin, view):]
+            except BlockingIOError:
+                self._service()
+                if self.status_event.is_set():
+                    return  # it ended without reading it all, as a channel would allow
+                waiter.poll(100)
             except BrokenPipeError:
                 return  # the command ended without reading it all, as a channel would allow
 
@@ -330,18 +341,14 @@ class MuxSession:
             self._stdin = -1
 
     def close(self) -> None:
-        """End the session (a timed-out command's ends with it) and its reader."""
+        """End the session (a timed-out command's ends with it)."""
         if self.closed:
             return
         self.closed = True
         self.shutdown_write()
-        with contextlib.suppress(OSError):
-            self._ctl.sock.shutdown(socket.SHUT_RDWR)  # wakes the reader; the master ends it
-        self._reader.join(timeout=5)
-        with self._lock:
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-            self._wake_r = self._wake_w = -1
+        if not self.status_event.is_set():
+            self._finish()
+        self._sel.close()
 
 
 class MuxStream:
@@ -417,10 +424,3 @@ class MuxStream:
         self._closed = True
         self._sock.close()
         self._ctl.close()
-
-
-def _read_fd(fd: int) -> bytes:
-    try:
-        return os.read(fd, 65536)
-    except OSError:
-        return b""

@@ -21,6 +21,7 @@ import pytest
 from nornir_k8sha.connection import SSHTransport
 from nornir_k8sha.exceptions import CommandFailed, ConnectionFailed
 from nornir_k8sha.sshcontrol import SSH_BINARY, control_dir, stop_masters
+from nornir_k8sha.transport import CommandResult
 from tests.sshserver import SSHD, RealSSHD, SSHTestServer, connect
 
 REPO = Path(__file__).resolve().parent.parent
@@ -128,6 +129,28 @@ def test_sessions_riding_a_master_start_no_local_process(
         c.put(b"data", path)
         assert c.get(path) == b"data"
         assert spawned == []
+    finally:
+        c.close()
+
+
+def test_a_command_that_writes_before_it_reads_a_large_stdin_does_not_stall(
+        srv: SSHTestServer, known_hosts: Path) -> None:
+    """Sessions riding a master have no reader thread: while the command's stdin pipe is
+    full, its output must still be taken in, or a command that writes a lot before it reads
+    (both pipes full) would wait on us while we wait on it."""
+    c = connect(srv, known_hosts)
+    try:
+        assert c.persistent
+        fed = os.urandom(4 << 20)  # more than the SSH channel's window and the pipes hold
+        got: list[object] = []
+        runner = threading.Thread(target=lambda: got.append(c.run(
+            "head -c 8000000 /dev/zero; wc -c; echo done >&2", stdin=fed)), daemon=True)
+        runner.start()
+        runner.join(60)  # a stall would hang here for good: bounded, and fails
+        assert got, "the command stalled: its output was not taken in while stdin was fed"
+        r = got[0]
+        assert isinstance(r, CommandResult) and len(r.stdout) == 8000000 + len("4194304\n")
+        assert r.stdout.endswith("4194304\n") and r.stderr == "done\n"
     finally:
         c.close()
 
