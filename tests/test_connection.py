@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import paramiko
 import pytest
 import yaml
 from nornir import InitNornir
@@ -276,6 +277,29 @@ def test_sudo_without_a_password_says_so(srv: SSHTestServer, known_hosts: Path) 
 
 
 # --- files --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, 32768, 32769, 300_000])
+def test_get_reads_files_of_every_size_and_prefetches_only_big_ones(
+        conn: SSHTransport, tmp_path: Path, size: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file that fits one SFTP read request is read in one, without paramiko's prefetch
+    (a thread per file, and a reader spinning on a lock until the thread catches up); a bigger
+    one is prefetched."""
+    prefetched: list[int] = []
+    real = paramiko.SFTPFile.prefetch
+    monkeypatch.setattr(paramiko.SFTPFile, "prefetch",
+                        lambda f, size=None, *a, **k: prefetched.append(size) or real(f, size,
+                                                                                     *a, **k))
+    path = tmp_path / "f"
+    data = os.urandom(size)
+    path.write_bytes(data)
+    assert conn.get(str(path)) == data
+    assert prefetched == ([size] if size > 32768 else [])
+
+
+def test_get_reads_a_file_that_does_not_say_its_size(conn: SSHTransport) -> None:
+    """/proc files report size 0 and still have content."""
+    assert b"Name:" in (conn.get("/proc/self/status") or b"")
 
 
 def test_put_get_round_trip_and_mode(conn: SSHTransport, tmp_path: Path) -> None:
