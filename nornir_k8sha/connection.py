@@ -486,8 +486,12 @@ class SSHTransport:
         with self._sftp_lock:
             sftp = self._sftp_client()
             try:
-                self._mkdirs(sftp, str(target.parent))
-                with sftp.open(tmp, "wb") as f:
+                try:  # the directory is almost always there: no stat to ask first
+                    opened = sftp.open(tmp, "wb")
+                except FileNotFoundError:
+                    self._mkdirs(sftp, str(target.parent))
+                    opened = sftp.open(tmp, "wb")
+                with opened as f:
                     f.chmod(mode)  # before any byte is written: secrets are never world-readable
                     f.set_pipelined(True)
                     f.write(data)
