@@ -125,8 +125,11 @@ def prepare_node(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None) 
 
     conn = H.connect(task)
     # one round trip for the probes, the module load (not in a dry run) and then the live
-    # sysctls (br_netfilter's keys exist once it is loaded); what was read is trusted later
-    # only while nothing has changed on the host
+    # sysctls (br_netfilter's keys exist once it is loaded). What was read stays true through
+    # the steps that cannot change it: the live sysctls through swap off and the modules-load.d
+    # file (read at boot); the units' state until something reaches systemd (a unit file, a
+    # package, a systemctl action: `systemd_touched`), not through config files, which
+    # `restart_if_changed` answers for
     units = [H.UNIT_PROBE.format(unit=u) for u in _NODE_UNITS]
     sysctls = H.sysctl_probes(KUBERNETES_SYSCTLS)
     probed = conn.run_batch([_SWAPS, _KUBEADM_VERSION, *units,
@@ -137,8 +140,10 @@ def prepare_node(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None) 
                    for u, r in zip(_NODE_UNITS, probed[2:2 + len(units)], strict=True)}
     live_sysctls = probed[len(probed) - len(sysctls):]
 
+    systemd_touched = False
+
     def known(unit: str) -> dict[str, str] | None:
-        return None if changed else unit_states.get(unit)
+        return None if systemd_touched else unit_states.get(unit)
 
     swaps = swapon.stdout.split()
     if swaps:
@@ -148,15 +153,18 @@ def prepare_node(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None) 
     step(H.file(task, path=C.KUBERNETES_MODULES,
                 content="".join(f"{m}\n" for m in KUBERNETES_MODULES)), "kernel modules")
     step(H.sysctl(task, settings=KUBERNETES_SYSCTLS, path=C.KUBERNETES_SYSCTL,
-                  known=None if changed else live_sysctls), "sysctls")
+                  known=live_sysctls), "sysctls")
 
     config_changed = False
     for f in files_for_component(spec, spec.host(task.host.name), "containerd"):
         r = H.file(task, path=f.path, content=f.content, mode=f.mode, secret=f.secret or None)
         step(r, f.path)
         config_changed |= bool(r.changed)
-    step(H.service(task, name="containerd", restart_if_changed=config_changed,
-                   known=known("containerd")), "containerd")
+        systemd_touched |= bool(r.changed) and f.path.startswith(C.SYSTEMD_UNIT_DIRS)
+    containerd = H.service(task, name="containerd", restart_if_changed=config_changed,
+                           known=known("containerd"))
+    step(containerd, "containerd")
+    systemd_touched |= bool(containerd.changed)
     want = f"v{_version(spec)}"
     if (version.stdout.strip() if version.exit_code == 0 else None) != want:
         step(kubernetes_packages(task, spec), "kubernetes packages")
