@@ -553,14 +553,20 @@ def service(task: Task, *, unit: str | None = None, name: str | None = None,
         return Result(host=task.host, changed=bool(todo),
                       diff="\n".join(f"would run: {a}" for a in todo),
                       result=", ".join(todo) or f"{name} unchanged")
-    if actions:
-        results = conn.run_batch(actions, check=False)
-        failed = next((r for r in results if r.exit_code != 0), None)
-        if failed is not None:
-            _fail_service(task, conn, name, failed, rollback, actions)
     wants_running = state in ("started", "restarted", "reloaded")
     acted = any(a.split()[-2] in ("start", "restart", "reload-or-restart") for a in actions)
-    if wants_running and wait_active and (acted or unit.get("ActiveState") == "activating"):
+    # a start/restart returns once systemd's job is done: ask `is-active` in the same exec
+    # channel, and poll (`_wait_active`) only when it does not say "active" yet
+    confirm = [_is_active(name)] if wants_running and wait_active and acted else []
+    active = False
+    if actions:
+        results = conn.run_batch([*actions, *confirm], check=False)
+        failed = next((r for r in results[:len(actions)] if r.exit_code != 0), None)
+        if failed is not None:
+            _fail_service(task, conn, name, failed, rollback, actions)
+        active = bool(confirm) and results[-1].stdout.strip() == "active"
+    if (wants_running and wait_active and not active
+            and (acted or unit.get("ActiveState") == "activating")):
         _wait_active(task, conn, name, timeout, rollback, actions)
     return Result(host=task.host, changed=bool(todo), diff="\n".join(f"ran: {a}" for a in todo),
                   result=", ".join(todo) or f"{name} unchanged")
@@ -640,10 +646,14 @@ def _service_actions(name: str, unit: Mapping[str, str], enabled: bool | None,
     return actions
 
 
+def _is_active(name: str) -> str:
+    return f"systemctl is-active {shlex.quote(name)}"
+
+
 def _wait_active(task: Task, conn: Transport, name: str, timeout: float,
                  rollback: Sequence[str], actions: Sequence[str]) -> None:
     """Poll `systemctl is-active` until active; failed or out of time → CommandFailed."""
-    cmd = f"systemctl is-active {shlex.quote(name)}"
+    cmd = _is_active(name)
     r = poll(lambda: conn.run(cmd, sudo=False, check=False),
              lambda res: res.stdout.strip() == "active", timeout=timeout, interval=0.2,
              give_up=lambda res: res.stdout.strip() == "failed")
