@@ -293,7 +293,8 @@ def _float(text: str) -> float | None:
 
 def packages(task: Task, *, names: Sequence[str], update_cache: bool = False,
              no_start: bool = True, timeout: float = APT_TIMEOUT,
-             known: CommandResult | None = None, dry_run: bool | None = None) -> Result:
+             known: CommandResult | None = None, hold: bool = False,
+             probe_units: Sequence[str] = (), dry_run: bool | None = None) -> Result:
     """Install Debian packages with apt; a no-op (one query) when all are installed.
 
     A name may pin a version: "kubeadm=1.30.2-1.1" or a glob "kubeadm=1.30.*". With `no_start`
@@ -301,11 +302,15 @@ def packages(task: Task, *, names: Sequence[str], update_cache: bool = False,
     configured (the `service` task starts them). The package lists are refreshed when apt
     cannot find a package (or always with `update_cache`). `known`: the result of
     `package_query(names)` the caller ran moments ago in a batch of its own (one round trip
-    fewer).
+    fewer). `hold`: `apt-mark hold` the packages once installed (upgrades leave them be).
+    `probe_units`: units the packages bring, read (`UNIT_PROBE`) right after the install: the
+    Result's `units` ({unit: properties}; empty when nothing was installed) is what `service`
+    takes as `known`. The refresh, the install, the hold and the probes share ONE exec
+    channel, each with its own exit code: a failure still names its own command.
     """
     wanted = [_split_spec(n) for n in names]
     if not wanted:
-        return Result(host=task.host, changed=False, result="no packages")
+        return Result(host=task.host, changed=False, result="no packages", units={})
     conn = connect(task)
     query = known if known is not None else conn.run(package_query(names), check=False)
     installed = {}
@@ -316,21 +321,41 @@ def packages(task: Task, *, names: Sequence[str], update_cache: bool = False,
     missing = [f"{n}={v}" if v else n for n, v in wanted
                if n not in installed or (v and not fnmatch.fnmatchcase(installed[n], v))]
     if not missing:
-        return Result(host=task.host, changed=False, result="all installed")
+        return Result(host=task.host, changed=False, result="all installed", units={})
     diff = "\n".join(f"+ package {m}" for m in missing)
     if task.is_dry_run(dry_run):
-        return Result(host=task.host, changed=True, diff=diff, result=f"would install {missing}")
-    if update_cache:
-        conn.run("apt-get update -q", timeout=timeout)
+        return Result(host=task.host, changed=True, diff=diff, result=f"would install {missing}",
+                      units={})
     script = _apt_install_script(missing, no_start)
-    r = conn.run(script, timeout=timeout, check=False)
-    if r.exit_code != 0 and not update_cache and _needs_update(r.stderr):
-        conn.run("apt-get update -q", timeout=timeout)
-        r = conn.run(script, timeout=timeout, check=False)
-    if r.exit_code != 0:
-        raise CommandFailed(task.host.name, f"apt-get install {' '.join(missing)}", r.exit_code,
-                            r.stderr)
-    return Result(host=task.host, changed=True, diff=diff, result=f"installed {missing}")
+    after = [*([APT_HOLD + " " + " ".join(shlex.quote(n) for n, _ in wanted)] if hold else []),
+             *(UNIT_PROBE.format(unit=shlex.quote(u)) for u in probe_units)]
+    cmds = [*([APT_UPDATE] if update_cache else []), script, *after]
+    done = _apt_batch(conn, cmds, timeout)
+    if not update_cache and not done[0].ok and _needs_update(done[0].stderr):
+        cmds = [APT_UPDATE, *cmds]
+        done = _apt_batch(conn, cmds, timeout)
+    # the probes are reads: only the apt commands' exits fail the step
+    failed = next((r for r in done[:len(cmds) - len(probe_units)] if not r.ok), None)
+    if failed is not None:
+        shown = f"apt-get install {' '.join(missing)}" if failed.command == script \
+            else failed.command
+        raise CommandFailed(task.host.name, shown, failed.exit_code, failed.stderr)
+    units = {u: parse_unit(r.stdout)
+             for u, r in zip(probe_units, done[len(cmds) - len(probe_units):], strict=True)}
+    return Result(host=task.host, changed=True, diff=diff, result=f"installed {missing}",
+                  units=units)
+
+
+#: The package lists' refresh and the hold, as `packages` runs them.
+APT_UPDATE = "apt-get update -q"
+APT_HOLD = "apt-mark hold"
+
+
+def _apt_batch(conn: Transport, cmds: Sequence[str], timeout: float) -> list[CommandResult]:
+    """The apt commands in one exec channel, stopping at the first that fails; each apt
+    command (update, install) keeps its own `timeout` of the whole."""
+    apt = sum(1 for c in cmds if c == APT_UPDATE or "apt-get install" in c)
+    return conn.run_batch(cmds, stop_on_error=True, timeout=timeout * max(apt, 1), check=False)
 
 
 def package_query(names: Sequence[str]) -> str:

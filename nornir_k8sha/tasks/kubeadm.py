@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import re
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,18 +167,23 @@ def prepare_node(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None) 
     step(containerd, "containerd")
     systemd_touched |= bool(containerd.changed)
     want = f"v{_version(spec)}"
+    kubelet = known("kubelet")
     if (version.stdout.strip() if version.exit_code == 0 else None) != want:
-        step(kubernetes_packages(task, spec), "kubernetes packages")
-    step(H.service(task, name="kubelet", enabled=True, state=None, known=known("kubelet")),
+        installed = kubernetes_packages(task, spec, probe_units=("kubelet",))
+        step(installed, "kubernetes packages")
+        kubelet = installed.units.get("kubelet", kubelet)  # read after the install, if one ran
+    step(H.service(task, name="kubelet", enabled=True, state=None, known=kubelet),
          "kubelet enabled")
     return Result(host=task.host, changed=bool(changed), diff="\n".join(diffs),
                   result=", ".join(changed) or "ready")
 
 
-def kubernetes_packages(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None) -> Result:
+def kubernetes_packages(task: Task, spec: ClusterSpec, *, probe_units: Sequence[str] = (),
+                        dry_run: bool | None = None) -> Result:
     """kubelet/kubeadm/kubectl from the Kubernetes apt repository (pkgs.k8s.io), as kubeadm's
     install guide does it: the repository's signing key in a keyring, the source, an apt pin
-    to the inventory's version, the packages at that version, then `apt-mark hold`."""
+    to the inventory's version, the packages at that version, then `apt-mark hold`.
+    `probe_units`: as `host.packages` (the Result's `units`: read right after an install)."""
     H.honour_dry_run(task, dry_run)
     version = _version(spec)
     minor = ".".join(version.split(".")[:2])
@@ -196,15 +202,14 @@ def kubernetes_packages(task: Task, spec: ClusterSpec, *, dry_run: bool | None =
     listed = H.file(task, path=KUBERNETES_APT_SOURCE, content=source)
     pinned = H.file(task, path=KUBERNETES_APT_PIN, content=pin)
     installed = H.packages(task, names=[f"{p}={version}-*" for p in KUBERNETES_PACKAGES],
-                           update_cache=bool(changes or listed.changed))
+                           update_cache=bool(changes or listed.changed), hold=True,
+                           probe_units=probe_units)
     for label, r in (("source", listed), ("pin", pinned), ("packages", installed)):
         if r.changed:
             changes.append(label)
-    if installed.changed and not task.is_dry_run():
-        conn.run("apt-mark hold " + " ".join(KUBERNETES_PACKAGES))
     diff = "\n".join(d for d in (listed.diff, pinned.diff, installed.diff) if d)
     return Result(host=task.host, changed=bool(changes), diff=diff,
-                  result=", ".join(changes) or f"v{version} installed")
+                  result=", ".join(changes) or f"v{version} installed", units=installed.units)
 
 
 def place_control_plane_pki(
