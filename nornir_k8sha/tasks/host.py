@@ -26,7 +26,7 @@ import fnmatch
 import shlex
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -402,10 +402,33 @@ def file(task: Task, *, path: str, content: str | bytes, mode: int = 0o644, owne
     carries the validator's output. `secret` (default: mode gives group/other no access, e.g.
     0600) hides the content in the diff. Result: changed, diff (unified, `path` as the name).
     """
-    data = content.encode() if isinstance(content, str) else content
-    hidden = secret if secret is not None else (mode & 0o077) == 0
+    conn = connect(task)
+    return _converge(task, conn, path, conn.get(path), content, mode=mode, owner=owner,
+                     validate=validate, backup=backup, secret=secret, dry_run=dry_run)
+
+
+def edit_file(task: Task, *, path: str, edit: Callable[[str], str], mode: int = 0o644,
+              owner: str = "root", backup: bool = True, dry_run: bool | None = None) -> Result:
+    """Make `path` what `edit` makes of its text ("" when it is absent), by `file`'s protocol:
+    for a file we hold some lines of and others the rest (/etc/hosts). The file is read once
+    (not once to edit it and again by `file`); when `edit` changes nothing it is left alone,
+    mode and owner too (they are the file's owner's business then)."""
     conn = connect(task)
     current = conn.get(path)
+    text = (current or b"").decode()
+    edited = edit(text)
+    if edited == text:
+        return Result(host=task.host, changed=False, diff="", result=f"{path} unchanged")
+    return _converge(task, conn, path, current, edited, mode=mode, owner=owner, validate=None,
+                     backup=backup, secret=None, dry_run=dry_run)
+
+
+def _converge(task: Task, conn: Transport, path: str, current: bytes | None,
+              content: str | bytes, *, mode: int, owner: str, validate: str | None,
+              backup: bool, secret: bool | None, dry_run: bool | None) -> Result:
+    """`file` from the moment the current content (`current`, None: absent) is known."""
+    data = content.encode() if isinstance(content, str) else content
+    hidden = secret if secret is not None else (mode & 0o077) == 0
     info = conn.stat(path) if current is not None else None
     user, _, group = owner.partition(":")
     notes = []
