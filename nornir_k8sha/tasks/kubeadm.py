@@ -279,9 +279,13 @@ def fill_join_config(template: str, material: JoinMaterial) -> str:
 
 
 def join_node(task: Task, spec: ClusterSpec, material: JoinMaterial | None,
-              control_plane: bool) -> Result:
-    """`kubeadm join --config` unless this node has joined already."""
-    if is_joined(task):
+              control_plane: bool, *, joined: bool | None = None) -> Result:
+    """`kubeadm join --config` unless this node has joined already. `joined`: what `is_joined`
+    said moments ago (the workers phase asks every worker before it mints join material);
+    None: ask now."""
+    if joined is None:
+        joined = is_joined(task)
+    if joined:
         return Result(host=task.host, result="already joined")
     if task.is_dry_run() or material is None:
         return Result(host=task.host, changed=True, result="would run kubeadm join"
