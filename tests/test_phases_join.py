@@ -89,7 +89,12 @@ class SimulatedKubeadm:
         if words[:4] == ["kubeadm", "init", "phase", "upload-certs"]:
             return self._mint_key(host)
         if words[:2] == ["kubeadm", "join"]:
-            return self._join(host)
+            try:
+                return self._join(host)
+            finally:  # `kubeadm join ...; rc=$?; rm -f CONFIG; exit $rc`: the shell's rm
+                _, remove = K.join_commands()
+                if remove in command:
+                    host.files.pop(K.JOIN_CONFIG_TMP, None)  # in the join's own round trip
         return None
 
     def _init(self, host: FakeHost) -> Any:

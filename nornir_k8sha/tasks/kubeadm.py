@@ -31,7 +31,7 @@ from nornir.core.task import Result, Task
 
 from nornir_k8sha import constants as C
 from nornir_k8sha.clients import api_client, node_readiness
-from nornir_k8sha.exceptions import NodesNotReady
+from nornir_k8sha.exceptions import CommandFailed, NodesNotReady
 from nornir_k8sha.polling import poll_until
 from nornir_k8sha.render import files_for_component
 from nornir_k8sha.statefiles import write_private
@@ -278,6 +278,12 @@ def fill_join_config(template: str, material: JoinMaterial) -> str:
     return filled
 
 
+def join_commands() -> tuple[str, str]:
+    """`kubeadm join` with the config at `JOIN_CONFIG_TMP`, and the removal of that file."""
+    config = shlex.quote(JOIN_CONFIG_TMP)
+    return f"kubeadm join --config {config}", f"rm -f {config}"
+
+
 def join_node(task: Task, spec: ClusterSpec, material: JoinMaterial | None,
               control_plane: bool, *, joined: bool | None = None) -> Result:
     """`kubeadm join --config` unless this node has joined already. `joined`: what `is_joined`
@@ -298,10 +304,16 @@ def join_node(task: Task, spec: ClusterSpec, material: JoinMaterial | None,
         raise RuntimeError(f"{task.host.name}: no rendered {path} for this host")
     conn = H.connect(task)
     conn.put(fill_join_config(template.content, material).encode(), JOIN_CONFIG_TMP, 0o600)
+    join, remove = join_commands()
     try:
-        conn.run(f"kubeadm join --config {shlex.quote(JOIN_CONFIG_TMP)}", timeout=600)
-    finally:
-        conn.run(f"rm -f {shlex.quote(JOIN_CONFIG_TMP)}", check=False)
+        # the config holds the token: removed in the join's own exec channel whatever the
+        # join's exit, which (and its stderr) is what the command answers
+        r = conn.run(f"{join}; rc=$?; {remove}; exit $rc", timeout=600, check=False)
+    except BaseException:
+        conn.run(remove, check=False)  # it did not finish (timed out, cut): its rm may not have run
+        raise
+    if not r.ok:
+        raise CommandFailed(task.host.name, join, r.exit_code, r.stderr)
     return Result(host=task.host, changed=True,
                   result="kubeadm join" + (" --control-plane" if control_plane else ""))
 
