@@ -3,7 +3,12 @@ its probes (swap, kubeadm version, the containerd and kubelet units, the live sy
 its modules in one exec channel, and trusts what it read while nothing has changed; the network
 phase reads the directors' BGP while the hosts are configured, and again only when something
 changed or a session was not up — counted on the fake fleet, never timed. Behaviour stays the
-same: a drifted host is still put right, a session down is still waited for."""
+same: a drifted host is still put right, a session down is still waited for.
+
+A fresh node costs few round trips too: commands of one step share an exec channel (the lists'
+refresh, the install, the hold and the unit's state; a start and its is-active; a join and the
+removal of its config), and nothing is read twice (the live sysctls, the units, /etc/hosts,
+kubelet.conf) — while a failing step still names its command and leaves no token behind."""
 
 from __future__ import annotations
 
