@@ -54,6 +54,10 @@ HAPROXY_PKI_DIR = "/etc/haproxy/pki"
 #: The cluster's Kubernetes CA on an HAProxy node: its apiserver health checks verify with it.
 HAPROXY_KUBERNETES_CA = f"{HAPROXY_PKI_DIR}/kubernetes-ca.crt"
 REALSERVER_SYSCTL = "/etc/sysctl.d/60-k8sha-realserver.conf"
+#: Where a file written changes what systemd knows of a unit (it then wants a daemon-reload):
+#: a unit's state read before such a write is no longer to be trusted.
+SYSTEMD_UNIT_DIRS = ("/etc/systemd/system/", "/run/systemd/system/", "/lib/systemd/system/",
+                     "/usr/lib/systemd/system/")
 REALSERVER_NETWORK = "/etc/systemd/network/60-k8sha-vip-lo.network"
 REALSERVER_UNIT = "/etc/systemd/system/k8sha-vip-lo.service"
 ETCD_CONF = "/etc/etcd/etcd.conf.yml"

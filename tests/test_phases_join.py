@@ -89,7 +89,12 @@ class SimulatedKubeadm:
         if words[:4] == ["kubeadm", "init", "phase", "upload-certs"]:
             return self._mint_key(host)
         if words[:2] == ["kubeadm", "join"]:
-            return self._join(host)
+            try:
+                return self._join(host)
+            finally:  # `kubeadm join ...; rc=$?; rm -f CONFIG; exit $rc`: the shell's rm
+                _, remove = K.join_commands()
+                if remove in command:
+                    host.files.pop(K.JOIN_CONFIG_TMP, None)  # in the join's own round trip
         return None
 
     def _init(self, host: FakeHost) -> Any:
@@ -373,6 +378,22 @@ def test_a_failed_worker_join_fails_that_worker_with_its_stderr(cluster: Cluster
     assert "FileAvailable--etc-kubernetes-kubelet.conf" in outcomes["worker1"].message
     assert outcomes["worker2"].status == "changed", outcomes["worker2"].message
     assert "worker2" in cluster.kubeadm.joined_with
+    assert cluster.fleet.host("worker1").read(K.JOIN_CONFIG_TMP) is None  # the token is gone
+
+
+def test_a_worker_is_asked_once_whether_it_has_joined(cluster: Cluster) -> None:
+    """The phase asks every worker before it mints join material; the join trusts that answer
+    (kubelet.conf read once per deploy), and removes its config in its own exec channel."""
+    workers = [h.name for h in cluster.spec.role(C.ROLE_WORKERS)]
+    for run in (1, 2):
+        report = cluster.deploy([ControlPlane()], [Workers()])
+        assert report.exit_code == 0, report.failed_hosts
+        for w in workers:
+            host = cluster.fleet.host(w)
+            assert [c.op for c in host.calls if c.path == C.KUBELET_KUBECONFIG] == ["get"] * run
+            assert len([c for c in host.commands() if c.startswith("kubeadm join")]) == 1
+            assert not [c for c in host.commands() if c.startswith("rm -f")]
+            assert host.read(K.JOIN_CONFIG_TMP) is None
 
 
 def test_a_worker_not_ready_fails_that_worker_and_no_other_by_name_prefix(

@@ -3,10 +3,18 @@ its probes (swap, kubeadm version, the containerd and kubelet units, the live sy
 its modules in one exec channel, and trusts what it read while nothing has changed; the network
 phase reads the directors' BGP while the hosts are configured, and again only when something
 changed or a session was not up — counted on the fake fleet, never timed. Behaviour stays the
-same: a drifted host is still put right, a session down is still waited for."""
+same: a drifted host is still put right, a session down is still waited for.
+
+A fresh node costs few round trips too: commands of one step share an exec channel (the lists'
+refresh, the install, the hold and the unit's state; a start and its is-active; a join and the
+removal of its config), and nothing is read twice (the live sysctls, the units, /etc/hosts,
+kubelet.conf) — while a failing step still names its command and leaves no token behind."""
 
 from __future__ import annotations
 
+import os
+import shlex
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -19,6 +27,7 @@ from nornir.core import Nornir
 from nornir_k8sha import constants as C
 from nornir_k8sha.checkresult import CheckResult
 from nornir_k8sha.deploy import DeployContext, LocalPhase, NornirPhase, run_stages
+from nornir_k8sha.exceptions import CommandFailed
 from nornir_k8sha.inventory import open_nornir
 from nornir_k8sha.phases.control_plane import wait_until_joinable
 from nornir_k8sha.phases.etcd import EtcdPhase
@@ -29,8 +38,10 @@ from nornir_k8sha.render import files_for_component
 from nornir_k8sha.report import HostOutcome, RunReport
 from nornir_k8sha.tasks import frr
 from nornir_k8sha.tasks import kubeadm as K
+from nornir_k8sha.tasks.harbor import HOSTS_MARK, trust_registry
 from nornir_k8sha.testing import FakeFleet, FakeHost, FakeUnit, install_fake
 from nornir_k8sha.topology import ClusterSpec, load_cluster_spec
+from nornir_k8sha.transport import CommandTimeout
 
 from .conftest import LAB_INVENTORY
 
@@ -329,3 +340,164 @@ def test_a_haproxy_whose_stats_cannot_be_read_is_not_waited_for(
                         state_dir=tmp_path, http=httpx.MockTransport(answer))
     wait_until_joinable(ctx)
     assert len(stats) == 2  # each asked once, then left to the join
+
+
+# --- a fresh node: each step's commands share an exec channel where they can ------------------
+
+
+def _exec_sessions(host: FakeHost) -> int:
+    """The host's exec channels so far: its round trips less its SFTP operations."""
+    return host.round_trips - sum(c.op != "run" for c in host.calls)
+
+
+def test_a_fresh_node_is_prepared_in_seven_exec_channels(
+        node: tuple[Nornir, FakeHost], spec: ClusterSpec) -> None:
+    nr, host = node
+    result = nr.run(task=K.prepare_node, spec=spec)[NODE][0]
+    containerd = [f.path for f in files_for_component(spec, spec.host(NODE), "containerd")]
+    assert result.result == ", ".join(["kernel modules", "sysctls", *containerd, "containerd",
+                                       "kubernetes packages", "kubelet enabled"])
+    # the probes; sysctl -p; containerd's enable, start and is-active; the keyring; the
+    # package query; the lists' refresh, the install, the hold and kubelet's state; its enable
+    assert _exec_sessions(host) == 7
+    files = 4 + len(containerd)  # modules, sysctls, apt source and pin: a get and a put each
+    assert host.round_trips == 7 + 2 * files + 1  # + the keyring's stat
+    commands = host.commands()
+    assert sum(c.startswith("sysctl -n") for c in commands) == 3  # once, after the modprobe
+    assert sum(c.startswith("systemctl show") for c in commands) == 3  # + kubelet's, installed
+    installed = commands.index(next(c for c in commands if "apt-get install" in c))
+    assert commands[installed - 1] == "apt-get update -q"
+    assert commands[installed + 1] == "apt-mark hold kubelet kubeadm kubectl"
+    assert host.debian.units["containerd"].active and host.debian.units["kubelet"].enabled
+    assert all(host.debian.sysctls[k] == "1" for k in K.KUBERNETES_SYSCTLS)
+
+
+def test_a_failing_apt_get_update_fails_the_step_naming_it(
+        node: tuple[Nornir, FakeHost], spec: ClusterSpec) -> None:
+    nr, host = node
+    host.on(r"^apt-get update", exit_code=100,
+            stderr="E: The repository 'https://pkgs.k8s.io/core:/stable:/v1.31/deb  Release' "
+                   "does not have a Release file.\n")
+    result = nr.run(task=K.prepare_node, spec=spec)[NODE]
+    assert result.failed
+    error = result[0].exception
+    assert isinstance(error, CommandFailed)
+    assert (error.command, error.exit_code) == ("apt-get update -q", 100)
+    assert "does not have a Release file" in str(error)
+    assert not any("apt-get install" in c or c.startswith("apt-mark") for c in host.commands())
+    assert not host.debian.units["kubelet"].enabled
+
+
+def test_a_failing_install_fails_naming_the_packages_and_holds_nothing(
+        node: tuple[Nornir, FakeHost], spec: ClusterSpec) -> None:
+    nr, host = node
+    host.debian.available = {"containerd"}
+    error = nr.run(task=K.prepare_node, spec=spec)[NODE][0].exception
+    assert isinstance(error, CommandFailed)
+    assert error.command.startswith("apt-get install kubelet=")
+    assert "Unable to locate package kubelet" in str(error)
+    assert not any(c.startswith("apt-mark") for c in host.commands())
+
+
+MATERIAL = K.JoinMaterial("abcdef.0123456789abcdef", "sha256:" + "0" * 64)
+
+
+def _kubeadm_in_a_real_shell(tmp_path: Path, exit_code: int, stderr: str) -> Any:
+    """A reply that runs the join's command line in a real /bin/sh, with a stand-in `kubeadm`
+    on PATH (exiting `exit_code`, `stderr` on stderr) and the host's join config as a local
+    file: what the shell makes of the command (exit code, stderr, the removal) is real; whether
+    the file is still there goes back to the fake host."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    kubeadm = bin_dir / "kubeadm"
+    kubeadm.write_text(f"#!/bin/sh\nprintf '%s' {shlex.quote(stderr)} >&2\nexit {exit_code}\n")
+    kubeadm.chmod(0o755)
+    local = tmp_path / "k8sha-join.yaml"
+
+    def reply(host: FakeHost, command: str, stdin: bytes | None) -> tuple[int, str, str]:
+        local.write_bytes(host.files[K.JOIN_CONFIG_TMP])
+        done = subprocess.run(["/bin/sh", "-c", command.replace(K.JOIN_CONFIG_TMP, str(local))],
+                              capture_output=True, text=True, timeout=30,
+                              env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+        if not local.exists():
+            host.files.pop(K.JOIN_CONFIG_TMP)
+        return done.returncode, done.stdout, done.stderr
+    return reply
+
+
+def _join(spec: ClusterSpec, host: FakeHost, **kwargs: Any) -> Any:
+    """join_node on `host` as worker1, with freshly minted material."""
+    fleet = FakeFleet()
+    fleet.hosts[NODE] = host
+    nr = open_nornir(LAB_INVENTORY).filter(name=NODE)
+    install_fake(nr, fleet)
+    return nr.run(task=K.join_node, spec=spec, material=MATERIAL, control_plane=False,
+                  **kwargs)[NODE]
+
+
+def test_a_join_costs_its_upload_and_one_exec_channel_and_leaves_no_token(
+        spec: ClusterSpec, tmp_path: Path) -> None:
+    host = FakeHost(NODE)
+    host.on(r"^kubeadm join", _kubeadm_in_a_real_shell(tmp_path, 0, ""))
+    result = _join(spec, host, joined=False)
+    assert not result.failed and result[0].result == "kubeadm join"
+    assert host.round_trips == 2  # the config's upload, the join and its removal
+    assert K.JOIN_CONFIG_TMP not in host.files
+    host = FakeHost(NODE)
+    host.write(C.KUBELET_KUBECONFIG, "kubelet\n", 0o600)
+    assert _join(spec, host)[0].result == "already joined"  # asked when not told
+
+
+def test_a_failing_join_shows_kubeadms_stderr_and_leaves_no_token(
+        spec: ClusterSpec, tmp_path: Path) -> None:
+    host = FakeHost(NODE)
+    host.on(r"^kubeadm join", _kubeadm_in_a_real_shell(
+        tmp_path, 1, "error execution phase preflight: couldn't validate the identity of the "
+                     "API Server: token id \"abcdef\" is invalid\n"))
+    result = _join(spec, host, joined=False)
+    error = result[0].exception
+    assert result.failed and isinstance(error, CommandFailed)
+    assert error.command == f"kubeadm join --config {K.JOIN_CONFIG_TMP}"
+    assert error.exit_code == 1 and 'token id "abcdef" is invalid' in error.stderr
+    assert K.JOIN_CONFIG_TMP not in host.files
+    assert host.round_trips == 2
+
+
+def test_a_join_that_does_not_finish_has_its_config_removed_from_here(
+        spec: ClusterSpec) -> None:
+    host = FakeHost(NODE)
+
+    def cut(host: FakeHost, command: str, stdin: bytes | None) -> None:
+        raise CommandTimeout(NODE, command, 600)
+
+    host.on(r"^kubeadm join", cut)
+    host.on(r"^rm -f ", lambda h, c, s: h.files.pop(shlex.split(c)[-1], None) and "")
+    error = _join(spec, host, joined=False)[0].exception
+    assert isinstance(error, CommandTimeout)
+    assert host.commands()[-1] == f"rm -f {K.JOIN_CONFIG_TMP}"
+    assert K.JOIN_CONFIG_TMP not in host.files
+
+
+def test_the_registry_line_in_etc_hosts_costs_one_read(spec: ClusterSpec, tmp_path: Path
+                                                       ) -> None:
+    ClusterPKI(spec, tmp_path).ensure()
+    nr = open_nornir(LAB_INVENTORY).filter(name=NODE)
+    host = install_fake(nr, FakeFleet()).host(NODE)
+    host.write(C.ETC_HOSTS, f"127.0.0.1 localhost\n10.9.9.9 old.registry {HOSTS_MARK}\n")
+
+    def hosts_calls() -> list[str]:
+        return [c.op for c in host.calls if c.path == C.ETC_HOSTS]
+
+    dry = nr.run(task=trust_registry, spec=spec, state_dir=tmp_path, dry_run=True)[NODE][0]
+    assert dry.changed and "old.registry" in (host.read(C.ETC_HOSTS) or "")
+    assert hosts_calls() == ["get", "stat"]
+    del host.calls[:]
+    assert nr.run(task=trust_registry, spec=spec, state_dir=tmp_path)[NODE][0].changed
+    lines = (host.read(C.ETC_HOSTS) or "").splitlines()
+    registry = spec.role(C.ROLE_HARBOR)[0]
+    assert lines == ["127.0.0.1 localhost",
+                     f"{registry.address} {spec.settings.registry.name} {HOSTS_MARK}"]
+    assert hosts_calls() == ["get", "stat", "put"]  # read once, not once more to write it
+    del host.calls[:]
+    assert not nr.run(task=trust_registry, spec=spec, state_dir=tmp_path)[NODE][0].changed
+    assert hosts_calls() == ["get"]

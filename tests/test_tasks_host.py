@@ -290,6 +290,17 @@ def test_service_enable_and_start_only_when_needed(nr: Nornir, h1: FakeHost) -> 
     assert not r.changed and len(h1.commands()) == before + 1  # one `systemctl show`
 
 
+def test_a_started_unit_is_seen_active_in_the_start_channel(nr: Nornir, h1: FakeHost) -> None:
+    h1.debian.units["haproxy"] = FakeUnit()
+    assert run1(nr, service, unit="haproxy").changed
+    assert h1.round_trips == 2  # its state; then enable, start and is-active in one channel
+    h1.debian.units["etcd"] = FakeUnit(enabled=True)
+    seen = iter([(3, "activating\n", ""), (0, "active\n", "")])
+    h1.on(r"^systemctl is-active etcd", lambda h, c, s: next(seen))
+    assert run1(nr, service, unit="etcd").changed  # still starting: waited for, as before
+    assert h1.round_trips == 2 + 3 and h1.commands()[-1] == "systemctl is-active etcd"
+
+
 def test_service_reload_or_restart_only_when_inputs_changed(nr: Nornir, h1: FakeHost) -> None:
     u = h1.debian.units["haproxy"] = FakeUnit(enabled=True, active=True)
     assert not run1(nr, service, unit="haproxy").changed

@@ -47,7 +47,8 @@ class Workers(NornirPhase):
                 wait_until_joinable(ctx)
                 material = ControlPlane._mint(ctx, masters, control_plane=False)
             res = run_task(ctx, todo, lambda t: K.join_node(t, ctx.spec, material,
-                                                            control_plane=False), "join")
+                                                            control_plane=False, joined=False),
+                           "join")
             for h in todo:
                 fold_step(outcomes[h], res[h])
         if not ctx.dry_run and ctx.limit is None:

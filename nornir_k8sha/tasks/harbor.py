@@ -149,12 +149,16 @@ def trust_registry(
     registry = spec.settings.registry.name
     harbor = spec.role(C.ROLE_HARBOR)[0]
     line = f"{harbor.address} {registry} {HOSTS_MARK}"
-    hosts = (H.connect(task).get(C.ETC_HOSTS) or b"").decode()
-    if line not in hosts.splitlines():
+
+    def with_registry(hosts: str) -> str:
+        """Our line in, any older line of ours out; left as it is when our line is there."""
+        if line in hosts.splitlines():
+            return hosts
         kept = [ln for ln in hosts.splitlines() if not ln.endswith(HOSTS_MARK)]
-        if H.file(task, path=C.ETC_HOSTS, content="\n".join([*kept, line]) + "\n",
-                  backup=False).changed:
-            changed.append(C.ETC_HOSTS)
+        return "\n".join([*kept, line]) + "\n"
+
+    if H.edit_file(task, path=C.ETC_HOSTS, edit=with_registry, backup=False).changed:
+        changed.append(C.ETC_HOSTS)
     return Result(host=task.host, changed=bool(changed), result=", ".join(changed) or "trusted")
 
 

@@ -26,7 +26,7 @@ import fnmatch
 import shlex
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -45,6 +45,9 @@ BACKUP_SUFFIX = ".k8sha-bak"
 TEMP_PREFIX = ".k8sha-new."
 HIDDEN = "(content hidden)"
 APT_TIMEOUT = 900.0
+#: The package lists' refresh and the hold, as `packages` runs them.
+APT_UPDATE = "apt-get update -q"
+APT_HOLD = "apt-mark hold"
 SERVICE_STATES = ("started", "stopped", "restarted", "reloaded", None)
 _ENABLED = {"enabled", "enabled-runtime", "static", "indirect", "generated", "alias", "linked"}
 #: `systemctl enable/disable` of a unit that also ships a SysV init script (frr, keepalived,
@@ -293,7 +296,8 @@ def _float(text: str) -> float | None:
 
 def packages(task: Task, *, names: Sequence[str], update_cache: bool = False,
              no_start: bool = True, timeout: float = APT_TIMEOUT,
-             known: CommandResult | None = None, dry_run: bool | None = None) -> Result:
+             known: CommandResult | None = None, hold: bool = False,
+             probe_units: Sequence[str] = (), dry_run: bool | None = None) -> Result:
     """Install Debian packages with apt; a no-op (one query) when all are installed.
 
     A name may pin a version: "kubeadm=1.30.2-1.1" or a glob "kubeadm=1.30.*". With `no_start`
@@ -301,11 +305,15 @@ def packages(task: Task, *, names: Sequence[str], update_cache: bool = False,
     configured (the `service` task starts them). The package lists are refreshed when apt
     cannot find a package (or always with `update_cache`). `known`: the result of
     `package_query(names)` the caller ran moments ago in a batch of its own (one round trip
-    fewer).
+    fewer). `hold`: `apt-mark hold` the packages once installed (upgrades leave them be).
+    `probe_units`: units the packages bring, read (`UNIT_PROBE`) right after the install: the
+    Result's `units` ({unit: properties}; empty when nothing was installed) is what `service`
+    takes as `known`. The refresh, the install, the hold and the probes share ONE exec
+    channel, each with its own exit code: a failure still names its own command.
     """
     wanted = [_split_spec(n) for n in names]
     if not wanted:
-        return Result(host=task.host, changed=False, result="no packages")
+        return Result(host=task.host, changed=False, result="no packages", units={})
     conn = connect(task)
     query = known if known is not None else conn.run(package_query(names), check=False)
     installed = {}
@@ -316,21 +324,36 @@ def packages(task: Task, *, names: Sequence[str], update_cache: bool = False,
     missing = [f"{n}={v}" if v else n for n, v in wanted
                if n not in installed or (v and not fnmatch.fnmatchcase(installed[n], v))]
     if not missing:
-        return Result(host=task.host, changed=False, result="all installed")
+        return Result(host=task.host, changed=False, result="all installed", units={})
     diff = "\n".join(f"+ package {m}" for m in missing)
     if task.is_dry_run(dry_run):
-        return Result(host=task.host, changed=True, diff=diff, result=f"would install {missing}")
-    if update_cache:
-        conn.run("apt-get update -q", timeout=timeout)
+        return Result(host=task.host, changed=True, diff=diff, result=f"would install {missing}",
+                      units={})
     script = _apt_install_script(missing, no_start)
-    r = conn.run(script, timeout=timeout, check=False)
-    if r.exit_code != 0 and not update_cache and _needs_update(r.stderr):
-        conn.run("apt-get update -q", timeout=timeout)
-        r = conn.run(script, timeout=timeout, check=False)
-    if r.exit_code != 0:
-        raise CommandFailed(task.host.name, f"apt-get install {' '.join(missing)}", r.exit_code,
-                            r.stderr)
-    return Result(host=task.host, changed=True, diff=diff, result=f"installed {missing}")
+    after = [*([APT_HOLD + " " + " ".join(shlex.quote(n) for n, _ in wanted)] if hold else []),
+             *(UNIT_PROBE.format(unit=shlex.quote(u)) for u in probe_units)]
+    cmds = [*([APT_UPDATE] if update_cache else []), script, *after]
+    done = _apt_batch(conn, cmds, timeout)
+    if not update_cache and not done[0].ok and _needs_update(done[0].stderr):
+        cmds = [APT_UPDATE, *cmds]
+        done = _apt_batch(conn, cmds, timeout)
+    # the probes are reads: only the apt commands' exits fail the step
+    failed = next((r for r in done[:len(cmds) - len(probe_units)] if not r.ok), None)
+    if failed is not None:
+        shown = f"apt-get install {' '.join(missing)}" if failed.command == script \
+            else failed.command
+        raise CommandFailed(task.host.name, shown, failed.exit_code, failed.stderr)
+    units = {u: parse_unit(r.stdout)
+             for u, r in zip(probe_units, done[len(cmds) - len(probe_units):], strict=True)}
+    return Result(host=task.host, changed=True, diff=diff, result=f"installed {missing}",
+                  units=units)
+
+
+def _apt_batch(conn: Transport, cmds: Sequence[str], timeout: float) -> list[CommandResult]:
+    """`cmds` in one exec channel, stopping at the first that fails. The refresh and the
+    install have `timeout` each, as when each had a channel of its own: the batch, their sum."""
+    budget = timeout * (2 if APT_UPDATE in cmds else 1)
+    return conn.run_batch(cmds, stop_on_error=True, timeout=budget, check=False)
 
 
 def package_query(names: Sequence[str]) -> str:
@@ -377,10 +400,33 @@ def file(task: Task, *, path: str, content: str | bytes, mode: int = 0o644, owne
     carries the validator's output. `secret` (default: mode gives group/other no access, e.g.
     0600) hides the content in the diff. Result: changed, diff (unified, `path` as the name).
     """
-    data = content.encode() if isinstance(content, str) else content
-    hidden = secret if secret is not None else (mode & 0o077) == 0
+    conn = connect(task)
+    return _converge(task, conn, path, conn.get(path), content, mode=mode, owner=owner,
+                     validate=validate, backup=backup, secret=secret, dry_run=dry_run)
+
+
+def edit_file(task: Task, *, path: str, edit: Callable[[str], str], mode: int = 0o644,
+              owner: str = "root", backup: bool = True, dry_run: bool | None = None) -> Result:
+    """Make `path` what `edit` makes of its text ("" when it is absent), by `file`'s protocol:
+    for a file we hold some lines of and others the rest (/etc/hosts). The file is read once
+    (not once to edit it and again by `file`); when `edit` changes nothing it is left alone,
+    mode and owner too (they are the file's owner's business then)."""
     conn = connect(task)
     current = conn.get(path)
+    text = (current or b"").decode()
+    edited = edit(text)
+    if edited == text:
+        return Result(host=task.host, changed=False, diff="", result=f"{path} unchanged")
+    return _converge(task, conn, path, current, edited, mode=mode, owner=owner, validate=None,
+                     backup=backup, secret=None, dry_run=dry_run)
+
+
+def _converge(task: Task, conn: Transport, path: str, current: bytes | None,
+              content: str | bytes, *, mode: int, owner: str, validate: str | None,
+              backup: bool, secret: bool | None, dry_run: bool | None) -> Result:
+    """`file` from the moment the current content (`current`, None: absent) is known."""
+    data = content.encode() if isinstance(content, str) else content
+    hidden = secret if secret is not None else (mode & 0o077) == 0
     info = conn.stat(path) if current is not None else None
     user, _, group = owner.partition(":")
     notes = []
@@ -553,14 +599,20 @@ def service(task: Task, *, unit: str | None = None, name: str | None = None,
         return Result(host=task.host, changed=bool(todo),
                       diff="\n".join(f"would run: {a}" for a in todo),
                       result=", ".join(todo) or f"{name} unchanged")
-    if actions:
-        results = conn.run_batch(actions, check=False)
-        failed = next((r for r in results if r.exit_code != 0), None)
-        if failed is not None:
-            _fail_service(task, conn, name, failed, rollback, actions)
     wants_running = state in ("started", "restarted", "reloaded")
     acted = any(a.split()[-2] in ("start", "restart", "reload-or-restart") for a in actions)
-    if wants_running and wait_active and (acted or unit.get("ActiveState") == "activating"):
+    # a start/restart returns once systemd's job is done: ask `is-active` in the same exec
+    # channel, and poll (`_wait_active`) only when it does not say "active" yet
+    confirm = [_is_active(name)] if wants_running and wait_active and acted else []
+    active = False
+    if actions:
+        results = conn.run_batch([*actions, *confirm], check=False)
+        failed = next((r for r in results[:len(actions)] if r.exit_code != 0), None)
+        if failed is not None:
+            _fail_service(task, conn, name, failed, rollback, actions)
+        active = bool(confirm) and results[-1].stdout.strip() == "active"
+    if (wants_running and wait_active and not active
+            and (acted or unit.get("ActiveState") == "activating")):
         _wait_active(task, conn, name, timeout, rollback, actions)
     return Result(host=task.host, changed=bool(todo), diff="\n".join(f"ran: {a}" for a in todo),
                   result=", ".join(todo) or f"{name} unchanged")
@@ -640,10 +692,14 @@ def _service_actions(name: str, unit: Mapping[str, str], enabled: bool | None,
     return actions
 
 
+def _is_active(name: str) -> str:
+    return f"systemctl is-active {shlex.quote(name)}"
+
+
 def _wait_active(task: Task, conn: Transport, name: str, timeout: float,
                  rollback: Sequence[str], actions: Sequence[str]) -> None:
     """Poll `systemctl is-active` until active; failed or out of time → CommandFailed."""
-    cmd = f"systemctl is-active {shlex.quote(name)}"
+    cmd = _is_active(name)
     r = poll(lambda: conn.run(cmd, sudo=False, check=False),
              lambda res: res.stdout.strip() == "active", timeout=timeout, interval=0.2,
              give_up=lambda res: res.stdout.strip() == "failed")

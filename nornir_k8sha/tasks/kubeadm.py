@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import re
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from nornir.core.task import Result, Task
 
 from nornir_k8sha import constants as C
 from nornir_k8sha.clients import api_client, node_readiness
-from nornir_k8sha.exceptions import NodesNotReady
+from nornir_k8sha.exceptions import CommandFailed, NodesNotReady
 from nornir_k8sha.polling import poll_until
 from nornir_k8sha.render import files_for_component
 from nornir_k8sha.statefiles import write_private
@@ -125,8 +126,11 @@ def prepare_node(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None) 
 
     conn = H.connect(task)
     # one round trip for the probes, the module load (not in a dry run) and then the live
-    # sysctls (br_netfilter's keys exist once it is loaded); what was read is trusted later
-    # only while nothing has changed on the host
+    # sysctls (br_netfilter's keys exist once it is loaded). What was read stays true through
+    # the steps that cannot change it: the live sysctls through swap off and the modules-load.d
+    # file (read at boot); the units' state until something reaches systemd (a unit file, a
+    # package, a systemctl action: `systemd_touched`), not through config files, which
+    # `restart_if_changed` answers for
     units = [H.UNIT_PROBE.format(unit=u) for u in _NODE_UNITS]
     sysctls = H.sysctl_probes(KUBERNETES_SYSCTLS)
     probed = conn.run_batch([_SWAPS, _KUBEADM_VERSION, *units,
@@ -137,8 +141,10 @@ def prepare_node(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None) 
                    for u, r in zip(_NODE_UNITS, probed[2:2 + len(units)], strict=True)}
     live_sysctls = probed[len(probed) - len(sysctls):]
 
+    systemd_touched = False
+
     def known(unit: str) -> dict[str, str] | None:
-        return None if changed else unit_states.get(unit)
+        return None if systemd_touched else unit_states.get(unit)
 
     swaps = swapon.stdout.split()
     if swaps:
@@ -148,28 +154,36 @@ def prepare_node(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None) 
     step(H.file(task, path=C.KUBERNETES_MODULES,
                 content="".join(f"{m}\n" for m in KUBERNETES_MODULES)), "kernel modules")
     step(H.sysctl(task, settings=KUBERNETES_SYSCTLS, path=C.KUBERNETES_SYSCTL,
-                  known=None if changed else live_sysctls), "sysctls")
+                  known=live_sysctls), "sysctls")
 
     config_changed = False
     for f in files_for_component(spec, spec.host(task.host.name), "containerd"):
         r = H.file(task, path=f.path, content=f.content, mode=f.mode, secret=f.secret or None)
         step(r, f.path)
         config_changed |= bool(r.changed)
-    step(H.service(task, name="containerd", restart_if_changed=config_changed,
-                   known=known("containerd")), "containerd")
+        systemd_touched |= bool(r.changed) and f.path.startswith(C.SYSTEMD_UNIT_DIRS)
+    containerd = H.service(task, name="containerd", restart_if_changed=config_changed,
+                           known=known("containerd"))
+    step(containerd, "containerd")
+    systemd_touched |= bool(containerd.changed)
     want = f"v{_version(spec)}"
+    kubelet = known("kubelet")
     if (version.stdout.strip() if version.exit_code == 0 else None) != want:
-        step(kubernetes_packages(task, spec), "kubernetes packages")
-    step(H.service(task, name="kubelet", enabled=True, state=None, known=known("kubelet")),
+        installed = kubernetes_packages(task, spec, probe_units=("kubelet",))
+        step(installed, "kubernetes packages")
+        kubelet = installed.units.get("kubelet", kubelet)  # read after the install, if one ran
+    step(H.service(task, name="kubelet", enabled=True, state=None, known=kubelet),
          "kubelet enabled")
     return Result(host=task.host, changed=bool(changed), diff="\n".join(diffs),
                   result=", ".join(changed) or "ready")
 
 
-def kubernetes_packages(task: Task, spec: ClusterSpec, *, dry_run: bool | None = None) -> Result:
+def kubernetes_packages(task: Task, spec: ClusterSpec, *, probe_units: Sequence[str] = (),
+                        dry_run: bool | None = None) -> Result:
     """kubelet/kubeadm/kubectl from the Kubernetes apt repository (pkgs.k8s.io), as kubeadm's
     install guide does it: the repository's signing key in a keyring, the source, an apt pin
-    to the inventory's version, the packages at that version, then `apt-mark hold`."""
+    to the inventory's version, the packages at that version, then `apt-mark hold`.
+    `probe_units`: as `host.packages` (the Result's `units`: read right after an install)."""
     H.honour_dry_run(task, dry_run)
     version = _version(spec)
     minor = ".".join(version.split(".")[:2])
@@ -188,15 +202,14 @@ def kubernetes_packages(task: Task, spec: ClusterSpec, *, dry_run: bool | None =
     listed = H.file(task, path=KUBERNETES_APT_SOURCE, content=source)
     pinned = H.file(task, path=KUBERNETES_APT_PIN, content=pin)
     installed = H.packages(task, names=[f"{p}={version}-*" for p in KUBERNETES_PACKAGES],
-                           update_cache=bool(changes or listed.changed))
+                           update_cache=bool(changes or listed.changed), hold=True,
+                           probe_units=probe_units)
     for label, r in (("source", listed), ("pin", pinned), ("packages", installed)):
         if r.changed:
             changes.append(label)
-    if installed.changed and not task.is_dry_run():
-        conn.run("apt-mark hold " + " ".join(KUBERNETES_PACKAGES))
     diff = "\n".join(d for d in (listed.diff, pinned.diff, installed.diff) if d)
     return Result(host=task.host, changed=bool(changes), diff=diff,
-                  result=", ".join(changes) or f"v{version} installed")
+                  result=", ".join(changes) or f"v{version} installed", units=installed.units)
 
 
 def place_control_plane_pki(
@@ -265,10 +278,20 @@ def fill_join_config(template: str, material: JoinMaterial) -> str:
     return filled
 
 
+def join_commands() -> tuple[str, str]:
+    """`kubeadm join` with the config at `JOIN_CONFIG_TMP`, and the removal of that file."""
+    config = shlex.quote(JOIN_CONFIG_TMP)
+    return f"kubeadm join --config {config}", f"rm -f {config}"
+
+
 def join_node(task: Task, spec: ClusterSpec, material: JoinMaterial | None,
-              control_plane: bool) -> Result:
-    """`kubeadm join --config` unless this node has joined already."""
-    if is_joined(task):
+              control_plane: bool, *, joined: bool | None = None) -> Result:
+    """`kubeadm join --config` unless this node has joined already. `joined`: what `is_joined`
+    said moments ago (the workers phase asks every worker before it mints join material);
+    None: ask now."""
+    if joined is None:
+        joined = is_joined(task)
+    if joined:
         return Result(host=task.host, result="already joined")
     if task.is_dry_run() or material is None:
         return Result(host=task.host, changed=True, result="would run kubeadm join"
@@ -281,10 +304,16 @@ def join_node(task: Task, spec: ClusterSpec, material: JoinMaterial | None,
         raise RuntimeError(f"{task.host.name}: no rendered {path} for this host")
     conn = H.connect(task)
     conn.put(fill_join_config(template.content, material).encode(), JOIN_CONFIG_TMP, 0o600)
+    join, remove = join_commands()
     try:
-        conn.run(f"kubeadm join --config {shlex.quote(JOIN_CONFIG_TMP)}", timeout=600)
-    finally:
-        conn.run(f"rm -f {shlex.quote(JOIN_CONFIG_TMP)}", check=False)
+        # the config holds the token: removed in the join's own exec channel whatever the
+        # join's exit, which (and its stderr) is what the command answers
+        r = conn.run(f"{join}; rc=$?; {remove}; exit $rc", timeout=600, check=False)
+    except BaseException:
+        conn.run(remove, check=False)  # it did not finish (timed out, cut): its rm may not have run
+        raise
+    if not r.ok:
+        raise CommandFailed(task.host.name, join, r.exit_code, r.stderr)
     return Result(host=task.host, changed=True,
                   result="kubeadm join" + (" --control-plane" if control_plane else ""))
 
