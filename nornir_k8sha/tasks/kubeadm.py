@@ -17,6 +17,7 @@ Secrets (token, certificate key) travel on stdin or in 0600 files, never in argv
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import shlex
@@ -310,7 +311,10 @@ def join_node(task: Task, spec: ClusterSpec, material: JoinMaterial | None,
         # join's exit, which (and its stderr) is what the command answers
         r = conn.run(f"{join}; rc=$?; {remove}; exit $rc", timeout=600, check=False)
     except BaseException:
-        conn.run(remove, check=False)  # it did not finish (timed out, cut): its rm may not have run
+        # it did not finish (timed out, cut): its rm may not have run; the join's own error
+        # is the one to see, not a second failure of a connection that is gone
+        with contextlib.suppress(Exception):
+            conn.run(remove, check=False)
         raise
     if not r.ok:
         raise CommandFailed(task.host.name, join, r.exit_code, r.stderr)
