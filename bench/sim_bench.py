@@ -17,7 +17,7 @@ The latency model spends what each call costs on the lab's hosts (`LatencyModel(
 by bench/ssh_costs_bench.py: sessions riding OpenSSH masters): it sleeps the host's latency
 (connect 0.14 s; an exec session 2.3 ms, +1.9 ms per further command of a batch; an SFTP
 operation 0.6 ms) and burns the controller's CPU for the call: in the calling thread, holding
-the GIL, 0.65 ms an exec session (+0.3 ms per further command) and 0.35 ms an SFTP
+the GIL, 0.55 ms an exec session (+0.3 ms per further command) and 0.3 ms an SFTP
 operation; outside the GIL, as the `ssh` process does, 83 ms a handshake (OpenSSH's default
 post-quantum key exchange; 13.6 ms with `--kex classical`, curve25519-sha256).
 `--model paramiko-era` uses the model of 2026-12-03

@@ -71,10 +71,12 @@ class LatencyModel:
     per_command: float = 0.0019
     sftp: float = 0.0006
     #: controller CPU seconds per exec session (a batch is one, plus `cpu_per_command` for each
-    #: further command) and per SFTP operation, in this process (burnt holding the GIL)
-    cpu_exec: float = 0.00065
+    #: further command) and per SFTP operation, in this process (burnt holding the GIL);
+    #: re-measured 2026-12-04 18:12 UTC, load 0.5, after sessions lost their reader thread and
+    #: small files their prefetch (was 0.65 ms and 0.35 ms)
+    cpu_exec: float = 0.00055
     cpu_per_command: float = 0.0003
-    cpu_sftp: float = 0.00035
+    cpu_sftp: float = 0.0003
     #: controller CPU seconds of a handshake, in the `ssh` process that starts the master
     #: (burnt without the GIL, on any core). OpenSSH 9.2's default key exchange
     #: (sntrup761x25519-sha512) costs most of it: `CLASSICAL_KEX_CONNECT_CPU` with
