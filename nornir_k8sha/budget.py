@@ -191,9 +191,7 @@ def measured(nr: Any, limit: int, budget: ConnectionBudget = BUDGET
              ) -> Iterator[dict[str, float]]:
     """A run under `limit` (the cluster's `ssh.max_connections`): the budget's limit and
     Nornir's threaded runner with as many workers. Yields a dict that holds the run's
-    `snapshot()` once the block ends. The outermost run also lengthens the interpreter's switch
-    interval to `RUN_SWITCH_INTERVAL_S` (restored after): fewer GIL handovers between its
-    threads. Peaks are reset by the outermost run only, so the
+    `snapshot()` once the block ends. Peaks are reset by the outermost run only, so the
     post-checks inside a deploy add to the deploy's figures. Its handshakes are those since
     the previous run of this process ended (the count restarts when a run ends, not when it
     starts): a command's connections opened just before its run — a deploy's cluster lock on
@@ -201,11 +199,9 @@ def measured(nr: Any, limit: int, budget: ConnectionBudget = BUDGET
     with budget._cond:
         outermost = budget._runs == 0
         budget._runs += 1
-    interval = sys.getswitchinterval()
     if outermost:
         budget.set_limit(limit)
         budget.reset_peaks(handshakes=False)
-        sys.setswitchinterval(max(interval, C.RUN_SWITCH_INTERVAL_S))
     runner = getattr(nr, "runner", None)
     if runner is not None and hasattr(runner, "num_workers"):
         runner.num_workers = budget.limit
@@ -217,6 +213,5 @@ def measured(nr: Any, limit: int, budget: ConnectionBudget = BUDGET
             budget._runs -= 1
         resources.update(budget.snapshot())
         if outermost:
-            sys.setswitchinterval(interval)
             with budget._cond:
                 budget.handshakes = 0

@@ -212,13 +212,6 @@ DEFAULT_MAX_SSH_CONNECTIONS = 100
 #: The least `ssh.max_connections` may be: a fresh etcd member's start blocks until its peers
 #: start too (up to 7 members), so fewer slots than members could wait on each other.
 MIN_MAX_SSH_CONNECTIONS = 10
-#: The interpreter's switch interval (seconds) while a deploy or `check` runs its threads (Python's
-#: default 0.005): a waiting thread asks the one holding the GIL to hand it over only after this
-#: long. With up to `ssh.max_connections` threads each doing short bursts of Python between SSH
-#: round trips, the default made the GIL change hands far more often than the work needed: on
-#: the 1,000-host simulation (bench/sim_bench.py, classical key exchange) 0.02 took the fresh
-#: deploy from 31.9-34.3 s to 28.3-31.6 s and its CPU from 39-42 s to 32-37 s.
-RUN_SWITCH_INTERVAL_S = 0.02
 #: sshd's MaxStartups default is 10:30:100 (sshd_config(5)): with `start` = 10 unauthenticated
 #: connections pending, sshd drops new ones at random (30%, rising to all at 100). So at most
 #: this many handshakes to one address:port are in flight at once.
