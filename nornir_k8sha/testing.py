@@ -319,13 +319,24 @@ class FakeHost:
         return CommandResult(command, 0, "", "", 0.0)
 
 
+#: How long `_burn` holds the GIL at a time. The real transport lets go of it at each of the
+#: ~30 system calls of a session (socket, pipe, poll, read: ~0.55 ms of CPU in all, so about
+#: every 20 us); one unbroken hold of the whole share made the simulated threads queue for the
+#: GIL as the real ones do not.
+_BURN_SLICE_S = 50e-6
+
+
 def _burn(seconds: float) -> None:
-    """Spend `seconds` of this thread's CPU (the controller's share of a simulated call)."""
+    """Spend `seconds` of this thread's CPU (the controller's share of a simulated call), in
+    slices of `_BURN_SLICE_S` with the GIL let go between them (`time.sleep(0)`)."""
     if seconds <= 0:
         return
     end = time.thread_time() + seconds
-    while time.thread_time() < end:
-        pass
+    while (now := time.thread_time()) < end:
+        stop = min(end, now + _BURN_SLICE_S)
+        while time.thread_time() < stop:
+            pass
+        time.sleep(0)
 
 
 _PBKDF2_PER_CPU_SECOND: list[float] = []  # calibrated once

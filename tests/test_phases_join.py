@@ -429,6 +429,27 @@ def test_preflight_names_a_host_whose_clock_cannot_be_read(cluster: Cluster) -> 
     assert {h for h, o in outcomes.items() if o.status == "failed"} == {"etcd2"}
 
 
+def test_preflight_does_not_blame_a_clock_for_a_slow_round_trip(cluster: Cluster) -> None:
+    """The host read its clock somewhere inside the round trip: a skew at the midpoint that
+    half the round trip explains is not proven, and fails no host; a fast round trip still
+    fails the same skew."""
+    skew = cluster.spec.settings.ntp_max_skew_s + 0.5
+    for name in cluster.fleet.hosts:
+        cluster.fleet.host(name).on(r"^date \+%s", lambda *_: f"{time.time():.9f}\n")
+
+    def read_then_slow(*_: object) -> str:  # a right clock, read at the start of a 3 s trip
+        now = time.time()
+        time.sleep(3.0)
+        return f"{now:.9f}\n"
+
+    cluster.fleet.host("master2").on(r"^date \+%s", read_then_slow)
+    cluster.fleet.host("master3").on(r"^date \+%s", lambda *_: f"{time.time() + skew:.9f}\n")
+    report = cluster.deploy([Preflight()])
+    outcomes = report.phase("preflight").hosts
+    assert {h for h, o in outcomes.items() if o.status == "failed"} == {"master3"}
+    assert "clock skew 1.5s > 1.0s" in outcomes["master3"].message
+
+
 def test_preflight_fails_a_host_whose_clock_is_off(cluster: Cluster) -> None:
     skew = cluster.spec.settings.ntp_max_skew_s + 60
     for name in cluster.fleet.hosts:

@@ -207,6 +207,7 @@ def facts(task: Task, *, dry_run: bool | None = None) -> Result:
     `result` keys: hostname, os (PRETTY_NAME), os_id, os_version, kernel, cpus, memory_mb,
     swap_mb, modules (sorted names), listening ([{address, port}]), listening_ports (sorted),
     time (host epoch), clock_skew_s (host minus this machine, at the round trip's midpoint),
+    clock_round_trip_s (how long that round trip took: the skew is known to +/- half of it),
     errors ({probe: stderr} for probes that failed). Read-only: runs in dry runs too.
     """
     conn = connect(task)
@@ -247,6 +248,7 @@ def facts(task: Task, *, dry_run: bool | None = None) -> Result:
         "listening_ports": sorted({x["port"] for x in listening}),
         "time": host_time,
         "clock_skew_s": (host_time - (before + after) / 2) if host_time is not None else None,
+        "clock_round_trip_s": after - before,
         "errors": errors,
     }
     return Result(host=task.host, changed=False, result=data)
