@@ -201,7 +201,7 @@ class FakeHost:
             self.connected = True
         BUDGET.opened(self)
         if self.latency is not None:
-            with BUDGET.working():
+            with BUDGET.opening(f"{self.name}:22"):  # as host.open_connection opens one
                 with self._lock:
                     self.slept += self.latency.connect
                 _burn_outside_gil(self.latency.cpu_connect)
