@@ -28,6 +28,7 @@ from typing import Any
 
 import httpx
 
+from nornir_k8sha import constants as C
 from nornir_k8sha.budget import BUDGET
 from nornir_k8sha.exceptions import CommandFailed
 from nornir_k8sha.transport import (
@@ -201,7 +202,7 @@ class FakeHost:
             self.connected = True
         BUDGET.opened(self)
         if self.latency is not None:
-            with BUDGET.opening(f"{self.name}:22"):  # as host.open_connection opens one
+            with BUDGET.opening(f"{self.name}:{C.SSH_PORT}"):  # as host.open_connection does
                 with self._lock:
                     self.slept += self.latency.connect
                 _burn_outside_gil(self.latency.cpu_connect)
