@@ -64,15 +64,91 @@ def test_the_verdict_is_cached_per_binary(cache: Path, monkeypatch: pytest.Monke
     assert runs == [good, good]
 
 
-def test_a_packaged_kernel_that_boots_is_kept_without_fetching(
+def test_a_packaged_kernel_that_boots_in_seccomp_mode_is_kept_without_fetching(
         cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     packaged = _binary(cache / "bin/linux", b"good")
     monkeypatch.setattr(uml, "packaged_binary", lambda: str(packaged))
     monkeypatch.setattr(umlkernel, "run_selftest",
-                        lambda b: SelfTest(b.read_bytes() == b"good", "fake"))
+                        lambda b: SelfTest(b.read_bytes() == b"good", "fake", seccomp=True))
     monkeypatch.setattr(umlkernel, "fetch", lambda suite, log: pytest.fail("fetched"))
     kernel = umlkernel.ensure_kernel(print)
     assert kernel.binary == packaged and kernel.modules == uml.PACKAGED_MODULES
+    assert kernel.seccomp
+
+
+def _seccomp_selftest(binary: Path) -> SelfTest:
+    """Fake boots: b"ptrace" boots in ptrace mode only, b"seccomp" in seccomp mode."""
+    content = binary.read_bytes()
+    return SelfTest(content in (b"ptrace", b"seccomp"), "fake", content == b"seccomp")
+
+
+def _fake_fetch(cache: Path, contents: dict[str, bytes], fetched: list[str]):  # noqa: ANN202
+    """A fetch that unpacks `contents[suite]` where a real one would, or fails without it."""
+    def fetch(suite: str, log: object) -> UmlKernel:
+        fetched.append(suite)
+        if suite not in contents:
+            raise LabError(f"apt-get update from {suite} failed")
+        target = cache / "uml" / f"{suite}-1"
+        _binary(target / "kernel/usr/bin/linux.uml", contents[suite])
+        (target / umlkernel.COMPLETE_MARK).write_text("{}\n")
+        return umlkernel._unpacked(target)
+    return fetch
+
+
+def _ptrace_packaged_kernel(cache: Path, monkeypatch: pytest.MonkeyPatch,
+                            suites: dict[str, bytes]) -> tuple[Path, list[str]]:
+    """A packaged kernel that boots in ptrace mode only; fetches give `suites`' kernels."""
+    packaged = _binary(cache / "bin/linux", b"ptrace")
+    monkeypatch.setattr(uml, "packaged_binary", lambda: str(packaged))
+    monkeypatch.setattr(umlkernel, "run_selftest", _seccomp_selftest)
+    fetched: list[str] = []
+    monkeypatch.setattr(umlkernel, "fetch", _fake_fetch(cache, suites, fetched))
+    return packaged, fetched
+
+
+def test_a_ptrace_only_packaged_kernel_gives_way_to_a_fetched_seccomp_one(
+        cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, fetched = _ptrace_packaged_kernel(cache, monkeypatch, {"sid": b"seccomp"})
+    kernel = umlkernel.ensure_kernel(print)
+    assert fetched == ["sid"] and kernel.seccomp and "sid-1" in str(kernel.binary)
+    # the next `lab up` finds it among the fetched kernels: no download
+    again = umlkernel.ensure_kernel(print)
+    assert fetched == ["sid"] and again == kernel
+
+
+def test_without_a_seccomp_kernel_the_ptrace_one_is_used_and_fetches_wait_a_day(
+        cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    packaged, fetched = _ptrace_packaged_kernel(cache, monkeypatch, {})
+    said: list[str] = []
+    kernel = umlkernel.ensure_kernel(said.append)
+    assert kernel.binary == packaged and not kernel.seccomp
+    assert fetched == ["sid", "trixie"]
+    assert "ptrace mode" in said[-1] and "apt-get update from sid failed" in said[-1]
+    umlkernel.ensure_kernel(said.append)  # an offline machine does not wait on apt each time
+    assert fetched == ["sid", "trixie"]
+    later = umlkernel.time.time() + umlkernel.FETCH_RETRY_S + 60
+    monkeypatch.setattr(umlkernel.time, "time", lambda: later)
+    umlkernel.ensure_kernel(said.append)
+    assert fetched == ["sid", "trixie", "sid", "trixie"]
+
+
+def test_the_selftest_asks_for_seccomp_mode_and_reads_the_answer(tmp_path: Path) -> None:
+    cmd = umlkernel.selftest_command(Path("/k/linux.uml"), tmp_path)
+    assert umlkernel.SECCOMP_ARG in cmd and "quiet" not in cmd
+    boot = f"Checking syscall emulation for ptrace...OK\n{umlkernel.SELFTEST_MARKER}\n"
+    assert not umlkernel.judge(boot).seccomp
+    seccomp = umlkernel.judge(f"{umlkernel.SECCOMP_OK}\n{umlkernel.SELFTEST_MARKER}\n")
+    assert seccomp.ok and seccomp.seccomp
+
+
+def test_a_verdict_from_before_seccomp_was_asked_is_tested_again(
+        cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    binary = _binary(cache / "a/linux", b"seccomp")
+    key = f"{umlkernel.binary_digest(binary)}-{umlkernel.host_fingerprint()}"
+    (cache / "uml-selftest.json").write_text(
+        f'{{"{key}": {{"ok": true, "detail": "init ran", "binary": "{binary}"}}}}')
+    monkeypatch.setattr(umlkernel, "run_selftest", _seccomp_selftest)
+    assert umlkernel.selftest(binary, print).seccomp
 
 
 def test_a_failing_packaged_kernel_is_replaced_by_the_first_suite_that_boots(

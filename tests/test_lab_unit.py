@@ -71,6 +71,10 @@ def test_uml_command_boots_hostfs_with_systemd_on_a_tap() -> None:
     for arg in ("rootfstype=hostfs", "rootflags=/x/root", "init=/lib/systemd/systemd",
                 "vec0:transport=tap,ifname=k8t-lvs1,mac=02:88:0a:58:00:0b", "mem=256M"):
         assert arg in cmd
+    assert not any(arg.startswith("seccomp") for arg in cmd)
+    seccomp = uml.uml_command(Path("/k/linux.uml"), "lvs1", Path("/x/root"), "k8t-lvs1",
+                              "02:88:0a:58:00:0b", Path("/u"), "seccomp=on")
+    assert seccomp[-1] == "seccomp=on"
 
 
 def test_hosts_file_has_localhost_first_and_every_host() -> None:

@@ -214,8 +214,10 @@ class Lab:
             overlay.write_uml_network(dirs.merged, host.address, self.prefix)
             shutil.rmtree(dirs.uml_dir, ignore_errors=True)
             dirs.uml_dir.mkdir(parents=True)
-            command = uml.uml_command(self.kernel.binary, name, dirs.merged.resolve(), link,
-                                      network.mac_for(host.address), dirs.uml_dir.resolve())
+            command = uml.uml_command(
+                self.kernel.binary, name, dirs.merged.resolve(), link,
+                network.mac_for(host.address), dirs.uml_dir.resolve(),
+                umlkernel.SECCOMP_ARG if self.kernel.seccomp else None)
             env: dict[str, str] = {}
         else:
             container.clear_propagate(name)

@@ -26,10 +26,12 @@ def packaged_binary() -> str | None:
 
 
 def uml_command(binary: Path, host: str, root: Path, tap: str, mac: str,
-                uml_dir: Path) -> list[str]:
+                uml_dir: Path, seccomp_arg: str | None = None) -> list[str]:
+    """The director's kernel command line; `seccomp_arg` when the kernel runs in seccomp mode."""
     return [
         str(binary), f"mem={MEMORY}", f"umid=k8sha-{host}", f"uml_dir={uml_dir}",
         "root=/dev/root", "rootfstype=hostfs", f"rootflags={root}", "rw",
         "init=/lib/systemd/systemd", f"vec0:transport=tap,ifname={tap},mac={mac}",
         "con=null", "con0=null,fd:1", "quiet", "systemd.show_status=0",
+        *([seccomp_arg] if seccomp_arg else []),
     ]

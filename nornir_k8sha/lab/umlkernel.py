@@ -9,6 +9,13 @@ release and CPU flags); otherwise a newer `user-mode-linux` and the `libc6` it n
 newer than the host's) are downloaded from Debian's newer suites with a throw-away apt config
 (never touching /etc/apt), unpacked into the cache and the binary patchelf'ed to run against
 that libc (running it via `ld.so --library-path` makes UML miscompute its memory layout).
+
+Among kernels that boot, one that runs its processes in **seccomp mode** (`seccomp=on`, UML
+7.x) is preferred, fetching one when only a ptrace-mode kernel is at hand: in ptrace mode each
+guest system call stops the guest for the UML kernel twice through the host's ptrace, and on a
+VM whose context switches are dear the directors' `systemctl` calls were 2-4 times slower
+(docs/lab.md, "UML kernel"). A fetch from a suite is tried at most once a day, so a machine
+without Debian's mirror keeps its ptrace-mode kernel without waiting at every `lab up`.
 """
 
 from __future__ import annotations
@@ -21,9 +28,11 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from nornir_k8sha.exceptions import LabError
 from nornir_k8sha.lab import rootfs, uml
@@ -37,6 +46,12 @@ SELFTEST_TIMEOUT = 30.0
 COMPLETE_MARK = ".k8sha-uml-complete"
 #: The known symptom, quoted in the error when the self-test fails with it.
 FP_REGS_FAILURE = "ptrace set fp regs failed"
+#: Asks a UML kernel for seccomp mode; kernels without it pass it on to init, harmlessly.
+SECCOMP_ARG = "seccomp=on"
+#: What a kernel prints at boot (without `quiet`) when its processes will run in seccomp mode.
+SECCOMP_OK = "Checking that seccomp filters can be installed...OK"
+#: A suite whose fetch was tried (whatever came of it) is not fetched again for this long.
+FETCH_RETRY_S = 24 * 3600.0
 
 Log = Callable[[str], None]
 
@@ -48,12 +63,15 @@ class UmlKernel:
     binary: Path
     modules: Path
     origin: str
+    #: Boot it with `SECCOMP_ARG`: its self-test showed seccomp mode working here.
+    seccomp: bool = False
 
 
 @dataclass(frozen=True)
 class SelfTest:
     ok: bool
     detail: str
+    seccomp: bool = False
 
 
 def cache_root() -> Path:
@@ -90,18 +108,23 @@ def binary_digest(binary: Path) -> str:
 
 
 def selftest_command(binary: Path, uml_dir: Path) -> list[str]:
-    """Boot with the host's / as a read-only hostfs root; init prints the marker and exits."""
+    """Boot with the host's / as a read-only hostfs root; init prints the marker and exits.
+
+    Asks for seccomp mode, and is not `quiet`, so that the output says whether it got it.
+    """
     return [
-        str(binary), "mem=64M", f"umid=k8sha-selftest-{os.getpid()}", f"uml_dir={uml_dir}",
-        "root=/dev/root", "rootfstype=hostfs", "rootflags=/", "ro",
-        "init=/bin/echo", SELFTEST_MARKER, "con=null", "con0=null,fd:1", "quiet",
+        str(binary), SECCOMP_ARG, "mem=64M", f"umid=k8sha-selftest-{os.getpid()}",
+        f"uml_dir={uml_dir}", "root=/dev/root", "rootfstype=hostfs", "rootflags=/", "ro",
+        "init=/bin/echo", SELFTEST_MARKER, "con=null", "con0=null,fd:1",
     ]
 
 
 def judge(output: str) -> SelfTest:
     """Passed when init ran and printed the marker as a line of its own."""
-    if any(line.strip() == SELFTEST_MARKER for line in output.splitlines()):
-        return SelfTest(True, "init ran")
+    lines = [line.strip() for line in output.splitlines()]
+    if SELFTEST_MARKER in lines:
+        seccomp = SECCOMP_OK in lines
+        return SelfTest(True, "init ran" + (" in seccomp mode" if seccomp else ""), seccomp)
     for line in output.splitlines():
         if FP_REGS_FAILURE in line or "Kernel panic" in line:
             return SelfTest(False, line.strip())
@@ -139,20 +162,48 @@ def selftest(binary: Path, log: Log) -> SelfTest:
     """The cached verdict for this binary on this host, running the test when unknown."""
     cache = cache_root() / "uml-selftest.json"
     key = f"{binary_digest(binary)}-{host_fingerprint()}"
-    try:
-        verdicts = json.loads(cache.read_text())
-    except (OSError, ValueError):
-        verdicts = {}
-    if key in verdicts:
-        return SelfTest(bool(verdicts[key]["ok"]), str(verdicts[key]["detail"]))
+    verdicts = _read_json(cache)
+    known = verdicts.get(key)
+    if known is not None and "seccomp" in known:  # older verdicts did not ask for seccomp mode
+        return SelfTest(bool(known["ok"]), str(known["detail"]), bool(known["seccomp"]))
     log(f"self-testing the UML kernel {binary}")
     result = run_selftest(binary)
-    verdicts[key] = {"ok": result.ok, "detail": result.detail, "binary": str(binary)}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(verdicts, indent=1, sort_keys=True) + "\n")
-    tmp.replace(cache)
+    verdicts[key] = {"ok": result.ok, "detail": result.detail, "seccomp": result.seccomp,
+                     "binary": str(binary)}
+    _write_json(cache, verdicts)
     return result
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def _fetches_path() -> Path:
+    return cache_root() / "uml-fetches.json"
+
+
+def fetch_tried_recently(suite: str, now: float | None = None) -> bool:
+    """Whether `suite` was fetched from (or tried) within `FETCH_RETRY_S`."""
+    when = _read_json(_fetches_path()).get(suite)
+    now = time.time() if now is None else now
+    return isinstance(when, (int, float)) and 0 <= now - when < FETCH_RETRY_S
+
+
+def remember_fetch(suite: str, now: float | None = None) -> None:
+    tried = _read_json(_fetches_path())
+    tried[suite] = time.time() if now is None else now
+    _write_json(_fetches_path(), tried)
 
 
 def fetched_kernels() -> list[UmlKernel]:
@@ -234,18 +285,39 @@ def fetch(suite: str, log: Log) -> UmlKernel:
 
 
 def ensure_kernel(log: Log = print) -> UmlKernel:
-    """The first kernel that passes the self-test: packaged, fetched before, fetched now."""
+    """The directors' kernel: the first that boots in seccomp mode, else the first that boots.
+
+    Order: packaged, fetched before, fetched now (a suite at most once a day). A kernel that boots
+    only in ptrace mode is kept as the fallback, and the log says why the directors are slower.
+    """
     tried: list[str] = []
+    fallback: UmlKernel | None = None
     candidates = [k for k in (packaged_kernel(),) if k] + fetched_kernels()
-    for kernel in candidates:
+
+    def consider(kernel: UmlKernel) -> UmlKernel | None:
+        nonlocal fallback
         result = selftest(kernel.binary, log)
+        if result.ok and result.seccomp:
+            return replace(kernel, seccomp=True)
         if result.ok:
-            return kernel
-        tried.append(f"{kernel.origin} ({kernel.binary}): {result.detail}")
+            fallback = fallback or kernel
+            tried.append(f"{kernel.origin} ({kernel.binary}): boots, in ptrace mode only")
+        else:
+            tried.append(f"{kernel.origin} ({kernel.binary}): {result.detail}")
+        return None
+
+    for kernel in candidates:
+        if chosen := consider(kernel):
+            return chosen
     if shutil.which("patchelf") is None:
         tried.append("fetching a newer kernel: patchelf is not installed (package patchelf)")
     else:
         for suite in FETCH_SUITES:
+            if fetch_tried_recently(suite):
+                tried.append(f"Debian {suite}: fetched or tried within the last "
+                             f"{FETCH_RETRY_S / 3600:.0f} h (uml-fetches.json)")
+                continue
+            remember_fetch(suite)
             try:
                 kernel = fetch(suite, log)
             except (LabError, OSError) as exc:
@@ -253,11 +325,13 @@ def ensure_kernel(log: Log = print) -> UmlKernel:
                 continue
             if any(kernel.binary == c.binary for c in candidates):
                 continue  # already tried above
-            result = selftest(kernel.binary, log)
-            if result.ok:
-                log(f"using {kernel.origin}: {kernel.binary}")
-                return kernel
-            tried.append(f"{kernel.origin} ({kernel.binary}): {result.detail}")
+            if chosen := consider(kernel):
+                log(f"using {chosen.origin} in seccomp mode: {chosen.binary}")
+                return chosen
+    if fallback is not None:
+        log(f"using {fallback.origin} in ptrace mode: the directors run 2-4x slower than in "
+            "seccomp mode (no kernel with it could be had: " + "; ".join(tried) + ")")
+        return fallback
     raise LabError(
         "no user-mode Linux kernel boots on this machine (the LVS directors need one; see "
         "docs/lab.md, 'UML kernel'). Tried:\n  " + "\n  ".join(tried or ["nothing installed"])
