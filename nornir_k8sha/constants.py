@@ -284,5 +284,9 @@ BGP_MIN_HOLD_S = 3
 BGP_KEEPALIVES_PER_HOLD = 3
 BGP_TIMER_MAX = 65535
 BGP_ADVERTISEMENT_INTERVAL_MAX = 600
+#: FRR's `bgp route-map delay-timer` on the directors (FRR's default is 5 s). bgpd holds its
+#: peers after loading its config until that timer has run (it was started by the config's own
+#: route-maps), so a start of FRR opened no session for 4 s; 0 applies a route-map change at once.
+FRR_ROUTE_MAP_DELAY_S = 0
 #: Junos `commit confirmed N`: minutes after which the switch undoes an unconfirmed commit itself.
 SWITCH_COMMIT_CONFIRM_MINUTES = 5

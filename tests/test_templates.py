@@ -771,6 +771,8 @@ def test_frr_on_directors(rendered: tuple, tmp_path: Path) -> None:
         assert f"router bgp {b.lvs_asn}\n" in conf
         assert f"  network {spec.vip}/32\n" in conf
         assert "bgp network import-check" in conf
+        # bgpd must not hold its peers for FRR's 5 s route-map delay after each start
+        assert f"\nbgp route-map delay-timer {C.FRR_ROUTE_MAP_DELAY_S}\n" in conf
         neighbors = re.findall(r"^ neighbor (\S+) remote-as (\d+)$", conf, re.M)
         assert neighbors == [(str(sw.address), str(b.switch_asn))
                              for sw in spec.role(C.ROLE_SWITCHES)]
