@@ -37,6 +37,7 @@ from nornir_k8sha.checks.sweep import CheckContext
 from nornir_k8sha.clients import error_text
 from nornir_k8sha.exceptions import RunbookError
 from nornir_k8sha.oplock import operation_lock
+from nornir_k8sha.polling import poll
 from nornir_k8sha.runbook import assertions, seams, selectors
 from nornir_k8sha.runbook.loader import (
     CHECK_PREFIX,
@@ -442,11 +443,8 @@ class _Runner:
         stopped inside it would measure an outage that never ended."""
         if self.load is None:
             return True
-        while not self.load.settled():
-            if time.monotonic() + SETTLE_POLL_S > deadline:
-                return False
-            time.sleep(SETTLE_POLL_S)
-        return True
+        return poll(self.load.settled, bool, timeout=max(0.0, deadline - time.monotonic()),
+                    interval=SETTLE_POLL_S)
 
     # -- steps --
     def step(self, step: AnyStep, deadline: float) -> StepResult:

@@ -43,6 +43,7 @@ import httpx
 
 from nornir_k8sha import constants as C
 from nornir_k8sha.clients import api_client, error_text
+from nornir_k8sha.runbook import measure
 from nornir_k8sha.runbook.results import Mark, MarkKind, Sample, SampleKind
 from nornir_k8sha.topology import ClusterSpec
 
@@ -177,11 +178,12 @@ class LoadProbe:
         before it stops the probe, so that a disruption is measured to its end."""
         now = time.monotonic()
         with self._lock:
-            last_failure = max((s.end for s in self._samples if not s.ok), default=None)
-            if last_failure is None:
-                return True
-            return now - last_failure >= quiet and any(
-                s.ok and s.end > last_failure for s in self._samples)
+            samples = list(self._samples)
+        failed_at = measure.last_failure(samples)
+        if failed_at is None:
+            return True
+        return (now - failed_at >= quiet
+                and measure.first_success_after(samples, failed_at) is not None)
 
     @property
     def acknowledged(self) -> dict[str, int]:

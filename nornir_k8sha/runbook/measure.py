@@ -75,6 +75,17 @@ def gaps(samples: Sequence[Sample]) -> list[Gap]:
     return [g for g in bounds if any(f.start < g.end and f.end > g.begin for f in failures)]
 
 
+def last_failure(samples: Sequence[Sample], since: float = float("-inf")) -> float | None:
+    """The end of the newest failed request that ended after `since`; None when none did."""
+    return max((s.end for s in samples if not s.ok and s.end > since), default=None)
+
+
+def first_success_after(samples: Sequence[Sample], moment: float) -> float | None:
+    """The end of the first request that succeeded after `moment`: the API back from then on,
+    when `moment` is the last failure."""
+    return min((s.end for s in samples if s.ok and s.end > moment), default=None)
+
+
 def figures(samples: Sequence[Sample], *, fault_at: float | None, lifted_at: float | None,
             acknowledged: int, lost: int, marks: Sequence[Mark] | None = None,
             takeover_of: str = "", partial: bool = False) -> Figures:
@@ -101,8 +112,7 @@ def figures(samples: Sequence[Sample], *, fault_at: float | None, lifted_at: flo
     if after:
         assert onset is not None
         fig.detect_s = None if fault_at is None else max(0.0, onset - fault_at)
-        last_failure = after[-1].end
-        api_back = min((s.end for s in samples if s.ok and s.end > last_failure), default=None)
+        api_back = first_success_after(samples, after[-1].end)
     else:
         api_back = reference
     if reference is None:  # nothing failed and no fault: nothing to recover from
