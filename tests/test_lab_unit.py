@@ -69,7 +69,7 @@ def test_uml_command_boots_hostfs_with_systemd_on_a_tap() -> None:
                           "02:88:0a:58:00:0b", Path("/u"))
     assert cmd[0] == "/usr/bin/linux"
     for arg in ("rootfstype=hostfs", "rootflags=/x/root", "init=/lib/systemd/systemd",
-                "vec0:transport=tap,ifname=k8t-lvs1,mac=02:88:0a:58:00:0b", "mem=256M"):
+                "vec0:transport=tap,ifname=k8t-lvs1,mac=02:88:0a:58:00:0b,gro=1", "mem=256M"):
         assert arg in cmd
     assert not any(arg.startswith("seccomp") for arg in cmd)
     seccomp = uml.uml_command(Path("/k/linux.uml"), "lvs1", Path("/x/root"), "k8t-lvs1",
