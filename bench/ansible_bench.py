@@ -10,8 +10,9 @@ Run from the repository root, as root (it builds labs), under the shared lab loc
    playbooks generated from that tree (bench/ansible/playbook.py): haproxy, directors, etcd,
    workers' node preparation; inventory from the lab inventory, the lab's key and known_hosts.
 2. For each Ansible strategy: a new lab (`lab down` + `lab up`), each tier's playbook once
-   (fresh), then `--rounds` times again (no-op); on the first strategy's lab also the UML
-   directors' play, capped at `--uml-timeout` s.
+   (fresh), then `--rounds` times again (no-op); the UML directors' play too, each run capped
+   at `--uml-timeout` s (before their tap took merged segments, docs/lab.md, a director
+   received ~30 KB/s and Ansible, which sends each module over stdin, did not finish a play).
 3. A new lab, then this tool on the same tiers: `deploy --phase lb --limit <haproxy nodes>`,
    `deploy --phase etcd`, the workers' preparation step (bench/ansible/prepare_workers.py:
    `deploy --phase workers` would also join, which needs a control plane), and
@@ -112,12 +113,16 @@ PROBES = {
     "python3 -c pass": "python3 -c pass",
     "python3 + AnsiballZ-like imports": "python3 -c 'import json, zipfile, tempfile, subprocess, "
                                         "shutil, base64, locale, selectors, shlex, pwd, grp'",
+    # what pipelining does with each module: its AnsiballZ payload (~176 KB for ping) on stdin
+    "176 KB on stdin (cat > /dev/null)": "cat > /dev/null",
 }
+#: The stdin of each probe (what Ansible sends a host per task; none for the others).
+PROBE_STDIN = {"176 KB on stdin (cat > /dev/null)": b"\0" * 176 * 1024}
 
 
 def probe_hosts(spec: ClusterSpec, key: Path, known: Path, rounds: int = 3) -> None:
     """Print the median wall time of each PROBES command over SSH (connection reused) on the
-    first director and the first HAProxy node: why Ansible crawls on the UML directors."""
+    first director and the first HAProxy node: what a task of Ansible's costs on each."""
     hosts = [spec.role(C.ROLE_LVS)[0], spec.role(C.ROLE_HAPROXY)[0]]
     control = Path(f"/tmp/k8sha-probe-{os.getpid()}")
     base = ["ssh", "-i", str(key), "-o", f"UserKnownHostsFile={known}", "-o",
@@ -134,7 +139,7 @@ def probe_hosts(spec: ClusterSpec, key: Path, known: Path, rounds: int = 3) -> N
             for _ in range(rounds):
                 start = time.monotonic()
                 subprocess.run([*base, f"root@{h.address}", cmd], capture_output=True,
-                                      timeout=300)
+                               input=PROBE_STDIN.get(label, b""), timeout=300)
                 times.append(time.monotonic() - start)
             cells.append(statistics.median(times))
         print(f"{label:44}" + "".join(f"{c:14.2f}" for c in cells), flush=True)
@@ -231,7 +236,7 @@ def main() -> int:
         if n == 0 and "directors" in tiers:
             probe_hosts(spec, *lab_ssh_paths(args.inventory))
         control = args.work / f"cp-{strategy}-{int(time.time())}"
-        for tier in [t for t in tiers if t != "directors" or n == 0]:
+        for tier in tiers:
             cap = args.uml_timeout if tier == "directors" else 600.0
             fresh = runner.run_playbook(playbook_bin, books[tier], strategy=strategy,
                                         timeout=cap, log_dir=logs, label=f"{strategy}-{tier}-0",
@@ -241,7 +246,7 @@ def main() -> int:
             res[(side, tier)] = {"fresh": fresh, "no-op": []}
             if tier == "directors" and fresh.timed_out:
                 continue
-            for r in range(args.rounds if tier != "directors" else 1):
+            for r in range(args.rounds):
                 again = runner.run_playbook(playbook_bin, books[tier], strategy=strategy,
                                             timeout=cap, log_dir=logs,
                                             label=f"{strategy}-{tier}-{r + 1}",
