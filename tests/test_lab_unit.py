@@ -94,6 +94,12 @@ def test_identity_and_uml_network_files(tmp_path: Path) -> None:
     assert len((tmp_path / "etc/machine-id").read_text().strip()) == 32
     keys = tmp_path / "root/.ssh/authorized_keys"
     assert keys.read_text() == "ssh-ed25519 AAAA test\n" and oct(keys.stat().st_mode)[-3:] == "600"
+    # brought back (a power cut): the host keeps what deploy added to its /etc/hosts
+    edited = "127.0.0.1\tlocalhost\n10.88.0.61 harbor.k8sha.lab # k8sha\n"
+    (tmp_path / "etc/hosts").write_text(edited)
+    overlay.write_identity(tmp_path, host="lvs1", hosts="127.0.0.1\tlocalhost\n",
+                           authorized_key="ssh-ed25519 AAAA test", keep_hosts=True)
+    assert (tmp_path / "etc/hosts").read_text() == edited
     overlay.write_uml_network(tmp_path, IPv4Address("10.88.0.11"), 24)
     unit = (tmp_path / "etc/systemd/system" / overlay.NET_UNIT).read_text()
     assert "10.88.0.11/24 dev eth0" in unit and "modprobe ip_vs" in unit

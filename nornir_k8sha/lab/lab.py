@@ -205,7 +205,8 @@ class Lab:
             netns, link = network.ensure_veth(name, self.bridge, host.address, self.prefix)
         overlay.mount_overlay(tree, dirs)
         ssh.ensure_host_key(dirs.merged, name)
-        overlay.write_identity(dirs.merged, host=name, hosts=hosts_file, authorized_key=pubkey)
+        overlay.write_identity(dirs.merged, host=name, hosts=hosts_file, authorized_key=pubkey,
+                               keep_hosts=(dirs.upper / "etc/hosts").exists())
         if host.has_role(C.ROLE_SWITCHES):
             uid, gid = overlay.user_ids(dirs.merged, rootfs.SWITCH_USER)
             overlay.write_switch_role(dirs.merged, authorized_key=pubkey,
