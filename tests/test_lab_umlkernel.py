@@ -141,6 +141,20 @@ def test_the_selftest_asks_for_seccomp_mode_and_reads_the_answer(tmp_path: Path)
     assert seccomp.ok and seccomp.seccomp
 
 
+def test_a_kernel_whose_seccomp_boot_fails_is_tried_in_ptrace_mode(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    boots: list[bool] = []
+
+    def fake_boot(binary: Path, seccomp: bool) -> SelfTest:
+        boots.append(seccomp)
+        return SelfTest(not seccomp, "fake", False)
+
+    monkeypatch.setattr(umlkernel, "boot_once", fake_boot)
+    result = umlkernel.run_selftest(Path("/k/linux.uml"))
+    assert boots == [True, False] and result.ok and not result.seccomp
+    assert umlkernel.SECCOMP_ARG not in umlkernel.selftest_command(Path("/k"), Path("/u"), False)
+
+
 def test_a_verdict_from_before_seccomp_was_asked_is_tested_again(
         cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     binary = _binary(cache / "a/linux", b"seccomp")

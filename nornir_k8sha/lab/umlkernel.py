@@ -107,15 +107,16 @@ def binary_digest(binary: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def selftest_command(binary: Path, uml_dir: Path) -> list[str]:
+def selftest_command(binary: Path, uml_dir: Path, seccomp: bool = True) -> list[str]:
     """Boot with the host's / as a read-only hostfs root; init prints the marker and exits.
 
-    Asks for seccomp mode, and is not `quiet`, so that the output says whether it got it.
+    With `seccomp` it asks for seccomp mode; never `quiet`, so the output says whether it got it.
     """
     return [
-        str(binary), SECCOMP_ARG, "mem=64M", f"umid=k8sha-selftest-{os.getpid()}",
-        f"uml_dir={uml_dir}", "root=/dev/root", "rootfstype=hostfs", "rootflags=/", "ro",
-        "init=/bin/echo", SELFTEST_MARKER, "con=null", "con0=null,fd:1",
+        str(binary), *([SECCOMP_ARG] if seccomp else []), "mem=64M",
+        f"umid=k8sha-selftest-{os.getpid()}", f"uml_dir={uml_dir}", "root=/dev/root",
+        "rootfstype=hostfs", "rootflags=/", "ro", "init=/bin/echo", SELFTEST_MARKER,
+        "con=null", "con0=null,fd:1",
     ]
 
 
@@ -133,11 +134,18 @@ def judge(output: str) -> SelfTest:
 
 
 def run_selftest(binary: Path) -> SelfTest:
+    """Boot the kernel asking for seccomp mode; when that boot fails, once more without it (a
+    kernel with seccomp mode on a host that refuses its filters may still run in ptrace mode)."""
+    result = boot_once(binary, seccomp=True)
+    return result if result.ok else boot_once(binary, seccomp=False)
+
+
+def boot_once(binary: Path, seccomp: bool) -> SelfTest:
     """Boot the kernel once (~1 s). UML panics when init exits: expected, the marker decides."""
     with tempfile.TemporaryDirectory(prefix="k8sha-uml-selftest-") as tmp:
         try:
             proc = subprocess.Popen(
-                selftest_command(binary, Path(tmp)), stdin=subprocess.DEVNULL,
+                selftest_command(binary, Path(tmp), seccomp), stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
             )
         except OSError as exc:
@@ -155,7 +163,8 @@ def run_selftest(binary: Path) -> SelfTest:
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-    return judge(out.decode(errors="replace"))
+    result = judge(out.decode(errors="replace"))
+    return result if seccomp else replace(result, seccomp=False)
 
 
 def selftest(binary: Path, log: Log) -> SelfTest:
