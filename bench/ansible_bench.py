@@ -108,16 +108,17 @@ def prepare(inventory: Path, work: Path, tiers: list[str]) -> tuple[ClusterSpec,
 
 #: What one Ansible module costs on a host before it does anything: a Python start and the
 #: imports of an AnsiballZ payload (zip, json, tempfile, subprocess...), against a shell.
+#: What pipelining does with each module: its AnsiballZ payload (~176 KB for ping) on stdin.
+STDIN_PROBE = "176 KB on stdin (cat > /dev/null)"
 PROBES = {
     "sh -c true": "sh -c true",
     "python3 -c pass": "python3 -c pass",
     "python3 + AnsiballZ-like imports": "python3 -c 'import json, zipfile, tempfile, subprocess, "
                                         "shutil, base64, locale, selectors, shlex, pwd, grp'",
-    # what pipelining does with each module: its AnsiballZ payload (~176 KB for ping) on stdin
-    "176 KB on stdin (cat > /dev/null)": "cat > /dev/null",
+    STDIN_PROBE: "cat > /dev/null",
 }
 #: The stdin of each probe (what Ansible sends a host per task; none for the others).
-PROBE_STDIN = {"176 KB on stdin (cat > /dev/null)": b"\0" * 176 * 1024}
+PROBE_STDIN = {STDIN_PROBE: b"\0" * 176 * 1024}
 
 
 def probe_hosts(spec: ClusterSpec, key: Path, known: Path, rounds: int = 3) -> None:

@@ -134,7 +134,7 @@ def test_without_a_seccomp_kernel_the_ptrace_one_is_used_and_fetches_wait_a_day(
 
 def test_the_selftest_asks_for_seccomp_mode_and_reads_the_answer(tmp_path: Path) -> None:
     cmd = umlkernel.selftest_command(Path("/k/linux.uml"), tmp_path)
-    assert umlkernel.SECCOMP_ARG in cmd and "quiet" not in cmd
+    assert uml.SECCOMP_ARG in cmd and "quiet" not in cmd
     boot = f"Checking syscall emulation for ptrace...OK\n{umlkernel.SELFTEST_MARKER}\n"
     assert not umlkernel.judge(boot).seccomp
     seccomp = umlkernel.judge(f"{umlkernel.SECCOMP_OK}\n{umlkernel.SELFTEST_MARKER}\n")
@@ -152,7 +152,7 @@ def test_a_kernel_whose_seccomp_boot_fails_is_tried_in_ptrace_mode(
     monkeypatch.setattr(umlkernel, "boot_once", fake_boot)
     result = umlkernel.run_selftest(Path("/k/linux.uml"))
     assert boots == [True, False] and result.ok and not result.seccomp
-    assert umlkernel.SECCOMP_ARG not in umlkernel.selftest_command(Path("/k"), Path("/u"), False)
+    assert uml.SECCOMP_ARG not in umlkernel.selftest_command(Path("/k"), Path("/u"), False)
 
 
 def test_a_verdict_from_before_seccomp_was_asked_is_tested_again(

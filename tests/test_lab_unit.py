@@ -73,7 +73,7 @@ def test_uml_command_boots_hostfs_with_systemd_on_a_tap() -> None:
         assert arg in cmd
     assert not any(arg.startswith("seccomp") for arg in cmd)
     seccomp = uml.uml_command(Path("/k/linux.uml"), "lvs1", Path("/x/root"), "k8t-lvs1",
-                              "02:88:0a:58:00:0b", Path("/u"), "seccomp=on")
+                              "02:88:0a:58:00:0b", Path("/u"), seccomp=True)
     assert seccomp[-1] == "seccomp=on"
 
 

@@ -217,8 +217,7 @@ class Lab:
             dirs.uml_dir.mkdir(parents=True)
             command = uml.uml_command(
                 self.kernel.binary, name, dirs.merged.resolve(), link,
-                network.mac_for(host.address), dirs.uml_dir.resolve(),
-                umlkernel.SECCOMP_ARG if self.kernel.seccomp else None)
+                network.mac_for(host.address), dirs.uml_dir.resolve(), self.kernel.seccomp)
             env: dict[str, str] = {}
         else:
             container.clear_propagate(name)

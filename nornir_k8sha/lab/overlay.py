@@ -100,10 +100,11 @@ def write_identity(root: Path, *, host: str, hosts: str, authorized_key: str,
                    keep_hosts: bool = False) -> None:
     """Name, /etc/hosts, machine id and root's key of a host booting from `root`.
 
-    `keep_hosts`: a host brought back keeps the /etc/hosts it had, as a machine keeps its disk
+    `keep_hosts` (its own layer has one): a host brought back keeps the /etc/hosts it had, as a
+    machine keeps its disk
     (deploy adds the registry's name there: rewriting it made the next deploy change it)."""
     (root / "etc/hostname").write_text(host + "\n")
-    if not (keep_hosts and (root / "etc/hosts").exists()):
+    if not keep_hosts:
         (root / "etc/hosts").write_text(hosts)
     machine_id = root / "etc/machine-id"
     if not machine_id.read_text().strip():

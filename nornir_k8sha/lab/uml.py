@@ -14,6 +14,8 @@ from pathlib import Path
 
 UML_BINARY = "linux"
 MEMORY = "256M"
+#: Asks a UML kernel for seccomp mode; kernels without it pass it on to init, harmlessly.
+SECCOMP_ARG = "seccomp=on"
 #: Where Debian's user-mode-linux package puts its modules (`<release>/kernel/...`).
 PACKAGED_MODULES = Path("/usr/lib/uml/modules")
 
@@ -26,8 +28,8 @@ def packaged_binary() -> str | None:
 
 
 def uml_command(binary: Path, host: str, root: Path, tap: str, mac: str,
-                uml_dir: Path, seccomp_arg: str | None = None) -> list[str]:
-    """The director's kernel command line; `seccomp_arg` when the kernel runs in seccomp mode.
+                uml_dir: Path, seccomp: bool = False) -> list[str]:
+    """The director's kernel command line; `seccomp` when the kernel runs in seccomp mode.
 
     `gro=1` on the tap: the tap is opened with virtio-net headers, and the host then hands it
     TCP segments merged beyond the MTU (2,896-14,480 bytes seen). Without `gro=1` the guest
@@ -40,5 +42,5 @@ def uml_command(binary: Path, host: str, root: Path, tap: str, mac: str,
         "root=/dev/root", "rootfstype=hostfs", f"rootflags={root}", "rw",
         "init=/lib/systemd/systemd", f"vec0:transport=tap,ifname={tap},mac={mac},gro=1",
         "con=null", "con0=null,fd:1", "quiet", "systemd.show_status=0",
-        *([seccomp_arg] if seccomp_arg else []),
+        *([SECCOMP_ARG] if seccomp else []),
     ]

@@ -46,8 +46,6 @@ SELFTEST_TIMEOUT = 30.0
 COMPLETE_MARK = ".k8sha-uml-complete"
 #: The known symptom, quoted in the error when the self-test fails with it.
 FP_REGS_FAILURE = "ptrace set fp regs failed"
-#: Asks a UML kernel for seccomp mode; kernels without it pass it on to init, harmlessly.
-SECCOMP_ARG = "seccomp=on"
 #: What a kernel prints at boot (without `quiet`) when its processes will run in seccomp mode.
 SECCOMP_OK = "Checking that seccomp filters can be installed...OK"
 #: A suite whose fetch was tried (whatever came of it) is not fetched again for this long.
@@ -63,7 +61,7 @@ class UmlKernel:
     binary: Path
     modules: Path
     origin: str
-    #: Boot it with `SECCOMP_ARG`: its self-test showed seccomp mode working here.
+    #: Boot it with `uml.SECCOMP_ARG`: its self-test showed seccomp mode working here.
     seccomp: bool = False
 
 
@@ -113,7 +111,7 @@ def selftest_command(binary: Path, uml_dir: Path, seccomp: bool = True) -> list[
     With `seccomp` it asks for seccomp mode; never `quiet`, so the output says whether it got it.
     """
     return [
-        str(binary), *([SECCOMP_ARG] if seccomp else []), "mem=64M",
+        str(binary), *([uml.SECCOMP_ARG] if seccomp else []), "mem=64M",
         f"umid=k8sha-selftest-{os.getpid()}", f"uml_dir={uml_dir}", "root=/dev/root",
         "rootfstype=hostfs", "rootflags=/", "ro", "init=/bin/echo", SELFTEST_MARKER,
         "con=null", "con0=null,fd:1",
@@ -126,9 +124,9 @@ def judge(output: str) -> SelfTest:
     if SELFTEST_MARKER in lines:
         seccomp = SECCOMP_OK in lines
         return SelfTest(True, "init ran" + (" in seccomp mode" if seccomp else ""), seccomp)
-    for line in output.splitlines():
+    for line in lines:
         if FP_REGS_FAILURE in line or "Kernel panic" in line:
-            return SelfTest(False, line.strip())
+            return SelfTest(False, line)
     tail = " | ".join(output.strip().splitlines()[-3:])
     return SelfTest(False, f"init never ran ({tail or 'no output'})")
 
@@ -163,8 +161,7 @@ def boot_once(binary: Path, seccomp: bool) -> SelfTest:
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-    result = judge(out.decode(errors="replace"))
-    return result if seccomp else replace(result, seccomp=False)
+    return judge(out.decode(errors="replace"))
 
 
 def selftest(binary: Path, log: Log) -> SelfTest:
@@ -202,16 +199,15 @@ def _fetches_path() -> Path:
     return cache_root() / "uml-fetches.json"
 
 
-def fetch_tried_recently(suite: str, now: float | None = None) -> bool:
+def fetch_tried_recently(suite: str) -> bool:
     """Whether `suite` was fetched from (or tried) within `FETCH_RETRY_S`."""
     when = _read_json(_fetches_path()).get(suite)
-    now = time.time() if now is None else now
-    return isinstance(when, (int, float)) and 0 <= now - when < FETCH_RETRY_S
+    return isinstance(when, (int, float)) and 0 <= time.time() - when < FETCH_RETRY_S
 
 
-def remember_fetch(suite: str, now: float | None = None) -> None:
+def remember_fetch(suite: str) -> None:
     tried = _read_json(_fetches_path())
-    tried[suite] = time.time() if now is None else now
+    tried[suite] = time.time()
     _write_json(_fetches_path(), tried)
 
 

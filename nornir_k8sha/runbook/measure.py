@@ -75,9 +75,9 @@ def gaps(samples: Sequence[Sample]) -> list[Gap]:
     return [g for g in bounds if any(f.start < g.end and f.end > g.begin for f in failures)]
 
 
-def last_failure(samples: Sequence[Sample], since: float = float("-inf")) -> float | None:
-    """The end of the newest failed request that ended after `since`; None when none did."""
-    return max((s.end for s in samples if not s.ok and s.end > since), default=None)
+def last_failure(samples: Sequence[Sample]) -> float | None:
+    """The end of the newest failed request; None when none failed."""
+    return max((s.end for s in samples if not s.ok), default=None)
 
 
 def first_success_after(samples: Sequence[Sample], moment: float) -> float | None:
