@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +40,80 @@ def tls_context(ca: Path, cert: Path | None = None, key: Path | None = None) -> 
     return ctx
 
 
+#: Requests sent once more after the server closed a reused connection without answering.
+REPLAYABLE_METHODS = frozenset({"GET", "HEAD"})
+#: What httpcore raises when the server closed the connection before sending any response
+#: (Go's net/http: errServerClosedIdle / transportReadFromServerError).
+NO_RESPONSE = "without sending a response"
+
+
+class ConnectionTrace:
+    """httpx's `trace` extension for one attempt: did it open a new connection (else it went
+    on a reused one), and did the response's headers arrive (then nothing is replayed)?
+    `then`: a trace callback of the caller's, still called with every event."""
+
+    def __init__(self, then: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+        self.connected = False
+        self.answered = False
+        self.then = then
+
+    def __call__(self, event: str, info: dict[str, Any]) -> None:
+        if event.startswith("connection.connect_tcp."):
+            self.connected = True
+        elif event == "http11.receive_response_headers.complete":
+            self.answered = True
+        if self.then is not None:
+            self.then(event, info)
+
+    def closed_before_answer(self, exc: Exception) -> bool:
+        """True when Go's Transport would send the request again: a reused connection the
+        server closed (EOF, reset) before any answer."""
+        if self.connected or self.answered:
+            return False
+        if isinstance(exc, httpx.RemoteProtocolError):
+            return NO_RESPONSE in str(exc)
+        return isinstance(exc, httpx.ReadError | httpx.WriteError)
+
+
+class ReplayOnDisconnect(httpx.BaseTransport):
+    """A GET or HEAD on a reused connection that the server closed before any answer is sent
+    once more, on a new connection: what Go's net/http Transport does (transport.go
+    `shouldRetryRequest`), so what kubectl and every controller do. An apiserver restarting,
+    or a proxy dropping its side, between two requests of one client is never shown to a
+    kubectl user; a check that showed it would fail where the cluster serves. Nothing else is
+    replayed: not a write, not a fresh connection's failure, not a timeout, not an answer cut
+    off after it began.
+    """
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self.inner = inner
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method not in REPLAYABLE_METHODS:
+            return self.inner.handle_request(request)
+        trace = ConnectionTrace(request.extensions.get("trace"))
+        request.extensions["trace"] = trace
+        try:
+            return self.inner.handle_request(request)
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+            if not trace.closed_before_answer(exc):
+                raise
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 def _tls_client(ca: Path, cert: Path | None, key: Path | None,
-                transport: httpx.BaseTransport | None) -> httpx.Client:
-    if transport is not None:  # the test seam (httpx.MockTransport): no TLS material is read
-        return httpx.Client(transport=transport, timeout=HTTP_TIMEOUT)
-    return httpx.Client(verify=tls_context(ca, cert, key), timeout=HTTP_TIMEOUT)
+                transport: httpx.BaseTransport | None, replay: bool = True) -> httpx.Client:
+    """`transport` is the test seam (httpx.MockTransport): then no TLS material is read. The
+    transport is always explicit, so proxies from the environment are never used: every
+    request goes straight to the cluster's own addresses."""
+    if transport is None:
+        transport = httpx.HTTPTransport(verify=tls_context(ca, cert, key))
+    if replay:
+        transport = ReplayOnDisconnect(transport)
+    return httpx.Client(transport=transport, timeout=HTTP_TIMEOUT)
 
 
 def etcd_http_client(spec: ClusterSpec, state_dir: Path,
@@ -55,11 +125,13 @@ def etcd_http_client(spec: ClusterSpec, state_dir: Path,
 
 
 def api_client(spec: ClusterSpec, state_dir: Path,
-               transport: httpx.BaseTransport | None = None) -> httpx.Client:
-    """httpx client for the apiservers: the cluster CA, the admin client certificate."""
+               transport: httpx.BaseTransport | None = None, *, replay: bool = True
+               ) -> httpx.Client:
+    """httpx client for the apiservers: the cluster CA, the admin client certificate.
+    `replay=False`: the caller replays (or not) by itself (`ReplayOnDisconnect`)."""
     pki = ClusterPKI(spec, state_dir)
     admin = pki.admin_client
-    return _tls_client(pki.kubernetes_ca.cert, admin.cert, admin.key, transport)
+    return _tls_client(pki.kubernetes_ca.cert, admin.cert, admin.key, transport, replay)
 
 
 def registry_client(spec: ClusterSpec, state_dir: Path,

@@ -20,7 +20,8 @@ connection (Go's net/http Transport: transport.go `shouldRetryRequest`, request.
 never retried: client-go does not retry writes ("they are not idempotent", request.go), so a
 create cut before its answer is a failed request here as it is an error for kubectl. Nothing
 else is retried: not a timeout, not a fresh connection's failure, not an answer cut off after
-it began. The sample keeps the first attempt's error (`retried`).
+it began. The sample keeps the first attempt's error (`retried`). The rule is
+`clients.ConnectionTrace`, the one every other client of the API follows too.
 
 Every request becomes a `Sample` (time.monotonic() start/end, ok, status, error). Each request
 is bounded by a short timeout, the whole probe by `max_seconds` and a sample cap; `stop()`
@@ -42,7 +43,7 @@ from typing import Any, cast, get_args
 import httpx
 
 from nornir_k8sha import constants as C
-from nornir_k8sha.clients import api_client, error_text
+from nornir_k8sha.clients import ConnectionTrace, api_client, error_text
 from nornir_k8sha.runbook import measure
 from nornir_k8sha.runbook.results import Mark, MarkKind, Sample, SampleKind
 from nornir_k8sha.topology import ClusterSpec
@@ -54,35 +55,6 @@ CONFIGMAPS_PATH = "/api/v1/namespaces/{namespace}/configmaps"
 #: Label on every ConfigMap the writer creates: which run wrote it (for people and cleanup).
 RUN_LABEL = "k8sha.io/verify-run"
 MARK_KINDS: tuple[str, ...] = get_args(MarkKind)
-#: What httpcore raises when the server closed the connection before sending any response
-#: (Go's net/http: errServerClosedIdle / transportReadFromServerError).
-NO_RESPONSE = "without sending a response"
-
-
-class _Attempt:
-    """httpx's `trace` extension for one attempt: did it open a new connection (else it went
-    on a reused one), and did the response's headers arrive (then nothing is retried)?"""
-
-    def __init__(self) -> None:
-        self.connected = False
-        self.answered = False
-
-    def __call__(self, event: str, info: dict[str, Any]) -> None:
-        if event.startswith("connection.connect_tcp."):
-            self.connected = True
-        elif event == "http11.receive_response_headers.complete":
-            self.answered = True
-
-    def closed_before_answer(self, exc: Exception) -> bool:
-        """True when Go's Transport would send the request again: a reused connection the
-        server closed (EOF, reset) before any answer."""
-        if self.connected or self.answered:
-            return False
-        if isinstance(exc, httpx.RemoteProtocolError):
-            return NO_RESPONSE in str(exc)
-        return isinstance(exc, httpx.ReadError | httpx.WriteError)
-
-
 class LoadProbe:
     """Fresh-TLS reads, one kept-alive reader and one writer through the VIP, in threads."""
 
@@ -240,7 +212,8 @@ class LoadProbe:
     # --- the loads -----------------------------------------------------------------------------
 
     def _client(self) -> httpx.Client:
-        client = api_client(self.spec, self.state_dir, self._transport)
+        # replay=False: the kept-alive reader replays by itself and keeps the first error
+        client = api_client(self.spec, self.state_dir, self._transport, replay=False)
         client.timeout = httpx.Timeout(self.request_timeout)
         with self._lock:
             self._clients.append(client)
@@ -267,7 +240,7 @@ class LoadProbe:
         start = time.monotonic()
         first, first_at = "", None
         while True:
-            attempt = _Attempt()
+            attempt = ConnectionTrace()
             try:
                 resp = send({"trace": attempt})
                 break
