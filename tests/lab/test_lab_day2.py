@@ -66,6 +66,24 @@ def second_machine(tmp_path: Path, spec) -> Path:  # noqa: ANN001
     return tmp_path / "machine2"
 
 
+def front_end_log(lab, since: str = "-3min") -> str:  # noqa: ANN001
+    """What the front end logged since `since` (journalctl's --since) that a failed check may
+    stem from: HAProxy sessions that did not end cleanly (a tcplog termination state other
+    than "--"), backends going DOWN or UP, apiservers starting, stopping or failing a request."""
+    lines = []
+    for h in lab.spec.role(C.ROLE_HAPROXY):
+        _, out, _ = lab.run(h.name, f"journalctl -u haproxy --no-pager -o short-precise "
+                                    f"--since '{since}' | grep -E ' apiserver/| is (UP|DOWN)' "
+                                    f"| grep -v -e ' -- ' -e WARNING || true")
+        lines += out.splitlines()
+    for m in lab.spec.role(C.ROLE_MASTERS):
+        _, out, _ = lab.run(m.name, f"journalctl -u kube-apiserver --no-pager -o short-precise "
+                                    f"--since '{since}' | grep -E 'serving|stopping|error|Trace'"
+                                    f" || true")
+        lines += out.splitlines()
+    return "\n".join(sorted(lines)[-40:]) or "(nothing)"
+
+
 @pytest.fixture(scope="module")
 def deployed(lab):
     lab.lab.down()
@@ -168,7 +186,8 @@ def test_pki_renew_within_400_renews_everything_under_load_and_check_is_green(de
     assert not same, f"not renewed on the hosts: {same}"
     assert lost == 0
     check = cli("check", "-i", str(LAB_INVENTORY), timeout=120)
-    assert check.returncode == 0, flat(check.stdout + check.stderr)[-2000:]
+    assert check.returncode == 0, (flat(check.stdout + check.stderr)[-2000:]
+                                   + "\nthe front end's log:\n" + front_end_log(deployed))
     again = cli("deploy", "-i", str(LAB_INVENTORY), "--json")
     assert again.returncode == 0 and json.loads(again.stdout)["changed"] == 0, \
         again.stdout[-2000:]
@@ -294,7 +313,8 @@ def test_etcd_replace_after_a_power_cut_and_a_wiped_data_dir_under_load(deployed
     assert set(after) == set(before) and after["etcd2"] != before["etcd2"]
     assert lost == 0
     check = cli("check", "-i", str(LAB_INVENTORY), timeout=120)
-    assert check.returncode == 0, flat(check.stdout + check.stderr)[-2000:]
+    assert check.returncode == 0, (flat(check.stdout + check.stderr)[-2000:]
+                                   + "\nthe front end's log:\n" + front_end_log(deployed))
 
 
 # --- a master removed and added back ------------------------------------------------------------
@@ -349,4 +369,5 @@ def test_restore_drill_passes_markers_back_and_check_is_green(deployed) -> None:
         print("  ", s)
     assert proc.returncode == 0 and case["verdict"] == "passed", (case["reason"], steps)
     check = cli("check", "-i", str(LAB_INVENTORY), timeout=120)
-    assert check.returncode == 0, flat(check.stdout + check.stderr)[-2000:]
+    assert check.returncode == 0, (flat(check.stdout + check.stderr)[-2000:]
+                                   + "\nthe front end's log:\n" + front_end_log(deployed))
