@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
+import http.server
 import ipaddress
 import json
 import os
@@ -22,6 +24,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -779,36 +782,42 @@ def test_the_kubelet_stand_in_stops_and_starts_a_static_pod_with_its_manifest(
     assert calls[-1] == ("start", ["kube-apiserver.service"]) and len(calls) == 2
 
 
+class _EmptyRange(http.server.BaseHTTPRequestHandler):
+    """An etcd member's JSON gateway that finds no key, whatever it is asked."""
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = b'{"kvs": []}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def _answering_member() -> http.server.ThreadingHTTPServer:
+    """A plain-HTTP member on loopback that answers at once (shut it down when done)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _EmptyRange)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 def test_etcd_client_moves_a_silent_member_to_the_back() -> None:
     """A member that accepts connections but answers nothing (partitioned from its peers, its
     reads waiting for a quorum) costs one timeout, not every request until the partition
     heals: the next request tries the other members first (verify-ha's partition case)."""
-    import http.server
-    import threading
-
     sys.path.insert(0, str(PROGRAMS))
     try:
         import k8sha_standin as sa
     finally:
         sys.path.remove(str(PROGRAMS))
 
-    class Answer(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
-            self.rfile.read(int(self.headers["Content-Length"]))
-            body = b'{"kvs": []}'
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(8)  # the kernel completes connects; nobody ever reads
-    good = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
-    threading.Thread(target=good.serve_forever, daemon=True).start()
+    good = _answering_member()
     try:
         client = object.__new__(sa.Etcd)  # plain HTTP: no certificates needed for the order
         mute, ok = (f"http://127.0.0.1:{silent.getsockname()[1]}",
@@ -821,3 +830,89 @@ def test_etcd_client_moves_a_silent_member_to_the_back() -> None:
     finally:
         good.shutdown()
         silent.close()
+
+
+def _programs(*names: str) -> list[Any]:
+    """The stand-ins' modules, imported in this process (they import each other by name)."""
+    import importlib
+
+    sys.path.insert(0, str(PROGRAMS))
+    try:
+        return [importlib.import_module(n) for n in names]
+    finally:
+        sys.path.remove(str(PROGRAMS))
+
+
+def test_etcd_client_takes_an_answer_cut_off_as_that_members_failure() -> None:
+    """A member stopped mid-answer (a restore, a restart) cuts its body short: the client tries
+    the next member, and raises EtcdError (a 503 for the apiserver) only when none answers, never
+    http.client's IncompleteRead out of the apiserver's request handler."""
+    (sa,) = _programs("k8sha_standin")
+
+    cut = socket.socket()
+    cut.bind(("127.0.0.1", 0))
+    cut.listen(8)
+
+    def cut_short() -> None:
+        while True:
+            try:
+                conn, _ = cut.accept()
+            except OSError:
+                return
+            with conn, conn.makefile("rb") as reader:  # the whole request read: no reset
+                length = 0
+                while (line := reader.readline()) not in (b"\r\n", b""):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                reader.read(length)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"kvs\": [")
+
+    threading.Thread(target=cut_short, daemon=True).start()
+    good = _answering_member()
+    try:
+        client = object.__new__(sa.Etcd)  # plain HTTP: no certificates needed
+        short = f"http://127.0.0.1:{cut.getsockname()[1]}"
+        ok = f"http://127.0.0.1:{good.server_address[1]}"
+        client.endpoints, client.timeout, client.ctx = [short], 1.0, None
+        with pytest.raises(sa.EtcdError, match="IncompleteRead"):
+            client.get("health")
+        client.endpoints = [short, ok]
+        assert client.get("health") is None  # the other member answered
+        assert client.endpoints == [ok, short]
+    finally:
+        good.shutdown()
+        cut.close()
+
+
+def test_a_request_that_breaks_the_apiserver_is_answered_500_as_the_real_one_does(
+        tmp_path: Path) -> None:
+    """kube-apiserver recovers a handler's panic with a 500 (filters/wrap.go): the client gets an
+    answer on a connection that stays open, not a connection closed without a word."""
+    (apiserver,) = _programs("apiserver")
+
+    class Broken:
+        def health(self, *_: Any) -> tuple[int, str]:
+            raise RuntimeError("something the stand-in did not expect")
+
+    pki = tmp_path / "pki"
+    ca, ca_key = _cluster_ca(pki)
+    skey = _key()
+    _write_pair(_cert("kube-apiserver", skey, (ca, ca_key), ips=("127.0.0.1",), server=True),
+                skey, pki / "apiserver.crt", pki / "apiserver.key")
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(str(pki / "apiserver.crt"), str(pki / "apiserver.key"))
+    server = apiserver.Server(("127.0.0.1", 0), Broken(), tls)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", server.server_address[1], timeout=5,
+            context=ssl.create_default_context(cafile=str(pki / "ca.crt")))
+        for _ in range(2):  # the same connection answers again
+            conn.request("GET", "/healthz")
+            resp = conn.getresponse()
+            assert resp.status == 500
+            assert resp.read().decode() == apiserver.PANIC_MESSAGE
+        conn.close()
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -45,6 +45,9 @@ HEALTH = re.compile(r"^/(healthz|livez|readyz)(?:/(.+))?$")
 SELF_REVIEW = re.compile(r"^/apis/authentication\.k8s\.io/(v1|v1beta1)/selfsubjectreviews$")
 DISCOVERY = ("/api", "/apis", "/version", "/openapi/v2")
 WATCH_POLL = 1.0  # how often an idle watch looks whether its client has gone
+#: kube-apiserver's answer to a request whose handler panicked (filters/wrap.go), as 500.
+PANIC_MESSAGE = ("This request caused apiserver to panic. Look in the logs for details. "
+                 "(lab stand-in)\n")
 
 
 def _list_key(obj: dict[str, Any]) -> str:
@@ -252,6 +255,13 @@ class Handler(BaseHTTPRequestHandler):
             self.fail(ao.ApiError(503, "ServiceUnavailable", f"etcd: {exc}"))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             self.fail(ao.ApiError(400, "BadRequest", f"bad request: {exc!r}"))
+        except OSError:
+            raise  # the client's connection: there is nobody left to answer
+        except Exception as exc:  # noqa: BLE001 - kube-apiserver's panic recovery (WithPanicRecovery)
+            # answered, not a connection dropped without a word: a client would read that as
+            # a server gone away and a kept-alive reader would be sent elsewhere
+            sa.log(NAME, f"{self.command} {self.path.split('?')[0]}: {exc!r}")
+            self.send(500, PANIC_MESSAGE)
 
     def anonymous(self, req: Request) -> bool:
         """Health, version and cluster-info, answered without credentials; True if handled."""

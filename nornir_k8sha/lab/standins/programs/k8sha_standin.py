@@ -13,6 +13,7 @@ import argparse
 import base64
 import hashlib
 import hmac
+import http.client
 import json
 import os
 import re
@@ -378,10 +379,14 @@ class Etcd:
                 if exc.code < 500:
                     raise EtcdError(f"{endpoint}: {detail}") from None
                 errors.append(f"{endpoint}: {detail}")
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, http.client.HTTPException) as exc:
+                # HTTPException: an answer cut off (IncompleteRead) or garbled (BadStatusLine)
+                # by a member stopping mid-request; like any unanswered request, it goes to the
+                # next member instead of out of the apiserver's request handler
                 reason = getattr(exc, "reason", exc)
-                errors.append(f"{endpoint}: {reason}")
-                if isinstance(exc, OSError):
+                errors.append(f"{endpoint}: {reason!r}" if isinstance(
+                    exc, http.client.HTTPException) else f"{endpoint}: {reason}")
+                if isinstance(exc, OSError | http.client.HTTPException):
                     self._demote(endpoint)
         raise EtcdError("; ".join(errors) or "no etcd endpoints")
 
