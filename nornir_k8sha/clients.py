@@ -45,6 +45,9 @@ REPLAYABLE_METHODS = frozenset({"GET", "HEAD"})
 #: What httpcore raises when the server closed the connection before sending any response
 #: (Go's net/http: errServerClosedIdle / transportReadFromServerError).
 NO_RESPONSE = "without sending a response"
+#: A request extension: called with the first attempt's error when `ReplayOnDisconnect` sends
+#: the request again (the runbooks' load probe counts the reads it sent twice).
+ON_REPLAY = "k8sha.on_replay"
 
 
 class ConnectionTrace:
@@ -82,7 +85,7 @@ class ReplayOnDisconnect(httpx.BaseTransport):
     or a proxy dropping its side, between two requests of one client is never shown to a
     kubectl user; a check that showed it would fail where the cluster serves. Nothing else is
     replayed: not a write, not a fresh connection's failure, not a timeout, not an answer cut
-    off after it began.
+    off after it began. A request whose extensions carry `ON_REPLAY` hears of each replay.
     """
 
     def __init__(self, inner: httpx.BaseTransport) -> None:
@@ -98,6 +101,9 @@ class ReplayOnDisconnect(httpx.BaseTransport):
         except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
             if not trace.closed_before_answer(exc):
                 raise
+            on_replay = request.extensions.get(ON_REPLAY)
+            if on_replay is not None:
+                on_replay(exc)
         return self.inner.handle_request(request)
 
     def close(self) -> None:
@@ -105,15 +111,13 @@ class ReplayOnDisconnect(httpx.BaseTransport):
 
 
 def _tls_client(ca: Path, cert: Path | None, key: Path | None,
-                transport: httpx.BaseTransport | None, replay: bool = True) -> httpx.Client:
+                transport: httpx.BaseTransport | None) -> httpx.Client:
     """`transport` is the test seam (httpx.MockTransport): then no TLS material is read. The
     transport is always explicit, so proxies from the environment are never used: every
     request goes straight to the cluster's own addresses."""
     if transport is None:
         transport = httpx.HTTPTransport(verify=tls_context(ca, cert, key))
-    if replay:
-        transport = ReplayOnDisconnect(transport)
-    return httpx.Client(transport=transport, timeout=HTTP_TIMEOUT)
+    return httpx.Client(transport=ReplayOnDisconnect(transport), timeout=HTTP_TIMEOUT)
 
 
 def etcd_http_client(spec: ClusterSpec, state_dir: Path,
@@ -125,13 +129,11 @@ def etcd_http_client(spec: ClusterSpec, state_dir: Path,
 
 
 def api_client(spec: ClusterSpec, state_dir: Path,
-               transport: httpx.BaseTransport | None = None, *, replay: bool = True
-               ) -> httpx.Client:
-    """httpx client for the apiservers: the cluster CA, the admin client certificate.
-    `replay=False`: the caller replays (or not) by itself (`ReplayOnDisconnect`)."""
+               transport: httpx.BaseTransport | None = None) -> httpx.Client:
+    """httpx client for the apiservers: the cluster CA, the admin client certificate."""
     pki = ClusterPKI(spec, state_dir)
     admin = pki.admin_client
-    return _tls_client(pki.kubernetes_ca.cert, admin.cert, admin.key, transport, replay)
+    return _tls_client(pki.kubernetes_ca.cert, admin.cert, admin.key, transport)
 
 
 def registry_client(spec: ClusterSpec, state_dir: Path,

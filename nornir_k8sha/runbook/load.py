@@ -19,9 +19,10 @@ connection (Go's net/http Transport: transport.go `shouldRetryRequest`, request.
 `isReplayable`; client-go's rest.Request also retries GETs on a reset or EOF). The writer is
 never retried: client-go does not retry writes ("they are not idempotent", request.go), so a
 create cut before its answer is a failed request here as it is an error for kubectl. Nothing
-else is retried: not a timeout, not a fresh connection's failure, not an answer cut off after
-it began. The sample keeps the first attempt's error (`retried`). The rule is
-`clients.ConnectionTrace`, the one every other client of the API follows too.
+else is retried: not a timeout, not a fresh connection's failure (a fresh read never reuses
+one), not an answer cut off after it began. The replay is every API client's
+(`clients.ReplayOnDisconnect`); the probe only listens (`clients.ON_REPLAY`), and the sample
+keeps the first attempt's error (`retried`).
 
 Every request becomes a `Sample` (time.monotonic() start/end, ok, status, error). Each request
 is bounded by a short timeout, the whole probe by `max_seconds` and a sample cap; `stop()`
@@ -43,7 +44,7 @@ from typing import Any, cast, get_args
 import httpx
 
 from nornir_k8sha import constants as C
-from nornir_k8sha.clients import ConnectionTrace, api_client, error_text
+from nornir_k8sha.clients import ON_REPLAY, api_client, error_text
 from nornir_k8sha.runbook import measure
 from nornir_k8sha.runbook.results import Mark, MarkKind, Sample, SampleKind
 from nornir_k8sha.topology import ClusterSpec
@@ -212,8 +213,7 @@ class LoadProbe:
     # --- the loads -----------------------------------------------------------------------------
 
     def _client(self) -> httpx.Client:
-        # replay=False: the kept-alive reader replays by itself and keeps the first error
-        client = api_client(self.spec, self.state_dir, self._transport, replay=False)
+        client = api_client(self.spec, self.state_dir, self._transport)
         client.timeout = httpx.Timeout(self.request_timeout)
         with self._lock:
             self._clients.append(client)
@@ -231,30 +231,21 @@ class LoadProbe:
                 self._stop.set()
 
     def _request(self, kind: SampleKind, send: Callable[[dict[str, Any]], httpx.Response],
-                 ok_status: int = 200, seq: int | None = None, *,
-                 retry: bool = False) -> bool:
-        """One request (`send` gets httpx's request extensions); True when it succeeded.
-
-        `retry`: a GET of the kept-alive reader, sent once more on a new connection when its
-        reused one was closed before any answer (module docstring)."""
+                 ok_status: int = 200, seq: int | None = None) -> bool:
+        """One request (`send` gets httpx's request extensions); True when it succeeded. A read
+        the client sent twice (module docstring) is one sample, with its first error."""
         start = time.monotonic()
-        first, first_at = "", None
-        while True:
-            attempt = ConnectionTrace()
-            try:
-                resp = send({"trace": attempt})
-                break
-            except Exception as exc:  # noqa: BLE001 - any error is a failed request
-                if retry and not first and attempt.closed_before_answer(exc):
-                    first, first_at = error_text(exc), time.monotonic()
-                    continue
-                self._record(Sample(kind, start, time.monotonic(), False, None, error_text(exc),
-                                    seq, first, first_at))
-                return False
-        ok = resp.status_code == ok_status
-        error = "" if ok else f"HTTP {resp.status_code}"
-        self._record(Sample(kind, start, time.monotonic(), ok, resp.status_code, error, seq,
-                            first, first_at))
+        replayed: list[tuple[str, float]] = []  # (the first attempt's error, when it came)
+        try:
+            resp = send({ON_REPLAY: lambda exc: replayed.append((error_text(exc),
+                                                                 time.monotonic()))})
+            status, ok = resp.status_code, resp.status_code == ok_status
+            error = "" if ok else f"HTTP {status}"
+        except Exception as exc:  # noqa: BLE001 - any error is a failed request
+            status, ok, error = None, False, error_text(exc)
+        first, first_at = replayed[0] if replayed else ("", None)
+        self._record(Sample(kind, start, time.monotonic(), ok, status, error, seq, first,
+                            first_at))
         return ok
 
     def _fresh_read(self, client: httpx.Client) -> None:
@@ -282,8 +273,7 @@ class LoadProbe:
     def _keepalive_loop(self, client: httpx.Client, deadline: float) -> None:
         url = self.base + CONFIGMAPS_PATH.format(namespace=self.namespace)
         self._paced(deadline, self.read_interval, lambda: self._request(
-            "read-keepalive", lambda ext: client.get(url, params={"limit": "1"}, extensions=ext),
-            retry=True))
+            "read-keepalive", lambda ext: client.get(url, params={"limit": "1"}, extensions=ext)))
 
     def _write_loop(self, client: httpx.Client, deadline: float) -> None:
         url = self.base + CONFIGMAPS_PATH.format(namespace=self.namespace)
