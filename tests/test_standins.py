@@ -14,6 +14,7 @@ import base64
 import hashlib
 import http.client
 import http.server
+import importlib
 import ipaddress
 import json
 import os
@@ -287,6 +288,15 @@ def etcd_get(etcd: EtcdServer, key: str) -> dict[str, Any] | None:
     return json.loads(base64.b64decode(kvs[0]["value"])) if kvs else None
 
 
+def _programs(*names: str) -> list[Any]:
+    """The stand-ins' modules, imported in this process (they import each other by name)."""
+    sys.path.insert(0, str(PROGRAMS))
+    try:
+        return [importlib.import_module(n) for n in names]
+    finally:
+        sys.path.remove(str(PROGRAMS))
+
+
 # --- in-process: the YAML subset the stand-ins read -----------------------------------------------
 
 
@@ -302,11 +312,7 @@ def test_programs_import_only_the_standard_library() -> None:
 
 
 def test_yaml_subset_reads_kubeadm_v1beta4_config_and_round_trips() -> None:
-    sys.path.insert(0, str(PROGRAMS))
-    try:
-        import k8sha_standin as sa
-    finally:
-        sys.path.remove(str(PROGRAMS))
+    (sa,) = _programs("k8sha_standin")
     docs = sa.yaml_load_all("""
 # rendered by the deploy
 apiVersion: kubeadm.k8s.io/v1beta4
@@ -731,11 +737,7 @@ def test_reads_the_deploys_rendered_kubeadm_configs(tmp_path: Path) -> None:
     from nornir_k8sha.topology import load_cluster_spec
     from tests.conftest import LAB_INVENTORY
 
-    sys.path.insert(0, str(PROGRAMS))
-    try:
-        import kubeadm_phases as ph
-    finally:
-        sys.path.remove(str(PROGRAMS))
+    (ph,) = _programs("kubeadm_phases")
     spec = load_cluster_spec(LAB_INVENTORY)
     kinds = {}
     for host in spec.hosts:
@@ -808,11 +810,7 @@ def test_etcd_client_moves_a_silent_member_to_the_back() -> None:
     """A member that accepts connections but answers nothing (partitioned from its peers, its
     reads waiting for a quorum) costs one timeout, not every request until the partition
     heals: the next request tries the other members first (verify-ha's partition case)."""
-    sys.path.insert(0, str(PROGRAMS))
-    try:
-        import k8sha_standin as sa
-    finally:
-        sys.path.remove(str(PROGRAMS))
+    (sa,) = _programs("k8sha_standin")
 
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
@@ -830,17 +828,6 @@ def test_etcd_client_moves_a_silent_member_to_the_back() -> None:
     finally:
         good.shutdown()
         silent.close()
-
-
-def _programs(*names: str) -> list[Any]:
-    """The stand-ins' modules, imported in this process (they import each other by name)."""
-    import importlib
-
-    sys.path.insert(0, str(PROGRAMS))
-    try:
-        return [importlib.import_module(n) for n in names]
-    finally:
-        sys.path.remove(str(PROGRAMS))
 
 
 def test_etcd_client_takes_an_answer_cut_off_as_that_members_failure() -> None:

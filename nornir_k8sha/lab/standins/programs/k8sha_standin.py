@@ -379,14 +379,16 @@ class Etcd:
                 if exc.code < 500:
                     raise EtcdError(f"{endpoint}: {detail}") from None
                 errors.append(f"{endpoint}: {detail}")
-            except (OSError, ValueError, http.client.HTTPException) as exc:
-                # HTTPException: an answer cut off (IncompleteRead) or garbled (BadStatusLine)
-                # by a member stopping mid-request; like any unanswered request, it goes to the
-                # next member instead of out of the apiserver's request handler
+            except http.client.HTTPException as exc:
+                # an answer cut off (IncompleteRead) or garbled (BadStatusLine) by a member
+                # stopping mid-request: like a refused one, the next member is asked, instead
+                # of the error leaving the apiserver's request handler
+                errors.append(f"{endpoint}: {exc!r}")
+                self._demote(endpoint)
+            except (OSError, ValueError) as exc:
                 reason = getattr(exc, "reason", exc)
-                errors.append(f"{endpoint}: {reason!r}" if isinstance(
-                    exc, http.client.HTTPException) else f"{endpoint}: {reason}")
-                if isinstance(exc, OSError | http.client.HTTPException):
+                errors.append(f"{endpoint}: {reason}")
+                if isinstance(exc, OSError):
                     self._demote(endpoint)
         raise EtcdError("; ".join(errors) or "no etcd endpoints")
 
