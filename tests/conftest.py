@@ -6,7 +6,7 @@ import os
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pytest
 import yaml
@@ -47,6 +47,20 @@ def make_inventory(tmp_path: Path) -> InventoryFactory:
         return directory
 
     return factory
+
+
+def read_http_request(reader: BinaryIO) -> str:
+    """One HTTP/1.1 request read whole from a loopback test server's socket (its head and its
+    Content-Length body, so that closing the socket then sends a FIN, not a reset): its method,
+    '' when the client had closed the connection."""
+    line = reader.readline()
+    length = 0
+    while (header := reader.readline()) not in (b"\r\n", b""):
+        name, _, value = header.decode().partition(":")
+        if name.lower() == "content-length":
+            length = int(value)
+    reader.read(length)
+    return line.decode().split()[0] if line.strip() else ""
 
 
 def is_root() -> bool:

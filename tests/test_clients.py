@@ -16,7 +16,7 @@ from nornir_k8sha.pki import ClusterPKI
 from nornir_k8sha.tasks import apiserver
 from nornir_k8sha.topology import load_cluster_spec
 
-from .conftest import LAB_INVENTORY
+from .conftest import LAB_INVENTORY, read_http_request
 
 CUT = "Server disconnected without sending a response."
 
@@ -49,18 +49,10 @@ class OneAnswerPerConnection:
     def _one(self, conn: socket.socket) -> None:
         with conn, conn.makefile("rb") as reader:
             for n in range(2):
-                line = reader.readline()
-                if not line:
-                    return
-                length = 0
-                while (header := reader.readline()) not in (b"\r\n", b""):
-                    name, _, value = header.decode().partition(":")
-                    if name.lower() == "content-length":
-                        length = int(value)
-                reader.read(length)
-                if n == self.cut_at:
-                    return  # closed unanswered
-                self.answered.append(line.decode().split()[0])
+                method = read_http_request(reader)
+                if not method or n == self.cut_at:
+                    return  # the client left, or closed unanswered
+                self.answered.append(method)
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 
     def close(self) -> None:

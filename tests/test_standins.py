@@ -42,6 +42,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from nornir_k8sha.lab import standins
 from nornir_k8sha.tasks import kubeadm as K
+from tests.conftest import read_http_request
 from tests.kubectl_bins import EDGE_VERSIONS, kubectl
 
 PROGRAMS = Path(standins.__file__).parent / "programs"
@@ -846,12 +847,8 @@ def test_etcd_client_takes_an_answer_cut_off_as_that_members_failure() -> None:
                 conn, _ = cut.accept()
             except OSError:
                 return
-            with conn, conn.makefile("rb") as reader:  # the whole request read: no reset
-                length = 0
-                while (line := reader.readline()) not in (b"\r\n", b""):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":")[1])
-                reader.read(length)
+            with conn, conn.makefile("rb") as reader:
+                read_http_request(reader)
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"kvs\": [")
 
     threading.Thread(target=cut_short, daemon=True).start()
