@@ -417,7 +417,7 @@ def test_registry_probe_runs_both_pulls_in_one_shell_and_reports_each(tmp_path: 
     log = tmp_path / "ctr.log"
     (tmp_path / "ctr").write_text(
         "#!/bin/sh\n"
-        f'echo "$*" >> {log}\n'
+        f'echo "roots=$SSL_CERT_FILE:$SSL_CERT_DIR $*" >> {log}\n'
         'case "$*" in\n'
         f'  *nonexistent*) [ -e {tmp_path}/untrusted-pulls ] && exit 0; echo x509 >&2; exit 1;;\n'
         f'  *) [ -e {tmp_path}/trusted-fails ] && {{ echo "ctr: x509" >&2; exit 1; }}\n'
@@ -436,9 +436,10 @@ def test_registry_probe_runs_both_pulls_in_one_shell_and_reports_each(tmp_path: 
     assert harbor.pulled_digest(ok.stdout) == "sha256:abc"
     assert harbor.untrusted_exit(ok.stdout) == 1
     pulls = log.read_text().splitlines()
-    assert len(pulls) == 2 and sum("/nonexistent" in p for p in pulls) == 1, pulls
-    # without its progress display (it spins until its next tick after a pull ends)
-    assert all(p.startswith("--debug ") for p in pulls), pulls
+    assert len(pulls) == 2 and sum("--hosts-dir /nonexistent" in p for p in pulls) == 1, pulls
+    # without its progress display (it spins until its next tick after a pull ends), and with
+    # no system roots: the trusted pull trusts the CA of certs.d/<registry> alone
+    assert all(p.startswith("roots=/dev/null:/nonexistent --debug ") for p in pulls), pulls
     (tmp_path / "untrusted-pulls").touch()
     assert harbor.untrusted_exit(probe().stdout) == 0
     (tmp_path / "trusted-fails").touch()
