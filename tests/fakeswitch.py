@@ -263,11 +263,18 @@ class FakeSwitch:
 
     def answer(self, chan: paramiko.Channel, command: str) -> None:
         """One exec request (`ssh switch COMMAND`): the CLI runs it and answers with its output
-        alone, no banner, echo or prompt; a refused command exits 1, as vtysh does."""
-        line = command.strip()
+        alone, no banner, echo or prompt; a refused command exits 1, as vtysh does. vtysh
+        (frr) runs each line of the request in turn and stops at the first it refuses."""
         self.exec_requests += 1
-        out = Session(self, chan).handle(line) or ""
-        refused = out == ERRORS[self.platform].format(line=line)
+        lines = command.strip().splitlines() if self.platform == "frr" else [command.strip()]
+        session, outputs, refused = Session(self, chan), [], False
+        for line in lines:
+            out = session.handle(line.strip()) or ""
+            outputs.append(out)
+            refused = out == ERRORS[self.platform].format(line=line.strip())
+            if refused:
+                break
+        out = "\n".join(outputs)
         try:
             chan.sendall((out + "\n").encode())
             chan.send_exit_status(1 if refused else 0)

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from nornir_k8sha import constants as C
+from nornir_k8sha.exceptions import CommandFailed
 from nornir_k8sha.inventory import open_nornir
 from nornir_k8sha.tasks import switch
 from nornir_k8sha.tasks.switch import eos, frr, ios, junos, nxos, state
@@ -244,6 +245,49 @@ def test_real_frr_output_of_a_session_that_is_not_up() -> None:
     text = _read("frr", "ios-bgp-summary-idle.txt")
     assert ios.parse_summary(text) == [Neighbor("10.88.0.11", "Active", None)]
     assert frr.parse_summary(state.loads("")) == []
+
+
+class OneAnswer:
+    """A switch connection that answers every command with the same text, or refuses it."""
+
+    def __init__(self, answer: str | None) -> None:
+        self.answer, self.sent = answer, []
+
+    def send_command(self, command: str, **_: Any) -> str:
+        self.sent.append(command)
+        if self.answer is None:
+            raise CommandFailed("switch1", command, 1, "% Unknown command")
+        return self.answer
+
+
+def test_frr_reads_its_three_commands_from_one_request_of_real_vtysh_output() -> None:
+    """The answer of a lab switch's vtysh to one exec request of three lines (captured with
+    `ssh netops@switch1 'show bgp ...json<LF>show ip route ...json<LF>show running-config'`):
+    both JSON outputs, then the running config."""
+    conn = OneAnswer((FIXTURES / "frr" / "joined-reads.txt").read_text())
+    running, neighbors, route = frr.FRR().read_in_one_request(conn, VIP)
+    assert conn.sent == ["show bgp ipv4 unicast summary json\nshow ip route 10.88.0.100/32 json"
+                         "\nshow running-config"]
+    assert [(n.address, n.state, n.prefixes_received) for n in neighbors] == [
+        ("10.88.0.11", "Established", 1), ("10.88.0.12", "Established", 0)]
+    assert route.installed and route.next_hops == ["10.88.0.11"]
+    assert running.startswith("Building configuration...") and running.rstrip().endswith("end")
+    assert frr.FRR().filter_state(frr.FRR().parse(running), VIP, PEERS).ok
+
+
+@pytest.mark.parametrize("answer", [None, "% bgpd is not running\n", "{}\n% Unknown command"])
+def test_frr_reads_one_by_one_when_the_joined_answer_is_not_two_json_outputs(
+        answer: str | None) -> None:
+    """A refused line, or output that is not JSON (bgpd down): None, so the three reads go
+    one request each and what failed is named alone."""
+    assert frr.FRR().read_in_one_request(OneAnswer(answer), VIP) is None
+    assert ios.IOS().read_in_one_request(OneAnswer("{}{}"), VIP) is None  # one command each
+
+
+def test_leading_json_splits_consecutive_documents_from_what_follows() -> None:
+    assert state.leading_json(' {"a": 1}\n\n[2]\nrest\n', 2) == ([{"a": 1}, [2]], "rest\n")
+    assert state.leading_json('{"a": 1} text', 2) is None
+    assert state.leading_json("", 1) is None
 
 
 # --- the check's verdict -------------------------------------------------------------------------

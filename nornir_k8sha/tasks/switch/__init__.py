@@ -134,8 +134,7 @@ def check(task: Task, spec: ClusterSpec) -> Result:
     conn = reads.session(task, lambda: _netmiko(task, conn_timeout=C.CHECK_TIMEOUT_S),
                          C.CHECK_TIMEOUT_S)
     peers = [str(p.address) for p in spec.switch_peers(spec.host(task.host.name))]
-    running_text, neighbors, route = reads.read_all(
-        conn, platform.running, platform.neighbors, lambda c: platform.vip_route(c, spec.vip))
+    running_text, neighbors, route = reads.read_state(conn, platform, spec.vip)
     running = platform.parse(running_text)
     data = verdict(neighbors, route, platform.filter_state(running, spec.vip, peers), peers,
                    spec.vip, spec.settings.bgp.announce_vip)

@@ -106,6 +106,12 @@ class Platform:
         return self.parse_route(loads(conn.send_command(self.route_command.format(vip=vip))),
                                 vip)
 
+    def read_in_one_request(self, conn: Any, vip: IPv4Address) -> \
+            tuple[str, list[Neighbor], VipRoute] | None:
+        """The running config, BGP neighbours and VIP route from one exec request, or None:
+        the IOS-like CLIs run an exec request as one command, so each read is a request."""
+        return None
+
     def filter_state(self, running: list[Node], vip: IPv4Address,
                      peers: list[str]) -> FilterState:
         """The VIP filter as configured: the prefix list permits the VIP /32 and nothing else,

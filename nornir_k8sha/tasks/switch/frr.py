@@ -9,9 +9,10 @@ from __future__ import annotations
 from ipaddress import IPv4Address
 from typing import Any
 
+from nornir_k8sha.exceptions import CommandFailed
 from nornir_k8sha.tasks.switch.base import Platform
 from nornir_k8sha.tasks.switch.ios import IOS_SYNTAX
-from nornir_k8sha.tasks.switch.state import Neighbor, VipRoute, as_int
+from nornir_k8sha.tasks.switch.state import Neighbor, VipRoute, as_int, leading_json
 
 
 def parse_summary(doc: dict[str, Any]) -> list[Neighbor]:
@@ -43,3 +44,23 @@ class FRR(Platform):
     route_command = "show ip route {vip}/32 json"
     parse_summary = staticmethod(parse_summary)
     parse_route = staticmethod(parse_route)
+
+    def read_in_one_request(self, conn: Any, vip: IPv4Address) -> \
+            tuple[str, list[Neighbor], VipRoute] | None:
+        """vtysh runs each line of its `-c` command in turn ("multiple commands may be executed
+        by ... embedding linefeed characters inside the command string", vtysh(1)), and sshd
+        runs an exec request as `vtysh -c COMMAND`: one vtysh start instead of three (~24 ms of
+        the switch's CPU each on the lab). The JSON outputs come first; the running config is
+        what follows them. None when the answer is not that shape: the reads then go one by
+        one, and a refused command is named alone."""
+        try:
+            out = conn.send_command("\n".join((self.summary_command,
+                                               self.route_command.format(vip=vip),
+                                               self.show_running)))
+        except CommandFailed:
+            return None
+        split = leading_json(out, 2)
+        if split is None:
+            return None
+        (summary, route), running = split
+        return running, self.parse_summary(summary), self.parse_route(route, vip)

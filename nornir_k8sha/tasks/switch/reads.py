@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from ipaddress import IPv4Address
 from typing import Any
 
 from nornir.core.inventory import Host
@@ -29,11 +30,13 @@ from nornir.core.task import Task
 from nornir_k8sha import constants as C
 from nornir_k8sha.budget import BUDGET
 from nornir_k8sha.exceptions import CommandFailed
+from nornir_k8sha.tasks.switch.base import Platform
+from nornir_k8sha.tasks.switch.state import Neighbor, VipRoute
 from nornir_k8sha.transport import SWITCH_READS_CONNECTION
 
 NETMIKO = "netmiko"
 
-__all__ = ["ExecReads", "PromptKnown", "exec_login", "read_all", "session"]
+__all__ = ["ExecReads", "PromptKnown", "exec_login", "read_all", "read_state", "session"]
 
 
 class PromptKnown:
@@ -105,6 +108,19 @@ def session(task: Task, open_netmiko: Callable[[], Any], connect_timeout: float)
                              default_to_host_attributes=False, **login)
         BUDGET.opened(host.get_connection(SWITCH_READS_CONNECTION, task.nornir.config))
     return ExecReads(host.name, host.get_connection(SWITCH_READS_CONNECTION, task.nornir.config))
+
+
+def read_state(conn: Any, platform: Platform,
+               vip: IPv4Address) -> tuple[str, list[Neighbor], VipRoute]:
+    """The switch's running config, BGP neighbours and VIP route: in one exec request where the
+    platform's CLI runs several commands per request, else by `read_all`."""
+    if isinstance(conn, ExecReads):
+        joined = platform.read_in_one_request(conn, vip)
+        if joined is not None:
+            return joined
+    running, neighbors, route = read_all(conn, platform.running, platform.neighbors,
+                                         lambda c: platform.vip_route(c, vip))
+    return running, neighbors, route
 
 
 def read_all(conn: Any, *reads: Callable[[Any], Any]) -> list[Any]:

@@ -52,6 +52,22 @@ def loads(text: str) -> Any:
         return {}
 
 
+def leading_json(text: str, count: int) -> tuple[list[Any], str] | None:
+    """The first `count` JSON documents of `text` (whitespace around them allowed) and the text
+    after them: the outputs of JSON commands one CLI request ran in turn. None when `text` does
+    not begin with that many documents (a command printed an error or nothing instead)."""
+    decoder, docs, at = json.JSONDecoder(), [], 0
+    for _ in range(count):
+        while at < len(text) and text[at].isspace():
+            at += 1
+        try:
+            doc, at = decoder.raw_decode(text, at)
+        except ValueError:
+            return None
+        docs.append(doc)
+    return docs, text[at:].lstrip("\n")
+
+
 def rows(value: Any) -> list[Any]:
     """NX-OS's TABLE_x/ROW_x: a dict for one row, a list for several."""
     if value is None:
