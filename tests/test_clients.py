@@ -4,6 +4,7 @@ net/http and client-go do, so a check sees what kubectl would; a write is never 
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from nornir_k8sha.clients import ReplayOnDisconnect, api_client
+from nornir_k8sha.clients import ReplayOnDisconnect, api_client, plain_client
 from nornir_k8sha.pki import ClusterPKI
 from nornir_k8sha.tasks import apiserver
 from nornir_k8sha.topology import load_cluster_spec
@@ -129,3 +130,18 @@ def test_the_api_client_replays_on_its_own_transport(tmp_path: Path) -> None:
     ClusterPKI(spec, tmp_path).ensure()
     with api_client(spec, tmp_path) as client:
         assert isinstance(client._transport, ReplayOnDisconnect)
+
+
+def test_the_plain_client_goes_straight_replays_and_trusts_no_ca(
+        server: OneAnswerPerConnection, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HAProxy's stats page: no proxy from the environment (a dead one is set), a cut GET sent
+    again like every other client's, and no CA loaded: an https URL is never trusted."""
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("ALL_PROXY", "http://127.0.0.1:9")
+    url = f"http://127.0.0.1:{server.port}/stats;csv"
+    with plain_client() as client:
+        assert isinstance(client._transport, ReplayOnDisconnect)
+        assert [client.get(url).text for _ in range(3)] == ["ok", "ok", "ok"]
+        context = client._transport.inner._pool._ssl_context
+        assert context.verify_mode == ssl.CERT_REQUIRED and context.cert_store_stats()["x509"] == 0
+    assert server.connections == 3
