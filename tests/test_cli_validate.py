@@ -202,3 +202,10 @@ def test_commands_that_reach_hosts_refuse_the_lab_inventory_while_the_lab_is_dow
         assert result.exit_code == 2, (args, result.output)
         assert "run `lab up` first" in result.output
     assert CliRunner().invoke(app, ["validate", "-i", str(LAB_INVENTORY)]).exit_code == 0
+
+
+def test_version_is_printed_and_exits_0() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("nornir-k8sha 0.1.0 (nornir ")
+    assert runner.invoke(app, ["--help"]).stdout.count("--version") == 1

@@ -12,6 +12,7 @@ functions, registered in the one order below.
 from __future__ import annotations
 
 import json
+import platform
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ from types import ModuleType
 
 import typer
 
-from nornir_k8sha import console
+from nornir_k8sha import __version__, console
 from nornir_k8sha import constants as C
 from nornir_k8sha.cli import startup
 from nornir_k8sha.cli.common import InventoryOpt, JsonOpt, load_analysis
@@ -28,7 +29,20 @@ from nornir_k8sha.exceptions import InventoryError, K8shaError
 HELP = "Build, prove and operate a highly-available Kubernetes front end with Nornir."
 
 
-def _root() -> None:
+def _show_version(wanted: bool) -> None:
+    if wanted:
+        from importlib.metadata import version  # lazy: only for --version
+
+        print(f"nornir-k8sha {__version__} (nornir {version('nornir')}, "
+              f"Python {platform.python_version()})")
+        raise typer.Exit()
+
+
+def _root(
+    show_version: bool = typer.Option(False, "--version", is_eager=True,
+                                      callback=_show_version,
+                                      help="print the version and exit"),
+) -> None:
     """Build, prove and operate a highly-available Kubernetes front end with Nornir."""
 
 
