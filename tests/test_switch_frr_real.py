@@ -174,6 +174,26 @@ def vtysh_shell(instance: str) -> Any:
     return serve
 
 
+def vtysh_exec(instance: str, requests: list[str]) -> Any:
+    """An SSH exec handler: the request as sshd runs it for a user whose login shell is vtysh,
+    `vtysh -c COMMAND` (vtysh runs each line of COMMAND in turn)."""
+
+    def answer(chan: paramiko.Channel, command: str) -> None:
+        requests.append(command)
+        done = subprocess.run([str(VTYSH), "-N", instance, "-c", command], capture_output=True,
+                              env={"PATH": "/usr/bin:/bin", "VTYSH_PAGER": "cat"}, timeout=30)
+        try:
+            chan.sendall(done.stdout)
+            chan.sendall_stderr(done.stderr)
+            chan.send_exit_status(done.returncode)
+            chan.shutdown_write()
+            chan.close()
+        except (OSError, EOFError, paramiko.SSHException):
+            pass  # the client is gone already
+
+    return answer
+
+
 @pytest.fixture
 def fabric(tmp_path: Path) -> Iterator[Fabric]:
     f = Fabric(f"k8t{os.getpid() % 100000}", tmp_path)
@@ -183,13 +203,21 @@ def fabric(tmp_path: Path) -> Iterator[Fabric]:
         f.down()
 
 
-def run(inv: Path, server: SSHTestServer, task: Any, spec: ClusterSpec, **kw: Any) -> Any:
+def run(inv: Path, server: SSHTestServer, task: Any, spec: ClusterSpec, *,
+        key_login: bool = False, **kw: Any) -> Any:
+    """`task` on switch1 in a new Nornir; netmiko's login is the password, or with `key_login`
+    the key alone (then `check` reads by exec requests)."""
     nr = open_nornir(inv).filter(name="switch1")
     host = nr.inventory.hosts["switch1"]
     host.hostname, host.port = "127.0.0.1", server.port
     host.username, host.password = "netops", server.password
-    host.connection_options["netmiko"] = ConnectionOptions(
-        extras={"use_keys": False, "allow_agent": False})
+    extras: dict[str, Any] = {"use_keys": False, "allow_agent": False}
+    if key_login:
+        host.password = None
+        known = server.write_known_hosts(server.directory / "known_hosts")
+        extras.update(use_keys=True, key_file=str(server.client_key_file), ssh_strict=True,
+                      alt_host_keys=True, alt_key_file=str(known))
+    host.connection_options["netmiko"] = ConnectionOptions(extras=extras)
     try:
         return nr.run(task=task, spec=spec, **kw)["switch1"][0]
     finally:
@@ -248,6 +276,16 @@ def test_real_frr_switch_apply_check_and_rollback(fabric: Fabric, tmp_path: Path
         assert hops and set(hops) <= {"10.88.0.11", "10.88.0.12"}
         assert ok.result.values["vip_route"]["installed"]
         assert sessions(ok) == both
+
+        # with a key login the check reads by exec requests, each run by the real vtysh as
+        # sshd would: on the frr platform all three reads in one request
+        requests: list[str] = []
+        server.cli = vtysh_exec(fabric.switch, requests)
+        keyed = run(inv, server, switch.check, spec, key_login=True)
+        assert keyed.result.ok and sessions(keyed) == both, keyed.result
+        assert keyed.result.values["filter"]["ok"], keyed.result.values
+        assert len(requests) == (1 if platform == "frr" else 3), requests
+        server.cli = None
 
         again = run(inv, server, switch.configure, spec)
         assert not again.changed and again.result == "in sync"
