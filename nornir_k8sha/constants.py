@@ -48,6 +48,8 @@ KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
 #: that loads ip_vs at boot before systemd-sysctl applies them (its keys exist only then).
 LVS_IPVS_SYSCTL = "/etc/sysctl.d/60-k8sha-ipvs.conf"
 LVS_IPVS_MODULES = "/etc/modules-load.d/k8sha-ipvs.conf"
+#: The kernel's IPVS table: present once IPVS is in the kernel (a module or built in).
+PROC_IPVS = "/proc/net/ip_vs"
 HAPROXY_CFG = "/etc/haproxy/haproxy.cfg"
 HAPROXY_STATS_SOCKET = "/run/haproxy/admin.sock"
 HAPROXY_PKI_DIR = "/etc/haproxy/pki"

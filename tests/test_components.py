@@ -288,3 +288,31 @@ def test_kubernetes_packages_follow_the_install_guide_and_pin_the_version(
     host.write(K.KUBERNETES_KEYRING, b"keyring")  # what the gpg pipeline wrote on a real host
     second = nr.run(task=K.kubernetes_packages, spec=spec)["worker1"][0]
     assert not second.changed, second.result
+
+
+@pytest.mark.parametrize(("present", "loads", "ok", "modprobes"), [
+    (True, False, True, 0),    # in the kernel (a module, or built in): no process at all
+    (False, True, True, 1),    # loaded now
+    (False, False, False, 1),  # cannot be loaded: the director's configure fails on it
+])
+def test_the_ipvs_load_runs_modprobe_only_when_the_kernel_has_no_ipvs(
+        tmp_path: Path, present: bool, loads: bool, ok: bool, modprobes: int) -> None:
+    """keepalived.IP_VS run by a real /bin/sh, /proc/net/ip_vs played by a file here and
+    modprobe by a stand-in that creates it when the module `loads`."""
+    import subprocess
+
+    from nornir_k8sha.tasks import keepalived
+
+    table, log = tmp_path / "ip_vs", tmp_path / "modprobe.log"
+    if present:
+        table.write_text("")
+    (tmp_path / "modprobe").write_text(
+        f'#!/bin/sh\necho "$*" >> {log}\n' + (f": > {table}\n" if loads else "exit 1\n"))
+    (tmp_path / "modprobe").chmod(0o755)
+    command = keepalived.IP_VS.replace(C.PROC_IPVS, str(table))
+    assert command != keepalived.IP_VS
+    done = subprocess.run(["/bin/sh", "-c", command], env={"PATH": f"{tmp_path}:/usr/bin:/bin"},
+                          capture_output=True, text=True, timeout=10)
+    assert (done.returncode == 0) == ok, done
+    ran = log.read_text().splitlines() if log.exists() else []
+    assert ran == ["ip_vs"] * modprobes

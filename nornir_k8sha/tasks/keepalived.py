@@ -19,8 +19,11 @@ from nornir_k8sha.tasks.component import apply_component, probe
 from nornir_k8sha.topology import ClusterSpec
 
 PACKAGES = ["keepalived", "ipvsadm"]
-#: Load IPVS and prove it is there (before keepalived programs it).
-IP_VS = "modprobe ip_vs 2>/dev/null || true; grep -q '^ip_vs' /proc/modules"
+#: Load IPVS and prove it is there (before keepalived programs it): `/proc/net/ip_vs` exists
+#: once IPVS is in the kernel, as a module or built in (a built-in one is not in /proc/modules,
+#: which this read before). Only shell tests when it is there: no process besides the shell,
+#: where `modprobe` + `grep` cost a UML director 26 ms on every run.
+IP_VS = f"[ -e {C.PROC_IPVS} ] || modprobe ip_vs 2>/dev/null; [ -e {C.PROC_IPVS} ]"
 #: How IPVS treats a connection entry whose real server is drained (weight 0) or gone, as
 #: kube-proxy's IPVS mode sets them (docs/runbooks.md, "Draining an HAProxy node"):
 #: - expire_nodest_conn: a new connection (SYN) whose client port matches an old entry to a
