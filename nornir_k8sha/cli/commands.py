@@ -30,6 +30,7 @@ HELP = "Build, prove and operate a highly-available Kubernetes front end with No
 
 
 def _show_version(wanted: bool) -> None:
+    """`--version`, eager: answered before any command or inventory is looked at."""
     if wanted:
         from importlib.metadata import version  # lazy: only for --version
 
