@@ -110,14 +110,17 @@ class ReplayOnDisconnect(httpx.BaseTransport):
         self.inner.close()
 
 
+def _client(transport: httpx.BaseTransport) -> httpx.Client:
+    """Every client of this module: its transport explicit, so proxies from the environment are
+    never used (every request goes straight to the cluster's own addresses), and replaying as
+    kubectl does (`ReplayOnDisconnect`)."""
+    return httpx.Client(transport=ReplayOnDisconnect(transport), timeout=HTTP_TIMEOUT)
+
+
 def _tls_client(ca: Path, cert: Path | None, key: Path | None,
                 transport: httpx.BaseTransport | None) -> httpx.Client:
-    """`transport` is the test seam (httpx.MockTransport): then no TLS material is read. The
-    transport is always explicit, so proxies from the environment are never used: every
-    request goes straight to the cluster's own addresses."""
-    if transport is None:
-        transport = httpx.HTTPTransport(verify=tls_context(ca, cert, key))
-    return httpx.Client(transport=ReplayOnDisconnect(transport), timeout=HTTP_TIMEOUT)
+    """`transport` is the test seam (httpx.MockTransport): then no TLS material is read."""
+    return _client(transport or httpx.HTTPTransport(verify=tls_context(ca, cert, key)))
 
 
 def etcd_http_client(spec: ClusterSpec, state_dir: Path,
@@ -144,13 +147,11 @@ def registry_client(spec: ClusterSpec, state_dir: Path,
 
 
 def plain_client(transport: httpx.BaseTransport | None = None) -> httpx.Client:
-    """httpx client for plain-HTTP pages (HAProxy's stats). Like the TLS clients: an explicit
-    transport (no proxy from the environment) that replays as they do. It trusts no CA at all:
-    it never speaks TLS, and httpx's default context parses certifi's ~140 CAs, ~20 ms of CPU
-    for every client (two per `check`, one per HAProxy node)."""
-    if transport is None:
-        transport = httpx.HTTPTransport(verify=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
-    return httpx.Client(transport=ReplayOnDisconnect(transport), timeout=HTTP_TIMEOUT)
+    """httpx client for plain-HTTP pages (HAProxy's stats). It trusts no CA at all: it never
+    speaks TLS, and httpx's default context parses certifi's ~140 CAs, ~20 ms of CPU for every
+    client (two per `check`, one per HAProxy node)."""
+    return _client(transport or httpx.HTTPTransport(
+        verify=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)))
 
 
 def error_text(exc: BaseException) -> str:

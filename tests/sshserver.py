@@ -215,6 +215,13 @@ class SSHTestServer:
         path.write_text(self.known_hosts_line(key))
         return path
 
+    def netmiko_key_login(self) -> dict[str, Any]:
+        """netmiko's extras for logging in here with the client key alone, checking the host
+        key against a known_hosts file written beside the server's keys."""
+        known = self.write_known_hosts(self.directory / "known_hosts")
+        return {"use_keys": True, "key_file": str(self.client_key_file), "ssh_strict": True,
+                "alt_host_keys": True, "alt_key_file": str(known)}
+
     # --- lifecycle ---
     def start(self) -> SSHTestServer:
         self.sock.listen(32)

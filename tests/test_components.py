@@ -4,6 +4,7 @@ that a second run changes nothing — without SSH or root."""
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -17,6 +18,7 @@ from nornir_k8sha.phases.lb import LoadBalancers
 from nornir_k8sha.phases.registry import Registry
 from nornir_k8sha.pki import ClusterPKI
 from nornir_k8sha.report import RunReport
+from nornir_k8sha.tasks import keepalived
 from nornir_k8sha.tasks import kubeadm as K
 from nornir_k8sha.testing import FakeFleet, FakeRegistry, FakeUnit, install_fake
 from nornir_k8sha.topology import load_cluster_spec
@@ -299,10 +301,6 @@ def test_the_ipvs_load_runs_modprobe_only_when_the_kernel_has_no_ipvs(
         tmp_path: Path, present: bool, loads: bool, ok: bool, modprobes: int) -> None:
     """keepalived.IP_VS run by a real /bin/sh, /proc/net/ip_vs played by a file here and
     modprobe by a stand-in that creates it when the module `loads`."""
-    import subprocess
-
-    from nornir_k8sha.tasks import keepalived
-
     table, log = tmp_path / "ip_vs", tmp_path / "modprobe.log"
     if present:
         table.write_text("")

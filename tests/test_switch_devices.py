@@ -70,9 +70,7 @@ class Rig:
         extras: dict[str, Any] = {"use_keys": False, "allow_agent": False, "conn_timeout": 5}
         if key_login:
             host.password = None
-            known = self.server.write_known_hosts(self.server.directory / "known_hosts")
-            extras.update(use_keys=True, key_file=str(self.server.client_key_file),
-                          ssh_strict=True, alt_host_keys=True, alt_key_file=str(known))
+            extras.update(self.server.netmiko_key_login())
         host.connection_options["netmiko"] = ConnectionOptions(extras=extras)
         try:
             return nr.run(task=task, spec=spec or self.spec, **kw)["switch1"][0]

@@ -214,9 +214,7 @@ def run(inv: Path, server: SSHTestServer, task: Any, spec: ClusterSpec, *,
     extras: dict[str, Any] = {"use_keys": False, "allow_agent": False}
     if key_login:
         host.password = None
-        known = server.write_known_hosts(server.directory / "known_hosts")
-        extras.update(use_keys=True, key_file=str(server.client_key_file), ssh_strict=True,
-                      alt_host_keys=True, alt_key_file=str(known))
+        extras.update(server.netmiko_key_login())
     host.connection_options["netmiko"] = ConnectionOptions(extras=extras)
     try:
         return nr.run(task=task, spec=spec, **kw)["switch1"][0]

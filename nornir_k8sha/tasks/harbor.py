@@ -237,17 +237,19 @@ def _registry_ok(resp: httpx.Response, what: str) -> None:
 #: whose loop spins on a finished pull until its next 100 ms tick (perf: ctr's CPU in
 #: runtime.selectgo under content.ShowProgress): a pull costs a lab node ~0.04 s of CPU instead
 #: of ~0.11 s (issue 12.3). stdout keeps the `unpacking` line; a failure still ends stderr.
-#: Both pulls run with no system roots (`NO_SYSTEM_ROOTS`): the trusted pull then trusts the
-#: CA of `certs.d/<registry>/hosts.toml` and nothing else, so a cluster CA that also sits in the
+CTR = f"ctr --debug -n {C.CONTAINERD_K8S_NAMESPACE}"
+#: A path on no node: the untrusted pull's hosts directory, the system roots' directory.
+_NOWHERE = "/nonexistent"
+#: Both pulls run with no system roots: the trusted pull then trusts the CA of
+#: `certs.d/<registry>/hosts.toml` and nothing else, so a cluster CA that also sits in the
 #: node's system store cannot stand in for a missing `ca` line, and the refusal shows that ctr
 #: verifies the registry's certificate at all. It also spares each ctr parsing the ~140 system
-#: CAs: 0.015 s of CPU per pull on a lab node.
-CTR = f"ctr --debug -n {C.CONTAINERD_K8S_NAMESPACE}"
-#: Go's crypto/x509 reads the system roots from these two variables when they are set
-#: (root_unix.go): an empty file and a missing directory leave the pool empty.
-NO_SYSTEM_ROOTS = "SSL_CERT_FILE=/dev/null SSL_CERT_DIR=/nonexistent"
+#: CAs: 0.015 s of CPU per pull on a lab node. Go's crypto/x509 reads the system roots from
+#: these two variables when they are set (root_unix.go): an empty file and a missing directory
+#: leave the pool empty.
+NO_SYSTEM_ROOTS = f"SSL_CERT_FILE=/dev/null SSL_CERT_DIR={_NOWHERE}"
 UNTRUSTED_MARK = "k8sha-untrusted-exit"
-_PROBE = ("{roots} {ctr} image pull --hosts-dir /nonexistent {ref} >/dev/null 2>&1 &\n"
+_PROBE = ("{roots} {ctr} image pull --hosts-dir {nowhere} {ref} >/dev/null 2>&1 &\n"
           "{roots} {ctr} image pull --hosts-dir {hosts} {ref}; rc=$?\n"
           "wait $!; printf '\\n%s %s\\n' " + UNTRUSTED_MARK + " $?\n"
           "exit $rc")
@@ -256,8 +258,8 @@ _PROBE = ("{roots} {ctr} image pull --hosts-dir /nonexistent {ref} >/dev/null 2>
 def probe_command(spec: ClusterSpec) -> str:
     """The shell command of `check`: both pulls at once (the check lasts as long as the slower
     one), one exec channel."""
-    return _PROBE.format(roots=NO_SYSTEM_ROOTS, ctr=CTR, hosts=C.CONTAINERD_CERTS_DIR,
-                         ref=probe_reference(spec))
+    return _PROBE.format(roots=NO_SYSTEM_ROOTS, ctr=CTR, nowhere=_NOWHERE,
+                         hosts=C.CONTAINERD_CERTS_DIR, ref=probe_reference(spec))
 
 
 def untrusted_exit(output: str) -> int | None:

@@ -84,6 +84,13 @@ def front_end_log(lab, since: str = "-3min") -> str:  # noqa: ANN001
     return "\n".join(sorted(lines)[-40:]) or "(nothing)"
 
 
+def check_failed(check, lab) -> str:  # noqa: ANN001
+    """Why `check` failed after a day-2 operation: its own output's end, then the front end's
+    log (front_end_log)."""
+    return (flat(check.stdout + check.stderr)[-2000:] + "\nthe front end's log:\n"
+            + front_end_log(lab))
+
+
 @pytest.fixture(scope="module")
 def deployed(lab):
     lab.lab.down()
@@ -186,8 +193,7 @@ def test_pki_renew_within_400_renews_everything_under_load_and_check_is_green(de
     assert not same, f"not renewed on the hosts: {same}"
     assert lost == 0
     check = cli("check", "-i", str(LAB_INVENTORY), timeout=120)
-    assert check.returncode == 0, (flat(check.stdout + check.stderr)[-2000:]
-                                   + "\nthe front end's log:\n" + front_end_log(deployed))
+    assert check.returncode == 0, check_failed(check, deployed)
     again = cli("deploy", "-i", str(LAB_INVENTORY), "--json")
     assert again.returncode == 0 and json.loads(again.stdout)["changed"] == 0, \
         again.stdout[-2000:]
@@ -313,8 +319,7 @@ def test_etcd_replace_after_a_power_cut_and_a_wiped_data_dir_under_load(deployed
     assert set(after) == set(before) and after["etcd2"] != before["etcd2"]
     assert lost == 0
     check = cli("check", "-i", str(LAB_INVENTORY), timeout=120)
-    assert check.returncode == 0, (flat(check.stdout + check.stderr)[-2000:]
-                                   + "\nthe front end's log:\n" + front_end_log(deployed))
+    assert check.returncode == 0, check_failed(check, deployed)
 
 
 # --- a master removed and added back ------------------------------------------------------------
@@ -369,5 +374,4 @@ def test_restore_drill_passes_markers_back_and_check_is_green(deployed) -> None:
         print("  ", s)
     assert proc.returncode == 0 and case["verdict"] == "passed", (case["reason"], steps)
     check = cli("check", "-i", str(LAB_INVENTORY), timeout=120)
-    assert check.returncode == 0, (flat(check.stdout + check.stderr)[-2000:]
-                                   + "\nthe front end's log:\n" + front_end_log(deployed))
+    assert check.returncode == 0, check_failed(check, deployed)
